@@ -1,0 +1,104 @@
+"""The protocol's exception hierarchy and its stable error codes.
+
+Every refusal has its own class and a code that never changes once shipped: the agent,
+the centre and HIS vendors branch on the code, people read the message. The message
+says what the operator should do; it never contains personal data (ID numbers, names).
+
+Codes travel on the wire as ``{"error": {"code": ..., "message": ..., "details": [...]}}``
+(JSON towards the HIS) or the same map in msgpack (between agent and centre).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BadSignature",
+    "BatchRefused",
+    "ChainBroken",
+    "DecodeError",
+    "EncodingError",
+    "FieldError",
+    "LimitExceeded",
+    "ProtocolError",
+    "ValidationFailed",
+    "error_body",
+]
+
+
+class ProtocolError(Exception):
+    """Root of every error the protocol package raises."""
+
+    code: str = "protocol_error"
+    http_status: int = 400
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class EncodingError(ProtocolError):
+    """A value that has no canonical form (a float, a non-string map key…)."""
+
+    code = "encoding_unsupported"
+
+
+class DecodeError(ProtocolError):
+    """Bytes that are not well-formed canonical msgpack of the expected shape."""
+
+    code = "decode_malformed"
+
+
+class LimitExceeded(DecodeError):
+    """Input over a size, length or nesting limit; refused before it is parsed further."""
+
+    code = "decode_limit_exceeded"
+    http_status = 413
+
+
+class FieldError(ProtocolError):
+    """One field of a record is wrong; ``details`` names it."""
+
+    code = "field_invalid"
+
+
+class ValidationFailed(ProtocolError):
+    """A record fails validation; ``details`` lists every field-level problem found."""
+
+    code = "validation_failed"
+
+
+class ChainBroken(ProtocolError):
+    """Records do not continue the per-agent hash chain (gap, reorder, or tampering)."""
+
+    code = "chain_broken"
+    http_status = 422
+
+
+class BadSignature(ProtocolError):
+    """A batch signature does not verify with the agent's registered key."""
+
+    code = "signature_invalid"
+    http_status = 422
+
+
+class BatchRefused(ProtocolError):
+    """A batch that is well-formed but cannot be accepted (unknown or revoked agent…)."""
+
+    code = "batch_refused"
+    http_status = 403
+
+
+def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict:
+    """The one shape of an error on the wire, for errors raised outside this package too."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"error": body}

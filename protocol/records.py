@@ -1,0 +1,263 @@
+"""Record types: the settlement and the reversal, in the national field codes.
+
+Invariants (``check_settlement`` and ``check_reversal`` enforce them; both sides call them):
+
+- Money is integer fen. Unit price ``pric`` and quantity ``cnt`` are canonical decimal text
+  (no exponent, no trailing zeros), because the national interface carries them with up to
+  6 and 4 decimals.
+- Every line total equals ``cnt * pric`` rounded half-up to the fen, and the line totals add
+  up to ``medfee_sumamt`` exactly.
+- The benefit split, when present, adds up: ``fund_pay_sumamt + acct_pay + psn_cash_pay ==
+  medfee_sumamt`` and ``hifp_pay + hifmi_pay + hifob_pay == fund_pay_sumamt``. A settlement
+  whose split is not yet computed carries ``None`` in all six fields.
+- A reversal is a record of its own that names the settlement it cancels and carries that
+  settlement's amounts negated; nothing is ever deleted.
+
+Struct fields are declared in sorted key order so that msgspec's encoder emits canonical
+msgpack (see ``protocol.canonical``). ID numbers and names are not fields: ``psn_no``
+identifies the person and personal data is minimised at the edge.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+import msgspec
+
+from .errors import ValidationFailed
+
+__all__ = [
+    "SPLIT_FIELDS",
+    "FeeDetail",
+    "Person",
+    "Reversal",
+    "Settlement",
+    "Visit",
+    "check_reversal",
+    "check_settlement",
+    "decimal_text",
+    "fen_to_text",
+    "to_fen",
+]
+
+SPLIT_FIELDS = ("fund_pay_sumamt", "hifp_pay", "hifmi_pay", "hifob_pay", "acct_pay", "psn_cash_pay")
+
+_FEN = Decimal("0.01")
+
+
+class Person(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    brdy: str
+    card_sn: str | None = None
+    gend: str
+    insuplc_admdvs: str
+    insutype: str
+    psn_no: str
+    psn_type: str
+
+
+class Visit(msgspec.Struct, kw_only=True):
+    begntime: str
+    dept_codg: str | None = None
+    dise_codg: str
+    dise_name: str | None = None
+    dr_codg: str | None = None
+    endtime: str | None = None
+    ipt_days: int | None = None
+    mdtrt_id: str
+    med_type: str
+
+
+class FeeDetail(msgspec.Struct, kw_only=True):
+    chrgitm_lv: str | None = None
+    cnt: str
+    days: int | None = None
+    det_item_fee_sumamt: int
+    dosage: str | None = None
+    feedetl_sn: str
+    list_type: str
+    med_list_codg: str
+    medins_list_name: str
+    pric: str
+
+
+class Settlement(msgspec.Struct, kw_only=True):
+    acct_pay: int | None = None
+    feedetl: list[FeeDetail]
+    fixmedins_code: str
+    fund_pay_sumamt: int | None = None
+    hifmi_pay: int | None = None
+    hifob_pay: int | None = None
+    hifp_pay: int | None = None
+    his_setl_no: str
+    mdtrt: Visit
+    medfee_sumamt: int
+    opter: str
+    opter_name: str | None = None
+    psn: Person
+    psn_cash_pay: int | None = None
+    setl_id: str
+    setl_time: str
+
+
+class Reversal(msgspec.Struct, kw_only=True):
+    acct_pay: int | None = None
+    fixmedins_code: str
+    fund_pay_sumamt: int | None = None
+    his_setl_no: str | None = None
+    medfee_sumamt: int
+    opter: str
+    orig_setl_id: str
+    psn_cash_pay: int | None = None
+    reason: str
+    setl_id: str
+    setl_time: str
+
+
+def to_fen(value: Decimal) -> int:
+    """Exact yuan → fen; refuses sub-fen amounts rather than rounding money silently."""
+    fen = value * 100
+    if fen != fen.to_integral_value():
+        raise ValueError("amount has more than 2 decimals")
+    return int(fen)
+
+
+def fen_to_text(fen: int) -> str:
+    """Fen → the decimal yuan text people and HIS vendors read ("12.30")."""
+    sign = "-" if fen < 0 else ""
+    fen = abs(fen)
+    return f"{sign}{fen // 100}.{fen % 100:02d}"
+
+
+def decimal_text(value: Decimal, max_places: int) -> str:
+    """Canonical decimal text: fixed-point, no exponent, no trailing zeros."""
+    if not value.is_finite():
+        raise ValueError("not a finite number")
+    normal = value.normalize()
+    exponent = normal.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > max_places:
+        raise ValueError(f"more than {max_places} decimals")
+    if normal == 0:
+        return "0"
+    return format(normal, "f")
+
+
+def line_total_fen(cnt: str, pric: str) -> int:
+    """``cnt * pric`` rounded half-up to the fen, the national rule for a line total."""
+    return int((Decimal(cnt) * Decimal(pric) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _split_problems(rec: Any, total: int) -> list[dict[str, str]]:
+    problems: list[dict[str, str]] = []
+    fund, acct, cash = rec.fund_pay_sumamt, rec.acct_pay, rec.psn_cash_pay
+    present = [f for f in ("fund_pay_sumamt", "acct_pay", "psn_cash_pay") if getattr(rec, f) is not None]
+    if not present:
+        return problems
+    if len(present) != 3:
+        missing = sorted({"fund_pay_sumamt", "acct_pay", "psn_cash_pay"} - set(present))
+        for name in missing:
+            problems.append({"field": name, "message": "required when any part of the split is given"})
+        return problems
+    if fund + acct + cash != total:
+        problems.append(
+            {
+                "field": "psn_cash_pay",
+                "message": (
+                    f"fund {fen_to_text(fund)} + account {fen_to_text(acct)} + cash "
+                    f"{fen_to_text(cash)} does not add up to the total {fen_to_text(total)}"
+                ),
+            }
+        )
+    parts = [getattr(rec, f, None) for f in ("hifp_pay", "hifmi_pay", "hifob_pay")]
+    if any(p is not None for p in parts):
+        fund_parts = sum(p or 0 for p in parts)
+        if fund_parts != fund:
+            problems.append(
+                {
+                    "field": "fund_pay_sumamt",
+                    "message": (
+                        f"pooled {fen_to_text(parts[0] or 0)} + critical-illness "
+                        f"{fen_to_text(parts[1] or 0)} + large-amount {fen_to_text(parts[2] or 0)} "
+                        f"does not add up to the fund share {fen_to_text(fund)}"
+                    ),
+                }
+            )
+    return problems
+
+
+def settlement_problems(rec: Settlement) -> list[dict[str, str]]:
+    """Every field-level problem of a settlement record, in document order."""
+    problems: list[dict[str, str]] = []
+    if not rec.feedetl:
+        problems.append({"field": "feedetl", "message": "a settlement needs at least one detail line"})
+    seen: set[str] = set()
+    total = 0
+    for i, line in enumerate(rec.feedetl):
+        where = f"feedetl[{i}]"
+        if line.feedetl_sn in seen:
+            problems.append({"field": f"{where}.feedetl_sn", "message": "duplicate detail number"})
+        seen.add(line.feedetl_sn)
+        try:
+            cnt, pric = Decimal(line.cnt), Decimal(line.pric)
+        except InvalidOperation:
+            problems.append({"field": where, "message": "cnt and pric must be decimal numbers"})
+            continue
+        if cnt <= 0:
+            problems.append({"field": f"{where}.cnt", "message": "quantity must be positive"})
+        if pric < 0:
+            problems.append({"field": f"{where}.pric", "message": "unit price must not be negative"})
+        if line.days is not None and line.days <= 0:
+            problems.append({"field": f"{where}.days", "message": "days of supply must be positive"})
+        expected = line_total_fen(line.cnt, line.pric)
+        if expected != line.det_item_fee_sumamt:
+            problems.append(
+                {
+                    "field": f"{where}.det_item_fee_sumamt",
+                    "message": (
+                        f"line total {fen_to_text(line.det_item_fee_sumamt)} is not cnt × pric = "
+                        f"{fen_to_text(expected)}"
+                    ),
+                }
+            )
+        total += line.det_item_fee_sumamt
+    if rec.medfee_sumamt < 0:
+        problems.append({"field": "medfee_sumamt", "message": "total must not be negative"})
+    elif total != rec.medfee_sumamt and rec.feedetl:
+        problems.append(
+            {
+                "field": "medfee_sumamt",
+                "message": (
+                    f"total {fen_to_text(rec.medfee_sumamt)} is not the sum of the detail lines "
+                    f"{fen_to_text(total)}"
+                ),
+            }
+        )
+    for name in SPLIT_FIELDS:
+        value = getattr(rec, name)
+        if value is not None and value < 0:
+            problems.append({"field": name, "message": "amount must not be negative"})
+    problems.extend(_split_problems(rec, rec.medfee_sumamt))
+    return problems
+
+
+def check_settlement(rec: Settlement) -> Settlement:
+    """Raise ``ValidationFailed`` listing every problem, or return the record unchanged."""
+    problems = settlement_problems(rec)
+    if problems:
+        raise ValidationFailed("settlement does not validate; correct the listed fields", details=problems)
+    return rec
+
+
+def check_reversal(rec: Reversal) -> Reversal:
+    """A reversal carries the cancelled amounts negated, and its split adds up too."""
+    problems: list[dict[str, str]] = []
+    if rec.medfee_sumamt > 0:
+        problems.append({"field": "medfee_sumamt", "message": "a reversal carries the amount negated"})
+    if rec.orig_setl_id == rec.setl_id:
+        problems.append({"field": "orig_setl_id", "message": "a reversal cannot cancel itself"})
+    if not rec.reason.strip():
+        problems.append({"field": "reason", "message": "a reversal needs a reason"})
+    problems.extend(_split_problems(rec, rec.medfee_sumamt))
+    if problems:
+        raise ValidationFailed("reversal does not validate; correct the listed fields", details=problems)
+    return rec
