@@ -11,6 +11,11 @@ Rules:
    anywhere changes the head.
 3. ``kind`` says how ``body`` decodes: ``setl`` a ``Settlement``, ``revs`` a ``Reversal``.
 4. The hash is computed over the bytes as stored and sent; nobody re-encodes to verify.
+5. A record an agent can no longer read (corrupted on its disk) travels as its 32-byte
+   hash alone, a *lost marker*: the agent vouches for the hash with its batch signature,
+   the next record's ``prev_hash`` must still equal it, and the centre keeps the gap
+   visible instead of the chain stopping there. Real entries are always longer than
+   32 bytes, so the two cannot be confused.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "ENTRY_VERSION",
     "GENESIS",
     "KINDS",
+    "LOST_MARKER_LEN",
     "Entry",
     "LinkedRecord",
     "decode_body",
@@ -77,7 +83,13 @@ def encode_entry(agent_id: str, seq: int, prev_hash: bytes, kind: str, body: byt
     return b"\x96" + head[1:] + body
 
 
+LOST_MARKER_LEN = 32
+
+
 def record_hash(entry: bytes) -> bytes:
+    """SHA-256 of an entry; a lost marker *is* the hash it stands for."""
+    if len(entry) == LOST_MARKER_LEN:
+        return bytes(entry)
     return hashlib.sha256(entry).digest()
 
 
@@ -118,8 +130,12 @@ class LinkedRecord:
 
     seq: int
     hash: bytes
-    entry: Entry
+    entry: Entry | None  # None for a lost marker
     raw: bytes
+
+    @property
+    def lost(self) -> bool:
+        return self.entry is None
 
 
 def verify_chain(
@@ -138,6 +154,11 @@ def verify_chain(
     expected_prev = prev_hash
     seq = first_seq
     for raw in entries:
+        if len(raw) == LOST_MARKER_LEN:
+            linked.append(LinkedRecord(seq=seq, hash=bytes(raw), entry=None, raw=raw))
+            expected_prev = bytes(raw)
+            seq += 1
+            continue
         entry = decode_entry(raw)
         if entry.agent_id != agent_id:
             raise ChainBroken(f"record at seq {entry.seq} belongs to another agent")
