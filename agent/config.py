@@ -1,0 +1,117 @@
+"""The agent's settings: one typed object, validated at start, every value documented.
+
+Settings live in ``HOME/agent.json`` (written by ``yibao-agent init``); unknown keys fail
+at start with the list of known ones, so a typo is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["AgentConfig", "load_config", "save_config"]
+
+
+@dataclass
+class AgentConfig:
+    #: Directory holding the key, the database and the HIS token.
+    home: Path
+    #: Base URL of the central collector, e.g. ``http://127.0.0.1:8720``.
+    central_url: str = ""
+    #: Agent id assigned by the centre at enrolment.
+    agent_id: str = ""
+    #: The designated institution this agent serves (``fixmedins_code``).
+    fixmedins_code: str = ""
+    #: Where the HIS-facing API listens.
+    listen: str = "127.0.0.1:8710"
+    #: Largest HIS request body accepted (bytes); larger gets 413.
+    max_body_bytes: int = 1024 * 1024
+    #: Outbox limit in records not yet acknowledged; beyond it new settlements are refused.
+    outbox_max_records: int = 2_000_000
+    #: Outbox limit in bytes not yet acknowledged.
+    outbox_max_bytes: int = 4 * 1024**3
+    #: Refuse new settlements when the disk holding the outbox has less free space (bytes).
+    min_free_disk_bytes: int = 256 * 1024**2
+    #: Most records committed in one transaction (group commit).
+    group_max: int = 256
+    #: Upload batch bounds; the centre refuses batches above its own limits.
+    batch_max_records: int = 2000
+    batch_max_bytes: int = 4 * 1024**2
+    #: Acknowledged records are kept this long (seconds) before pruning.
+    retention_s: float = 7 * 24 * 3600
+    #: Upload retry backoff: exponential with jitter, capped; never gives up.
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 60.0
+    #: Per-request timeout for uploads (seconds).
+    upload_timeout_s: float = 30.0
+    #: Idle poll interval of the uploader when the outbox is empty (seconds).
+    idle_poll_s: float = 1.0
+    extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "agent.db"
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / "agent.key"
+
+    @property
+    def token_path(self) -> Path:
+        return self.home / "his.token"
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "agent.json"
+
+    def validate(self) -> AgentConfig:
+        problems = []
+        for name in (
+            "max_body_bytes",
+            "outbox_max_records",
+            "outbox_max_bytes",
+            "group_max",
+            "batch_max_records",
+            "batch_max_bytes",
+        ):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
+        if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
+            problems.append("backoff_initial_s must be > 0 and <= backoff_max_s")
+        if problems:
+            raise ConfigError("invalid agent settings: " + "; ".join(problems))
+        return self
+
+
+_KNOWN = {f.name for f in fields(AgentConfig)} - {"home", "extra"}
+
+
+def load_config(home: Path | str | None) -> AgentConfig:
+    """Read ``HOME/agent.json``; ``home`` falls back to ``$YIBAO_HOME``."""
+    if home is None:
+        home = os.environ.get("YIBAO_HOME")
+    if not home:
+        raise ConfigError("no agent home: pass --home DIR or set YIBAO_HOME")
+    home = Path(home)
+    path = home / "agent.json"
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run 'yibao-agent --home {home} init' first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    unknown = set(data) - _KNOWN
+    if unknown:
+        raise ConfigError(f"unknown settings {sorted(unknown)} in {path}; known: {sorted(_KNOWN)}")
+    return AgentConfig(home=home, **data).validate()
+
+
+def save_config(config: AgentConfig) -> None:
+    data = {k: v for k, v in asdict(config).items() if k not in ("home", "extra")}
+    tmp = config.config_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, config.config_path)

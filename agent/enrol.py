@@ -1,0 +1,82 @@
+"""First contact: make the agent's identity and register it with the centre.
+
+Nothing is written to the home directory until the centre has accepted the enrolment, so
+a failed attempt (wrong token, centre down) can simply be repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+import aiohttp
+
+from protocol.batch import KeyPair, key_fingerprint
+from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER
+
+from .config import AgentConfig, save_config
+from .errors import ConfigError, EnrolFailed
+from .store import Outbox
+
+__all__ = ["enrol", "load_key"]
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_key(config: AgentConfig) -> KeyPair:
+    try:
+        return KeyPair.from_private_bytes(config.key_path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the agent key {config.key_path}: {exc}") from exc
+
+
+async def enrol(home: Path, central_url: str, token: str, hospital: str) -> AgentConfig:
+    """Create key, enrol, then write config, key, HIS token and database."""
+    home = Path(home)
+    config = AgentConfig(home=home, central_url=central_url.rstrip("/"), fixmedins_code=hospital)
+    if config.config_path.exists():
+        raise ConfigError(f"{home} already holds an enrolled agent; use another --home")
+    key = KeyPair.generate()
+    request = {
+        "token": token,
+        "fixmedins_code": hospital,
+        "public_key": key.public_bytes.hex(),
+        "agent_version": "0.1.0",
+    }
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.post(
+                config.central_url + ENROLL_PATH, json=request, headers={PROTOCOL_HEADER: "1"}
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise EnrolFailed(
+            f"cannot reach the centre at {central_url}: {exc}; check the URL and network"
+        ) from exc
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError:
+        answer = {}
+    if status != 201:
+        err = answer.get("error", {}) if isinstance(answer, dict) else {}
+        raise EnrolFailed(
+            f"the centre refused enrolment ({err.get('code', status)}): {err.get('message', text[:200])}"
+        )
+    if answer.get("key_fingerprint") not in (None, key_fingerprint(key.public_bytes)):
+        raise EnrolFailed("the centre registered a different key fingerprint; do not use this centre")
+    home.mkdir(parents=True, exist_ok=True)
+    config.agent_id = answer["agent_id"]
+    _write_secret(config.key_path, key.private_bytes())
+    _write_secret(config.token_path, (secrets.token_urlsafe(32) + "\n").encode())
+    Outbox(config.db_path, agent_id=config.agent_id).close()
+    save_config(config)
+    return config
