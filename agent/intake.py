@@ -233,6 +233,7 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
             psn_no=psn.psn_no,
             psn_type=psn.psn_type,
         ),
+        psn_cash_pay=_fen(src.psn_cash_pay, "psn_cash_pay", problems),
         setl_id="",
         setl_time="",
     )
