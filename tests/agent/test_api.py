@@ -1,0 +1,134 @@
+"""The HIS API over real loopback HTTP (aiohttp's TestServer binds a real socket)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from agent.api import create_app
+from agent.config import AgentConfig
+from agent.store import Outbox
+from tests.conftest import example_settlement
+
+TOKEN = "his-secret-token"
+
+
+def _run(tmp_path: Path, scenario, **config_overrides) -> None:
+    async def main() -> None:
+        config = AgentConfig(home=tmp_path, agent_id="H1-01", fixmedins_code="H37021100001", **config_overrides)
+        outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", max_records=config.outbox_max_records)
+        server = TestServer(create_app(config, outbox, None, TOKEN))
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession(
+                base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as http:
+                await scenario(http, outbox)
+        finally:
+            await server.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
+def test_settle_then_retry_returns_the_first_answer(tmp_path):
+    async def scenario(http, outbox):
+        body = example_settlement()
+        async with http.post("/v1/settlements", json=body) as r:
+            assert r.status == 201
+            first = await r.json()
+        assert first["seq"] == 1 and first["medfee_sumamt"] == "51.20" and len(first["hash"]) == 64
+        async with http.post("/v1/settlements", json=body) as r:
+            assert r.status == 200
+            again = await r.json()
+        assert again["duplicate"] is True and again["setl_id"] == first["setl_id"]
+        async with http.post(f"/v1/settlements/{first['setl_id']}/reversal",
+                             json={"reason": "refund", "opter": "C0007"}) as r:
+            assert r.status == 201
+            rev = await r.json()
+        assert rev["seq"] == 2 and rev["medfee_sumamt"] == "-51.20" and rev["orig_setl_id"] == first["setl_id"]
+        assert outbox.last_seq == 2
+
+    _run(tmp_path, scenario)
+
+
+def test_bad_input_gets_field_errors_and_writes_nothing(tmp_path):
+    async def scenario(http, outbox):
+        bad = example_settlement()
+        bad["feedetl"][0]["cnt"] = "-1"
+        bad["medfee_sumamt"] = "1.00"
+        async with http.post("/v1/settlements", json=bad) as r:
+            assert r.status == 400
+            err = (await r.json())["error"]
+        assert err["code"] == "validation_failed"
+        assert {"feedetl[0].cnt", "medfee_sumamt"} <= {d["field"] for d in err["details"]}
+        async with http.post("/v1/settlements", data=b"{not json") as r:
+            assert r.status == 400
+            assert (await r.json())["error"]["code"] == "validation_failed"
+        async with http.post("/v1/settlements/nope/reversal", json={"reason": "x", "opter": "C1"}) as r:
+            assert r.status == 404
+            assert (await r.json())["error"]["code"] == "not_found"
+        async with http.post("/v1/settlements/nope/reversal", json={"reason": "x"}) as r:
+            assert r.status == 400
+        assert outbox.last_seq == 0
+
+    _run(tmp_path, scenario)
+
+
+def test_missing_or_wrong_token_is_401(tmp_path):
+    async def scenario(http, outbox):
+        for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": ""}):
+            async with http.post("/v1/settlements", json=example_settlement(), headers=headers) as r:
+                assert r.status == 401
+                assert (await r.json())["error"]["code"] == "unauthorized"
+        async with http.get("/v1/status", headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+        async with http.get("/v1/health", headers={"Authorization": ""}) as r:
+            assert r.status == 200
+        assert outbox.last_seq == 0
+
+    _run(tmp_path, scenario)
+
+
+def test_oversized_body_is_413(tmp_path):
+    async def scenario(http, outbox):
+        body = json.dumps(example_settlement()) + " " * 5000
+        async with http.post("/v1/settlements", data=body.encode()) as r:
+            assert r.status == 413
+            assert (await r.json())["error"]["code"] == "body_too_large"
+        assert outbox.last_seq == 0
+
+    _run(tmp_path, scenario, max_body_bytes=4096)
+
+
+def test_outbox_full_is_503_with_a_clear_message(tmp_path):
+    async def scenario(http, outbox):
+        async with http.post("/v1/settlements", json=example_settlement("A")) as r:
+            assert r.status == 201
+        async with http.post("/v1/settlements", json=example_settlement("B")) as r:
+            assert r.status == 503
+            err = (await r.json())["error"]
+        assert err["code"] == "outbox_full" and "refused" in err["message"]
+        async with http.get("/v1/status") as r:
+            st = await r.json()
+        assert st["outbox"]["pending"] == 1 and st["alarms"][0]["code"] == "outbox_full"
+
+    _run(tmp_path, scenario, outbox_max_records=1)
+
+
+def test_status_shape(tmp_path):
+    async def scenario(http, outbox):
+        async with http.post("/v1/settlements", json=example_settlement()) as r:
+            assert r.status == 201
+        async with http.get("/v1/status") as r:
+            st = await r.json()
+        assert st["agent_id"] == "H1-01"
+        assert st["outbox"]["pending"] == 1 and st["outbox"]["acked_seq"] == 0
+        assert st["outbox"]["bytes"] > 0 and st["outbox"]["oldest_age_s"] >= 0
+        assert set(st["central"]) >= {"reachable", "last_upload_at"}
+
+    _run(tmp_path, scenario)
