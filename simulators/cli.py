@@ -1,0 +1,132 @@
+"""``yibao-sim``: the outside world on the command line, one verb per simulator.
+
+Each verb is a thin shell over a library function (``his`` → ``simulators.his.run_his``) so
+tests and the demo call the same code the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from .his import DEFAULT_HOSPITAL, HisSummary, run_his
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="yibao-sim", description="Simulators that stand in for the world around Yibao Edge."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    his = verbs.add_parser(
+        "his",
+        help="post realistic settlements to an agent's HIS API",
+        description=(
+            "Post settlements evenly at --rate per second for --duration seconds (until Ctrl-C "
+            "without --duration), retry the same body on timeouts and 5xx, and print what was "
+            "sent and acknowledged."
+        ),
+    )
+    his.add_argument("--agent", required=True, metavar="URL", help="agent base URL, e.g. http://127.0.0.1:8700")
+    his.add_argument(
+        "--token-file", required=True, type=Path, metavar="FILE", help="file holding the HIS API bearer token"
+    )
+    his.add_argument(
+        "--rate", type=float, default=5.0, metavar="N", help="settlements per second (default 5)"
+    )
+    his.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="seconds to run (default: until Ctrl-C)"
+    )
+    his.add_argument("--seed", type=int, default=None, metavar="N",
+                     help="replay the same traffic; a second run with a seed is answered as duplicates")
+    his.add_argument("--concurrency", type=int, default=8, metavar="C", help="requests in flight (default 8)")
+    his.add_argument("--hospital", default=DEFAULT_HOSPITAL, metavar="CODE",
+                     help=f"fixmedins_code of the sending hospital (default {DEFAULT_HOSPITAL})")
+    his.add_argument("--reversal-share", type=float, default=0.02, metavar="P",
+                     help="share of acknowledged settlements that are then reversed (default 0.02)")
+    his.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="per-request timeout (default 10)"
+    )
+    his.add_argument("--retries", type=int, default=3, metavar="N",
+                     help="re-sends of the same body after a timeout or 5xx (default 3)")
+    his.add_argument("--out", type=Path, default=None, metavar="FILE",
+                     help="write one JSON line per acknowledged record, to compare with the centre")
+    his.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    his.set_defaults(run=_his)
+    return parser
+
+
+async def _run_until_signal(args: argparse.Namespace, token: str, out: TextIO | None) -> HisSummary:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        # First Ctrl-C: stop sending and let answers in flight arrive; a second one kills.
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    def write(rec: dict[str, Any]) -> None:
+        if out is not None:
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+    return await run_his(
+        args.agent,
+        token,
+        args.rate,
+        args.duration,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        fixmedins_code=args.hospital,
+        reversal_share=args.reversal_share,
+        timeout=args.timeout,
+        retries=args.retries,
+        on_record=write,
+        stop=stop,
+    )
+
+
+def _his(args: argparse.Namespace) -> int:
+    try:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        print(f"yibao-sim: cannot read the token file: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"yibao-sim: the token file {args.token_file} is empty", file=sys.stderr)
+        return 2
+    if args.rate <= 0 or (args.duration is not None and args.duration < 0):
+        print("yibao-sim: --rate must be positive and --duration not negative", file=sys.stderr)
+        return 2
+    until = "until Ctrl-C" if args.duration is None else f"for {args.duration:g} s"
+    print(f"sending {args.rate:g} settlements/s {until} to {args.agent} as {args.hospital}", file=sys.stderr)
+    out = args.out.open("w", encoding="utf-8", buffering=1) if args.out else None
+    try:
+        summary = asyncio.run(_run_until_signal(args, token, out))
+    finally:
+        if out is not None:
+            out.close()
+    if args.json:
+        print(json.dumps(summary.to_json(), ensure_ascii=False))
+    else:
+        print(summary.format_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``yibao-sim`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
