@@ -1,0 +1,49 @@
+# Developer and CI entry points. `make test` works on a fresh Debian machine as root with
+# only Python 3.11: it makes the venv (installing python3-venv if the venv module is
+# missing), installs the project with its test extras, then lints and runs the tests.
+
+PYTHON ?= python3
+VENV ?= .venv
+DURATION ?=
+
+BIN := $(VENV)/bin
+# Reinstalled when pyproject.toml changes; lives in the venv so a new venv starts clean.
+STAMP := $(VENV)/.installed-stamp
+LINT_PATHS := $(wildcard agent central protocol simulators tests benchmarks)
+
+.PHONY: all test lint pytest demo bench venv clean-venv
+
+all: test
+
+$(BIN)/python:
+	@if ! $(PYTHON) -m venv $(VENV); then \
+		echo "venv module missing: installing python3-venv"; \
+		rm -rf $(VENV); \
+		apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); \
+	fi
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q tests
+
+test: lint pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m simulators.demo $(if $(DURATION),--duration $(DURATION))
+
+bench: $(STAMP)
+	@set -e; for f in benchmarks/*.py; do \
+		[ -e "$$f" ] || { echo "no benchmarks"; break; }; \
+		echo "== $$f"; $(BIN)/python "$$f"; \
+	done
+
+clean-venv:
+	rm -rf $(VENV)
