@@ -1,0 +1,185 @@
+"""Real processes on loopback: a central collector, agents, and a HIS client that retries.
+
+Every process is started through its console script exactly as an operator would, so the
+tests cover the CLI, the config files, the HTTP servers and the databases together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 10
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    def __init__(self, name: str, args: list[str], log: Path, health_url: str) -> None:
+        self.name, self.args, self.log_path, self.health_url = name, args, log, health_url
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        log.close()
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return http("GET", self.health_url, timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(up, 30, what=f"{self.name} to listen")
+        return self
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+class Central:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.cli("init")
+        self.proc = Proc(
+            "central",
+            [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{self.port}"],
+            home / "central.log",
+            self.url + "/v1/health",
+        )
+
+    def cli(self, *args: str) -> str:
+        out = subprocess.run(
+            [str(BIN / "yibao-central"), "--home", str(self.home), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode not in (0, 2):
+            raise AssertionError(f"yibao-central {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
+
+    def enroll_token(self, hospital: str) -> str:
+        return self.cli("enroll-token", "--hospital", hospital).strip()
+
+    def settlements(self) -> list[dict]:
+        return [json.loads(line) for line in self.cli("export", "settlements").splitlines() if line.strip()]
+
+
+class Agent:
+    def __init__(self, home: Path, central_url: str, hospital: str, token: str, **settings: Any) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        out = subprocess.run(
+            [
+                str(BIN / "yibao-agent"),
+                "--home",
+                str(home),
+                "init",
+                "--central",
+                central_url,
+                "--token",
+                token,
+                "--hospital",
+                hospital,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        config = json.loads((home / "agent.json").read_text())
+        config.update({"backoff_initial_s": 0.05, "backoff_max_s": 0.5, "idle_poll_s": 0.2})
+        config.update(settings)
+        (home / "agent.json").write_text(json.dumps(config))
+        self.agent_id = config["agent_id"]
+        self.token = (home / "his.token").read_text().strip()
+        self.proc = Proc(
+            "agent",
+            [str(BIN / "yibao-agent"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{self.port}"],
+            home / "agent.log",
+            self.url + "/v1/health",
+        )
+
+    def settle(self, body: dict, timeout: float = 10) -> tuple[int, Any]:
+        return http("POST", self.url + "/v1/settlements", body, self.token, timeout)
+
+    def status(self) -> dict:
+        return http("GET", self.url + "/v1/status", token=self.token)[1]
+
+    def drained(self) -> bool:
+        st = self.status()
+        return st["outbox"]["pending"] == 0
+
+
+def settle_until_answered(agent: Agent, body: dict, deadline_s: float = 60) -> dict:
+    """A HIS that retries the same body until it gets an answer (what a cashier's client does)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            status, answer = agent.settle(body, timeout=5)
+            if status in (200, 201):
+                return answer
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"settlement {body['his_setl_no']} never answered")
+        time.sleep(0.05)
