@@ -1,0 +1,139 @@
+"""The collector's one exception family.
+
+Every refusal ``central`` raises is a ``CentralError`` with a stable ``code`` (agents and
+operators' scripts branch on it) and the ``http_status`` the API answers with. Messages
+say what the operator or agent should do next and never carry personal data.
+
+Protocol errors (``protocol.errors``) are translated at the edge of ``central.ingest`` by
+``from_protocol`` so callers only ever catch ``CentralError``.
+"""
+
+from __future__ import annotations
+
+from protocol.errors import BadSignature, ChainBroken, LimitExceeded, ProtocolError
+
+__all__ = [
+    "AgentRevoked",
+    "AgentUnknown",
+    "CentralError",
+    "ChainConflict",
+    "ChainInvalid",
+    "ConfigInvalid",
+    "HomeNotInitialised",
+    "InternalError",
+    "LimitExceededError",
+    "MalformedRequest",
+    "ProtocolUnsupported",
+    "SchemaTooNew",
+    "SignatureInvalid",
+    "TokenExpired",
+    "TokenInvalid",
+    "TokenUsed",
+    "UnsupportedMediaType",
+    "from_protocol",
+]
+
+
+class CentralError(Exception):
+    """Root of every error the collector raises on purpose."""
+
+    code: str = "central_error"
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InternalError(CentralError):
+    """A fault of the centre itself (a bug or a damaged database), never of the request."""
+
+    code = "internal_error"
+
+
+class ConfigInvalid(CentralError):
+    code = "config_invalid"
+
+
+class HomeNotInitialised(CentralError):
+    code = "home_not_initialised"
+
+
+class SchemaTooNew(CentralError):
+    code = "schema_too_new"
+
+
+class MalformedRequest(CentralError):
+    code = "decode_malformed"
+    http_status = 400
+
+
+class LimitExceededError(CentralError):
+    code = "decode_limit_exceeded"
+    http_status = 413
+
+
+class UnsupportedMediaType(CentralError):
+    code = "content_type_unsupported"
+    http_status = 415
+
+
+class ProtocolUnsupported(CentralError):
+    code = "protocol_unsupported"
+    http_status = 400
+
+
+class TokenInvalid(CentralError):
+    code = "token_invalid"
+    http_status = 401
+
+
+class TokenExpired(CentralError):
+    code = "token_expired"
+    http_status = 401
+
+
+class TokenUsed(CentralError):
+    code = "token_used"
+    http_status = 401
+
+
+class AgentUnknown(CentralError):
+    code = "agent_unknown"
+    http_status = 403
+
+
+class AgentRevoked(CentralError):
+    code = "agent_revoked"
+    http_status = 403
+
+
+class SignatureInvalid(CentralError):
+    code = "signature_invalid"
+    http_status = 422
+
+
+class ChainInvalid(CentralError):
+    code = "chain_broken"
+    http_status = 422
+
+
+class ChainConflict(CentralError):
+    """The agent signed a different record for a seq the centre already holds (a forked chain)."""
+
+    code = "chain_conflict"
+    http_status = 409
+
+
+def from_protocol(exc: ProtocolError) -> CentralError:
+    """The central error that stands for a protocol refusal, keeping its wire code."""
+    if isinstance(exc, BadSignature):
+        return SignatureInvalid(exc.message)
+    if isinstance(exc, ChainBroken):
+        return ChainInvalid(exc.message)
+    if isinstance(exc, LimitExceeded):
+        return LimitExceededError(exc.message)
+    return MalformedRequest(exc.message)

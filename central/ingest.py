@@ -1,0 +1,306 @@
+"""Batch ingestion: verify a signed batch and store its new records exactly once.
+
+The rules, in the order ``Ingestor.ingest`` applies them (nothing is stored unless every
+step before the write passes, and all writes for a batch are one transaction):
+
+1. Decode within ``BatchLimits`` (malformed → ``decode_malformed``, too big →
+   ``decode_limit_exceeded``).
+2. The agent must be enrolled and not revoked (``agent_unknown`` / ``agent_revoked``).
+3. One signature check over the batch, then the batch's internal links
+   (``verify_batch(prev_hash=None)``). A failure is a security event.
+4. Against what is held — H, the highest contiguous seq, and h, its hash:
+   - ``first_seq > H + 1``: a gap; answer ``gap`` with ``resend_from = H + 1``, store nothing.
+   - every held seq the batch repeats must have the same hash, else ``chain_conflict``
+     (a forked agent chain; security event).
+   - ``last_seq <= H``: a duplicate; store nothing.
+   - otherwise the record at ``H + 1`` must link to h (else ``chain_broken``) and only
+     seq > H is stored.
+5. Each new record is stored in the chain table whatever its body; a body that does not
+   decode or validate, or repeats a ``setl_id`` already held, is stored as ``rejected`` and
+   listed in the ack, and only valid bodies become settlements. Lost markers are kept as
+   ``lost``.
+
+The ack always carries the highest contiguous seq held (``protocol.wire``): "resend from
+``acked_seq + 1``" is always right for the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+
+from protocol.batch import Batch, BatchLimits, decode_batch, verify_batch
+from protocol.chain import decode_body
+from protocol.errors import BadSignature, ProtocolError
+from protocol.records import Reversal, Settlement
+from protocol.wire import BatchAck, Rejection
+
+from .errors import (
+    AgentRevoked,
+    AgentUnknown,
+    CentralError,
+    ChainConflict,
+    ChainInvalid,
+    InternalError,
+    SignatureInvalid,
+    from_protocol,
+)
+from .store import Store, get_agent, now_iso, record_security_event
+
+__all__ = ["Ingestor", "Prepared"]
+
+log = logging.getLogger(__name__)
+
+_INT64 = 2**63
+_MAX_MESSAGE = 500
+_TIME_EXAMPLE = "2026-11-24T10:00:00+08:00"
+_MONEY = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
+
+_INSERT_RECORD = (
+    "INSERT INTO records (agent_id, seq, hash, kind, status, reject_code, reject_message, raw, received_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_SETTLEMENT = (
+    "INSERT INTO settlements (setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, "
+    "med_type, setl_time, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+)
+
+
+class _Refused(Exception):
+    """A record body the centre keeps in the chain but refuses as a settlement."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A batch that passed steps 1-3, with every record's rows built, waiting for step 4."""
+
+    batch: Batch
+    hospital: str
+    hashes: list[bytes]
+    prevs: list[bytes | None]  # each record's prev_hash (None for a lost marker)
+    records: list[tuple]  # rows for the records table, in seq order
+    settlements: list[tuple | None]  # the settlement row of each record, None if not one
+
+
+def _problem_text(exc: ProtocolError) -> str:
+    text = exc.message
+    if exc.details:
+        text += ": " + "; ".join(f"{d.get('field', '?')}: {d.get('message', '')}" for d in exc.details)
+    return text[:_MAX_MESSAGE]
+
+
+def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str) -> tuple:
+    """The settlements-table row of a valid body, or ``_Refused`` for what the centre adds to validation."""
+    if rec.fixmedins_code != hospital:
+        raise _Refused("hospital_mismatch", f"record names another hospital than the agent's {hospital}")
+    for name in _MONEY:
+        value = getattr(rec, name)
+        if value is not None and not -_INT64 < value < _INT64:
+            raise _Refused("field_invalid", f"{name} is outside the range of an amount")
+    try:
+        setl_date = datetime.fromisoformat(rec.setl_time).date().isoformat()
+    except ValueError:
+        raise _Refused("field_invalid", f"setl_time is not ISO 8601 time like {_TIME_EXAMPLE}") from None
+    if isinstance(rec, Settlement):
+        psn_no, mdtrt_id, med_type, kind, orig = (
+            rec.psn.psn_no,
+            rec.mdtrt.mdtrt_id,
+            rec.mdtrt.med_type,
+            "setl",
+            None,
+        )
+    else:
+        psn_no, mdtrt_id, med_type, kind, orig = None, None, None, "revs", rec.orig_setl_id
+    return (
+        rec.setl_id, agent_id, seq, kind, rec.his_setl_no, rec.fixmedins_code, psn_no, mdtrt_id,
+        med_type, rec.setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
+        rec.psn_cash_pay, orig,
+    )  # fmt: skip
+
+
+class Ingestor:
+    """Verifies and stores batches; usable without HTTP (the benchmark drives it directly)."""
+
+    def __init__(self, store: Store, limits: BatchLimits | None = None) -> None:
+        self.store = store
+        self.limits = limits or BatchLimits()
+
+    def ingest(self, data: bytes, *, remote: str | None = None) -> BatchAck:
+        """Steps 1-5 for one batch; returns the ack or raises a ``CentralError``."""
+        return self.commit(self.prepare(data, remote=remote), remote=remote)
+
+    async def ingest_async(self, data: bytes, *, remote: str | None = None) -> BatchAck:
+        """``ingest`` off the event loop: CPU work on a reader thread, writes on the writer."""
+        return await self.store.run_async(lambda: self.ingest(data, remote=remote))
+
+    def _security_event(self, agent_id: str | None, exc: CentralError, remote: str | None) -> None:
+        log.warning("security event from agent %s (%s): %s: %s", agent_id, remote, exc.code, exc.message)
+        self.store.write(lambda conn: record_security_event(conn, agent_id, exc.code, exc.message, remote))
+
+    def prepare(self, data: bytes, *, remote: str | None = None) -> Prepared:
+        """Steps 1-3 and the record rows; needs only reads."""
+        try:
+            batch = decode_batch(data, self.limits)
+        except ProtocolError as exc:
+            raise from_protocol(exc) from None
+        agent = self.store.read(lambda conn: get_agent(conn, batch.agent_id))
+        if agent is None:
+            raise AgentUnknown(f"agent {batch.agent_id!r} is not enrolled; enrol it with a new token")
+        if agent.revoked:
+            raise AgentRevoked(f"agent {batch.agent_id} was revoked at {agent.revoked_at}; re-enrol it")
+        try:
+            linked = verify_batch(batch, agent.public_key, prev_hash=None)
+        except BadSignature as exc:
+            error: CentralError = SignatureInvalid(exc.message)
+            self._security_event(batch.agent_id, error, remote)
+            raise error from None
+        except ProtocolError as exc:
+            # The signature is good, so records that fail to decode or link do not form the chain it signs.
+            error = ChainInvalid(exc.message)
+            self._security_event(batch.agent_id, error, remote)
+            raise error from None
+        agent_id, hospital, received = batch.agent_id, agent.fixmedins_code, now_iso()
+        hashes: list[bytes] = []
+        prevs: list[bytes | None] = []
+        records: list[tuple] = []
+        settlements: list[tuple | None] = []
+        for rec in linked:
+            seq, digest, entry = rec.seq, rec.hash, rec.entry
+            hashes.append(digest)
+            if entry is None:
+                prevs.append(None)
+                records.append((agent_id, seq, digest, None, "lost", None, None, rec.raw, received))
+                settlements.append(None)
+                continue
+            prevs.append(entry.prev_hash)
+            try:
+                row = _settlement_row(decode_body(entry), agent_id, seq, hospital)
+            except ProtocolError as exc:
+                code, message = exc.code, _problem_text(exc)
+            except _Refused as exc:
+                code, message = exc.code, exc.message
+            except Exception as exc:  # untrusted body: any failure rejects the record, not the batch
+                log.exception("record %s/%s could not be validated", agent_id, seq)
+                code, message = "validation_failed", f"record could not be validated ({type(exc).__name__})"
+            else:
+                records.append((agent_id, seq, digest, entry.kind, "ok", None, None, rec.raw, received))
+                settlements.append(row)
+                continue
+            records.append((agent_id, seq, digest, entry.kind, "rejected", code, message, rec.raw, received))
+            settlements.append(None)
+        return Prepared(batch, hospital, hashes, prevs, records, settlements)
+
+    def commit(self, prepared: Prepared, *, remote: str | None = None) -> BatchAck:
+        """Step 4 and 5 in one write transaction."""
+        try:
+            ack = self.store.write(lambda conn: self._commit(conn, prepared))
+        except (ChainConflict, ChainInvalid) as exc:
+            self._security_event(prepared.batch.agent_id, exc, remote)
+            raise
+        batch = prepared.batch
+        if ack.rejected:
+            log.warning(
+                "agent %s: %d record(s) rejected in batch %d-%d",
+                batch.agent_id, len(ack.rejected), batch.first_seq, batch.last_seq,
+            )  # fmt: skip
+        log.debug(
+            "agent %s batch %d-%d: %s, acked %d", batch.agent_id, batch.first_seq, batch.last_seq, ack.code,
+            ack.acked_seq,
+        )  # fmt: skip
+        return ack
+
+    def _commit(self, conn: sqlite3.Connection, p: Prepared) -> BatchAck:
+        batch = p.batch
+        agent_id, first, last = batch.agent_id, batch.first_seq, batch.last_seq
+        row = conn.execute(
+            "SELECT acked_seq, head_hash, revoked_at FROM agents WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        if row is None:
+            raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
+        held_seq, held_head, revoked_at = row
+        if revoked_at is not None:
+            raise AgentRevoked(f"agent {agent_id} was revoked at {revoked_at}; re-enrol it")
+        stamp = now_iso()
+        if first > held_seq + 1:
+            conn.execute("UPDATE agents SET last_seen = ? WHERE agent_id = ?", (stamp, agent_id))
+            return BatchAck(code="gap", acked_seq=held_seq, resend_from=held_seq + 1)
+        repeated: list[Rejection] = []
+        n_dup = 0
+        if first <= held_seq:
+            top = min(last, held_seq)
+            n_dup = top - first + 1
+            held = conn.execute(
+                "SELECT seq, hash, status, reject_code, reject_message FROM records "
+                "WHERE agent_id = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (agent_id, first, top),
+            ).fetchall()
+            if len(held) != n_dup:
+                raise InternalError(
+                    f"central.db lacks records of agent {agent_id} below its acked seq {held_seq}; "
+                    "run `yibao-central reconcile` and restore the database from backup"
+                )
+            for seq, digest, status, code, message in held:
+                if digest != p.hashes[seq - first]:
+                    raise ChainConflict(
+                        f"record seq {seq} differs from the one already held: the agent's chain forked; "
+                        "stop the agent and compare its outbox with `yibao-central reconcile`"
+                    )
+                if status == "rejected":
+                    repeated.append(Rejection(seq=seq, code=code, message=message))
+        if last <= held_seq:
+            conn.execute("UPDATE agents SET last_seen = ? WHERE agent_id = ?", (stamp, agent_id))
+            return BatchAck(code="duplicate", acked_seq=held_seq, duplicates=n_dup, rejected=repeated)
+        k = held_seq + 1 - first
+        prev = p.prevs[k]
+        if prev is not None and prev != held_head:
+            raise ChainInvalid(
+                f"record seq {held_seq + 1} does not link to the record held for seq {held_seq}"
+            )
+        records = p.records[k:]
+        setl_rows = [r for r in p.settlements[k:] if r is not None]
+        self._store_settlements(conn, setl_rows, records, first_index=held_seq + 1)
+        conn.executemany(_INSERT_RECORD, records)
+        conn.execute(
+            "UPDATE agents SET acked_seq = ?, head_hash = ?, last_seen = ? WHERE agent_id = ?",
+            (last, p.hashes[-1], stamp, agent_id),
+        )
+        rejected = [Rejection(seq=r[1], code=r[5], message=r[6]) for r in records if r[4] == "rejected"]
+        return BatchAck(
+            code="stored", acked_seq=last, stored=len(records), duplicates=n_dup, rejected=repeated + rejected
+        )
+
+    @staticmethod
+    def _store_settlements(
+        conn: sqlite3.Connection, rows: list[tuple], records: list[tuple], *, first_index: int
+    ) -> None:
+        """Insert settlements; a ``setl_id`` held already turns its record (in place) into a rejection."""
+        if not rows:
+            return
+        before = conn.total_changes
+        conn.executemany(_INSERT_SETTLEMENT, rows)
+        if conn.total_changes - before == len(rows):
+            return
+        # Slow path, only when a setl_id repeats: find whose rows were not inserted.
+        ids = [r[0] for r in rows]
+        owner: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            for setl_id, agent, seq in conn.execute(
+                f"SELECT setl_id, agent_id, seq FROM settlements WHERE setl_id IN ({marks})", chunk
+            ):
+                owner[setl_id] = (agent, seq)
+        message = "setl_id is already held at the centre; a settlement is counted once"
+        for r in rows:
+            if owner.get(r[0]) != (r[1], r[2]):
+                index = r[2] - first_index
+                old = records[index]
+                records[index] = (*old[:4], "rejected", "setl_duplicate", message, *old[7:])
