@@ -175,4 +175,3 @@ def revoke_agent(store: Store, agent_id: str) -> str:
         return stamp
 
     return store.write(tx)
-

@@ -205,6 +205,12 @@ class Ingestor:
         except (ChainConflict, ChainInvalid) as exc:
             self._security_event(prepared.batch.agent_id, exc, remote)
             raise
+        except sqlite3.Error as exc:
+            log.exception("storing a batch of agent %s failed", prepared.batch.agent_id)
+            raise InternalError(
+                f"the centre could not store the batch ({type(exc).__name__}); check disk space and the "
+                "central log; the agent will resend it"
+            ) from exc
         batch = prepared.batch
         if ack.rejected:
             log.warning(

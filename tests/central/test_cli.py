@@ -1,0 +1,105 @@
+"""The yibao-central command: real subprocesses where stdout matters, in-process elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from central.cli import main
+from central.enrol import enrol_agent
+from central.store import Store
+from protocol.batch import KeyPair
+from protocol.wire import EnrollRequest
+
+from .conftest import HOSPITAL
+
+BIN = Path(sys.executable).parent / "yibao-central"
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_enroll_token_prints_only_the_token(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert _run("--home", str(home), "init").returncode == 0
+    out = _run("--home", str(home), "enroll-token", "--hospital", HOSPITAL, "--ttl-hours", "2")
+    assert out.returncode == 0
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and len(lines[0]) >= 32 and " " not in lines[0]
+    with Store(home / "central.db") as store:
+        key = KeyPair.generate()
+        request = EnrollRequest(token=lines[0], fixmedins_code=HOSPITAL, public_key=key.public_bytes.hex())
+        response, created = enrol_agent(store, request)
+    assert created and response.agent_id == f"{HOSPITAL}-01"
+
+
+def test_home_from_the_environment_and_a_clear_error_without_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "YIBAO_HOME"}
+    out = _run("init", env=env)
+    assert out.returncode == 1 and "--home" in out.stderr and "YIBAO_HOME" in out.stderr
+    env["YIBAO_HOME"] = str(tmp_path / "envhome")
+    assert _run("init", env=env).returncode == 0
+    assert (tmp_path / "envhome" / "central.db").exists()
+
+
+def test_uninitialised_home_says_to_run_init(tmp_path: Path, capsys) -> None:
+    assert main(["--home", str(tmp_path / "none"), "agents", "list"]) == 1
+    assert "init" in capsys.readouterr().err
+
+
+def test_agents_list_and_revoke(config, store, chain, capsys) -> None:
+    home = ["--home", str(config.home)]
+    assert main([*home, "agents", "list", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["agent_id"] == chain.agent_id and row["revoked"] is False
+    assert main([*home, "agents", "revoke", chain.agent_id]) == 0
+    assert main([*home, "agents", "list"]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main([*home, "agents", "revoke", "nobody"]) == 1
+    assert "no agent 'nobody'" in capsys.readouterr().err
+
+
+def test_bad_hospital_code_is_refused(config, capsys) -> None:
+    assert main(["--home", str(config.home), "enroll-token", "--hospital", "bad code"]) == 1
+    assert "hospital code" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_answers_health_and_stops_cleanly_on_sigterm(config) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(BIN), "--home", str(config.home), "serve", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as resp:
+                    assert json.loads(resp.read()) == {"ok": True}
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (
+                    proc.stderr.read() if proc.stderr else ""
+                )
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
