@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 _INT64 = 2**63
 _MAX_MESSAGE = 500
 _TIME_EXAMPLE = "2026-11-24T10:00:00+08:00"
+_fromisoformat = datetime.fromisoformat
 _MONEY = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
 
 _INSERT_RECORD = (
@@ -97,32 +98,44 @@ def _problem_text(exc: ProtocolError) -> str:
     return text[:_MAX_MESSAGE]
 
 
-def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str) -> tuple:
-    """The settlements-table row of a valid body, or ``_Refused`` for what the centre adds to validation."""
-    if rec.fixmedins_code != hospital:
-        raise _Refused("hospital_mismatch", f"record names another hospital than the agent's {hospital}")
+def _amount_problem(rec: Settlement | Reversal) -> str | None:
+    # msgpack carries integers up to 2**64-1; SQLite's are int64.
     for name in _MONEY:
         value = getattr(rec, name)
         if value is not None and not -_INT64 < value < _INT64:
-            raise _Refused("field_invalid", f"{name} is outside the range of an amount")
+            return f"{name} is outside the range of an amount"
+    return None
+
+
+def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str) -> tuple:
+    """The settlements-table row of a valid body, or ``_Refused`` for what the centre adds to validation.
+
+    Hot path (once per record): a validated settlement's split parts are non-negative and add up
+    to ``medfee_sumamt``, so checking the total alone bounds them all; reversals check each amount.
+    """
+    if rec.fixmedins_code != hospital:
+        raise _Refused("hospital_mismatch", f"record names another hospital than the agent's {hospital}")
+    setl_time = rec.setl_time
     try:
-        setl_date = datetime.fromisoformat(rec.setl_time).date().isoformat()
+        setl_date = _fromisoformat(setl_time).date().isoformat()
     except ValueError:
         raise _Refused("field_invalid", f"setl_time is not ISO 8601 time like {_TIME_EXAMPLE}") from None
-    if isinstance(rec, Settlement):
-        psn_no, mdtrt_id, med_type, kind, orig = (
-            rec.psn.psn_no,
-            rec.mdtrt.mdtrt_id,
-            rec.mdtrt.med_type,
-            "setl",
-            None,
-        )
-    else:
-        psn_no, mdtrt_id, med_type, kind, orig = None, None, None, "revs", rec.orig_setl_id
+    if type(rec) is Settlement:
+        if rec.medfee_sumamt >= _INT64:
+            raise _Refused("field_invalid", "medfee_sumamt is outside the range of an amount")
+        mdtrt = rec.mdtrt
+        return (
+            rec.setl_id, agent_id, seq, "setl", rec.his_setl_no, hospital, rec.psn.psn_no, mdtrt.mdtrt_id,
+            mdtrt.med_type, setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
+            rec.psn_cash_pay, None,
+        )  # fmt: skip
+    assert isinstance(rec, Reversal)
+    problem = _amount_problem(rec)
+    if problem:
+        raise _Refused("field_invalid", problem)
     return (
-        rec.setl_id, agent_id, seq, kind, rec.his_setl_no, rec.fixmedins_code, psn_no, mdtrt_id,
-        med_type, rec.setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
-        rec.psn_cash_pay, orig,
+        rec.setl_id, agent_id, seq, "revs", rec.his_setl_no, hospital, None, None, None, setl_time, setl_date,
+        rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay, rec.psn_cash_pay, rec.orig_setl_id,
     )  # fmt: skip
 
 

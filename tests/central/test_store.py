@@ -55,3 +55,12 @@ def test_money_columns_refuse_text(tmp_path: Path) -> None:
                 "setl_date, medfee_sumamt) VALUES ('x', 'a', 1, 'setl', 'H', 't', 'd', '51.20')"
             )
         )
+
+
+def test_central_never_imports_agent() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, central, central.cli, central.api; print('agent' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
