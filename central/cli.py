@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token_p = verbs.add_parser("enroll-token", help="print a one-time enrolment token for a hospital")
     token_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
-    token_p.add_argument("--ttl-hours", type=float, default=24.0, help="hours the token stays valid (24)")
+    token_p.add_argument("--ttl-hours", type=float, help="hours the token stays valid (default 24)")
 
     agents_p = verbs.add_parser("agents", help="list or revoke enrolled agents")
     agent_verbs = agents_p.add_subparsers(dest="agents_verb", required=True, metavar="ACTION")
@@ -80,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         Store(config.db_path).close()  # refuse an uninitialised home before binding the port
         asyncio.run(serve(config))
         return 0
-    config = CentralConfig.from_home(args.home)
+    ttl = getattr(args, "ttl_hours", None)
+    config = CentralConfig.from_home(args.home, **({"token_ttl_hours": ttl} if ttl is not None else {}))
     if args.verb == "init":
         applied = init_home(config)
         print(
@@ -90,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
     with Store(config.db_path) as store:
         if args.verb == "enroll-token":
             check_hospital_code(args.hospital)
-            print(issue_token(store, args.hospital, args.ttl_hours))
+            print(issue_token(store, args.hospital, config.token_ttl_hours))
         elif args.verb == "agents" and args.agents_verb == "list":
             for agent in store.read(list_agents):
                 row = agent_summary(agent)

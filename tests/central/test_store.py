@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,9 +60,6 @@ def test_money_columns_refuse_text(tmp_path: Path) -> None:
 
 
 def test_central_never_imports_agent() -> None:
-    import subprocess
-    import sys
-
     code = "import sys, central, central.cli, central.api; print('agent' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
