@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=float, default=None, metavar="S", help="seconds to run (default: until Ctrl-C)"
     )
     his.add_argument("--seed", type=int, default=None, metavar="N",
-                     help="replay the same traffic; a second run with a seed is answered as duplicates")
+                     help="replay the same traffic: a second run on the same day is answered as duplicates")
     his.add_argument("--concurrency", type=int, default=8, metavar="C", help="requests in flight (default 8)")
     his.add_argument("--hospital", default=DEFAULT_HOSPITAL, metavar="CODE",
                      help=f"fixmedins_code of the sending hospital (default {DEFAULT_HOSPITAL})")

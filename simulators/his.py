@@ -310,12 +310,14 @@ def generate_settlement(
     *,
     population: Population | None = None,
     when: datetime | None = None,
+    day: date | None = None,
     run_tag: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of settlement number ``n``, as ``POST /v1/settlements`` expects it.
 
-    ``when`` is the end of the visit (discharge for inpatients); without it the visit falls
-    on ``DEFAULT_DAY`` at a time drawn from ``rng``, which keeps the function pure.
+    ``when`` is the end of the visit (discharge for inpatients); without it the visit ends
+    on ``day`` (default ``DEFAULT_DAY``) at a time of day drawn from ``rng``, which keeps
+    the function pure.
     ``run_tag`` goes into ``his_setl_no`` and ``mdtrt_id`` so separate runs do not collide;
     the same tag and serial give the same ``his_setl_no``, which is how a HIS re-sends.
     """
@@ -333,7 +335,8 @@ def generate_settlement(
     person = population.pick(rng, older=cond.chronic or med_type == "21")
 
     if when is None:
-        end = DEFAULT_DAY + timedelta(minutes=rng.randint(8 * 60, 17 * 60 + 30))
+        midnight = DEFAULT_DAY if day is None else datetime(day.year, day.month, day.day, tzinfo=CST)
+        end = midnight + timedelta(minutes=rng.randint(8 * 60, 17 * 60 + 30))
     else:
         end = when.astimezone(CST).replace(microsecond=0)
     if ipt_days is not None:
@@ -547,9 +550,12 @@ async def run_his(
 
     Requests are spread evenly (settlement *i* is due at ``i / rate`` s), at most
     ``concurrency`` in flight; when the agent is slower than that the schedule slips and
-    ``rate_achieved`` shows it. ``duration=None`` runs until ``stop`` is set. The same
-    ``seed`` generates the same bodies and ``his_setl_no``s, so a second run with a seed
-    is answered as duplicates; without a seed every run is fresh traffic.
+    ``rate_achieved`` shows it. ``duration=None`` runs until ``stop`` is set.
+
+    Without a ``seed`` every run is fresh traffic stamped with the current time. With one,
+    the bodies are a pure function of the seed and today's date (visit times drawn within
+    today), so a second run on the same day re-sends byte-identical settlements and is
+    answered as duplicates: a replay of a HIS that re-sends its whole day.
 
     Agent contract: ``POST {agent_url}/v1/settlements`` answers 201 ``{"setl_id", "seq",
     "hash", "duplicate": false}``, 200 with ``"duplicate": true`` for a ``his_setl_no``
@@ -566,8 +572,9 @@ async def run_his(
         raise ValueError("rate must be positive")
     if duration is None and stop is None:
         raise ValueError("without a duration, pass a stop event to end the run")
-    seed = random.SystemRandom().randrange(2**63) if seed is None else seed
-    rng = random.Random(seed)
+    replay = seed is not None
+    run_seed = seed if seed is not None else random.SystemRandom().randrange(2**63)
+    rng = random.Random(run_seed)  # decides reversals; each body has its own generator
     run_tag = f"{rng.getrandbits(24):06x}"
     population = population or default_population(_home_admdvs(fixmedins_code))
     stop = stop or asyncio.Event()
@@ -660,11 +667,12 @@ async def run_his(
             await slots.acquire()
             i += 1
             body = generate_settlement(
-                rng,
+                random.Random(f"{run_seed}:{i}"),  # body i depends on the seed and i alone
                 fixmedins_code,
                 i,
                 population=population,
-                when=datetime.now(CST),
+                when=None if replay else datetime.now(CST),
+                day=datetime.now(CST).date(),
                 run_tag=run_tag,
             )
             reason = rng.choice(REVERSAL_REASONS) if rng.random() < reversal_share else None

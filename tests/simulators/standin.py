@@ -14,6 +14,9 @@ Faults are chosen by the settlement's serial (the last part of ``his_setl_no``):
 - ``n % 10 == 7``: every attempt is refused ``503 outbox_full``.
 - ``n % 10 == 9``: refused ``400 validation_failed`` (final; never retried).
 - ``n % 20 == 1``: the first attempt is committed, then the connection is dropped.
+
+Like the agent, it answers ``409 his_setl_no_conflict`` when a ``his_setl_no`` it holds
+comes back with a different body: a retry must re-send the same settlement, not a new one.
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ class StandInAgent:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if his in self.committed:
+            if self.committed[his]["body"] != body:
+                return web.json_response(error_body("his_setl_no_conflict", "different body"), status=409)
             return self._answer(self.committed[his], duplicate=True)
         fault = fault_of(serial(his)) if self.faults else None
         if fault == "invalid":

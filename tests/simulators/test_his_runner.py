@@ -116,6 +116,8 @@ def test_an_unreachable_agent_gives_errors_after_retries_and_nothing_acknowledge
     assert summary.attempts == 10
     assert summary.acknowledged == 0 and summary.amount_acknowledged == 0
     assert summary.to_json()["latency_p50_ms"] is None
+    text = summary.format_text()
+    assert "errors                      5" in text and "no answers" in text
 
 
 def test_a_wrong_token_is_refused_and_not_retried():
@@ -192,16 +194,16 @@ def test_cli_replays_the_same_traffic_for_the_same_seed(tmp_path, capsys):
     token_file = tmp_path / "his.token"
     token_file.write_text(TOKEN)
     agent = StandInAgent(faults=False)
-    args = ["his", "--agent", "", "--token-file", str(token_file), "--rate", "100", "--duration", "0.1",
-            "--seed", "9", "--reversal-share", "0"]
     with serving_in_thread(agent) as url:
-        args[2] = url
-        assert main(args) == 0
-        first = capsys.readouterr().out
-        assert main(args) == 0
-        second = capsys.readouterr().out
-    assert "acknowledged" in first and "0 answered as duplicate" in first
-    assert "10 answered as duplicate" in second
+        args = ["his", "--agent", url, "--token-file", str(token_file), "--rate", "100", "--duration", "0.1",
+                "--seed", "9", "--json"]
+        # The reversal share changes what happens after an answer, never the bodies sent.
+        assert main([*args, "--reversal-share", "0.5"]) == 0
+        first = json.loads(capsys.readouterr().out)
+        assert main([*args, "--reversal-share", "0"]) == 0
+        second = json.loads(capsys.readouterr().out)
+    assert first["acknowledged"] == 10 and first["duplicates"] == 0 and first["reversals_acknowledged"] > 0
+    assert second["acknowledged"] == second["duplicates"] == 10 and second["refused"] == {}
     assert len(agent.committed) == 10
 
 
