@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
@@ -261,3 +262,24 @@ def test_oversized_bodies_are_413(tmp_path) -> None:
         assert decode_ack(srv.post_batch(chain.batch(1, 2)).body).acked_seq == 2
     finally:
         stop()
+
+
+def test_concurrent_uploads_and_racing_duplicates_store_everything_once(server: Server) -> None:
+    chains = [enrol(server.store) for _ in range(3)]
+    for c in chains:
+        c.extend(60)
+
+    def upload(c: Chain) -> list[str]:
+        codes = []
+        for first in range(1, 61, 20):
+            body = c.batch(first, first + 19)
+            codes.append(decode_ack(server.post_batch(body).body).code)
+            codes.append(decode_ack(server.post_batch(body).body).code)
+        return codes
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(upload, chains + chains))  # every chain uploaded by two racing senders
+    flat = [code for codes in results for code in codes]
+    assert flat.count("stored") == 9 and set(flat) == {"stored", "duplicate"}
+    assert _counts(server) == (180, 180)
+    assert {a["last_seq"] for a in server.request("GET", "/v1/agents").json()} == {60}
