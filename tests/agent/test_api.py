@@ -19,7 +19,9 @@ TOKEN = "his-secret-token"
 
 def _run(tmp_path: Path, scenario, **config_overrides) -> None:
     async def main() -> None:
-        config = AgentConfig(home=tmp_path, agent_id="H1-01", fixmedins_code="H37021100001", **config_overrides)
+        config = AgentConfig(
+            home=tmp_path, agent_id="H1-01", fixmedins_code="H37021100001", **config_overrides
+        )
         outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", max_records=config.outbox_max_records)
         server = TestServer(create_app(config, outbox, None, TOKEN))
         await server.start_server()
@@ -46,11 +48,14 @@ def test_settle_then_retry_returns_the_first_answer(tmp_path):
             assert r.status == 200
             again = await r.json()
         assert again["duplicate"] is True and again["setl_id"] == first["setl_id"]
-        async with http.post(f"/v1/settlements/{first['setl_id']}/reversal",
-                             json={"reason": "refund", "opter": "C0007"}) as r:
+        async with http.post(
+            f"/v1/settlements/{first['setl_id']}/reversal", json={"reason": "refund", "opter": "C0007"}
+        ) as r:
             assert r.status == 201
             rev = await r.json()
-        assert rev["seq"] == 2 and rev["medfee_sumamt"] == "-51.20" and rev["orig_setl_id"] == first["setl_id"]
+        assert (
+            rev["seq"] == 2 and rev["medfee_sumamt"] == "-51.20" and rev["orig_setl_id"] == first["setl_id"]
+        )
         assert outbox.last_seq == 2
 
     _run(tmp_path, scenario)

@@ -53,7 +53,11 @@ def test_concurrent_appends_get_contiguous_seqs_and_a_valid_chain(outbox):
 def test_same_his_setl_no_answers_the_first_receipt(outbox):
     first = _append(outbox, 1)
     again = _append(outbox, 1)
-    assert again.duplicate and (again.setl_id, again.seq, again.hash) == (first.setl_id, first.seq, first.hash)
+    assert again.duplicate and (again.setl_id, again.seq, again.hash) == (
+        first.setl_id,
+        first.seq,
+        first.hash,
+    )
     assert outbox.last_seq == 1
 
 
