@@ -117,7 +117,9 @@ def test_every_problem_is_listed_at_once(rec):
     with pytest.raises(ValidationFailed) as exc:
         check_settlement(bad)
     assert {
-        "feedetl[0].cnt", f"feedetl[{len(lines) - 1}].feedetl_sn", f"feedetl[{len(lines) - 1}].pric",
+        "feedetl[0].cnt",
+        f"feedetl[{len(lines) - 1}].feedetl_sn",
+        f"feedetl[{len(lines) - 1}].pric",
         "medfee_sumamt",
     } <= fields_of(exc)
 
@@ -213,7 +215,7 @@ def test_to_fen_refuses_a_tenth_of_a_fen():
     assert fen_to_text(0) == "0.00"
 
 
-@given(st.integers(-(10**20), 10**20), st.integers(0, 6), st.integers(0, 4))
+@given(st.integers(-(10**12) + 1, 10**12 - 1), st.integers(0, 6), st.integers(0, 4))
 def test_decimal_text_is_canonical_and_exact(units, places, padding):
     value = Decimal(units).scaleb(-places)
     # The same number written with trailing zeros gives the same text.
@@ -225,6 +227,63 @@ def test_decimal_text_is_canonical_and_exact(units, places, padding):
     if "." in text:
         assert not text.endswith("0") and not text.endswith(".")
     assert decimal_text(Decimal(text), 6) == text
+
+
+def test_decimal_text_refuses_absurd_magnitudes_and_non_numbers():
+    for bad in ("1E+12", "-1234567890123", "NaN", "Infinity", "1E+400"):
+        with pytest.raises(ValueError):
+            decimal_text(Decimal(bad), 6)
+
+
+@given(
+    st.integers(-(10**8), 10**8).map(lambda v: Decimal(v).scaleb(-4)),
+    st.integers(0, 10**9).map(lambda v: Decimal(v).scaleb(-6)),
+)
+def test_integer_line_total_equals_decimal_half_up(cnt, pric):
+    from decimal import ROUND_HALF_UP
+
+    from protocol.records import line_total_fen
+
+    c, p = decimal_text(cnt, 4), decimal_text(pric, 6)
+    expected = int((cnt * pric * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    assert line_total_fen(c, p) == expected
+
+
+def _settlement_with_line(line):
+    from protocol.records import Person, Settlement, Visit
+
+    return Settlement(
+        feedetl=[line],
+        fixmedins_code="H1",
+        his_setl_no="N1",
+        mdtrt=Visit(begntime="2026-11-23T09:00:00+08:00", dise_codg="I10", mdtrt_id="M1", med_type="11"),
+        medfee_sumamt=line.det_item_fee_sumamt,
+        opter="C1",
+        psn=Person(
+            brdy="1958-04-02", gend="1", insuplc_admdvs="370211", insutype="310", psn_no="P", psn_type="11"
+        ),
+        setl_id="S1",
+        setl_time="2026-11-23T09:30:00+08:00",
+    )
+
+
+@pytest.mark.parametrize("cnt", ["NaN", "Infinity", "1e5", "1.23456", "٣"])
+def test_non_decimal_text_in_a_record_is_a_field_problem_not_a_crash(cnt):
+    from protocol.records import FeeDetail, settlement_problems
+
+    rec = _settlement_with_line(
+        FeeDetail(
+            cnt=cnt,
+            det_item_fee_sumamt=100,
+            feedetl_sn="1",
+            list_type="101",
+            med_list_codg="X",
+            medins_list_name="x",
+            pric="1",
+        )
+    )
+    problems = settlement_problems(rec)
+    assert any(p["field"] == "feedetl[0]" for p in problems)
 
 
 @given(positive_decimals(4, 100))
