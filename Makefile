@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 # Reinstalled when pyproject.toml changes; lives in the venv so a new venv starts clean.
 STAMP := $(VENV)/.installed-stamp
 LINT_PATHS := $(wildcard agent central protocol simulators tests benchmarks)
+# benchmarks/_*.py are shared helpers, not benchmarks.
+BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 
 .PHONY: all test lint pytest demo bench venv clean-venv
 
@@ -40,10 +42,8 @@ demo: $(STAMP)
 	$(BIN)/python -m simulators.demo $(if $(DURATION),--duration $(DURATION))
 
 bench: $(STAMP)
-	@set -e; for f in benchmarks/*.py; do \
-		[ -e "$$f" ] || { echo "no benchmarks"; break; }; \
-		echo "== $$f"; $(BIN)/python "$$f"; \
-	done
+	@set -e; $(if $(BENCHES),,echo "no benchmarks in benchmarks/";) \
+	for f in $(BENCHES); do echo "== $$f"; $(BIN)/python "$$f"; done
 
 clean-venv:
 	rm -rf $(VENV)
