@@ -388,8 +388,9 @@ class HisSummary:
 
     ``acknowledged`` counts settlements, not answers: a settlement whose first answer was
     lost and whose retry came back ``duplicate`` is one acknowledgement (and one of
-    ``duplicates``). ``refused`` is keyed by the agent's error code; ``errors`` are
-    settlements that got no usable answer after every retry.
+    ``duplicates``). A replayed run's duplicates count in ``amount_acknowledged`` too, so
+    compare ``setl_id``s, not sums, across runs. ``refused`` is keyed by the agent's error
+    code; ``errors`` are settlements that got no usable answer after every retry.
     """
 
     agent_url: str = ""
