@@ -1,9 +1,11 @@
 """Signed batches: how chain entries travel from an agent to the centre.
 
 One Ed25519 signature covers a whole batch: it signs the canonical encoding of
-``["yibao-batch/1", agent_id, first_seq, last_seq, chain_head]``. Because the chain head
-commits to every entry before it, the one signature covers every record in the batch,
-and the centre can prove completeness (no seq missing) as well as origin.
+``["yibao-batch/1", agent_id, first_seq, last_seq, chain_head, lost]``. Because the chain
+head commits to every entry before it, the one signature covers every record in the
+batch, and the centre can prove completeness (no seq missing) as well as origin.
+``lost`` lists the seqs the agent sends as lost markers (see ``protocol.chain``): signing
+it means nobody on the path can blank a record by swapping it for its hash.
 
 Verification order (``verify_batch``): size and shape first, then the signature (one
 verify per batch), then each entry's link. Nothing is trusted before all three pass.
@@ -20,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .canonical import encode_canonical
-from .chain import LinkedRecord, record_hash, verify_chain
+from .chain import LOST_MARKER_LEN, LinkedRecord, record_hash, verify_chain
 from .errors import BadSignature, ChainBroken, DecodeError, LimitExceeded
 
 __all__ = [
@@ -53,6 +55,7 @@ class Batch(msgspec.Struct, kw_only=True, frozen=True):
     chain_head: bytes
     first_seq: int
     last_seq: int
+    lost: list[int] = []
     records: list[bytes]
     sig: bytes
     v: int = BATCH_VERSION
@@ -95,8 +98,8 @@ def key_fingerprint(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def _signed_bytes(agent_id: str, first_seq: int, last_seq: int, chain_head: bytes) -> bytes:
-    return encode_canonical([_DOMAIN, agent_id, first_seq, last_seq, chain_head])
+def _signed_bytes(agent_id: str, first_seq: int, last_seq: int, chain_head: bytes, lost: list[int]) -> bytes:
+    return encode_canonical([_DOMAIN, agent_id, first_seq, last_seq, chain_head, lost])
 
 
 def sign_batch(key: KeyPair, agent_id: str, first_seq: int, entries: list[bytes]) -> Batch:
@@ -105,12 +108,14 @@ def sign_batch(key: KeyPair, agent_id: str, first_seq: int, entries: list[bytes]
         raise ValueError("a batch holds at least one record")
     last_seq = first_seq + len(entries) - 1
     head = record_hash(entries[-1])
-    sig = key.sign(_signed_bytes(agent_id, first_seq, last_seq, head))
+    lost = [first_seq + i for i, e in enumerate(entries) if len(e) == LOST_MARKER_LEN]
+    sig = key.sign(_signed_bytes(agent_id, first_seq, last_seq, head, lost))
     return Batch(
         agent_id=agent_id,
         chain_head=head,
         first_seq=first_seq,
         last_seq=last_seq,
+        lost=lost,
         records=entries,
         sig=sig,
     )
@@ -129,7 +134,7 @@ def decode_batch(data: bytes, limits: BatchLimits | None = None) -> Batch:
         batch = _decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise DecodeError(f"batch has the wrong shape: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed batch msgpack: {exc}") from exc
     if batch.v != BATCH_VERSION:
         raise DecodeError(f"batch version {batch.v} is not supported (expected {BATCH_VERSION})")
@@ -148,15 +153,12 @@ def decode_batch(data: bytes, limits: BatchLimits | None = None) -> Batch:
     return batch
 
 
-def verify_batch(
-    batch: Batch, public_key: bytes, *, prev_hash: bytes | None
-) -> list[LinkedRecord]:
+def verify_batch(batch: Batch, public_key: bytes, *, prev_hash: bytes | None) -> list[LinkedRecord]:
     """Signature, then chain; ``prev_hash`` is the hash held for ``first_seq - 1``, if any."""
+    signed = _signed_bytes(batch.agent_id, batch.first_seq, batch.last_seq, batch.chain_head, batch.lost)
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(
-            batch.sig, _signed_bytes(batch.agent_id, batch.first_seq, batch.last_seq, batch.chain_head)
-        )
-    except InvalidSignature as exc:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(batch.sig, signed)
+    except (InvalidSignature, ValueError) as exc:
         raise BadSignature(
             f"batch {batch.first_seq}-{batch.last_seq} from agent {batch.agent_id} is not signed "
             "by its registered key"
@@ -164,6 +166,8 @@ def verify_batch(
     linked = verify_chain(
         batch.records, agent_id=batch.agent_id, first_seq=batch.first_seq, prev_hash=prev_hash
     )
+    if [x.seq for x in linked if x.lost] != batch.lost:
+        raise ChainBroken("lost markers in the batch are not the ones its signature declares")
     if linked[-1].hash != batch.chain_head:
         raise ChainBroken("records do not hash to the signed chain head (tampered in transit?)")
     return linked

@@ -25,6 +25,7 @@ from .errors import DecodeError, EncodingError, LimitExceeded
 
 __all__ = ["Limits", "decode_canonical", "encode_canonical"]
 
+_MAX_ENCODE_DEPTH = 512
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
@@ -52,10 +53,12 @@ DEFAULT_LIMITS = Limits()
 
 
 def _normalise(value: Any, depth: int) -> Any:
-    if depth > 64:
-        raise EncodingError("value nests deeper than 64 levels; flatten the record")
+    if depth > _MAX_ENCODE_DEPTH:
+        raise EncodingError(f"value nests deeper than {_MAX_ENCODE_DEPTH} levels; flatten the record")
     if value is None or isinstance(value, bool | str | bytes):
         return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
     if isinstance(value, int):
         if not _INT_MIN <= value <= _INT_MAX:
             raise EncodingError(f"integer {value} is outside the msgpack range")
@@ -72,8 +75,6 @@ def _normalise(value: Any, depth: int) -> Any:
         return {key: item for _, key, item in items}
     if isinstance(value, Sequence):
         return [_normalise(item, depth + 1) for item in value]
-    if isinstance(value, bytearray | memoryview):
-        return bytes(value)
     raise EncodingError(f"type {type(value).__name__} has no canonical msgpack form")
 
 
@@ -110,7 +111,7 @@ def decode_canonical(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
             max_bin_len=limits.max_bytes,
             max_array_len=limits.max_container,
             max_map_len=limits.max_container,
-            max_ext_len=0,
+            max_ext_len=1 << 20,
         )
     except msgpack.ExtraData as exc:
         raise DecodeError("trailing bytes after the message") from exc
@@ -118,9 +119,9 @@ def decode_canonical(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
         text = str(exc)
         if "exceeds" in text:
             raise LimitExceeded(f"message exceeds a decoding limit: {text}") from exc
+        if type(exc).__name__ == "StackError":  # the C unpacker's own nesting bound (~1024)
+            raise LimitExceeded(f"nesting deeper than {limits.max_depth} levels") from exc
         raise DecodeError(f"malformed msgpack: {text or type(exc).__name__}") from exc
-    except RecursionError as exc:  # pragma: no cover - the C unpacker bounds depth itself
-        raise LimitExceeded("nesting too deep") from exc
     _check_depth(value, limits.max_depth)
     try:
         again = encode_canonical(value)

@@ -97,7 +97,7 @@ def decode_entry(data: bytes) -> Entry:
     """Decode an entry's envelope; the body stays raw until ``decode_body``."""
     try:
         entry = _entry_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed chain entry: {exc}") from exc
     if entry.version != ENTRY_VERSION:
         raise DecodeError(f"chain entry version {entry.version} is not supported (expected 1)")
@@ -113,7 +113,7 @@ def decode_body(entry: Entry) -> Settlement | Reversal:
     raw = bytes(entry.body)
     try:
         record = _body_decoders[entry.kind].decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed {entry.kind} record at seq {entry.seq}: {exc}") from exc
     if _body_encoder.encode(record) != raw:
         raise DecodeError(f"record at seq {entry.seq} is not canonical (unknown or reordered fields)")

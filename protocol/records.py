@@ -118,6 +118,8 @@ class Reversal(msgspec.Struct, kw_only=True):
 
 def to_fen(value: Decimal) -> int:
     """Exact yuan → fen; refuses sub-fen amounts rather than rounding money silently."""
+    if not value.is_finite() or value.adjusted() >= _MAX_WHOLE_DIGITS + 2:
+        raise ValueError("amount is not a finite number of reasonable size")
     fen = value * 100
     if fen != fen.to_integral_value():
         raise ValueError("amount has more than 2 decimals")
@@ -158,7 +160,7 @@ def scaled(text: str, places: int) -> int:
     ``Decimal`` costs several times more than ``int`` for the same exact result.
     """
     body = text[1:] if text.startswith("-") else text
-    whole, _, frac = body.partition(".")
+    whole, dot, frac = body.partition(".")
     if (
         not whole.isascii()
         or not whole.isdigit()
@@ -167,6 +169,13 @@ def scaled(text: str, places: int) -> int:
         or (frac and not (frac.isascii() and frac.isdigit()))
     ):
         raise ValueError(f"{text!r} is not decimal text with at most {places} decimals")
+    # Canonical form only: one number, one text ("2", never "2.0", "02", "2." or "-0").
+    if (
+        (len(whole) > 1 and whole[0] == "0")
+        or (dot and (not frac or frac[-1] == "0"))
+        or (body is not text and body.strip("0.") == "")
+    ):
+        raise ValueError(f"{text!r} is not canonical decimal text (no trailing or leading zeros)")
     value = int(whole) * 10**places + (int(frac.ljust(places, "0")) if frac else 0)
     return -value if body is not text else value
 

@@ -129,3 +129,11 @@ def test_naive_national_time_gets_local_offset(settlement):
     record, _ = _parse(settlement)
     assert record.mdtrt.begntime.startswith("2026-11-23T09:12:00")
     assert len(record.mdtrt.begntime) > len("2026-11-23T09:12:00")
+
+
+@pytest.mark.parametrize("bad", ["Infinity", "NaN", "1E+400", "-0.01"])
+def test_absurd_or_negative_total_is_a_field_error(settlement, bad):
+    settlement["medfee_sumamt"] = bad
+    with pytest.raises(ValidationFailed) as exc:
+        _parse(settlement)
+    assert "medfee_sumamt" in _fields(exc)
