@@ -58,7 +58,8 @@ class AgentCheck:
 
     @property
     def ok(self) -> bool:
-        return self.complete and self.verified
+        # A lost record keeps the chain verifiable but its content is not here: not complete.
+        return self.complete and self.verified and self.lost == 0
 
 
 @dataclass
@@ -235,7 +236,14 @@ def render_table(rec: Reconciliation) -> str:
     if not rec.agents:
         lines.append(f"(no agent enrolled for {rec.hospital})")
     lines.append("")
-    lines.append(
-        "RESULT: complete and verified" if rec.ok else "RESULT: NOT complete and verified; see problems"
-    )
+    lost = sum(a.lost for a in rec.agents)
+    if rec.ok:
+        lines.append("RESULT: complete and verified")
+    elif lost:
+        lines.append(
+            f"RESULT: NOT complete: {lost} record(s) lost to corruption at the agent (quarantined there; "
+            "recover them from the HIS and the agent's quarantine table); see problems"
+        )
+    else:
+        lines.append("RESULT: NOT complete and verified; see problems")
     return "\n".join(lines)

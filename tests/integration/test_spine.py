@@ -12,6 +12,7 @@ import random
 import sqlite3
 import threading
 import time
+from datetime import date, timedelta
 from collections import Counter
 
 import pytest
@@ -217,5 +218,38 @@ def test_outbox_limit_refuses_with_clear_error_and_loses_nothing(tmp_path, centr
         acked["FULL-0005"] = answer
         wait_until(agent.drained, 30, what="outbox to drain")
         _assert_exactly(central, acked)
+    finally:
+        agent.proc.stop()
+
+
+def test_record_corrupted_on_agent_disk_is_quarantined_and_the_rest_flows(tmp_path, central):
+    agent = _agent(tmp_path, central.url, central)
+    agent.proc.start()
+    try:
+        central.proc.stop()
+        acked = {}
+        for i in range(10):
+            body = example_settlement(f"DISK-{i:04d}")
+            acked[body["his_setl_no"]] = agent.settle(body)[1]
+        agent.proc.stop()
+        db = sqlite3.connect(tmp_path / "agent" / "agent.db")
+        record = db.execute("SELECT record FROM outbox WHERE seq=4").fetchone()[0]
+        db.execute("UPDATE outbox SET record=? WHERE seq=4", (record[:60] + b"\x00" + record[61:],))
+        db.commit()
+        db.close()
+        agent.proc.start()
+        central.proc.start()
+        wait_until(agent.drained, 30, what="the rest to flow past the corrupt record")
+        st = agent.status()
+        assert st["outbox"]["quarantined"] == 1 and st["outbox"]["acked_seq"] == 10
+        assert "record_corrupt" in {a["code"] for a in st["alarms"]}
+        held = {r["setl_id"] for r in central.settlements()}
+        lost_id = acked["DISK-0003"]["setl_id"]
+        assert held == {a["setl_id"] for a in acked.values()} - {lost_id}
+        today = date.today()  # records are dated by the agent's local clock
+        report = central.cli(
+            "reconcile", "--hospital", HOSPITAL, "--from", str(today - timedelta(days=2)), "--to", str(today)
+        )
+        assert "lost to corruption at the agent" in report
     finally:
         agent.proc.stop()
