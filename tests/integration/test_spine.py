@@ -12,8 +12,8 @@ import random
 import sqlite3
 import threading
 import time
-from datetime import date, timedelta
 from collections import Counter
+from datetime import date, timedelta
 
 import pytest
 
