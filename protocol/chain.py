@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import msgspec
 
-from .canonical import encode_canonical
 from .errors import ChainBroken, DecodeError
 from .records import Reversal, Settlement, check_reversal, check_settlement
 
@@ -78,7 +77,9 @@ def encode_entry(agent_id: str, seq: int, prev_hash: bytes, kind: str, body: byt
     """
     if kind not in KINDS:
         raise ValueError(f"unknown record kind {kind!r}")
-    head = encode_canonical([ENTRY_VERSION, agent_id, seq, prev_hash, kind])
+    # msgspec emits the canonical form for a list of str/int/bytes (shortest forms, no maps);
+    # test_body_fast_path holds it to encode_canonical.
+    head = _body_encoder.encode([ENTRY_VERSION, agent_id, seq, prev_hash, kind])
     # head is fixarray(5); an entry is fixarray(6): same header byte family, one more element.
     return b"\x96" + head[1:] + body
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import msgspec
 from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol.canonical import decode_canonical, encode_canonical
 from protocol.chain import ENTRY_VERSION, GENESIS, decode_body, decode_entry, encode_body, encode_entry
 from protocol.records import FeeDetail, Person, Reversal, Settlement, Visit
 
-from .strategies import any_reversal, any_settlement, valid_record
+from .strategies import any_reversal, any_settlement, valid_record, valid_settlement
 
 
 @given(any_settlement)
@@ -50,3 +51,16 @@ def test_a_valid_record_survives_entry_encoding_and_body_decoding(rec):
     assert decode_body(entry) == rec
     # The entry as a whole is canonical msgpack too: [version, agent, seq, prev, kind, body].
     assert encode_canonical(decode_canonical(raw)) == raw
+
+
+@given(
+    st.text(max_size=40),
+    st.integers(1, 2**63 - 1),
+    st.binary(min_size=32, max_size=32),
+    st.sampled_from(["setl", "revs"]),
+    valid_settlement(),
+)
+def test_entry_header_fast_path_equals_the_reference_encoder(agent_id, seq, prev_hash, kind, rec):
+    body = encode_body(rec)
+    reference = encode_canonical([ENTRY_VERSION, agent_id, seq, prev_hash, kind, msgspec.to_builtins(rec)])
+    assert encode_entry(agent_id, seq, prev_hash, kind, body) == reference
