@@ -206,3 +206,46 @@ def test_read_pending_is_bounded(outbox):
     one = len(outbox.read_pending(0, 1, 1 << 30)[0].raw)
     assert len(outbox.read_pending(0, 100, one * 3)) == 3
     assert [p.seq for p in outbox.read_pending(15, 100, 1 << 30)] == [16, 17, 18, 19, 20]
+
+
+def test_disk_nearly_full_refuses_new_settlements_with_an_alarm(tmp_path):
+    from agent.errors import DiskNearlyFull
+
+    box = Outbox(tmp_path / "a.db", agent_id="H1-01")
+    try:
+        _append(box, 1)
+        box.min_free_disk_bytes = 1 << 62  # more than any disk has: "nearly full" from now on
+        box._disk_checked_at = 0.0
+        with pytest.raises(DiskNearlyFull) as exc:
+            _append(box, 2)
+        assert "MiB free" in exc.value.message and exc.value.http_status == 503
+        assert "disk_nearly_full" in box.alarms and box.last_seq == 1
+        assert _append(box, 1).duplicate  # answering a retry needs no space
+        box.min_free_disk_bytes = 0
+        box._disk_checked_at = 0.0
+        assert _append(box, 2).seq == 2
+        assert "disk_nearly_full" not in box.alarms
+    finally:
+        box.close()
+
+
+def test_failed_commit_answers_every_caller_with_an_error_and_keeps_the_head(tmp_path):
+    from agent.errors import StoreError
+
+    box = Outbox(tmp_path / "a.db", agent_id="H1-01")
+    try:
+        _append(box, 1)
+        head = (box.last_seq, box._head.head_hash)
+        con = sqlite3.connect(tmp_path / "a.db")
+        con.execute("CREATE TRIGGER boom BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'disk I/O'); END")
+        con.commit()
+        with pytest.raises(StoreError):
+            _append(box, 2)
+        assert (box.last_seq, box._head.head_hash) == head
+        con.execute("DROP TRIGGER boom")
+        con.commit()
+        con.close()
+        assert _append(box, 2).seq == 2
+        verify_chain(_all_entries(box), agent_id="H1-01", first_seq=1, prev_hash=GENESIS)
+    finally:
+        box.close()
