@@ -119,7 +119,13 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db["security_events"].create_index(["agent_id", "time"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial]
+def _m002_security_event_repeats(db: sqlite_utils.Database) -> None:
+    """Repeats of the same event from the same source fold into one row (bounded growth)."""
+    db.execute("ALTER TABLE security_events ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE security_events ADD COLUMN last_time TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial, _m002_security_event_repeats]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

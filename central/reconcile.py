@@ -182,7 +182,7 @@ def reconcile(store: Store, hospital: str, date_from: date, date_to: date) -> Re
                 (agent.agent_id,),
             ).fetchone()
             (events,) = conn.execute(
-                "SELECT count(*) FROM security_events "
+                "SELECT coalesce(sum(1 + repeats), 0) FROM security_events "
                 "WHERE agent_id = ? AND substr(time, 1, 10) BETWEEN ? AND ?",
                 (agent.agent_id, date_from.isoformat(), date_to.isoformat()),
             ).fetchone()

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -194,22 +194,42 @@ def agent_summary(agent: AgentRow) -> dict[str, Any]:
     }
 
 
+SECURITY_EVENT_FOLD_S = 60
+
+
 def record_security_event(
     conn: sqlite3.Connection, agent_id: str | None, code: str, message: str, remote: str | None
 ) -> None:
+    """Record a refusal worth an operator's eye; a burst from one source folds into one row.
+
+    Anyone who knows an agent id can send junk; counting repeats instead of adding a row
+    each time keeps the table (and the reviewers' screen) bounded under such a flood.
+    """
+    now = now_iso()
+    cutoff = (datetime.now(UTC) - timedelta(seconds=SECURITY_EVENT_FOLD_S)).isoformat(timespec="seconds")
+    row = conn.execute(
+        "SELECT id FROM security_events WHERE agent_id IS ? AND code = ? AND remote IS ? "
+        "AND coalesce(last_time, time) >= ? ORDER BY id DESC LIMIT 1",
+        (agent_id, code, remote, cutoff),
+    ).fetchone()
+    if row is not None:
+        conn.execute(
+            "UPDATE security_events SET repeats = repeats + 1, last_time = ? WHERE id = ?", (now, row[0])
+        )
+        return
     conn.execute(
         "INSERT INTO security_events (time, agent_id, code, message, remote) VALUES (?, ?, ?, ?, ?)",
-        (now_iso(), agent_id, code, message, remote),
+        (now, agent_id, code, message, remote),
     )
 
 
 def security_events(conn: sqlite3.Connection, agent_id: str | None = None) -> list[dict[str, Any]]:
-    sql = "SELECT id, time, agent_id, code, message, remote FROM security_events"
+    sql = "SELECT id, time, agent_id, code, message, remote, repeats, last_time FROM security_events"
     params: tuple[str, ...] = ()
     if agent_id is not None:
         sql += " WHERE agent_id = ?"
         params = (agent_id,)
-    cols = ("id", "time", "agent_id", "code", "message", "remote")
+    cols = ("id", "time", "agent_id", "code", "message", "remote", "repeats", "last_time")
     return [dict(zip(cols, row, strict=True)) for row in conn.execute(sql + " ORDER BY id", params)]
 
 

@@ -23,7 +23,9 @@ def test_new_store_is_wal_with_every_migration_recorded(tmp_path: Path) -> None:
         assert store.write(lambda c: c.execute("PRAGMA synchronous").fetchone()[0]) == 2
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert conn.execute("SELECT version, name FROM _migrations").fetchall() == [(1, "_m001_initial")]
+    assert conn.execute("SELECT version, name FROM _migrations").fetchall() == [
+        (i, m.__name__) for i, m in enumerate(MIGRATIONS, start=1)
+    ]
     with Store(path) as again:
         assert again.applied_migrations == []
 
@@ -63,3 +65,19 @@ def test_central_never_imports_agent() -> None:
     code = "import sys, central, central.cli, central.api; print('agent' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_burst_of_security_events_from_one_source_folds_into_one_row(tmp_path: Path) -> None:
+    from central.store import record_security_event, security_events
+
+    with Store(tmp_path / "central.db", create=True) as store:
+        for _ in range(500):
+            store.write(lambda c: record_security_event(c, "H1-01", "signature_invalid", "bad", "10.0.0.9"))
+        store.write(lambda c: record_security_event(c, "H1-01", "signature_invalid", "bad", "10.0.0.7"))
+        store.write(lambda c: record_security_event(c, "H1-01", "chain_broken", "bad", "10.0.0.9"))
+        events = store.read(security_events)
+    assert [(e["code"], e["remote"], e["repeats"]) for e in events] == [
+        ("signature_invalid", "10.0.0.9", 499),
+        ("signature_invalid", "10.0.0.7", 0),
+        ("chain_broken", "10.0.0.9", 0),
+    ]
