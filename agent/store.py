@@ -580,10 +580,24 @@ class Outbox:
         h.pending = h.last_seq - acked_seq
         h.pending_bytes = max(0, h.pending_bytes - sign * moved[1])
         conn.execute("UPDATE chain SET acked_seq=?, acked_at=? WHERE id=1", (acked_seq, now))
-        conn.execute(
-            "DELETE FROM outbox WHERE seq <= ? AND created_at < ?", (acked_seq, now - self.retention_s)
-        )
+        self._prune_acked(conn, acked_seq, now - self.retention_s)
         return acked_seq
+
+    @staticmethod
+    def _prune_acked(conn: sqlite3.Connection, acked_seq: int, cutoff: float, chunk: int = 4096) -> None:
+        # Bounded work per ack: look only at the oldest `chunk` rows (by primary key) and delete the
+        # acknowledged prefix older than the cutoff. A scan over every acked row on each ack made a
+        # long drain quadratic; rows are appended in seq order, so the prefix is what ages first.
+        rows = conn.execute(
+            "SELECT seq, created_at FROM outbox WHERE seq <= ? ORDER BY seq LIMIT ?", (acked_seq, chunk)
+        )
+        upto = None
+        for seq, created_at in rows:  # a cursor: stops reading at the first young row
+            if created_at >= cutoff:
+                break
+            upto = seq
+        if upto is not None:
+            conn.execute("DELETE FROM outbox WHERE seq <= ?", (upto,))
 
     def ack(self, acked_seq: int, rejected: list[Rejection] | None = None) -> cf.Future:
         """Advance the acked cursor and prune, in one transaction."""

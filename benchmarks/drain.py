@@ -36,7 +36,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from _common import emit, example_settlement, median
+from _common import Bodies, emit, median
 
 from agent.config import AgentConfig
 from agent.enrol import enrol, load_key
@@ -57,42 +57,6 @@ class Failed(Exception):
 
 
 # ---- the backlog ---------------------------------------------------------------------------
-
-
-def _yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
-
-
-class Bodies:
-    """Varied, valid HIS settlement bodies: people, visits, quantities, totals and splits differ."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-        self.template = example_settlement()
-        self.hospital = self.template["fixmedins_code"]
-
-    def body(self, i: int) -> bytes:
-        d = self.template  # mutated and serialised at once; never shared across an await
-        d["his_setl_no"] = f"HIS-{self.tag}-{i:08d}"
-        d["psn"]["psn_no"] = f"3702{i % 50_000:016d}"
-        d["mdtrt"]["mdtrt_id"] = f"MDT-{self.tag}-{i:08d}"
-        d["mdtrt"]["med_type"] = ("11", "14", "41")[i % 3]
-        first, second = d["feedetl"][0], d["feedetl"][1]
-        cnt1, cnt2 = 1 + i % 4, 1 + (i // 4) % 2
-        line1, line2 = cnt1 * 1960, cnt2 * 1200
-        first["cnt"], first["det_item_fee_sumamt"] = str(cnt1), _yuan(line1)
-        second["cnt"], second["det_item_fee_sumamt"] = str(cnt2), _yuan(line2)
-        total = line1 + line2
-        d["medfee_sumamt"] = _yuan(total)
-        if i % 3:
-            fund = total * 6 // 10
-            acct = (total - fund) // 2
-            d["fund_pay_sumamt"], d["acct_pay"] = _yuan(fund), _yuan(acct)
-            d["psn_cash_pay"] = _yuan(total - fund - acct)
-        else:
-            for name in ("fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
-                d.pop(name, None)
-        return json.dumps(d).encode()
 
 
 async def _fill(outbox: Outbox, bodies: Bodies, n: int, concurrency: int) -> None:

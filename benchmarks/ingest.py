@@ -2,7 +2,7 @@
 
 In process, no HTTP. An agent is enrolled in a fresh ``central.db`` the way the endpoint
 does it (``issue_token`` + ``enrol_agent`` with the agent's real Ed25519 key); its chain
-of varied settlements (``drain.Bodies``, parsed by ``agent.intake`` exactly as an agent would)
+of varied settlements (``_common.Bodies``, parsed by ``agent.intake`` exactly as an agent would)
 is signed into batches before the clock starts. The clock covers ``Ingestor.ingest`` for
 every batch: decode within limits, the agent lookup, one signature check, the chain
 links, decoding and validating every body, building the rows, and one write transaction
@@ -27,8 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, median
-from drain import Bodies
+from _common import Bodies, emit, median
 
 from agent.intake import parse_settlement
 from central._schema import migrate

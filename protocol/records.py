@@ -182,7 +182,10 @@ def scaled(text: str, places: int) -> int:
 
 def line_total_fen(cnt: str, pric: str) -> int:
     """``cnt * pric`` rounded half-up (away from zero) to the fen, the national rule."""
-    product = scaled(cnt, _CNT_PLACES) * scaled(pric, _PRIC_PLACES)
+    return _product_fen(scaled(cnt, _CNT_PLACES) * scaled(pric, _PRIC_PLACES))
+
+
+def _product_fen(product: int) -> int:
     fen, rest = divmod(abs(product), 2 * _HALF)
     if rest >= _HALF:
         fen += 1
@@ -252,7 +255,7 @@ def settlement_problems(rec: Settlement) -> list[dict[str, str]]:
             problems.append({"field": f"{where}.pric", "message": "unit price must not be negative"})
         if line.days is not None and line.days <= 0:
             problems.append({"field": f"{where}.days", "message": "days of supply must be positive"})
-        expected = line_total_fen(line.cnt, line.pric)
+        expected = _product_fen(cnt * pric)
         if expected != line.det_item_fee_sumamt:
             problems.append(
                 {

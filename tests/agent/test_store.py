@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 
 import pytest
 
@@ -118,6 +119,29 @@ def test_ack_advances_cursor_and_prunes_after_retention(tmp_path):
         box.prune().result()
         rows = box._reader.execute("SELECT seq FROM outbox ORDER BY seq").fetchall()
         assert [r[0] for r in rows] == [3, 4]
+    finally:
+        box.close()
+
+
+def test_prune_stops_at_the_first_young_row_and_works_in_bounded_chunks(tmp_path):
+    box = Outbox(tmp_path / "a.db", agent_id="H1-01", retention_s=3600)
+    try:
+        for i in range(10):
+            _append(box, i)
+        # Rows 1..6 are old, 7 is young, 8 is old again (a clock step back): only the prefix goes.
+        ages = {s: (7200 if s <= 6 or s == 8 else 0) for s in range(1, 11)}
+        box.submit(
+            lambda c: c.executemany(
+                "UPDATE outbox SET created_at=? WHERE seq=?",
+                [(time.time() - age, s) for s, age in ages.items()],
+            )
+        ).result()
+        box.submit(lambda c: box._prune_acked(c, 9, time.time() - 3600, chunk=4)).result()
+        seqs = [r[0] for r in box._reader.execute("SELECT seq FROM outbox ORDER BY seq")]
+        assert seqs == [5, 6, 7, 8, 9, 10]  # one chunk of 4 per call
+        box.submit(lambda c: box._prune_acked(c, 9, time.time() - 3600, chunk=4)).result()
+        seqs = [r[0] for r in box._reader.execute("SELECT seq FROM outbox ORDER BY seq")]
+        assert seqs == [7, 8, 9, 10]  # the young row 7 stops the prefix; unacked 10 always stays
     finally:
         box.close()
 

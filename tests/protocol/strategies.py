@@ -27,8 +27,29 @@ INT_MAX = 2**64 - 1
 
 # Values at the edges of msgpack's integer forms, where a wrong width would show.
 INT_EDGES = (
-    0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**63, INT_MAX,
-    -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, INT_MIN,
+    0,
+    1,
+    127,
+    128,
+    255,
+    256,
+    65535,
+    65536,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    2**63,
+    INT_MAX,
+    -1,
+    -32,
+    -33,
+    -128,
+    -129,
+    -32768,
+    -32769,
+    -(2**31),
+    -(2**31) - 1,
+    INT_MIN,
 )
 
 ints = st.one_of(st.sampled_from(INT_EDGES), st.integers(INT_MIN, INT_MAX))
@@ -167,8 +188,9 @@ def fee_lines(draw: st.DrawFn, max_lines: int = 8) -> list[FeeDetail]:
 def split_of(draw: st.DrawFn, total: int) -> dict[str, int | None]:
     """Either no split (all None) or one that adds up to ``total`` (which may be negative)."""
     if draw(st.booleans()):
-        return dict.fromkeys(("fund_pay_sumamt", "hifp_pay", "hifmi_pay", "hifob_pay", "acct_pay",
-                              "psn_cash_pay"))
+        return dict.fromkeys(
+            ("fund_pay_sumamt", "hifp_pay", "hifmi_pay", "hifob_pay", "acct_pay", "psn_cash_pay")
+        )
     sign = -1 if total < 0 else 1
     magnitude = abs(total)
     fund = draw(st.integers(0, magnitude))

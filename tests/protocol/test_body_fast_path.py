@@ -46,7 +46,11 @@ def test_a_valid_record_survives_entry_encoding_and_body_decoding(rec):
     raw = encode_entry("H1-01", 1, GENESIS, kind, encode_body(rec))
     entry = decode_entry(raw)
     assert (entry.version, entry.agent_id, entry.seq, entry.prev_hash, entry.kind) == (
-        ENTRY_VERSION, "H1-01", 1, GENESIS, kind,
+        ENTRY_VERSION,
+        "H1-01",
+        1,
+        GENESIS,
+        kind,
     )
     assert decode_body(entry) == rec
     # The entry as a whole is canonical msgpack too: [version, agent, seq, prev, kind, body].

@@ -93,7 +93,15 @@ def test_tuples_encode_as_arrays():
     "value",
     [1.5, 0.0, INT_MAX + 1, INT_MIN - 1, {1: "a"}, {b"k": 1}, {"a": 1.0}, [set()], object()],
     ids=[
-        "float", "zero-float", "too-big", "too-small", "int-key", "bytes-key", "nested-float", "set", "object"
+        "float",
+        "zero-float",
+        "too-big",
+        "too-small",
+        "int-key",
+        "bytes-key",
+        "nested-float",
+        "set",
+        "object",
     ],
 )
 def test_values_without_a_canonical_form_are_refused(value):

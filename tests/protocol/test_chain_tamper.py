@@ -132,8 +132,12 @@ def test_a_byte_flip_anywhere_in_the_wire_message_never_verifies_or_changes_noth
     # example one that renames the optional version key, which then takes its default).
     original = case.batch
     assert (got.agent_id, got.first_seq, got.last_seq, got.chain_head, got.records, got.sig) == (
-        original.agent_id, original.first_seq, original.last_seq, original.chain_head,
-        original.records, original.sig,
+        original.agent_id,
+        original.first_seq,
+        original.last_seq,
+        original.chain_head,
+        original.records,
+        original.sig,
     )
 
 

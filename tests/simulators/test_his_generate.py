@@ -88,7 +88,13 @@ def test_the_body_has_the_shape_of_the_shared_example():
     psn = {"psn_no", "card_sn", "insutype", "insuplc_admdvs", "psn_type", "gend", "brdy"}
     mdtrt = {"mdtrt_id", "med_type", "begntime", "endtime", "dise_codg", "dise_name", "dept_codg", "dr_codg"}
     line = {
-        "feedetl_sn", "list_type", "med_list_codg", "medins_list_name", "cnt", "pric", "det_item_fee_sumamt"
+        "feedetl_sn",
+        "list_type",
+        "med_list_codg",
+        "medins_list_name",
+        "cnt",
+        "pric",
+        "det_item_fee_sumamt",
     }
     if example is not None:
         assert set(example) == top and set(example["psn"]) == psn and set(example["mdtrt"]) == mdtrt

@@ -35,8 +35,17 @@ def test_faults_are_retried_with_the_same_body_and_counted_once():
         server = await serve(agent)
         try:
             return await run_his(
-                str(server.make_url("")), TOKEN, rate=200, duration=0.5, seed=42, concurrency=16,
-                reversal_share=0.1, timeout=1.0, retries=3, retry_backoff=0.01, on_record=records.append,
+                str(server.make_url("")),
+                TOKEN,
+                rate=200,
+                duration=0.5,
+                seed=42,
+                concurrency=16,
+                reversal_share=0.1,
+                timeout=1.0,
+                retries=3,
+                retry_backoff=0.01,
+                on_record=records.append,
             )
         finally:
             await asyncio.sleep(0.6)  # let withheld answers finish before the server closes
@@ -90,7 +99,12 @@ def test_concurrency_bounds_the_requests_in_flight():
         server = await serve(agent)
         try:
             return await run_his(
-                str(server.make_url("")), TOKEN, rate=1000, duration=0.2, seed=1, concurrency=4,
+                str(server.make_url("")),
+                TOKEN,
+                rate=1000,
+                duration=0.2,
+                seed=1,
+                concurrency=4,
                 reversal_share=0,
             )
         finally:
@@ -144,8 +158,14 @@ def test_without_a_duration_the_run_ends_when_stopped_and_accounts_for_everythin
         asyncio.get_running_loop().call_later(0.3, stop.set)
         try:
             return await run_his(
-                str(server.make_url("")), TOKEN, rate=50, duration=None, stop=stop, timeout=0.2,
-                retry_backoff=0.01, reversal_share=0,
+                str(server.make_url("")),
+                TOKEN,
+                rate=50,
+                duration=None,
+                stop=stop,
+                timeout=0.2,
+                retry_backoff=0.01,
+                reversal_share=0,
             )
         finally:
             await asyncio.sleep(0.2)
@@ -174,10 +194,26 @@ def test_cli_prints_a_json_summary_and_writes_acknowledged_records(tmp_path, cap
     out = tmp_path / "acks.jsonl"
     agent = StandInAgent(faults=False)
     with serving_in_thread(agent) as url:
-        status = main([
-            "his", "--agent", url, "--token-file", str(token_file), "--rate", "100", "--duration", "0.2",
-            "--seed", "5", "--reversal-share", "0.2", "--out", str(out), "--json",
-        ])
+        status = main(
+            [
+                "his",
+                "--agent",
+                url,
+                "--token-file",
+                str(token_file),
+                "--rate",
+                "100",
+                "--duration",
+                "0.2",
+                "--seed",
+                "5",
+                "--reversal-share",
+                "0.2",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
     assert status == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["sent"] == summary["acknowledged"] == len(agent.committed) == 20
@@ -195,8 +231,20 @@ def test_cli_replays_the_same_traffic_for_the_same_seed(tmp_path, capsys):
     token_file.write_text(TOKEN)
     agent = StandInAgent(faults=False)
     with serving_in_thread(agent) as url:
-        args = ["his", "--agent", url, "--token-file", str(token_file), "--rate", "100", "--duration", "0.1",
-                "--seed", "9", "--json"]
+        args = [
+            "his",
+            "--agent",
+            url,
+            "--token-file",
+            str(token_file),
+            "--rate",
+            "100",
+            "--duration",
+            "0.1",
+            "--seed",
+            "9",
+            "--json",
+        ]
         # The reversal share changes what happens after an answer, never the bodies sent.
         assert main([*args, "--reversal-share", "0.5"]) == 0
         first = json.loads(capsys.readouterr().out)
