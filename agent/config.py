@@ -50,6 +50,17 @@ class AgentConfig:
     upload_timeout_s: float = 30.0
     #: Idle poll interval of the uploader when the outbox is empty (seconds).
     idle_poll_s: float = 1.0
+    #: PC/SC reader holding the patient's card: a substring of its name; empty = the first reader
+    #: that is not the PSAM's.
+    card_reader: str = ""
+    #: PC/SC reader holding the PSAM (issuer security module): a substring of its name; empty = found
+    #: by selecting the PSAM application in each reader with a card.
+    psam_reader: str = ""
+    #: E-voucher issuer keys trusted by this agent: key id → Ed25519 public key, base64url (raw 32
+    #: bytes). Until the signed ``keys`` bundle exists, operators set these here.
+    evoucher_issuers: dict[str, str] = field(default_factory=dict)
+    #: Clock-skew allowance when checking a voucher's issue and expiry times (seconds).
+    evoucher_skew_s: float = 30.0
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -63,6 +74,10 @@ class AgentConfig:
     @property
     def token_path(self) -> Path:
         return self.home / "his.token"
+
+    @property
+    def evoucher_db_path(self) -> Path:
+        return self.home / "evoucher.db"
 
     @property
     def config_path(self) -> Path:
