@@ -13,7 +13,13 @@ LINT_PATHS := $(wildcard agent central protocol simulators tests benchmarks)
 # benchmarks/_*.py are shared helpers, not benchmarks.
 BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 
-.PHONY: all test lint pytest demo bench venv clean-venv
+# System packages the card stack needs: pcscd and the vpcd driver (the virtual reader the tests and
+# the demo use), and libpcsclite-dev + swig because pyscard is published as source only.
+SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig
+SYSDEPS_OK := command -v swig >/dev/null && test -x /usr/sbin/pcscd \
+	&& test -f /usr/lib/pcsc/drivers/serial/libifdvpcd.so && test -f /usr/include/PCSC/winscard.h
+
+.PHONY: all test lint pytest demo bench venv clean-venv sysdeps
 
 all: test
 
@@ -24,7 +30,14 @@ $(BIN)/python:
 		apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); \
 	fi
 
-$(STAMP): pyproject.toml | $(BIN)/python
+sysdeps:
+	@if ! ( $(SYSDEPS_OK) ); then \
+		echo "installing $(SYSDEPS)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSDEPS); \
+		if [ -d /run/systemd/system ]; then systemctl disable --now pcscd.socket pcscd.service || true; fi; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test]'
 	@touch $@
 

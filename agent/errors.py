@@ -21,6 +21,8 @@ __all__ = [
     "OutboxFull",
     "StoreError",
     "Unauthorized",
+    "VoucherLedgerFailed",
+    "VoucherRejected",
 ]
 
 
@@ -88,3 +90,94 @@ class EnrolFailed(AgentError):
 class CentralUnreachable(AgentError):
     code = "central_unreachable"
     http_status = 502
+
+
+# ---- at the desk: the card reader --------------------------------------------------------
+# Each says what the cashier does next; none carries the card's contents.
+
+
+class CardError(AgentError):
+    """Identifying a person by social-security card failed."""
+
+    code = "card_error"
+    http_status = 422
+
+
+class CardServiceDown(CardError):
+    code = "card_service_down"
+    http_status = 503
+
+
+class NoReader(CardError):
+    code = "no_reader"
+    http_status = 503
+
+
+class NoCard(CardError):
+    code = "no_card"
+    http_status = 404
+
+
+class CardRemoved(CardError):
+    code = "card_removed"
+    http_status = 409
+
+
+class NotSocialSecurityCard(CardError):
+    code = "not_social_security_card"
+
+
+class CardExpired(CardError):
+    code = "card_expired"
+
+
+class CardCounterfeit(CardError):
+    code = "card_auth_failed"
+
+
+class CardUnreadable(CardError):
+    code = "card_unreadable"
+
+
+class ReaderBusy(CardError):
+    code = "reader_busy"
+    http_status = 409
+
+
+class PsamMissing(CardError):
+    code = "psam_missing"
+    http_status = 503
+
+
+# ---- at the desk: the e-voucher (QR) --------------------------------------------------------
+
+
+class VoucherRejected(AgentError):
+    """An e-voucher refused; ``code`` is the protocol's (``evoucher_expired``, ``evoucher_replayed``…).
+
+    The protocol error says why and what the cashier does; this carries it to the HIS unchanged
+    so HIS software branches on the same codes whichever side refused.
+    """
+
+    code = "evoucher_invalid"
+    http_status = 422
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        if code is not None:
+            self.code = code
+
+    @classmethod
+    def from_protocol(cls, exc: Exception) -> VoucherRejected:
+        """Wrap a ``protocol.errors.VoucherError``, keeping its code, message and details."""
+        return cls(
+            getattr(exc, "message", str(exc)),
+            code=getattr(exc, "code", cls.code),
+            details=getattr(exc, "details", None),
+        )
+
+
+class VoucherLedgerFailed(StoreError):
+    """The local ledger of used e-voucher nonces cannot be read or written (disk full or failing)."""
+
+    code = "evoucher_ledger_failed"

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "BadSignature",
     "BatchRefused",
+    "CardDataInvalid",
     "ChainBroken",
     "DecodeError",
     "EncodingError",
@@ -22,6 +23,14 @@ __all__ = [
     "LimitExceeded",
     "ProtocolError",
     "ValidationFailed",
+    "VoucherBadSignature",
+    "VoucherError",
+    "VoucherExpired",
+    "VoucherMalformed",
+    "VoucherNotYetValid",
+    "VoucherReplayed",
+    "VoucherUnknownIssuer",
+    "VoucherUnsupportedVersion",
     "error_body",
 ]
 
@@ -94,6 +103,66 @@ class BatchRefused(ProtocolError):
 
     code = "batch_refused"
     http_status = 403
+
+
+class CardDataInvalid(ProtocolError):
+    """The card's files do not follow the social-security card layout (damaged or foreign card)."""
+
+    code = "card_data_invalid"
+    http_status = 422
+
+
+class VoucherError(ProtocolError):
+    """An e-voucher (QR) refused at the desk; the subclass says why, the message what the cashier does.
+
+    Messages never contain the person number or anything else read from the voucher's claims,
+    only the issuer key id and times, which are not personal data.
+    """
+
+    code = "evoucher_invalid"
+    http_status = 422
+
+
+class VoucherMalformed(VoucherError):
+    """Scanned text that is not an e-voucher at all: garbage, bad base64, bad msgpack, wrong fields."""
+
+    code = "evoucher_malformed"
+
+
+class VoucherUnsupportedVersion(VoucherMalformed):
+    """An e-voucher of a format version this software does not read (a newer issuer app?)."""
+
+    code = "evoucher_unsupported_version"
+
+
+class VoucherBadSignature(VoucherError):
+    """The signature does not verify with the named issuer's key: altered or counterfeit."""
+
+    code = "evoucher_bad_signature"
+
+
+class VoucherUnknownIssuer(VoucherError):
+    """Signed by an issuer key id this agent does not trust (or no issuer keys configured)."""
+
+    code = "evoucher_unknown_issuer"
+
+
+class VoucherExpired(VoucherError):
+    """Past its expiry time (beyond the clock-skew allowance)."""
+
+    code = "evoucher_expired"
+
+
+class VoucherNotYetValid(VoucherError):
+    """Issued later than now beyond the clock-skew allowance: one of the two clocks is wrong."""
+
+    code = "evoucher_not_yet_valid"
+
+
+class VoucherReplayed(VoucherError):
+    """A voucher whose nonce has been used before: each shown code identifies a person once."""
+
+    code = "evoucher_replayed"
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict:

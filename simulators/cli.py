@@ -11,10 +11,12 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
 from .his import DEFAULT_HOSPITAL, HisSummary, run_his
+from .vcard import CARD_PORT, DEMO_MASTER_KEY, PSAM_PORT, STATES, VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 __all__ = ["build_parser", "main"]
 
@@ -33,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
             "sent and acknowledged."
         ),
     )
-    his.add_argument("--agent", required=True, metavar="URL", help="agent base URL, e.g. http://127.0.0.1:8700")
+    his.add_argument(
+        "--agent", required=True, metavar="URL", help="agent base URL, e.g. http://127.0.0.1:8700"
+    )
     his.add_argument(
         "--token-file", required=True, type=Path, metavar="FILE", help="file holding the HIS API bearer token"
     )
@@ -43,23 +47,142 @@ def build_parser() -> argparse.ArgumentParser:
     his.add_argument(
         "--duration", type=float, default=None, metavar="S", help="seconds to run (default: until Ctrl-C)"
     )
-    his.add_argument("--seed", type=int, default=None, metavar="N",
-                     help="replay the same traffic: a second run on the same day is answered as duplicates")
+    his.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replay the same traffic: a second run on the same day is answered as duplicates",
+    )
     his.add_argument("--concurrency", type=int, default=8, metavar="C", help="requests in flight (default 8)")
-    his.add_argument("--hospital", default=DEFAULT_HOSPITAL, metavar="CODE",
-                     help=f"fixmedins_code of the sending hospital (default {DEFAULT_HOSPITAL})")
-    his.add_argument("--reversal-share", type=float, default=0.02, metavar="P",
-                     help="share of acknowledged settlements that are then reversed (default 0.02)")
+    his.add_argument(
+        "--hospital",
+        default=DEFAULT_HOSPITAL,
+        metavar="CODE",
+        help=f"fixmedins_code of the sending hospital (default {DEFAULT_HOSPITAL})",
+    )
+    his.add_argument(
+        "--reversal-share",
+        type=float,
+        default=0.02,
+        metavar="P",
+        help="share of acknowledged settlements that are then reversed (default 0.02)",
+    )
     his.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="per-request timeout (default 10)"
     )
-    his.add_argument("--retries", type=int, default=3, metavar="N",
-                     help="re-sends of the same body after a timeout or 5xx (default 3)")
-    his.add_argument("--out", type=Path, default=None, metavar="FILE",
-                     help="write one JSON line per acknowledged record, to compare with the centre")
+    his.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="re-sends of the same body after a timeout or 5xx (default 3)",
+    )
+    his.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write one JSON line per acknowledged record, to compare with the centre",
+    )
     his.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     his.set_defaults(run=_his)
+
+    card = verbs.add_parser(
+        "card",
+        help="insert a virtual social-security card into pcscd's vpcd reader and hold it",
+        description=(
+            "Insert a virtual social-security card for --psn-no into the virtual reader (vpcd, port "
+            f"{CARD_PORT}) and hold it until Ctrl-C or SIGTERM, which removes it. pcscd must be running "
+            "with the vsmartcard-vpcd driver (make demo starts one)."
+        ),
+    )
+    card.add_argument(
+        "--psn-no", required=True, metavar="N", help="18-character ID number of the card holder"
+    )
+    card.add_argument(
+        "--state",
+        choices=STATES,
+        default="valid",
+        help="what the card does: valid, expired, cloned (fails authentication), damaged, "
+        "removed-mid-read, foreign (not a social-security card)",
+    )
+    card.add_argument(
+        "--reinsert-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with removed-mid-read: push the card back in after S seconds",
+    )
+    card.add_argument(
+        "--port", type=int, default=CARD_PORT, metavar="P", help=f"vpcd port (default {CARD_PORT})"
+    )
+    card.add_argument(
+        "--master-key",
+        default=DEMO_MASTER_KEY.hex(),
+        metavar="HEX",
+        help="issuer master key the card's key is diversified from (default: the demo key)",
+    )
+    card.set_defaults(run=_card)
+
+    psam = verbs.add_parser(
+        "psam",
+        help="insert the virtual PSAM (issuer security module) into the second vpcd slot and hold it",
+    )
+    psam.add_argument(
+        "--port", type=int, default=PSAM_PORT, metavar="P", help=f"vpcd port (default {PSAM_PORT})"
+    )
+    psam.add_argument(
+        "--master-key",
+        default=DEMO_MASTER_KEY.hex(),
+        metavar="HEX",
+        help="issuer master key (default: the demo key)",
+    )
+    psam.set_defaults(run=_psam)
     return parser
+
+
+def _hold(slot: VpcdSlot, what: str) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    slot.start()
+    if slot.wait_inserted(5):
+        print(
+            f"{what} inserted in the virtual reader on port {slot.port}; Ctrl-C removes it", file=sys.stderr
+        )
+    else:
+        print(f"waiting for pcscd's vpcd reader on port {slot.port} (is pcscd running?)", file=sys.stderr)
+    while not stop.wait(0.2):
+        if not slot.running:
+            break
+    slot.stop()
+    print(f"{what} removed", file=sys.stderr)
+    return 0
+
+
+def _master(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 16:
+        raise SystemExit("yibao-sim: --master-key must be 32 hex digits (a 16-byte SM4 key)")
+    return key
+
+
+def _card(args: argparse.Namespace) -> int:
+    try:
+        data = card_for(args.psn_no, state=args.state)
+    except ValueError as exc:
+        print(f"yibao-sim: {exc}", file=sys.stderr)
+        return 2
+    card = VirtualCard(data, master_key=_master(args.master_key), state=args.state)
+    return _hold(VpcdSlot(card, port=args.port, reinsert_after=args.reinsert_after), f"{args.state} card")
+
+
+def _psam(args: argparse.Namespace) -> int:
+    return _hold(VpcdSlot(VirtualPsam(_master(args.master_key)), port=args.port), "PSAM")
 
 
 async def _run_until_signal(args: argparse.Namespace, token: str, out: TextIO | None) -> HisSummary:

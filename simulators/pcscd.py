@@ -1,0 +1,136 @@
+"""Start a real ``pcscd`` with the vpcd driver, for the demo and the tests.
+
+``pcscd`` is the PC/SC service every Linux card reader goes through; the agent talks to it
+exactly as in a hospital. Here it runs in the foreground as our child, with a reader
+configuration of our own (two vpcd slots: the patient's card and the PSAM), and stops with
+us. pcsc-lite 1.9 has one fixed socket (``/run/pcscd/pcscd.comm``), so only one ``pcscd``
+can run on a machine: if another is already running we say so instead of fighting it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["DRIVER", "READER_NAME", "Pcscd", "PcscdUnavailable"]
+
+DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+PCSCD = "pcscd"
+READER_NAME = "Yibao Virtual Reader"
+SOCKET = Path("/run/pcscd/pcscd.comm")
+
+
+class PcscdUnavailable(RuntimeError):
+    """pcscd or the vpcd driver is missing, or another pcscd holds the socket."""
+
+
+def _running_pcscd() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "comm").read_text().strip() == "pcscd":
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+class Pcscd:
+    """``with Pcscd(port=35963) as p:`` — readers ``p.readers`` exist inside the block.
+
+    vpcd makes two slots from one configuration line: the first listens on ``port`` (the
+    patient's card), the second on ``port + 1`` (the PSAM).
+    """
+
+    def __init__(self, port: int = 35963, *, log_path: Path | None = None) -> None:
+        self.port = port
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._log: BinaryIO | None = None
+        self.readers = (f"{READER_NAME} 00 00", f"{READER_NAME} 00 01")
+
+    def start(self, timeout: float = 10.0) -> Pcscd:
+        exe = shutil.which(PCSCD) or ("/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None)
+        if exe is None or not DRIVER.exists():
+            raise PcscdUnavailable(
+                "pcscd and the vpcd driver are needed: apt-get install pcscd vsmartcard-vpcd "
+                "(make test and make demo do this)"
+            )
+        others = _running_pcscd()
+        if others:
+            raise PcscdUnavailable(
+                f"another pcscd is running (pid {', '.join(map(str, others))}); only one can run on a "
+                "machine: stop it (systemctl stop pcscd.socket pcscd, or kill it) and try again"
+            )
+        self._dir = tempfile.TemporaryDirectory(prefix="yibao-pcscd-")
+        conf = Path(self._dir.name) / "reader.conf.d"
+        conf.mkdir()
+        (conf / "yibao-vpcd").write_text(
+            f'FRIENDLYNAME "{READER_NAME}"\n'
+            f"DEVICENAME   /dev/null:0x{self.port:04X}\n"
+            f"LIBPATH      {DRIVER}\n"
+            f"CHANNELID    0x{self.port:04X}\n"
+        )
+        SOCKET.parent.mkdir(parents=True, exist_ok=True)
+        # A socket left by a pcscd that was killed makes the new one refuse to start.
+        for stale in (SOCKET, SOCKET.parent / "pcscd.pid"):
+            stale.unlink(missing_ok=True)
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        out = self._log if self._log is not None else subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            [exe, "--foreground", "--config", str(conf), "--info"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise PcscdUnavailable(f"pcscd exited at start with status {self.proc.returncode}")
+            if SOCKET.exists() and self._listening():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise PcscdUnavailable(f"pcscd did not come up within {timeout:.0f} s")
+
+    def _listening(self) -> bool:
+        from smartcard import scard
+
+        hresult, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        if hresult != scard.SCARD_S_SUCCESS:
+            return False
+        try:
+            hresult, readers = scard.SCardListReaders(ctx, [])
+            return hresult == scard.SCARD_S_SUCCESS and all(r in readers for r in self.readers)
+        finally:
+            scard.SCardReleaseContext(ctx)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> Pcscd:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
