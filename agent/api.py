@@ -7,17 +7,22 @@ a bad request changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 from aiohttp import web
 
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, ValidationFailed
 
+from .card import CardReader
 from .config import AgentConfig
-from .errors import AgentError, BodyTooLarge, Unauthorized
+from .errors import AgentError, BodyTooLarge, NoReader, Unauthorized, VoucherRejected
+from .evoucher import VoucherVerifier
+from .identity import CERT_TYPE_EVOUCHER, Identity
 from .intake import parse_reversal, parse_settlement
 from .store import Outbox
 from .uploader import Uploader
@@ -34,9 +39,32 @@ def _error(status: int, body: dict[str, Any]) -> web.Response:
     return web.json_response(body, status=status)
 
 
+#: Longest a cashier's request may wait for a card to be inserted (seconds).
+MAX_CARD_WAIT_S = 60.0
+
+
+class _QrIn(msgspec.Struct, forbid_unknown_fields=True):
+    qr: Annotated[str, msgspec.Meta(max_length=4096)]
+
+
+_qr_decoder = msgspec.json.Decoder(_QrIn)
+_WAIT_HELP = f"seconds to wait for a card, 0 to {MAX_CARD_WAIT_S:g}"
+
+
+def _identity_json(identity: Identity, **extra: object) -> web.Response:
+    return web.json_response({"identity": msgspec.to_builtins(identity), **extra})
+
+
 def create_app(
-    config: AgentConfig, outbox: Outbox, uploader: Uploader | None, his_token: str
+    config: AgentConfig,
+    outbox: Outbox,
+    uploader: Uploader | None,
+    his_token: str,
+    *,
+    card_reader: CardReader | None = None,
+    vouchers: VoucherVerifier | None = None,
 ) -> web.Application:
+    """The HIS API; the card reader and the voucher verifier are optional so tests can leave them out."""
     token_bytes = his_token.encode()
 
     @web.middleware
@@ -62,6 +90,19 @@ def create_app(
     async def post_settlement(request: web.Request) -> web.Response:
         body = await request.read()
         record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
+        if record.mdtrt_cert_type == CERT_TYPE_EVOUCHER and not (
+            vouchers is not None and vouchers.ledger.seen(record.mdtrt_cert_no or "")
+        ):
+            raise ValidationFailed(
+                "settlement does not validate; correct the listed fields",
+                details=[
+                    {
+                        "field": "mdtrt_cert_no",
+                        "message": "this agent has not accepted an e-voucher with this nonce: scan the "
+                        "patient's code first (POST /v1/evoucher) and send the mdtrt_cert_no it returns",
+                    }
+                ],
+            )
         receipt = await outbox.append_settlement(record, digest)
         return web.json_response(receipt.to_json(), status=200 if receipt.duplicate else 201)
 
@@ -81,6 +122,46 @@ def create_app(
             }
         )
 
+    async def get_card(request: web.Request) -> web.Response:
+        if card_reader is None:
+            raise NoReader("this agent runs without a card reader (started with card reading off)")
+        text = request.query.get("wait", "0")
+        try:
+            wait = float(text)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_CARD_WAIT_S:
+            raise ValidationFailed(
+                "bad query parameter",
+                details=[
+                    {"field": "wait", "message": f"seconds to wait for a card, 0 to {MAX_CARD_WAIT_S:g}"}
+                ],
+            )
+        identity = await asyncio.to_thread(card_reader.identify, wait)
+        stats = card_reader.stats
+        return _identity_json(
+            identity,
+            read={
+                "card_apdus": stats.card_apdus,
+                "psam_apdus": stats.psam_apdus,
+                "ms": round(stats.seconds * 1e3),
+            },
+        )
+
+    async def post_evoucher(request: web.Request) -> web.Response:
+        if vouchers is None:
+            raise VoucherRejected(
+                "this agent runs without an e-voucher verifier; call IT", code="evoucher_unknown_issuer"
+            )
+        try:
+            qr = _qr_decoder.decode(await request.read()).qr
+        except msgspec.MsgspecError as exc:
+            raise ValidationFailed(
+                'the body must be {"qr": "<the scanned text>"}',
+                details=[{"field": "qr", "message": str(exc)}],
+            ) from None
+        return _identity_json(await asyncio.to_thread(vouchers.verify, qr))
+
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -88,5 +169,7 @@ def create_app(
     app.router.add_post("/v1/settlements", post_settlement)
     app.router.add_post("/v1/settlements/{setl_id}/reversal", post_reversal)
     app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/card", get_card)
+    app.router.add_post("/v1/evoucher", post_evoucher)
     app.router.add_get("/v1/health", health)
     return app

@@ -89,6 +89,8 @@ class _SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
     medfee_sumamt: Decimal
     opter: Code
     opter_name: Text | None = None
+    mdtrt_cert_type: Annotated[str, Meta(pattern=r"^0[1-3]$")] | None = None
+    mdtrt_cert_no: Code | None = None
     fund_pay_sumamt: Decimal | None = None
     hifp_pay: Decimal | None = None
     hifmi_pay: Decimal | None = None
@@ -221,6 +223,8 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
             mdtrt_id=md.mdtrt_id,
             med_type=md.med_type,
         ),
+        mdtrt_cert_no=src.mdtrt_cert_no,
+        mdtrt_cert_type=src.mdtrt_cert_type,
         medfee_sumamt=_fen(src.medfee_sumamt, "medfee_sumamt", problems) or 0,
         opter=src.opter,
         opter_name=src.opter_name,

@@ -10,8 +10,10 @@ import signal
 from aiohttp import web
 
 from .api import create_app
+from .card import CardReader
 from .config import AgentConfig
 from .enrol import load_key
+from .evoucher import open_verifier
 from .store import Outbox
 from .uploader import Uploader
 
@@ -39,7 +41,9 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     outbox = open_outbox(config)
     uploader = Uploader(config, outbox, key)
     outbox.on_append = uploader.wake
-    app = create_app(config, outbox, uploader, his_token)
+    card_reader = CardReader(config.card_reader, config.psam_reader)
+    vouchers = open_verifier(config)
+    app = create_app(config, outbox, uploader, his_token, card_reader=card_reader, vouchers=vouchers)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
@@ -63,4 +67,6 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         with contextlib.suppress(asyncio.CancelledError):
             await upload_task
         outbox.close()
+        card_reader.close()
+        vouchers.close()
         log.info("agent stopped")

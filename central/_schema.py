@@ -125,7 +125,28 @@ def _m002_security_event_repeats(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE security_events ADD COLUMN last_time TEXT")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial, _m002_security_event_repeats]
+def _m003_identification(db: sqlite_utils.Database) -> None:
+    """How each person was identified at the desk, and each e-voucher's first use.
+
+    A voucher is single-use across hospitals: its nonce is held here with the hospital that
+    used it first; the same nonce from another hospital is refused (``evoucher_replayed``).
+    """
+    for column in ("mdtrt_cert_type", "mdtrt_cert_no", "card_sn"):
+        db.execute(f"ALTER TABLE settlements ADD COLUMN {column} TEXT")
+    db.create_table(
+        "evoucher_uses",
+        {"nonce": str, "fixmedins_code": str, "setl_id": str, "agent_id": str, "seq": int, "used_at": str},
+        pk="nonce",
+        not_null=["fixmedins_code", "setl_id", "agent_id", "seq", "used_at"],
+        strict=True,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m001_initial,
+    _m002_security_event_repeats,
+    _m003_identification,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

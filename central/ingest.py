@@ -57,6 +57,7 @@ _INT64 = 2**63
 _MAX_MESSAGE = 500
 _TIME_EXAMPLE = "2026-11-24T10:00:00+08:00"
 _fromisoformat = datetime.fromisoformat
+_CERT_EVOUCHER = "01"
 _MONEY = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay")
 
 _INSERT_RECORD = (
@@ -65,8 +66,9 @@ _INSERT_RECORD = (
 )
 _INSERT_SETTLEMENT = (
     "INSERT INTO settlements (setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, "
-    "med_type, setl_time, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "med_type, setl_time, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, "
+    "mdtrt_cert_type, mdtrt_cert_no, card_sn) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 
 
@@ -127,7 +129,7 @@ def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospita
         return (
             rec.setl_id, agent_id, seq, "setl", rec.his_setl_no, hospital, rec.psn.psn_no, mdtrt.mdtrt_id,
             mdtrt.med_type, setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
-            rec.psn_cash_pay, None,
+            rec.psn_cash_pay, None, rec.mdtrt_cert_type, rec.mdtrt_cert_no, rec.psn.card_sn,
         )  # fmt: skip
     assert isinstance(rec, Reversal)
     problem = _amount_problem(rec)
@@ -136,6 +138,7 @@ def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospita
     return (
         rec.setl_id, agent_id, seq, "revs", rec.his_setl_no, hospital, None, None, None, setl_time, setl_date,
         rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay, rec.psn_cash_pay, rec.orig_setl_id,
+        None, None, None,
     )  # fmt: skip
 
 
@@ -285,6 +288,8 @@ class Ingestor:
             )
         records = p.records[k:]
         setl_rows = [r for r in p.settlements[k:] if r is not None]
+        if any(r[16] == _CERT_EVOUCHER for r in setl_rows):
+            setl_rows = self._claim_vouchers(conn, setl_rows, records, first_index=held_seq + 1, at=stamp)
         self._store_settlements(conn, setl_rows, records, first_index=held_seq + 1)
         conn.executemany(_INSERT_RECORD, records)
         conn.execute(
@@ -295,6 +300,43 @@ class Ingestor:
         return BatchAck(
             code="stored", acked_seq=last, stored=len(records), duplicates=n_dup, rejected=repeated + rejected
         )
+
+    @staticmethod
+    def _claim_vouchers(
+        conn: sqlite3.Connection, rows: list[tuple], records: list[tuple], *, first_index: int, at: str
+    ) -> list[tuple]:
+        """Hold each e-voucher nonce with the hospital that used it first; refuse it elsewhere.
+
+        A voucher is shown once, at one hospital; the agent's local ledger stops a replay there,
+        and this stops the same QR code (photographed, forwarded) being settled at a second one.
+        The same hospital using its nonce again (a settlement after a cancelled one) is allowed.
+        """
+        kept = []
+        for r in rows:
+            if r[16] != _CERT_EVOUCHER:
+                kept.append(r)
+                continue
+            setl_id, agent_id, seq, hospital, nonce = r[0], r[1], r[2], r[5], r[17]
+            conn.execute(
+                "INSERT INTO evoucher_uses (nonce, fixmedins_code, setl_id, agent_id, seq, used_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (nonce, hospital, setl_id, agent_id, seq, at),
+            )
+            first = conn.execute(
+                "SELECT fixmedins_code FROM evoucher_uses WHERE nonce = ?", (nonce,)
+            ).fetchone()[0]
+            if first == hospital:
+                kept.append(r)
+                continue
+            index = seq - first_index
+            old = records[index]
+            message = (
+                f"this e-voucher was already used at hospital {first}: the patient must show a fresh "
+                "code; ask the hospital to reverse this settlement and settle again"
+            )
+            records[index] = (*old[:4], "rejected", "evoucher_replayed", message, *old[7:])
+            log.warning("agent %s seq %d: e-voucher already used at another hospital", agent_id, seq)
+        return kept
 
     @staticmethod
     def _store_settlements(

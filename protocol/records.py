@@ -28,6 +28,7 @@ import msgspec
 from .errors import ValidationFailed
 
 __all__ = [
+    "CERT_TYPES",
     "SPLIT_FIELDS",
     "FeeDetail",
     "Person",
@@ -93,6 +94,8 @@ class Settlement(msgspec.Struct, kw_only=True):
     hifp_pay: int | None = None
     his_setl_no: str
     mdtrt: Visit
+    mdtrt_cert_no: str | None = None
+    mdtrt_cert_type: str | None = None
     medfee_sumamt: int
     opter: str
     opter_name: str | None = None
@@ -100,6 +103,10 @@ class Settlement(msgspec.Struct, kw_only=True):
     psn_cash_pay: int | None = None
     setl_id: str
     setl_time: str
+
+
+#: ``mdtrt_cert_type`` code values (national): how the person was identified at the desk.
+CERT_TYPES = {"01": "e-voucher", "02": "resident ID card", "03": "social-security card"}
 
 
 class Reversal(msgspec.Struct, kw_only=True):
@@ -230,6 +237,19 @@ def _split_problems(rec: Any, total: int) -> list[dict[str, str]]:
     return problems
 
 
+def _cert_problems(rec: Settlement) -> list[dict[str, str]]:
+    kind, number = rec.mdtrt_cert_type, rec.mdtrt_cert_no
+    if kind is None:
+        if number is not None:
+            return [{"field": "mdtrt_cert_type", "message": "required with mdtrt_cert_no (01, 02 or 03)"}]
+        return []
+    if kind not in CERT_TYPES:
+        return [{"field": "mdtrt_cert_type", "message": "01 e-voucher, 02 resident ID card or 03 card"}]
+    if not number or len(number) > 64:
+        return [{"field": "mdtrt_cert_no", "message": "the voucher nonce or card number (1-64 characters)"}]
+    return []
+
+
 def settlement_problems(rec: Settlement) -> list[dict[str, str]]:
     """Every field-level problem of a settlement record, in document order."""
     problems: list[dict[str, str]] = []
@@ -267,6 +287,7 @@ def settlement_problems(rec: Settlement) -> list[dict[str, str]]:
                 }
             )
         total += line.det_item_fee_sumamt
+    problems.extend(_cert_problems(rec))
     if rec.medfee_sumamt < 0:
         problems.append({"field": "medfee_sumamt", "message": "total must not be negative"})
     elif total != rec.medfee_sumamt and rec.feedetl:

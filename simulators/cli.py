@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
+from .evoucher import add_cli as add_evoucher
 from .his import DEFAULT_HOSPITAL, HisSummary, run_his
 from .vcard import CARD_PORT, DEMO_MASTER_KEY, PSAM_PORT, STATES, VirtualCard, VirtualPsam, VpcdSlot, card_for
 
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="issuer master key (default: the demo key)",
     )
     psam.set_defaults(run=_psam)
+
+    add_evoucher(verbs)
     return parser
 
 
