@@ -194,6 +194,7 @@ class CardReader:
         if hresult == scard.SCARD_E_SHARING_VIOLATION:
             raise ReaderBusy(_MSG["busy"])
         if hresult in _CARD_GONE:
+            log.debug("connect to %r: %08X", reader, hresult)
             raise NoCard(_MSG["no_card"])
         if hresult == scard.SCARD_W_UNRESPONSIVE_CARD:
             raise CardUnreadable(_MSG["unreadable"])
@@ -260,13 +261,16 @@ class CardReader:
         for reader in candidates:
             try:
                 handle, proto = self._connect(reader, scard.SCARD_SHARE_SHARED)
-            except CardError:
+            except CardError as exc:
+                log.info("no PSAM in %r: %s", reader, exc.code)
                 continue
             self.stats.psam_apdus += 1
             _data, sw = self._transmit(handle, proto, select_aid(PSAM_AID))
             if sw == SW["OK"]:
                 self._psam = (handle, proto, reader)
+                log.info("PSAM found in %r", reader)
                 return self._psam
+            log.info("no PSAM in %r: the card there answered %s", reader, sw_name(sw))
             scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
         raise PsamMissing(_MSG["psam"])
 

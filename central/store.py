@@ -246,6 +246,7 @@ EXPORT_COLUMNS = (
     "acct_pay",
     "psn_cash_pay",
     "orig_setl_id",
+    "mdtrt_cert_type",  # how the person was identified; the card number / voucher nonce stays in
 )
 
 

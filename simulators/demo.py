@@ -13,18 +13,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .his import DEFAULT_HOSPITAL, run_his
+from agent.config import load_config, save_config
+
+from .evoucher import Issuer
+from .his import DEFAULT_HOSPITAL, generate_settlement, run_his
+from .pcscd import Pcscd, PcscdUnavailable
+from .vcard import PSAM_PORT, VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 __all__ = ["main"]
 
@@ -85,6 +92,24 @@ class _Service:
                 self.proc.kill()
 
 
+def _start_card_stack(home: Path, services: list[_Stoppable]) -> VpcdSlot | None:
+    """pcscd with the vpcd driver, the PSAM in slot 2 and a patient's card in slot 1."""
+    try:
+        daemon = Pcscd(log_path=home / "pcscd.log").start()
+    except PcscdUnavailable as exc:
+        print(f"card reading off: {exc}")
+        return None
+    services.append(daemon)
+    psam = VpcdSlot(VirtualPsam(), port=PSAM_PORT).start()
+    services.append(psam)
+    card = VpcdSlot(VirtualCard(card_for(CARD_HOLDER))).start()
+    services.append(card)
+    daemon.wait_card(0)
+    daemon.wait_card(1)
+    print(f"pcscd   readers {', '.join(daemon.readers)} (virtual card and PSAM over vpcd)")
+    return card
+
+
 def _wait_drained(agent_url: str, token: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -94,7 +119,71 @@ def _wait_drained(agent_url: str, token: str, timeout: float = 120) -> dict:
         time.sleep(0.2)
 
 
-def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: list[_Service]) -> bool:
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+CARD_HOLDER = "370211195804021236"
+VOUCHER_HOLDER = "37021119900715002X"
+
+
+def _request(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _settle_identified(a_url: str, token: str, hospital: str, ident: dict, n: int) -> dict:
+    """One settlement for the identified person, naming how they were identified."""
+    body = generate_settlement(random.Random(n), hospital, n, run_tag=f"DESK{int(time.time())}")
+    body["psn"].update(psn_no=ident["psn_no"], insuplc_admdvs=ident["insuplc_admdvs"])
+    if ident.get("card_sn"):
+        body["psn"].update(card_sn=ident["card_sn"], gend=ident["gend"], brdy=ident["brdy"])
+    body["mdtrt_cert_type"], body["mdtrt_cert_no"] = ident["mdtrt_cert_type"], ident["mdtrt_cert_no"]
+    status, answer = _request("POST", a_url + "/v1/settlements", token, body)
+    if status not in (200, 201):
+        raise RuntimeError(f"the identified settlement was refused: {answer}")
+    return {"setl_id": answer["setl_id"], "kind": "setl"}
+
+
+def _desk(a_url: str, token: str, hospital: str, issuer: Issuer, card_slot: VpcdSlot | None) -> list[dict]:
+    """The cashier's side: a card read through pcscd, an e-voucher scanned, one settlement each."""
+    made: list[dict] = []
+    print("at the desk:")
+    if card_slot is None:
+        print("  card          skipped: no pcscd with the vpcd driver here (see above)")
+    else:
+        status, answer = _request("GET", a_url + "/v1/card?wait=15", token)
+        if status == 200:
+            ident, read = answer["identity"], answer["read"]
+            print(
+                f"  card          authenticated (SM4 internal auth via the PSAM), insured area "
+                f"{ident['insuplc_admdvs']}, expires {ident['expires']}; {read['card_apdus']} card APDUs + "
+                f"{read['psam_apdus']} PSAM APDUs in {read['ms']} ms (the first read also finds the PSAM)"
+            )
+            made.append(_settle_identified(a_url, token, hospital, ident, 1))
+        else:
+            print(f"  card          refused: {answer['error']['code']}: {answer['error']['message']}")
+    qr = issuer.issue(VOUCHER_HOLDER, insuplc_admdvs="370211", ttl_s=300)
+    status, answer = _request("POST", a_url + "/v1/evoucher", token, {"qr": qr})
+    if status == 200:
+        print(f"  e-voucher     verified ({len(qr)} characters, issuer {answer['identity']['issuer_kid']})")
+        made.append(_settle_identified(a_url, token, hospital, answer["identity"], 2))
+        status, again = _request("POST", a_url + "/v1/evoucher", token, {"qr": qr})
+        print(f"  same QR again refused: {again.get('error', {}).get('code')}")
+    else:
+        print(f"  e-voucher     refused: {answer['error']['code']}")
+    print(f"  settlements   {len(made)} naming how the person was identified (mdtrt_cert_type 03 / 01)")
+    return made
+
+
+def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: list[_Stoppable]) -> bool:
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
@@ -123,6 +212,11 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
         "--hospital",
         hospital,
     )
+    issuer = Issuer.load_or_create(home / "issuer")
+    config = load_config(a_home)
+    config.evoucher_issuers = issuer.issuers_config()
+    save_config(config)
+    card_slot = _start_card_stack(home, services)
     agent = _Service(
         "agent",
         [str(BIN / "yibao-agent"), "--home", str(a_home), "serve", "--listen", f"127.0.0.1:{a_port}"],
@@ -133,9 +227,10 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     his_token = (a_home / "his.token").read_text().strip()
     print(f"centre  {c_url}   (home {c_home})")
     print(f"agent   {a_url}   (home {a_home}, HIS token in {a_home / 'his.token'})")
-    print(f"driving the agent with the HIS simulator at {rate:g}/s for {drive_s:g} s …", flush=True)
-
     made: dict[str, dict] = {}
+    for r in _desk(a_url, his_token, hospital, issuer, card_slot):
+        made[r["setl_id"]] = r
+    print(f"driving the agent with the HIS simulator at {rate:g}/s for {drive_s:g} s …", flush=True)
     summary = asyncio.run(
         run_his(
             a_url,
@@ -205,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--home", default="demo-home", help="working directory, recreated each run")
     ap.add_argument("--hospital", default=DEFAULT_HOSPITAL)
     args = ap.parse_args(argv)
-    services: list[_Service] = []
+    services: list[_Stoppable] = []
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         ok = run_demo(Path(args.home).resolve(), args.duration or 30.0, args.rate, args.hospital, services)

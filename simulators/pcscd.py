@@ -113,6 +113,27 @@ class Pcscd:
         finally:
             scard.SCardReleaseContext(ctx)
 
+    def wait_card(self, slot: int = 0, *, present: bool = True, timeout: float = 10.0) -> None:
+        """Block until pcscd reports a card in (or gone from) reader ``slot``.
+
+        pcscd polls vpcd about twice a second, so a card whose TCP connection is open is not yet
+        a card to PC/SC clients; anything that reads right after inserting must wait for this.
+        """
+        from smartcard import scard
+
+        reader = self.readers[slot]
+        _, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                _, states = scard.SCardGetStatusChange(ctx, 0, [(reader, scard.SCARD_STATE_UNAWARE)])
+                if bool(states[0][1] & scard.SCARD_STATE_PRESENT) == present:
+                    return
+                time.sleep(0.05)
+        finally:
+            scard.SCardReleaseContext(ctx)
+        raise PcscdUnavailable(f"{reader}: the card {'never arrived' if present else 'never left'}")
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

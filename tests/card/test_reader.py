@@ -21,7 +21,7 @@ from agent.errors import (
     PsamMissing,
     ReaderBusy,
 )
-from tests.card.conftest import PSN_NO, _wait_present
+from tests.card.conftest import PSN_NO
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_removed_mid_read_then_inserted_again(pcscd, insert, reader):
         reader.identify()
     assert "insert the card again" in err.value.message
     assert slot.removed_mid_read.wait(5)
-    _wait_present(pcscd.readers[0], present=False)
+    pcscd.wait_card(0, present=False)
     ident = reader.identify(wait_s=10)
     assert ident.psn_no == PSN_NO
 

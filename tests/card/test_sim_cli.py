@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from agent.card import CardReader
-from tests.card.conftest import _wait_present
 
 
 def test_sim_card_inserts_until_sigterm(pcscd, psam):
@@ -18,7 +17,7 @@ def test_sim_card_inserts_until_sigterm(pcscd, psam):
         text=True,
     )
     try:
-        _wait_present(pcscd.readers[0])
+        pcscd.wait_card(0)
         reader = CardReader()
         try:
             ident = reader.identify(wait_s=5)
@@ -30,7 +29,7 @@ def test_sim_card_inserts_until_sigterm(pcscd, psam):
         _, err = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "card removed" in err
-    _wait_present(pcscd.readers[0], present=False)
+    pcscd.wait_card(0, present=False)
 
 
 def test_sim_card_refuses_a_bad_person_number(pcscd):

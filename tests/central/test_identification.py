@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
+
+from central.export import export_settlements
 from central.ingest import Ingestor
 from central.store import Store
 
@@ -30,6 +34,11 @@ def test_identification_is_stored_with_the_settlement(store: Store) -> None:
         ).fetchall()
     )
     assert rows == [("S-CARD", "03", "A12345678", "3702021234567890"), ("S-QR", "01", "nonce-1", None)]
+    out = io.StringIO()
+    export_settlements(store, out)
+    exported = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["setl_id"], r["mdtrt_cert_type"]) for r in exported] == [("S-CARD", "03"), ("S-QR", "01")]
+    assert "A12345678" not in out.getvalue()  # the card number is not exported
 
 
 def test_a_voucher_used_at_another_hospital_is_refused_and_the_rest_of_the_batch_stored(store: Store) -> None:

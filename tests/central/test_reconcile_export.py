@@ -112,6 +112,7 @@ def test_export_writes_json_lines_in_yuan_without_personal_data(store: Store, ch
         "acct_pay": "10.00",
         "psn_cash_pay": "11.20",
         "orig_setl_id": None,
+        "mdtrt_cert_type": None,
     }
     assert rows[2]["medfee_sumamt"] == "-51.20" and rows[2]["orig_setl_id"] == "S1"
     assert rows[3]["fund_pay_sumamt"] is None
