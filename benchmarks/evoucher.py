@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         note="protocol.evoucher.verify_voucher alone, no ledger",
     )
     emit("evoucher_issue_per_s", issue_rate, "per_s", note="simulator issuer, not the measure")
-    emit("evoucher_token_chars", length, "chars", kid_chars=len(issuer.kid), note="aim < 200 for a small QR")
+    emit("evoucher_token_chars", length, "count", kid_chars=len(issuer.kid), note="aim < 200 for a small QR")
 
 
 def main() -> int:
