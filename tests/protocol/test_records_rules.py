@@ -310,3 +310,18 @@ def test_decimal_text_examples():
     assert decimal_text(Decimal("1E+2"), 6) == "100"
     assert decimal_text(Decimal("-0.000"), 6) == "0"
     assert decimal_text(Decimal("0.5000"), 4) == "0.5"
+
+
+@given(valid_settlement())
+def test_identification_fields_are_checked_together(rec):
+    check_settlement(replace(rec, mdtrt_cert_type="03", mdtrt_cert_no="A12345678"))
+    check_settlement(replace(rec, mdtrt_cert_type="01", mdtrt_cert_no="0f" * 16))
+    with pytest.raises(ValidationFailed) as exc:
+        check_settlement(replace(rec, mdtrt_cert_type="03"))
+    assert fields_of(exc) == {"mdtrt_cert_no"}
+    with pytest.raises(ValidationFailed) as exc:
+        check_settlement(replace(rec, mdtrt_cert_type="09", mdtrt_cert_no="x"))
+    assert fields_of(exc) == {"mdtrt_cert_type"}
+    with pytest.raises(ValidationFailed) as exc:
+        check_settlement(replace(rec, mdtrt_cert_no="A12345678"))
+    assert fields_of(exc) == {"mdtrt_cert_type"}
