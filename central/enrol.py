@@ -54,7 +54,9 @@ def issue_token(store: Store, hospital: str, ttl_hours: float = 24.0, *, now: da
     if not ttl_hours > 0:
         raise ConfigInvalid("token TTL must be a positive number of hours")
     now = now or datetime.now(UTC)
-    token = secrets.token_urlsafe(24)
+    # A prefix, so the token never starts with "-": one in 64 random tokens did, and a shell script's
+    # `yibao-agent init --token $TOKEN` then read it as an option.
+    token = "yb1_" + secrets.token_urlsafe(24)
     expires = now + timedelta(hours=ttl_hours)
     store.write(
         lambda conn: conn.execute(

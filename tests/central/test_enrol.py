@@ -116,3 +116,8 @@ def test_only_a_hash_of_the_token_is_stored(config, store) -> None:
     token = issue_token(store, HOSPITAL)
     dump = "\n".join(sqlite3.connect(config.db_path).iterdump())
     assert token not in dump
+
+
+def test_tokens_never_look_like_a_command_line_option(server: Server) -> None:
+    tokens = [issue_token(server.store, HOSPITAL) for _ in range(200)]
+    assert all(t.startswith("yb1_") for t in tokens) and len(set(tokens)) == 200
