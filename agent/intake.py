@@ -51,6 +51,7 @@ class _PsnIn(msgspec.Struct, forbid_unknown_fields=True):
     gend: Annotated[str, Meta(pattern=r"^[129]$")]
     brdy: str
     card_sn: Code | None = None
+    emp_no: Code | None = None
     certno: str | None = None  # accepted and dropped: never stored
     psn_name: str | None = None  # accepted and dropped: never stored
 
@@ -231,6 +232,7 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
         psn=Person(
             brdy=brdy,
             card_sn=psn.card_sn,
+            emp_no=psn.emp_no,
             gend=psn.gend,
             insuplc_admdvs=psn.insuplc_admdvs,
             insutype=psn.insutype,

@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "BadSignature",
     "BatchRefused",
+    "BundleInvalid",
     "CardDataInvalid",
     "ChainBroken",
     "DecodeError",
@@ -163,6 +164,13 @@ class VoucherReplayed(VoucherError):
     """A voucher whose nonce has been used before: each shown code identifies a person once."""
 
     code = "evoucher_replayed"
+
+
+class BundleInvalid(ProtocolError):
+    """A policy bundle file or its metadata does not follow the bundle format."""
+
+    code = "bundle_invalid"
+    http_status = 422
 
 
 def error_body(code: str, message: str, details: list[dict[str, Any]] | None = None) -> dict:

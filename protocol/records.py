@@ -52,6 +52,7 @@ _FEN = Decimal("0.01")
 class Person(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     brdy: str
     card_sn: str | None = None
+    emp_no: str | None = None  # employer (unit) number, for employer blacklists
     gend: str
     insuplc_admdvs: str
     insutype: str

@@ -12,22 +12,40 @@ always the right and safe move.
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .batch import KeyPair
+from .canonical import encode_canonical
+from .errors import BadSignature, DecodeError
 
 __all__ = [
     "BATCH_PATH",
     "ENROLL_PATH",
     "MSGPACK",
+    "POLICY_CHANGES_PATH",
+    "POLICY_REPORT_PATH",
     "PROTOCOL_HEADER",
     "SUPPORTED_VERSIONS",
+    "TUF_METADATA_PATH",
+    "TUF_TARGETS_PATH",
     "AgentStatusReport",
     "BatchAck",
     "EnrollRequest",
     "EnrollResponse",
+    "PolicyChanges",
+    "PolicyReport",
     "Rejection",
     "decode_ack",
+    "decode_report",
     "encode_ack",
     "negotiate",
+    "root_fingerprint",
+    "sign_report",
+    "verify_report",
 ]
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -35,6 +53,13 @@ PROTOCOL_HEADER = "Yibao-Protocol"
 MSGPACK = "application/msgpack"
 ENROLL_PATH = "/v1/agents/enroll"
 BATCH_PATH = "/v1/batches"
+#: Long-poll change signal: ``GET ?have=<timestamp version>`` → ``PolicyChanges`` (JSON).
+POLICY_CHANGES_PATH = "/v1/policy/changes"
+#: Signed report of what an agent runs: ``POST`` msgpack ``PolicyReport``.
+POLICY_REPORT_PATH = "/v1/agents/report"
+#: The TUF repository: ``/tuf/metadata/<role files>`` and ``/tuf/targets/<hash>.<name>``.
+TUF_METADATA_PATH = "/tuf/metadata/"
+TUF_TARGETS_PATH = "/tuf/targets/"
 
 
 def negotiate(offered: str | None) -> int | None:
@@ -61,6 +86,71 @@ class EnrollResponse(msgspec.Struct, kw_only=True):
     fixmedins_code: str
     protocol_version: int
     key_fingerprint: str
+    #: The TUF root metadata (``N.root.json``, exact bytes as text) the agent pins as its trust
+    #: anchor for policy bundles, and its fingerprint (``root_fingerprint``), which both sides
+    #: print so operators can compare them out of band.
+    tuf_root: str = ""
+    root_fingerprint: str = ""
+    #: Pooling area whose bundles this agent obeys (6-digit ``admdvs``).
+    pooling_area: str = ""
+
+
+def root_fingerprint(root_json: bytes) -> str:
+    """SHA-256 of the exact root metadata bytes, grouped for reading aloud over the phone."""
+    digest = hashlib.sha256(root_json).hexdigest()
+    return " ".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+class PolicyChanges(msgspec.Struct, kw_only=True):
+    """The change signal: the centre's current TUF timestamp version."""
+
+    timestamp_version: int
+
+
+class PolicyReport(msgspec.Struct, kw_only=True):
+    """What an agent runs, signed with its enrolment key so no one can report for it.
+
+    ``versions``: TUF role versions (``root``, ``timestamp``, ``snapshot``, ``targets``) and bundle
+    sequences by kind (``blacklist``, ``rules``, ``policy``, ``catalogue``, ``keys``). ``problems``:
+    refusals and alarms since the last report (codes only).
+    """
+
+    agent_id: str
+    at: str
+    versions: dict[str, int]
+    problems: list[str] = []
+    sig: bytes = b""
+
+
+_REPORT_DOMAIN = "yibao-policy-report/1"
+_report_encoder = msgspec.msgpack.Encoder()
+_report_decoder = msgspec.msgpack.Decoder(PolicyReport)
+
+
+def _report_signed_bytes(r: PolicyReport) -> bytes:
+    return encode_canonical([_REPORT_DOMAIN, r.agent_id, r.at, dict(r.versions), list(r.problems)])
+
+
+def sign_report(key: KeyPair, report: PolicyReport) -> bytes:
+    """The report as msgpack with its Ed25519 signature."""
+    report.sig = key.sign(_report_signed_bytes(report))
+    return _report_encoder.encode(report)
+
+
+def decode_report(data: bytes, max_bytes: int = 64 * 1024) -> PolicyReport:
+    if len(data) > max_bytes:
+        raise DecodeError(f"policy report is larger than {max_bytes} bytes")
+    try:
+        return _report_decoder.decode(data)
+    except msgspec.MsgspecError as exc:
+        raise DecodeError(f"policy report is malformed: {exc}") from None
+
+
+def verify_report(report: PolicyReport, public_key: bytes) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(report.sig, _report_signed_bytes(report))
+    except (InvalidSignature, ValueError):
+        raise BadSignature("the policy report's signature does not verify with the agent's key") from None
 
 
 class Rejection(msgspec.Struct, kw_only=True):

@@ -74,6 +74,7 @@ def _person() -> st.SearchStrategy[Person]:
         Person,
         brdy=texts,
         card_sn=opt_text,
+        emp_no=opt_text,
         gend=texts,
         insuplc_admdvs=texts,
         insutype=texts,
