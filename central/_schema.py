@@ -142,10 +142,97 @@ def _m003_identification(db: sqlite_utils.Database) -> None:
     )
 
 
+def _area_of(hospital: str) -> str | None:
+    """``H`` + 4 digits of the city + ``00`` (``H37021100001`` → ``370200``); None if it does not fit."""
+    if len(hospital) >= 5 and hospital[0] == "H" and hospital[1:5].isascii() and hospital[1:5].isdigit():
+        return hospital[1:5] + "00"
+    return None
+
+
+def _m004_policy(db: sqlite_utils.Database) -> None:
+    """Policy bundles (issue 4): the blacklist, the bundle log, the operators' audit log, agent reports.
+
+    - ``settings``: centre-wide values (``default_area``, set by ``init --area``).
+    - ``blacklist``: the current entries per pooling area, each with the bundle seq that added it.
+    - ``bundles``: every bundle published, per (area, kind, seq); the TUF targets metadata is a
+      function of this table (newest full + later deltas per area and kind), so an interrupted
+      publish is completed by the next one.
+    - ``audit_log``: who did what, when, why, and the bundle it produced.
+    - ``agent_reports``: the newest signed policy report of each agent.
+    - ``agents.pooling_area`` / ``enrol_tokens.pooling_area``: the area an agent obeys.
+    """
+    db.create_table("settings", {"key": str, "value": str}, pk="key", not_null=["value"], strict=True)
+    db.create_table(
+        "blacklist",
+        {
+            "area": str,
+            "list_type": str,
+            "id": str,
+            "reason": str,
+            "source": str,
+            "effective_at": str,
+            "added_seq": int,
+            "added_at": str,
+        },
+        pk=("area", "list_type", "id"),
+        not_null=["reason", "source", "effective_at", "added_seq", "added_at"],
+        strict=True,
+    )
+    db.create_table(
+        "bundles",
+        {
+            "area": str,
+            "kind": str,
+            "seq": int,
+            "base_seq": int,  # NULL: a full bundle
+            "target": str,  # TUF target name (protocol.bundles.target_name)
+            "path": str,  # file under tuf/targets/ (hash-prefixed, as TUF clients fetch it)
+            "length": int,
+            "sha256": str,
+            "entries": int,  # blacklist: entries (ops) in the file; other kinds: items in the document
+            "created": str,
+            "operator": str,
+        },
+        pk=("area", "kind", "seq"),
+        not_null=["target", "path", "length", "sha256", "entries", "created", "operator"],
+        strict=True,
+    )
+    db.create_table(
+        "audit_log",
+        {
+            "id": int,
+            "at": str,
+            "operator": str,
+            "action": str,
+            "reason": str,
+            "detail": str,  # JSON
+            "area": str,
+            "kind": str,
+            "seq": int,
+            "target": str,
+        },
+        pk="id",
+        not_null=["at", "operator", "action", "reason", "detail"],
+        strict=True,
+    )
+    db.create_table(
+        "agent_reports",
+        {"agent_id": str, "reported_at": str, "received_at": str, "versions": str, "problems": str},
+        pk="agent_id",
+        not_null=["reported_at", "received_at", "versions", "problems"],
+        strict=True,
+    )
+    db.execute("ALTER TABLE agents ADD COLUMN pooling_area TEXT")
+    db.execute("ALTER TABLE enrol_tokens ADD COLUMN pooling_area TEXT")
+    for agent_id, hospital in db.execute("SELECT agent_id, fixmedins_code FROM agents").fetchall():
+        db.execute("UPDATE agents SET pooling_area = ? WHERE agent_id = ?", (_area_of(hospital), agent_id))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
     _m003_identification,
+    _m004_policy,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -10,7 +10,18 @@ Routes (``protocol.wire`` names the paths and the header):
   ``decode_malformed`` / ``protocol_unsupported``, 403 ``agent_unknown`` / ``agent_revoked``,
   409 ``chain_conflict``, 413 ``decode_limit_exceeded``, 415 ``content_type_unsupported``,
   422 ``signature_invalid`` / ``chain_broken``.
-- ``GET /v1/agents`` JSON list of agents; ``GET /v1/health`` ``{"ok": true}``.
+- ``GET /v1/agents`` JSON list of agents, each with its pooling area, last policy report and how many
+  bundle seqs it is behind per kind; ``GET /v1/health`` ``{"ok": true}``.
+- ``GET /tuf/metadata/<file>`` and ``GET /tuf/targets/<path>``: the TUF repository, static files
+  (names checked against the repository's own naming, never a path outside it; 404 otherwise).
+- ``GET /v1/policy/changes?have=N[&wait=S]`` → JSON ``{"timestamp_version": V}`` at once when V > N,
+  else when a newer timestamp appears or after ``policy_poll_s`` (or ``wait``, if shorter).
+  Publishes come from other processes (the CLI), so the server watches ``timestamp.json``.
+- ``POST /v1/agents/report`` msgpack signed ``PolicyReport`` → msgpack ``{"stored": bool}``; errors
+  as for batches: 403 ``agent_unknown`` / ``agent_revoked``, 422 ``signature_invalid``, 400
+  ``decode_malformed``, 413, 415.
+
+In the background the server re-signs the snapshot and timestamp before they expire.
 
 Every request may carry ``Yibao-Protocol``; answers carry the version chosen. No handler
 touches SQLite on the event loop: reads, verification and writes run on the store's threads.
@@ -19,29 +30,123 @@ touches SQLite on the event loop: reads, verification and writes run on the stor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import os
+import re
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from protocol.wire import BATCH_PATH, ENROLL_PATH, MSGPACK, PROTOCOL_HEADER, encode_ack, negotiate
+from protocol.wire import (
+    BATCH_PATH,
+    ENROLL_PATH,
+    MSGPACK,
+    POLICY_CHANGES_PATH,
+    POLICY_REPORT_PATH,
+    PROTOCOL_HEADER,
+    TUF_METADATA_PATH,
+    TUF_TARGETS_PATH,
+    PolicyChanges,
+    encode_ack,
+    negotiate,
+)
 
 from .config import CentralConfig
 from .enrol import decode_enroll_request, enrol_agent
-from .errors import CentralError, InternalError, LimitExceededError, ProtocolUnsupported, UnsupportedMediaType
+from .errors import (
+    CentralError,
+    InternalError,
+    LimitExceededError,
+    MalformedRequest,
+    NotFound,
+    ProtocolUnsupported,
+    UnsupportedMediaType,
+)
 from .ingest import Ingestor
-from .store import Store, agent_summary, list_agents
+from .reports import MAX_REPORT_BYTES, agent_views, record_report
+from .store import Store
+from .tuf_repo import TufRepository
 
-__all__ = ["CONFIG_KEY", "INGESTOR_KEY", "STORE_KEY", "create_app", "serve"]
+__all__ = [
+    "CONFIG_KEY",
+    "INGESTOR_KEY",
+    "REPO_KEY",
+    "STORE_KEY",
+    "WATCHER_KEY",
+    "ChangeWatcher",
+    "create_app",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("config", CentralConfig)
 STORE_KEY = web.AppKey("store", Store)
 INGESTOR_KEY = web.AppKey("ingestor", Ingestor)
+REPO_KEY = web.AppKey("tuf_repo", TufRepository)
+
+
+class ChangeWatcher:
+    """The published timestamp version, followed on disk, and the long-pollers waiting for a newer one.
+
+    ``poll`` costs one ``stat`` unless ``timestamp.json`` was replaced; then it reads the version
+    and wakes every waiter. ``close`` (server shutdown) wakes them all for good.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.version = 0
+        self.closed = False
+        self._seen: tuple[int, int, int] | None = None
+        self._event = asyncio.Event()
+
+    def poll(self) -> bool:
+        try:
+            st = os.stat(self.path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key == self._seen:
+                return False
+            version = int(json.loads(self.path.read_bytes())["signed"]["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        self._seen = key
+        if version == self.version:
+            return False
+        self.version = version
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    async def wait_newer(self, have: int, timeout: float) -> int:
+        """The version once it exceeds ``have``, or the current one after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.version <= have and not self.closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), remaining)
+        return self.version
+
+
+WATCHER_KEY = web.AppKey("changes", ChangeWatcher)
+_METADATA_FILE = re.compile(r"^(?:[1-9][0-9]{0,9}\.(?:root|snapshot|targets)|timestamp)\.json$")
+_TARGET_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,254}$")
 
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
@@ -85,8 +190,97 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def agents(request: web.Request) -> web.Response:
-    rows = await request.app[STORE_KEY].read_async(list_agents)
-    return web.json_response([agent_summary(row) for row in rows])
+    views = await request.app[STORE_KEY].read_async(agent_views)
+    return web.json_response(views)
+
+
+def _not_found(what: str) -> web.Response:
+    return _error(NotFound(f"{what} is not in this repository"), as_msgpack=False)
+
+
+async def tuf_metadata(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if not _METADATA_FILE.match(name):
+        return _not_found("metadata file")
+    path = request.app[REPO_KEY].metadata_dir / name
+    if not path.is_file():
+        return _not_found(f"metadata {name}")
+    # Versioned files never change; timestamp.json is replaced on every publish and re-signing.
+    cache = "no-cache" if name == "timestamp.json" else "public, max-age=31536000, immutable"
+    return web.FileResponse(path, headers={"Cache-Control": cache, "Content-Type": "application/json"})
+
+
+async def tuf_target(request: web.Request) -> web.StreamResponse:
+    rel = request.match_info["path"]
+    parts = rel.split("/")
+    if len(parts) > 8 or not all(_TARGET_SEGMENT.match(p) for p in parts):
+        return _not_found("target")
+    root = request.app[REPO_KEY].targets_dir
+    path = root.joinpath(*parts)
+    try:
+        if not path.resolve(strict=True).is_relative_to(root.resolve()) or not path.is_file():
+            return _not_found("target")
+    except OSError:
+        return _not_found("target")
+    return web.FileResponse(
+        path,
+        headers={
+            "Cache-Control": "public, max-age=31536000, immutable",
+            "Content-Type": "application/octet-stream",
+        },
+    )
+
+
+def _query_number(request: web.Request, name: str, default: float, cast: type) -> Any:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    try:
+        value = cast(text)
+    except ValueError:
+        raise MalformedRequest(f"{name}={text!r} is not a number") from None
+    if value < 0:
+        raise MalformedRequest(f"{name} must not be negative")
+    return value
+
+
+async def policy_changes(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    try:
+        have = _query_number(request, "have", 0, int)
+        wait = min(_query_number(request, "wait", config.policy_poll_s, float), config.policy_poll_s)
+    except CentralError as exc:
+        return _error(exc, as_msgpack=False)
+    version = await request.app[WATCHER_KEY].wait_newer(have, wait)
+    return web.Response(
+        body=_json.encode(PolicyChanges(timestamp_version=version)),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def agent_report(request: web.Request) -> web.Response:
+    version = None
+    try:
+        version = _version(request)
+        if request.content_type != MSGPACK:
+            raise UnsupportedMediaType(
+                f"policy reports are {MSGPACK}, not {request.content_type or 'untyped'}"
+            )
+        data = await _body(request, MAX_REPORT_BYTES)
+        store = request.app[STORE_KEY]
+        stored = await store.run_async(lambda: record_report(store, data, remote=request.remote))
+    except CentralError as exc:
+        log.info("policy report refused (%s) from %s: %s", exc.code, request.remote, exc.message)
+        return _error(exc, as_msgpack=True, version=version)
+    except Exception:
+        log.exception("storing a policy report failed")
+        return _internal(as_msgpack=True)
+    return web.Response(
+        body=_msgpack.encode({"stored": stored}),
+        content_type=MSGPACK,
+        headers={PROTOCOL_HEADER: str(version)},
+    )
 
 
 async def enroll(request: web.Request) -> web.Response:
@@ -96,7 +290,10 @@ async def enroll(request: web.Request) -> web.Response:
         data = await _body(request, request.app[CONFIG_KEY].client_max_size)
         enrol_request = decode_enroll_request(data)
         store = request.app[STORE_KEY]
-        response, created = await store.run_async(enrol_agent, store, enrol_request)
+        root = await asyncio.get_running_loop().run_in_executor(
+            None, request.app[REPO_KEY].current_root_bytes
+        )
+        response, created = await store.run_async(lambda: enrol_agent(store, enrol_request, tuf_root=root))
     except CentralError as exc:
         log.info("enrolment refused (%s) from %s", exc.code, request.remote)
         return _error(exc, as_msgpack=False, version=version)
@@ -141,20 +338,70 @@ def create_app(config: CentralConfig) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
+        repo = await loop.run_in_executor(None, TufRepository.open, config)
         store = await loop.run_in_executor(None, Store, config.db_path)
         app[STORE_KEY] = store
+        app[REPO_KEY] = repo
         app[INGESTOR_KEY] = Ingestor(store, config.batch_limits)
+        watcher = ChangeWatcher(repo.metadata_dir / "timestamp.json")
+        watcher.poll()
+        app[WATCHER_KEY] = watcher
+        tasks = [
+            asyncio.create_task(_watch(watcher, config.changes_check_s), name="tuf-watch"),
+            asyncio.create_task(_resign(repo, config, watcher), name="tuf-resign"),
+        ]
         try:
             yield
         finally:
+            watcher.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await loop.run_in_executor(None, store.close)
 
+    async def on_shutdown(app: web.Application) -> None:
+        if WATCHER_KEY in app:
+            app[WATCHER_KEY].close()  # long-polls answer now rather than hold the shutdown
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/agents", agents)
     app.router.add_post(ENROLL_PATH, enroll)
     app.router.add_post(BATCH_PATH, batches)
+    app.router.add_get(TUF_METADATA_PATH + "{name}", tuf_metadata)
+    app.router.add_get(TUF_TARGETS_PATH + "{path:.+}", tuf_target)
+    app.router.add_get(POLICY_CHANGES_PATH, policy_changes)
+    app.router.add_post(POLICY_REPORT_PATH, agent_report)
     return app
+
+
+async def _watch(watcher: ChangeWatcher, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if watcher.poll():
+            log.debug("timestamp version %d published", watcher.version)
+
+
+async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWatcher) -> None:
+    """Re-sign snapshot and timestamp (online keys) before they expire; warn about operator roles."""
+    loop = asyncio.get_running_loop()
+    interval = min(config.resign_check_s, config.timestamp_expiry_s / 4, config.snapshot_expiry_s / 4)
+    warned: float | None = None
+    while True:
+        try:
+            version = await loop.run_in_executor(None, repo.resign_online)
+            if version is not None:
+                log.info("re-signed the online TUF roles: timestamp v%d", version)
+                watcher.poll()
+            if warned is None or time.monotonic() - warned > 3600:
+                warnings = await loop.run_in_executor(None, repo.expiry_warnings)
+                for text in warnings:
+                    log.warning("%s", text)
+                warned = time.monotonic()
+        except Exception:
+            log.exception("re-signing the online TUF roles failed; retrying in %.0f s", interval)
+        await asyncio.sleep(interval)
 
 
 async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None] | None = None) -> None:

@@ -1,36 +1,92 @@
 """``yibao-central``: a thin argparse shell; each verb calls one library function.
 
 Exit codes: 0 success; 1 an error the message explains (bad arguments, uninitialised
-home, unknown agent…); 2 ``reconcile`` found a chain that is not complete and verified.
+home, unknown agent, invalid input file, too few operator keys…; nothing was changed);
+2 ``reconcile`` found a chain that is not complete and verified (argparse also exits 2 on
+a malformed command line).
+
+Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.documents``). Every verb that
+changes something is recorded in the audit log with ``--operator`` (default ``$USER``) and
+``--reason``; verbs that sign with operator keys take ``--key FILE`` (repeatable; default: every
+``*.pem`` in ``HOME/operators/``)::
+
+    init [--area AREA]                      prints the TUF root fingerprint
+    enroll-token --hospital H [--area AREA] [--ttl-hours N]
+    blacklist add --type card|person|employer --id ID --reason R [--source S] [--effective-at T] [--area A]
+    blacklist remove --type T --id ID [--area A]
+    blacklist import FILE.csv [--area A]
+    blacklist list [--area A] [--type T] [--json]
+    policy publish FILE | catalogue import FILE | rules publish FILE | keys publish FILE   [--area A]
+    keys generate --out FILE                writes FILE (private, 0600) and FILE.pub
+    bundle export --kind K|all --out FILE [--area A]
+    bundle list [--area A] [--kind K] [--json] | bundle sync [--force]
+    root show [--json]
+    root rotate [--add-key PUB]... [--remove-key KEYID]... [--threshold N] [--targets-threshold N]
+                [--rotate-online] [--key FILE]...
+    audit [--limit N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
+
+from securesystemslib.signer import CryptoSigner
 
 from .api import serve
 from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
 from .enrol import check_hospital_code, issue_token, revoke_agent
-from .errors import CentralError, ConfigInvalid
+from .errors import CentralError, ConfigInvalid, SigningRefused
 from .export import export_settlements
+from .policy import Actor, Policy, default_area, set_default_area
 from .reconcile import reconcile, render_table
-from .store import Store, agent_summary, list_agents
+from .reports import agent_views
+from .store import Store
+from .tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
 
-__all__ = ["build_parser", "init_home", "main"]
+__all__ = ["build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
 
 log = logging.getLogger("central")
 
+_DOCUMENT_VERBS = {"policy": "publish", "catalogue": "import", "rules": "publish"}
 
-def init_home(config: CentralConfig) -> list[str]:
-    """Create the home and its database (idempotent); returns the migrations applied now."""
+
+def ensure_repository(config: CentralConfig) -> list[Path]:
+    """Create the TUF repository if the home has none; returns the operator key files written."""
+    if TufRepository.exists(config):
+        return []
+    _, paths = TufRepository.create(config)
+    return paths
+
+
+def init_home(config: CentralConfig, *, area: str | None = None) -> list[str]:
+    """Create the home, its database and its TUF repository (idempotent); returns the migrations applied."""
     with Store(config.db_path, create=True) as store:
-        return store.applied_migrations
+        applied = store.applied_migrations
+        if area is not None:
+            set_default_area(store, area)
+    ensure_repository(config)
+    return applied
+
+
+def operator_signers(config: CentralConfig, key_files: list[str] | None) -> list[CryptoSigner]:
+    """``--key FILE``s, or every ``*.pem`` in ``HOME/operators/`` when none is given."""
+    if key_files:
+        return [load_signer(Path(k)) for k in key_files]
+    found = sorted(config.operators_dir.glob("*.pem")) if config.operators_dir.is_dir() else []
+    if not found:
+        raise SigningRefused(
+            f"no operator keys given and none in {config.operators_dir}; pass --key FILE for each operator "
+            "key"
+        )
+    return [load_signer(p) for p in found]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,13 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    verbs.add_parser("init", help="create the home directory and its database")
+    init_p = verbs.add_parser("init", help="create the home directory, its database and its TUF repository")
+    init_p.add_argument("--area", help="default pooling area for policy commands without --area (6 digits)")
     serve_p = verbs.add_parser("serve", help="serve the HTTP API")
     serve_p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    serve_p.add_argument(
+        "--policy-poll-s", type=float, help="longest wait of GET /v1/policy/changes in seconds (default 30)"
+    )
 
     token_p = verbs.add_parser("enroll-token", help="print a one-time enrolment token for a hospital")
     token_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
     token_p.add_argument("--ttl-hours", type=float, help="hours the token stays valid (default 24)")
+    token_p.add_argument("--area", help="pooling area the agent obeys (default: from the hospital code)")
 
     agents_p = verbs.add_parser("agents", help="list or revoke enrolled agents")
     agent_verbs = agents_p.add_subparsers(dest="agents_verb", required=True, metavar="ACTION")
@@ -64,7 +125,91 @@ def build_parser() -> argparse.ArgumentParser:
     rec_p.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
     rec_p.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
     rec_p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    _policy_parsers(verbs)
     return parser
+
+
+def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
+    why = argparse.ArgumentParser(add_help=False)
+    why.add_argument("--reason", default="", help="why, for the audit log")
+    keys = argparse.ArgumentParser(add_help=False)
+    keys.add_argument("--key", action="append", metavar="FILE", help="operator private key (repeatable; "
+                      "default: every *.pem in HOME/operators/)")  # fmt: skip
+    area = argparse.ArgumentParser(add_help=False)
+    area.add_argument("--area", help="pooling area (6 digits; default: the centre's default area)")
+    signing = [who, keys, area]
+
+    bl = verbs.add_parser("blacklist", help="cards, persons and employers refused at every agent")
+    bl_verbs = bl.add_subparsers(dest="bl_verb", required=True, metavar="ACTION")
+    add_p = bl_verbs.add_parser("add", parents=signing, help="add or replace an entry and publish it")
+    add_p.add_argument("--type", dest="list_type", required=True, choices=["card", "person", "employer"])
+    add_p.add_argument("--id", dest="entry_id", required=True, help="card_sn, psn_no or emp_no")
+    add_p.add_argument("--reason", required=True, help="why the entry is refused (shown at the desk)")
+    add_p.add_argument("--source", default="", help="where the order came from")
+    add_p.add_argument("--effective-at", help="ISO-8601 time with offset it applies from (default: now)")
+    rm_p = bl_verbs.add_parser("remove", parents=[*signing, why], help="remove an entry and publish it")
+    rm_p.add_argument("--type", dest="list_type", required=True, choices=["card", "person", "employer"])
+    rm_p.add_argument("--id", dest="entry_id", required=True)
+    imp_p = bl_verbs.add_parser(
+        "import", parents=[*signing, why], help="add every entry of a CSV, all or none"
+    )
+    imp_p.add_argument("file", help="CSV: list_type,id,reason,source,effective_at")
+    ls_p = bl_verbs.add_parser("list", parents=[area], help="show the entries held")
+    ls_p.add_argument("--type", dest="list_type", choices=["card", "person", "employer"])
+    ls_p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    for kind, verb in _DOCUMENT_VERBS.items():
+        p = verbs.add_parser(kind, help=f"{verb} a {kind} document (schema: central.documents)")
+        sub = p.add_subparsers(dest=f"{kind}_verb", required=True, metavar="ACTION")
+        doc_p = sub.add_parser(
+            verb, parents=[*signing, why], help=f"validate and publish a {kind} JSON document"
+        )
+        doc_p.add_argument("file")
+
+    keys_p = verbs.add_parser("keys", help="e-voucher issuer keys bundle; operator key files")
+    keys_verbs = keys_p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
+    kpub_p = keys_verbs.add_parser("publish", parents=[*signing, why], help="publish e-voucher issuer keys")
+    kpub_p.add_argument("file", help='JSON {"evoucher_issuers": {kid: base64url key}}')
+    kgen_p = keys_verbs.add_parser("generate", help="make a new operator key (FILE and FILE.pub)")
+    kgen_p.add_argument("--out", required=True, help="private key file to write (mode 0600)")
+
+    bundle_p = verbs.add_parser("bundle", help="published bundles: export for offline sites, list, sync")
+    bundle_verbs = bundle_p.add_subparsers(dest="bundle_verb", required=True, metavar="ACTION")
+    exp_p = bundle_verbs.add_parser(
+        "export", parents=[who, why], help="tar of the repository for offline sites"
+    )
+    exp_p.add_argument("--kind", required=True, help="blacklist, rules, policy, catalogue, keys or all")
+    exp_p.add_argument("--out", required=True, help="tar file to write")
+    exp_p.add_argument("--area", help="only this pooling area's bundles")
+    bls_p = bundle_verbs.add_parser("list", help="the bundle log")
+    bls_p.add_argument("--area")
+    bls_p.add_argument("--kind")
+    bls_p.add_argument("--json", action="store_true")
+    sync_help = "publish what the bundle log holds (after an interrupted publish)"
+    sync_p = bundle_verbs.add_parser("sync", parents=[who, keys, why], help=sync_help)
+    sync_p.add_argument("--force", action="store_true", help="new targets version even if nothing changed")
+
+    root_p = verbs.add_parser("root", help="the TUF root of trust")
+    root_verbs = root_p.add_subparsers(dest="root_verb", required=True, metavar="ACTION")
+    show_p = root_verbs.add_parser("show", help="version, fingerprint and keys of the current root")
+    show_p.add_argument("--json", action="store_true")
+    rotate_help = "write the next root, signed by a threshold of old and new keys"
+    rot_p = root_verbs.add_parser("rotate", parents=[who, keys, why], help=rotate_help)
+    rot_p.add_argument(
+        "--add-key", action="append", default=[], metavar="PUB", help="operator public key to add"
+    )
+    rot_p.add_argument(
+        "--remove-key", action="append", default=[], metavar="KEYID", help="operator key to remove"
+    )
+    rot_p.add_argument("--threshold", type=int, help="new root threshold")
+    rot_p.add_argument("--targets-threshold", type=int, help="new targets threshold")
+    rot_p.add_argument("--rotate-online", action="store_true", help="replace the snapshot and timestamp keys")
+
+    audit_p = verbs.add_parser("audit", help="the operators' audit log, newest first")
+    audit_p.add_argument("--limit", type=int, default=50)
+    audit_p.add_argument("--json", action="store_true")
 
 
 def _date(text: str) -> date:
@@ -74,33 +219,175 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-24") from None
 
 
+def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
+    """The policy verbs; each one that changes something is audited."""
+    policy = Policy(store, TufRepository.open(config), config)
+    actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", None))
+    area = getattr(args, "area", None)
+    verb = args.verb
+
+    def signers() -> list[CryptoSigner]:
+        return operator_signers(config, args.key)
+
+    if verb == "blacklist":
+        if args.bl_verb == "list":
+            rows = policy.blacklist_list(area, args.list_type)
+            for row in rows:
+                if args.json:
+                    print(json.dumps(row, ensure_ascii=False))
+                else:
+                    print(f"{row['area']} {row['list_type']:<8} {row['id']:<24} seq {row['added_seq']:<6} "
+                          f"from {row['effective_at']}  {row['reason']}")  # fmt: skip
+            print(f"{len(rows)} entries", file=sys.stderr)
+            return 0
+        if args.bl_verb == "add":
+            published = policy.blacklist_add(
+                actor, signers(), list_type=args.list_type, entry_id=args.entry_id, reason=args.reason,
+                source=args.source, effective_at=args.effective_at, area=area,
+            )  # fmt: skip
+        elif args.bl_verb == "remove":
+            published = policy.blacklist_remove(
+                actor, signers(), list_type=args.list_type, entry_id=args.entry_id, area=area
+            )
+        else:
+            published = policy.blacklist_import(actor, signers(), args.file, area=area)
+        print(published.describe())
+        return 0
+    if verb in _DOCUMENT_VERBS:
+        action = f"{verb}.{_DOCUMENT_VERBS[verb]}"
+        published = policy.publish_document_file(actor, signers(), verb, args.file, area=area, action=action)
+        print(published.describe())
+        return 0
+    if verb == "keys":
+        published = policy.publish_document_file(actor, signers(), "keys", args.file, area=area)
+        print(published.describe())
+        return 0
+    if verb == "bundle":
+        if args.bundle_verb == "export":
+            members = policy.export(args.out, args.kind, area)
+            policy.audit(actor, "bundle.export", {"kind": args.kind, "area": area, "out": str(args.out),
+                                                   "members": len(members)})  # fmt: skip
+            for name in members:
+                print(name)
+            print(f"wrote {args.out} ({len(members)} files)", file=sys.stderr)
+            return 0
+        if args.bundle_verb == "list":
+            for row in policy.bundles(args.area, args.kind):
+                if args.json:
+                    print(json.dumps(row))
+                else:
+                    shape = "full" if row["base_seq"] is None else f"delta on {row['base_seq']}"
+                    print(f"{row['area']} {row['kind']:<9} seq {row['seq']:<6} {shape:<14} "
+                          f"{row['entries']:>9} entries  {row['created']}  by {row['operator']}")  # fmt: skip
+            return 0
+        pending = policy.pending()
+        ts = policy.sync(signers(), force=args.force)
+        policy.audit(actor, "bundle.sync", {"pending": pending, "force": args.force, "timestamp_version": ts})
+        print(
+            f"published as timestamp v{ts}"
+            if ts is not None
+            else "nothing to publish: the metadata is current"
+        )
+        return 0
+    if verb == "root":
+        repo = policy.repo
+        if args.root_verb == "show":
+            info = repo.root_info()
+            if args.json:
+                print(json.dumps({**dataclasses.asdict(info), "published": repo.versions()}))
+                return 0
+            print(f"root v{info.version}, expires {info.expires}")
+            print(f"fingerprint {info.fingerprint}")
+            for role, keyids in info.keys.items():
+                print(f"{role:<9} {info.thresholds[role]} of {len(keyids)}: {', '.join(keyids)}")
+            v = repo.versions()
+            print(
+                f"published: timestamp v{v['timestamp']}, snapshot v{v['snapshot']}, targets v{v['targets']}"
+            )
+            return 0
+        add_keys = [load_public_key(Path(p)) for p in args.add_key]
+        version = repo.rotate_root(
+            operator_signers(config, args.key), add_keys=add_keys, remove_keyids=args.remove_key,
+            root_threshold=args.threshold, targets_threshold=args.targets_threshold,
+            rotate_online=args.rotate_online,
+        )  # fmt: skip
+        info = repo.root_info()
+        policy.audit(actor, "root.rotate", {
+            "version": version, "added": [k.keyid for k in add_keys], "removed": args.remove_key,
+            "threshold": args.threshold, "targets_threshold": args.targets_threshold,
+            "rotate_online": args.rotate_online, "fingerprint": info.fingerprint,
+        })  # fmt: skip
+        print(f"root v{version} written; fingerprint {info.fingerprint}")
+        print(
+            "agents move to it on their next update (they verify it against the root they pin)",
+            file=sys.stderr,
+        )
+        return 0
+    if verb == "audit":
+        for row in policy.audit_log(args.limit):
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                bundle = f" → {row['area']} {row['kind']} seq {row['seq']}" if row["seq"] is not None else ""
+                why = f"  ({row['reason']})" if row["reason"] else ""
+                print(f"{row['id']:>5} {row['at']} {row['operator']:<12} {row['action']:<17}{bundle}{why}")
+        return 0
+    raise ConfigInvalid(f"unknown verb {verb}")  # pragma: no cover - argparse refuses unknown verbs
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.verb == "keys" and args.keys_verb == "generate":
+        key = generate_key_file(Path(args.out))
+        print(key.keyid)
+        print(f"wrote {args.out} (private: keep it offline) and {args.out}.pub (public: give it to "
+              "`yibao-central root rotate --add-key`)", file=sys.stderr)  # fmt: skip
+        return 0
     if args.verb == "serve":
-        config = CentralConfig.from_home(args.home, listen=args.listen)
+        extra = {"policy_poll_s": args.policy_poll_s} if args.policy_poll_s is not None else {}
+        config = CentralConfig.from_home(args.home, listen=args.listen, **extra)
         Store(config.db_path).close()  # refuse an uninitialised home before binding the port
+        TufRepository.open(config)  # a home from before policy bundles: `init` adds the repository
         asyncio.run(serve(config))
         return 0
     ttl = getattr(args, "ttl_hours", None)
     config = CentralConfig.from_home(args.home, **({"token_ttl_hours": ttl} if ttl is not None else {}))
     if args.verb == "init":
-        applied = init_home(config)
+        with Store(config.db_path, create=True) as store:
+            applied = store.applied_migrations
+            if args.area is not None:
+                set_default_area(store, args.area)
+            area = store.read(default_area)
+        created = ensure_repository(config)
+        repo = TufRepository.open(config)
         print(
             f"initialised {config.db_path}" if applied else f"{config.db_path} is up to date", file=sys.stderr
         )
+        if created:
+            print(
+                f"created the TUF repository in {config.tuf_dir} with {len(created)} operator keys in "
+                f"{config.operators_dir} (root needs {config.root_threshold} of them). These are for a demo "
+                "or test setup: production operators make their own (`yibao-central keys generate`), keep "
+                "them offline and rotate the root to them (`yibao-central root rotate`)",
+                file=sys.stderr,
+            )
+        if area:
+            print(f"default pooling area {area}", file=sys.stderr)
+        print(f"TUF root v{repo.root_version()} fingerprint: {repo.root_fingerprint()}")
         return 0
     with Store(config.db_path) as store:
         if args.verb == "enroll-token":
             check_hospital_code(args.hospital)
-            print(issue_token(store, args.hospital, config.token_ttl_hours))
+            print(issue_token(store, args.hospital, config.token_ttl_hours, area=args.area))
         elif args.verb == "agents" and args.agents_verb == "list":
-            for agent in store.read(list_agents):
-                row = agent_summary(agent)
+            for row in store.read(agent_views):
                 if args.json:
                     print(json.dumps(row))
                 else:
                     state = "revoked" if row["revoked"] else "active"
+                    behind = sum(v or 0 for v in row["behind"].values())
                     print(f"{row['agent_id']:<24} {row['fixmedins_code']:<16} seq {row['last_seq']:<8} "
-                          f"{state:<8} last seen {row['last_seen'] or 'never'}")  # fmt: skip
+                          f"{state:<8} last seen {row['last_seen'] or 'never':<26} "
+                          f"area {row['pooling_area']} bundles behind {behind}")  # fmt: skip
         elif args.verb == "agents" and args.agents_verb == "revoke":
             when = revoke_agent(store, args.agent_id)
             print(f"agent {args.agent_id} revoked at {when}", file=sys.stderr)
@@ -111,8 +398,8 @@ def _run(args: argparse.Namespace) -> int:
             result = reconcile(store, args.hospital, args.date_from, args.date_to)
             print(json.dumps(result.to_json(), indent=2) if args.json else render_table(result))
             return 0 if result.ok else 2
-        else:  # pragma: no cover - argparse refuses unknown verbs
-            raise ConfigInvalid(f"unknown verb {args.verb}")
+        else:
+            return _policy(args, config, store)
     return 0
 
 
@@ -127,6 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except CentralError as exc:
         print(f"yibao-central: error: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file an operator named (an input, --out, --key) or the home itself
+        print(f"yibao-central: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

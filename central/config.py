@@ -15,13 +15,14 @@ from protocol.batch import BatchLimits
 
 from .errors import ConfigInvalid
 
-__all__ = ["DB_NAME", "DEFAULT_LISTEN", "HOME_ENV", "CentralConfig", "parse_listen"]
+__all__ = ["DAY_S", "DB_NAME", "DEFAULT_LISTEN", "HOME_ENV", "CentralConfig", "parse_listen"]
 
 HOME_ENV = "YIBAO_HOME"
 DB_NAME = "central.db"
 DEFAULT_LISTEN = "127.0.0.1:8720"
 #: Bytes allowed above ``BatchLimits.max_bytes`` for HTTP framing slack before aiohttp refuses a body.
 BODY_SLACK = 64 * 1024
+DAY_S = 86_400.0
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -48,18 +49,60 @@ class CentralConfig:
     - ``token_ttl_hours``: how long an enrolment token stays usable (default 24 h).
     - ``batch_limits``: the most a batch may hold (bytes, records, bytes per record); the
       agents' uploaders stay below ``protocol.batch.BatchLimits`` defaults.
+
+    Policy bundles (``docs/POLICY.md``; the TUF repository lives in ``home/tuf``):
+
+    - ``root_expiry_s`` / ``targets_expiry_s`` / ``snapshot_expiry_s`` / ``timestamp_expiry_s``:
+      how long each role's metadata stays valid (365 d, 90 d, 7 d, 1 d); tests use seconds.
+      The server re-signs snapshot and timestamp (online keys) once half their life is gone.
+    - ``operator_keys`` / ``root_threshold`` / ``targets_threshold``: at ``init``, how many operator
+      keys are created and how many must sign root (2 of 3) and targets (1).
+    - ``full_every`` / ``full_ratio``: a new full blacklist snapshot after this many deltas, or when
+      the entries in the deltas since the last full exceed this share of its entries.
+    - ``policy_poll_s``: longest wait of ``GET /v1/policy/changes`` (30 s); ``changes_check_s``: how
+      often the server looks for a new timestamp (publishes come from other processes, 0.2 s).
+    - ``resign_check_s``: how often the server checks the online roles' expiry (at most this, and
+      never less often than a quarter of the timestamp's life).
+    - ``keep_versions``: old ``N.snapshot.json`` / ``N.targets.json`` and target files still referenced
+      by the last few targets versions stay on disk for clients in the middle of an update.
     """
 
     home: Path
     listen: str = DEFAULT_LISTEN
     token_ttl_hours: float = 24.0
     batch_limits: BatchLimits = field(default_factory=BatchLimits)
+    root_expiry_s: float = 365 * DAY_S
+    targets_expiry_s: float = 90 * DAY_S
+    snapshot_expiry_s: float = 7 * DAY_S
+    timestamp_expiry_s: float = 1 * DAY_S
+    operator_keys: int = 3
+    root_threshold: int = 2
+    targets_threshold: int = 1
+    full_every: int = 50
+    full_ratio: float = 0.25
+    policy_poll_s: float = 30.0
+    changes_check_s: float = 0.2
+    resign_check_s: float = 60.0
+    keep_versions: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
         parse_listen(self.listen)
         if not self.token_ttl_hours > 0:
             raise ConfigInvalid("token TTL must be a positive number of hours")
+        for name in ("root_expiry_s", "targets_expiry_s", "snapshot_expiry_s", "timestamp_expiry_s"):
+            if not getattr(self, name) >= 1:
+                raise ConfigInvalid(f"{name} must be at least 1 second")
+        if not 1 <= self.root_threshold <= self.operator_keys:
+            raise ConfigInvalid("root_threshold must be between 1 and the number of operator keys")
+        if not 1 <= self.targets_threshold <= self.operator_keys:
+            raise ConfigInvalid("targets_threshold must be between 1 and the number of operator keys")
+        if self.full_every < 1 or not 0 < self.full_ratio <= 1:
+            raise ConfigInvalid("full_every must be at least 1 and full_ratio in (0, 1]")
+        if not (self.policy_poll_s > 0 and self.changes_check_s > 0 and self.resign_check_s > 0):
+            raise ConfigInvalid("policy_poll_s, changes_check_s and resign_check_s must be positive")
+        if self.keep_versions < 1:
+            raise ConfigInvalid("keep_versions must be at least 1")
 
     @classmethod
     def from_home(cls, home: str | os.PathLike[str] | None, **kwargs: object) -> CentralConfig:
@@ -72,6 +115,21 @@ class CentralConfig:
     @property
     def db_path(self) -> Path:
         return self.home / DB_NAME
+
+    @property
+    def tuf_dir(self) -> Path:
+        """The TUF repository: ``metadata/`` and ``targets/``, served as ``/tuf/...``."""
+        return self.home / "tuf"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Online (snapshot, timestamp) private keys, one ``<keyid>.pem`` each."""
+        return self.home / "keys"
+
+    @property
+    def operators_dir(self) -> Path:
+        """Demo/test operator keys made by ``init``; production operators keep theirs elsewhere."""
+        return self.home / "operators"
 
     @property
     def host_port(self) -> tuple[str, int]:

@@ -15,17 +15,23 @@ from protocol.errors import BadSignature, ChainBroken, LimitExceeded, ProtocolEr
 __all__ = [
     "AgentRevoked",
     "AgentUnknown",
+    "AreaRequired",
+    "BlacklistEntryUnknown",
     "CentralError",
     "ChainConflict",
     "ChainInvalid",
     "ConfigInvalid",
+    "DocumentInvalid",
     "HomeNotInitialised",
     "InternalError",
     "LimitExceededError",
     "MalformedRequest",
+    "NotFound",
     "ProtocolUnsupported",
+    "RootRotationRefused",
     "SchemaTooNew",
     "SignatureInvalid",
+    "SigningRefused",
     "TokenExpired",
     "TokenInvalid",
     "TokenUsed",
@@ -126,6 +132,54 @@ class ChainConflict(CentralError):
 
     code = "chain_conflict"
     http_status = 409
+
+
+class NotFound(CentralError):
+    code = "not_found"
+    http_status = 404
+
+
+class SigningRefused(CentralError):
+    """The operator keys given cannot sign what was asked (unknown key, too few for the threshold)."""
+
+    code = "signing_refused"
+
+
+class RootRotationRefused(CentralError):
+    """A new root that would not verify: fewer than the threshold of old or new keys signed it."""
+
+    code = "root_rotation_refused"
+
+
+class AreaRequired(CentralError):
+    code = "area_required"
+
+
+class BlacklistEntryUnknown(CentralError):
+    code = "blacklist_entry_unknown"
+
+
+class DocumentInvalid(CentralError):
+    """An operator's input file (JSON document or CSV) that does not validate; nothing was published.
+
+    ``problems`` names every problem found, each with its place (``benefits[2].fund_ratio``,
+    ``line 14, column effective_at``).
+    """
+
+    code = "document_invalid"
+    http_status = 400
+    MAX_SHOWN = 50
+
+    def __init__(self, what: str, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[: self.MAX_SHOWN]
+        more = len(problems) - len(shown)
+        lines = [f"{what} is not valid ({len(problems)} problem{'s' if len(problems) != 1 else ''}); "
+                 "nothing was published:"]  # fmt: skip
+        lines += [f"  - {p}" for p in shown]
+        if more:
+            lines.append(f"  … and {more} more")
+        super().__init__("\n".join(lines))
 
 
 def from_protocol(exc: ProtocolError) -> CentralError:

@@ -18,18 +18,24 @@ from typing import Any, TypeVar
 import msgspec
 import pytest
 from aiohttp import web
+from tuf.ngclient import Updater
 
 from central.api import STORE_KEY, create_app
-from central.cli import init_home
+from central.cli import init_home, operator_signers
 from central.config import CentralConfig
 from central.enrol import enrol_agent, issue_token
+from central.policy import Actor, Policy
 from central.store import Store
+from central.tuf_repo import TufRepository
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry, record_hash
 from protocol.records import FeeDetail, Person, Reversal, Settlement, Visit
 from protocol.wire import MSGPACK, PROTOCOL_HEADER, EnrollRequest
 
 HOSPITAL = "H11010100001"
+#: The pooling area ``HOSPITAL`` derives to.
+AREA = "110100"
+ACTOR = Actor("tester", "because the test says so")
 T = TypeVar("T")
 
 
@@ -241,3 +247,35 @@ def server(config: CentralConfig) -> Iterator[Server]:
 def agent(server: Server) -> Chain:
     """An agent enrolled in the running server's store."""
     return enrol(server.store)
+
+
+# -- policy bundles ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def repo(config: CentralConfig) -> TufRepository:
+    return TufRepository.open(config)
+
+
+@pytest.fixture
+def signers(config: CentralConfig) -> list:
+    """The three demo operator keys ``init`` made (root 2 of 3, targets 1 of 3)."""
+    return operator_signers(config, None)
+
+
+@pytest.fixture
+def policy(store: Store, config: CentralConfig) -> Policy:
+    return Policy(store, TufRepository.open(config), config)
+
+
+def tuf_client(base_url: str, root: bytes, where: Path) -> Updater:
+    """The real TUF client (``tuf.ngclient``) pinned to ``root``, against a served repository."""
+    (where / "metadata").mkdir(parents=True, exist_ok=True)
+    (where / "targets").mkdir(parents=True, exist_ok=True)
+    return Updater(
+        str(where / "metadata"),
+        f"{base_url}/tuf/metadata/",
+        str(where / "targets"),
+        f"{base_url}/tuf/targets/",
+        bootstrap=root,
+    )

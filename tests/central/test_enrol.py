@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from central.api import CONFIG_KEY
 from central.enrol import issue_token
+from central.tuf_repo import TufRepository
 from protocol.batch import KeyPair, key_fingerprint
-from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER
+from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER, root_fingerprint
 
 from .conftest import HOSPITAL, Server
 
@@ -32,11 +34,15 @@ def test_enrol_registers_the_key_and_answers_with_its_fingerprint(server: Server
     reply = server.post_json(ENROLL_PATH, _request(issue_token(server.store, HOSPITAL), key))
     assert reply.status == 201
     body = reply.json()
+    root = TufRepository.open(server.app[CONFIG_KEY]).current_root_bytes()
     assert body == {
         "agent_id": f"{HOSPITAL}-01",
         "fixmedins_code": HOSPITAL,
         "protocol_version": 1,
         "key_fingerprint": key_fingerprint(key.public_bytes),
+        "tuf_root": root.decode(),
+        "root_fingerprint": root_fingerprint(root),
+        "pooling_area": "110100",
     }
     assert reply.headers[PROTOCOL_HEADER] == "1"
     agents = server.request("GET", "/v1/agents").json()

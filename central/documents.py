@@ -1,0 +1,488 @@
+"""Operator input files: the JSON documents behind ``policy``, ``catalogue``, ``rules`` and ``keys``
+bundles, and the blacklist CSV. Each is validated whole before anything is published; every
+problem is reported with its place (``benefits[2].fund_ratio``, ``line 14, column id``).
+
+Common rules for the JSON documents: UTF-8 JSON, at most 16 MiB; unknown fields are refused (a
+typo must not silently drop a setting); money is integer **fen**; ratios are decimal **strings**
+(``"0.85"``, at most 4 decimals, 0 to 1); a number with a fraction or exponent is refused (use a
+string); codes are strings. ``area`` is the 6-digit pooling area (``admdvs``) the bundle is for.
+
+policy (``yibao-central policy publish FILE``): benefit parameters::
+
+    {"area": "370200", "name": "optional label",
+     "benefits": [{"year": 2026, "insutype": "310", "psn_type": "11", "hosp_lv": "3",
+                   "med_type": "21",            # optional: omitted = every medical type
+                   "deductible": 120000,         # fen, >= 0
+                   "ceiling": 40000000,          # fen, >= deductible
+                   "fund_ratio": "0.85",         # share the fund pays above the deductible
+                   "b_class_self_ratio": "0.10"  # optional: share of a class-B item paid first by the person
+                   }]}
+
+  ``insutype`` 3 digits (310 employees, 390 residents…), ``psn_type`` 2-4 digits, ``hosp_lv`` one of
+  ``"1"`` ``"2"`` ``"3"`` (hospital grade) or ``"0"`` (ungraded), ``med_type`` 2-4 digits, ``year``
+  2000-2100. Each (year, insutype, psn_type, hosp_lv, med_type) appears once.
+
+catalogue (``yibao-central catalogue import FILE``): what the fund covers::
+
+    {"area": "370200",
+     "items": [{"code": "XC08CAA077A001010100001", "name": "amlodipine besylate tablets 5mg x 28",
+                "list_type": "101",              # 101 western / 102 Chinese patent / 103 herbal / 104 ethnic
+                                                 # drugs, 201 service items, 301 consumables
+                "class": "A",                    # A, B or C (C: not covered)
+                "price_ceiling": {"1": 1960, "2": 1960, "3": 1960},  # optional, fen, per hosp_lv
+                "self_pay_ratio": "0.10",        # optional
+                "restrictions": {"gender": "2", "age_min": 0, "age_max": 18,
+                                 "indications": ["..."]}}]}     # all optional
+
+  ``code`` 6-50 letters and digits, unique; ``name`` 1-200 characters; ``gender`` ``"1"`` male /
+  ``"2"`` female; ages 0-150 with ``age_min <= age_max``; up to 20 indications of up to 500 characters.
+
+rules (``yibao-central rules publish FILE``): the rule set and each rule's mode::
+
+    {"area": "370200",
+     "rules": [{"id": "price_over_ceiling", "name": "optional", "description": "optional",
+                "mode": "enforce",               # enforce | shadow | off
+                "params": {"tolerance_fen": 0}}]}  # optional: name → int, string, bool or a list of them
+
+  ``id`` 1-64 of ``a-z 0-9 _ . -``, unique; parameter names 1-64 of ``A-Za-z0-9_``.
+
+keys (``yibao-central keys publish FILE``): e-voucher issuer keys, exactly as ``agent.json`` holds them::
+
+    {"evoucher_issuers": {"kid": "base64url of the raw 32-byte Ed25519 public key"}}
+
+  The area comes from ``--area`` (or the centre's default area); an ``"area"`` field is accepted and
+  left out of the bundle body.
+
+blacklist CSV (``yibao-central blacklist import FILE.csv``): UTF-8, header exactly
+``list_type,id,reason,source,effective_at``; ``list_type`` card|person|employer; ``id`` 1-64 of
+``A-Za-z0-9 . _ -``; ``reason`` 1-200 characters (required); ``source`` up to 100; ``effective_at``
+ISO-8601 with an offset (``2026-11-24T08:00:00+08:00``), empty = now. A (list_type, id) appears once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from protocol.bundles import BLACKLIST_TYPES, KINDS
+from protocol.evoucher import load_issuers
+
+from .errors import DocumentInvalid
+
+__all__ = [
+    "CSV_HEADER",
+    "DOCUMENT_KINDS",
+    "MAX_DOCUMENT_BYTES",
+    "check_area",
+    "check_blacklist_fields",
+    "load_json_document",
+    "normalise_time",
+    "read_blacklist_csv",
+    "validate_document",
+]
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+DOCUMENT_KINDS = tuple(k for k in KINDS if k != "blacklist")
+CSV_HEADER = ["list_type", "id", "reason", "source", "effective_at"]
+HOSP_LEVELS = ("0", "1", "2", "3")
+LIST_TYPES = ("101", "102", "103", "104", "201", "301")
+MODES = ("enforce", "shadow", "off")
+
+_AREA = re.compile(r"^[0-9]{6}$")
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_RATIO = re.compile(r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$")
+_CODE = re.compile(r"^[A-Za-z0-9]{6,50}$")
+_RULE_ID = re.compile(r"^[a-z0-9_.-]{1,64}$")
+_PARAM = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+
+class _Float:
+    """Marks a JSON number with a fraction or exponent, so validation can name where it is."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _fraction(value: Any) -> str | None:
+    """The text of a number with a fraction (from JSON, or a float from Python callers); None otherwise."""
+    if isinstance(value, _Float):
+        return value.text
+    if isinstance(value, float):
+        return repr(value)
+    return None
+
+
+def check_area(area: str) -> str:
+    if not isinstance(area, str) or not _AREA.match(area):
+        raise DocumentInvalid("the area", [f"area {area!r} must be a 6-digit pooling area code like 370200"])
+    return area
+
+
+def normalise_time(text: str) -> str:
+    """ISO-8601 with an offset → UTC text (``2026-11-24T00:00:00+00:00``); ValueError says why."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 time like 2026-11-24T08:00:00+08:00") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset; write it like 2026-11-24T08:00:00+08:00")
+    return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def check_blacklist_fields(
+    list_type: str, entry_id: str, reason: str | None, source: str, effective_at: str | None
+) -> tuple[list[tuple[str, str]], str | None]:
+    """Problems as (field, message), and the normalised effective time (None when empty)."""
+    problems = []
+    if list_type not in BLACKLIST_TYPES:
+        problems.append(("list_type", f"{list_type!r} is not one of {', '.join(BLACKLIST_TYPES)}"))
+    if not _ID.match(entry_id or ""):
+        problems.append(("id", "must be 1-64 letters, digits, '.', '_' or '-'"))
+    if reason is not None and not 1 <= len(reason.strip()) <= 200:
+        problems.append(("reason", "is required, up to 200 characters"))
+    if len(source) > 100:
+        problems.append(("source", "is longer than 100 characters"))
+    when = None
+    if effective_at:
+        try:
+            when = normalise_time(effective_at)
+        except ValueError as exc:
+            problems.append(("effective_at", str(exc)))
+    return problems, when
+
+
+# -- JSON documents ------------------------------------------------------------------------------
+
+
+def load_json_document(path: Path | str) -> Any:
+    """Read an operator's JSON file; numbers with fractions become markers the validators refuse."""
+    path = Path(path)
+    what = f"{path.name}"
+    try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise DocumentInvalid(what, [f"the file is {size} bytes; the limit is {MAX_DOCUMENT_BYTES}"])
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise DocumentInvalid(what, [f"cannot read {path}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise DocumentInvalid(what, [f"the file is not UTF-8 (byte {exc.start})"]) from None
+
+    def bad_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not allowed")
+
+    try:
+        return json.loads(text, parse_float=_Float, parse_constant=bad_constant)
+    except json.JSONDecodeError as exc:
+        raise DocumentInvalid(what, [f"line {exc.lineno}, column {exc.colno}: {exc.msg}"]) from None
+    except ValueError as exc:
+        raise DocumentInvalid(what, [str(exc)]) from None
+
+
+class _Checker:
+    """Collects problems with their paths while walking a document."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}" if path else message)
+
+    def obj(self, value: Any, path: str, required: set[str], optional: set[str]) -> dict[str, Any] | None:
+        if not isinstance(value, dict):
+            self.add(path, f"must be an object, found {_kind(value)}")
+            return None
+        for name in sorted(required - value.keys()):
+            self.add(_join(path, name), "is required")
+        for name in sorted(value.keys() - required - optional):
+            self.add(_join(path, name), "is not a known field")
+        return value
+
+    def text(self, obj: dict[str, Any], name: str, path: str, *, pattern: re.Pattern[str] | None = None,
+             choices: tuple[str, ...] | None = None, max_len: int = 200, hint: str = "") -> None:  # fmt: skip
+        if name not in obj:
+            return
+        value, where = obj[name], _join(path, name)
+        if not isinstance(value, str):
+            self.add(where, f"must be a string, found {_kind(value)}")
+        elif choices is not None and value not in choices:
+            self.add(where, f"{value!r} is not one of {', '.join(choices)}")
+        elif pattern is not None and not pattern.match(value):
+            self.add(where, f"{value!r} {hint}")
+        elif pattern is None and choices is None and not 1 <= len(value) <= max_len:
+            self.add(where, f"must be 1-{max_len} characters")
+
+    def integer(self, obj: dict[str, Any], name: str, path: str, lo: int, hi: int, unit: str = "") -> None:
+        if name not in obj:
+            return
+        value, where = obj[name], _join(path, name)
+        if _fraction(value) is not None:
+            self.add(where, f"{_fraction(value)} has a fraction; write an integer{unit}")
+        elif not isinstance(value, int) or isinstance(value, bool):
+            self.add(where, f"must be an integer{unit}, found {_kind(value)}")
+        elif not lo <= value <= hi:
+            self.add(where, f"{value} is outside {lo}-{hi}")
+
+    def ratio(self, obj: dict[str, Any], name: str, path: str) -> None:
+        if name not in obj:
+            return
+        value, where = obj[name], _join(path, name)
+        if _fraction(value) is not None or (isinstance(value, int) and not isinstance(value, bool)):
+            shown = _fraction(value) or value
+            self.add(where, f'ratios are decimal strings: write "{shown}"')
+        elif not isinstance(value, str) or not _RATIO.match(value):
+            self.add(where, 'must be a decimal string from "0" to "1" with at most 4 decimals, e.g. "0.85"')
+
+    def items(self, doc: dict[str, Any], name: str, path: str = "") -> list[Any]:
+        value = doc.get(name)
+        if name not in doc:
+            return []
+        if not isinstance(value, list):
+            self.add(_join(path, name), f"must be a list, found {_kind(value)}")
+            return []
+        return value
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _kind(value: Any) -> str:
+    if _fraction(value) is not None:
+        return "a number with a fraction"
+    return {
+        dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "an integer",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _check_policy(c: _Checker, doc: dict[str, Any]) -> int:
+    c.obj(doc, "", {"area", "benefits"}, {"name"})
+    c.text(doc, "name", "")
+    benefits = c.items(doc, "benefits")
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, row in enumerate(benefits):
+        path = f"benefits[{i}]"
+        required = {"year", "insutype", "psn_type", "hosp_lv", "deductible", "ceiling", "fund_ratio"}
+        if c.obj(row, path, required, {"med_type", "b_class_self_ratio"}) is None:
+            continue
+        c.integer(row, "year", path, 2000, 2100)
+        c.text(row, "insutype", path, pattern=re.compile(r"^[0-9]{3}$"), hint="must be a 3-digit insutype")
+        c.text(row, "psn_type", path, pattern=re.compile(r"^[0-9]{2,4}$"), hint="must be 2-4 digits")
+        c.text(row, "hosp_lv", path, choices=HOSP_LEVELS)
+        c.text(row, "med_type", path, pattern=re.compile(r"^[0-9]{2,4}$"), hint="must be 2-4 digits")
+        c.integer(row, "deductible", path, 0, 10**12, " of fen")
+        c.integer(row, "ceiling", path, 0, 10**12, " of fen")
+        ded, ceil = row.get("deductible"), row.get("ceiling")
+        if type(ded) is int and type(ceil) is int and ceil < ded:
+            c.add(f"{path}.ceiling", f"{ceil} is below the deductible {ded}")
+        c.ratio(row, "fund_ratio", path)
+        c.ratio(row, "b_class_self_ratio", path)
+        key = tuple(str(row.get(k)) for k in ("year", "insutype", "psn_type", "hosp_lv", "med_type"))
+        if key in seen:
+            c.add(path, f"repeats benefits[{seen[key]}] (same year, insutype, psn_type, hosp_lv, med_type)")
+        else:
+            seen[key] = i
+    if not benefits and "benefits" in doc and isinstance(doc["benefits"], list):
+        c.add("benefits", "must hold at least one entry")
+    return len(benefits)
+
+
+def _check_catalogue(c: _Checker, doc: dict[str, Any]) -> int:
+    c.obj(doc, "", {"area", "items"}, set())
+    items = c.items(doc, "items")
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        path = f"items[{i}]"
+        optional = {"price_ceiling", "self_pay_ratio", "restrictions"}
+        if c.obj(item, path, {"code", "name", "list_type", "class"}, optional) is None:
+            continue
+        c.text(item, "code", path, pattern=_CODE, hint="must be 6-50 letters and digits")
+        c.text(item, "name", path)
+        c.text(item, "list_type", path, choices=LIST_TYPES)
+        c.text(item, "class", path, choices=("A", "B", "C"))
+        c.ratio(item, "self_pay_ratio", path)
+        if "price_ceiling" in item:
+            ceilings = item["price_ceiling"]
+            where = f"{path}.price_ceiling"
+            if not isinstance(ceilings, dict):
+                c.add(where, f"must be an object of hosp_lv → fen, found {_kind(ceilings)}")
+            else:
+                for lv in ceilings:
+                    if lv not in HOSP_LEVELS:
+                        c.add(f"{where}.{lv}", f"hospital level must be one of {', '.join(HOSP_LEVELS)}")
+                    else:
+                        c.integer(ceilings, lv, where, 0, 10**12, " of fen")
+        if "restrictions" in item:
+            where = f"{path}.restrictions"
+            r = c.obj(item["restrictions"], where, set(), {"gender", "age_min", "age_max", "indications"})
+            if r is not None:
+                c.text(r, "gender", where, choices=("1", "2"))
+                c.integer(r, "age_min", where, 0, 150)
+                c.integer(r, "age_max", where, 0, 150)
+                lo, hi = r.get("age_min"), r.get("age_max")
+                if type(lo) is int and type(hi) is int and lo > hi:
+                    c.add(f"{where}.age_max", f"{hi} is below age_min {lo}")
+                ind = r.get("indications", [])
+                if not isinstance(ind, list) or len(ind) > 20:
+                    c.add(f"{where}.indications", "must be a list of at most 20 strings")
+                else:
+                    for j, text in enumerate(ind):
+                        if not isinstance(text, str) or not 1 <= len(text) <= 500:
+                            c.add(f"{where}.indications[{j}]", "must be a string of 1-500 characters")
+        code = item.get("code")
+        if isinstance(code, str):
+            if code in seen:
+                c.add(f"{path}.code", f"{code!r} repeats items[{seen[code]}]")
+            else:
+                seen[code] = i
+    if not items and isinstance(doc.get("items"), list):
+        c.add("items", "must hold at least one item")
+    return len(items)
+
+
+def _check_param(c: _Checker, value: Any, where: str, nested: bool = False) -> None:
+    text = _fraction(value)
+    if text is not None:
+        c.add(where, f'{text} has a fraction; write a decimal string ("{text}") or an integer')
+    elif isinstance(value, list) and not nested:
+        if len(value) > 10_000:
+            c.add(where, "lists are at most 10000 values")
+        for j, v in enumerate(value):
+            _check_param(c, v, f"{where}[{j}]", nested=True)
+    elif isinstance(value, str):
+        if len(value) > 1000:
+            c.add(where, "strings are at most 1000 characters")
+    elif not isinstance(value, int | bool):
+        c.add(where, f"must be an integer, a string, true/false or a list of them, found {_kind(value)}")
+
+
+def _check_rules(c: _Checker, doc: dict[str, Any]) -> int:
+    c.obj(doc, "", {"area", "rules"}, set())
+    rules = c.items(doc, "rules")
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(rules):
+        path = f"rules[{i}]"
+        if c.obj(rule, path, {"id", "mode"}, {"name", "description", "params"}) is None:
+            continue
+        c.text(rule, "id", path, pattern=_RULE_ID, hint="must be 1-64 of a-z, 0-9, '_', '.', '-'")
+        c.text(rule, "name", path)
+        c.text(rule, "description", path, max_len=2000)
+        c.text(rule, "mode", path, choices=MODES)
+        params = rule.get("params", {})
+        if not isinstance(params, dict):
+            c.add(f"{path}.params", f"must be an object, found {_kind(params)}")
+        else:
+            for name, value in params.items():
+                if not _PARAM.match(name):
+                    c.add(f"{path}.params.{name}", "parameter names are 1-64 of A-Z, a-z, 0-9, '_'")
+                _check_param(c, value, f"{path}.params.{name}")
+        rid = rule.get("id")
+        if isinstance(rid, str):
+            if rid in seen:
+                c.add(f"{path}.id", f"{rid!r} repeats rules[{seen[rid]}]")
+            else:
+                seen[rid] = i
+    return len(rules)
+
+
+def _check_keys(c: _Checker, doc: dict[str, Any]) -> int:
+    c.obj(doc, "", {"evoucher_issuers"}, {"area"})
+    issuers = doc.get("evoucher_issuers")
+    if "evoucher_issuers" not in doc:
+        return 0
+    if not isinstance(issuers, dict):
+        c.add("evoucher_issuers", f"must be an object of key id → public key, found {_kind(issuers)}")
+        return 0
+    for kid, text in issuers.items():
+        try:
+            if not isinstance(text, str):
+                raise ValueError(f"must be a string, found {_kind(text)}")
+            load_issuers({kid: text})
+        except ValueError as exc:
+            c.add(f"evoucher_issuers.{kid}", str(exc))
+    return len(issuers)
+
+
+_CHECKS = {"policy": _check_policy, "catalogue": _check_catalogue, "rules": _check_rules, "keys": _check_keys}
+
+
+def validate_document(
+    kind: str, doc: Any, *, area: str | None = None, what: str = ""
+) -> tuple[Any, str | None, int]:
+    """Validate ``doc`` for ``kind``; returns (bundle body, area, item count) or raises ``DocumentInvalid``.
+
+    ``area`` (from ``--area``) must agree with the document's ``area`` when both are given; the area
+    returned is None when neither names one (the caller falls back to the default area).
+    """
+    if kind not in _CHECKS:
+        raise DocumentInvalid(what or kind, [f"unknown document kind {kind!r}; one of {', '.join(_CHECKS)}"])
+    c = _Checker()
+    if not isinstance(doc, dict):
+        c.add("", f"the document must be a JSON object, found {_kind(doc)}")
+        raise DocumentInvalid(what or f"the {kind} document", c.problems)
+    count = _CHECKS[kind](c, doc)
+    doc_area = doc.get("area")
+    if doc_area is not None and (not isinstance(doc_area, str) or not _AREA.match(doc_area)):
+        c.add("area", f"{doc_area!r} must be a 6-digit pooling area code like 370200")
+    elif area is not None and doc_area is not None and area != doc_area:
+        c.add("area", f"the document is for {doc_area} but --area says {area}")
+    if c.problems:
+        raise DocumentInvalid(what or f"the {kind} document", c.problems)
+    chosen = area if area is not None else doc_area
+    body = {"evoucher_issuers": dict(doc["evoucher_issuers"])} if kind == "keys" else doc
+    return body, chosen, count
+
+
+# -- the blacklist CSV ---------------------------------------------------------------------------
+
+
+def read_blacklist_csv(path: Path | str, default_time: str) -> Iterator[tuple[int, list[str], list[str]]]:
+    """Rows of a blacklist CSV as (line, [list_type, id, reason, source, effective_at], problems).
+
+    ``effective_at`` comes back normalised (``default_time`` when empty). The header problems come
+    first, with line 1. A row with problems still yields (so every problem is reported).
+    """
+    path = Path(path)
+    try:
+        f = open(path, encoding="utf-8", newline="")
+    except OSError as exc:
+        yield 0, [], [f"cannot read {path}: {exc.strerror or exc}"]
+        return
+    try:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            yield 1, [], [f"line 1: {exc}"]
+            return
+        if header is not None and header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        if header != CSV_HEADER:
+            yield 1, [], [f"line 1: the header must be exactly {','.join(CSV_HEADER)}"]
+            return
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except (csv.Error, UnicodeDecodeError) as exc:
+                yield reader.line_num, [], [f"line {reader.line_num}: {exc}"]
+                return
+            line = reader.line_num
+            if not row or row == [""]:
+                continue
+            if len(row) != len(CSV_HEADER):
+                yield line, [], [f"line {line}: {len(row)} columns, expected {len(CSV_HEADER)}"]
+                continue
+            list_type, entry_id, reason, source, effective_at = (v.strip() for v in row)
+            found, when = check_blacklist_fields(list_type, entry_id, reason, source, effective_at)
+            problems = [f"line {line}, column {field}: {msg}" for field, msg in found]
+            yield line, [list_type, entry_id, reason, source, when or default_time], problems
+    finally:
+        f.close()
