@@ -20,10 +20,12 @@ from protocol.errors import ProtocolError, ValidationFailed
 
 from .card import CardReader
 from .config import AgentConfig
-from .errors import AgentError, BodyTooLarge, NoReader, Unauthorized, VoucherRejected
+from .errors import AgentError, Blacklisted, BodyTooLarge, NoReader, Unauthorized, VoucherRejected
 from .evoucher import VoucherVerifier
 from .identity import CERT_TYPE_EVOUCHER, Identity
 from .intake import parse_reversal, parse_settlement
+from .policy import PolicyClient, policy_status
+from .policy_store import BlacklistHit, PolicyStore
 from .store import Outbox
 from .uploader import Uploader
 
@@ -55,6 +57,31 @@ def _identity_json(identity: Identity, **extra: object) -> web.Response:
     return web.json_response({"identity": msgspec.to_builtins(identity), **extra})
 
 
+#: What the cashier does, per list: the HIS shows it as is.
+BLACKLIST_ACTIONS = {
+    "card": "do not settle with this card: tell the patient the card is blocked and ask them to contact the "
+    "social-insurance agency; identify the patient another way (e-voucher) or settle as self-pay",
+    "person": "this person's insurance benefits are suspended: settle as self-pay and refer the patient to "
+    "the social-insurance agency",
+    "employer": "the employer's insurance is suspended: settle as self-pay and refer the patient to their "
+    "employer or the social-insurance agency",
+}
+_LIST_NAMES = {"card": "card", "person": "insured person", "employer": "employer"}
+
+
+def blacklisted_error(hit: BlacklistHit) -> Blacklisted:
+    """The refusal the HIS receives: list, reason, list version and what to do; never the number."""
+    action = BLACKLIST_ACTIONS.get(hit.list_type, "")
+    return Blacklisted(
+        f"refused: this {_LIST_NAMES.get(hit.list_type, hit.list_type)} is on the blacklist (list version "
+        f"{hit.list_version}, reason: {hit.reason or 'not given'}); {action}",
+        list_type=hit.list_type,
+        reason=hit.reason,
+        list_version=hit.list_version,
+        action=action,
+    )
+
+
 def create_app(
     config: AgentConfig,
     outbox: Outbox,
@@ -63,8 +90,14 @@ def create_app(
     *,
     card_reader: CardReader | None = None,
     vouchers: VoucherVerifier | None = None,
+    policy: PolicyStore | None = None,
+    policy_client: PolicyClient | None = None,
 ) -> web.Application:
-    """The HIS API; the card reader and the voucher verifier are optional so tests can leave them out."""
+    """The HIS API; the card reader, the voucher verifier and the policy store are optional (tests).
+
+    ``policy``: the blacklist is checked at each settlement; ``policy_client`` adds its update state to
+    ``GET /v1/status``.
+    """
     token_bytes = his_token.encode()
 
     @web.middleware
@@ -103,8 +136,24 @@ def create_app(
                     }
                 ],
             )
+        if policy is not None:
+            psn = record.psn
+            hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
+            # A retry of a settlement made before the entry arrived is answered as before, not refused.
+            if hit is not None and not outbox.has_settlement(record.his_setl_no):
+                log.info(
+                    "settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version
+                )
+                raise blacklisted_error(hit)
         receipt = await outbox.append_settlement(record, digest)
         return web.json_response(receipt.to_json(), status=200 if receipt.duplicate else 201)
+
+    def policy_json() -> dict[str, Any] | None:
+        if policy_client is not None:
+            return policy_client.status()
+        if policy is not None:
+            return policy_status(config, policy)
+        return None
 
     async def post_reversal(request: web.Request) -> web.Response:
         req = parse_reversal(await request.read())
@@ -112,13 +161,16 @@ def create_app(
         return web.json_response(receipt.to_json(), status=200 if receipt.duplicate else 201)
 
     async def get_status(request: web.Request) -> web.Response:
+        policy_state = policy_json()
+        alarms = list(outbox.alarms.values()) + (policy_state["alarms"] if policy_state else [])
         return web.json_response(
             {
                 "agent_id": config.agent_id,
                 "fixmedins_code": config.fixmedins_code,
                 "outbox": outbox.status(),
                 "central": uploader.status() if uploader else {"reachable": None, "last_upload_at": None},
-                "alarms": sorted(outbox.alarms.values(), key=lambda a: a["code"]),
+                "alarms": sorted(alarms, key=lambda a: a["code"]),
+                "policy": policy_state,
             }
         )
 

@@ -10,9 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-from .config import load_config
-from .enrol import enrol
+from .config import AgentConfig, load_config
+from .enrol import enrol, pinned_root_fingerprint
 from .errors import AgentError
+from .policy import PolicyClient, policy_status
+from .policy_store import PolicyStore
 from .service import open_outbox, serve
 
 __all__ = ["main"]
@@ -32,7 +34,46 @@ def _parser() -> argparse.ArgumentParser:
     srv = sub.add_parser("serve", help="run the HIS API and the uploader")
     srv.add_argument("--listen", help="host:port for the HIS API (default 127.0.0.1:8710)")
     sub.add_parser("status", help="print the outbox status as JSON")
+    pol = sub.add_parser("policy", help="policy bundles (blacklists, rules, policy, catalogue, keys)")
+    pol_sub = pol.add_subparsers(dest="policy_verb", required=True)
+    apply = pol_sub.add_parser(
+        "apply",
+        help="apply an exported repository (tar from 'yibao-central bundle export') with every TUF check",
+    )
+    apply.add_argument("file", help="the exported tar file")
+    pol_sub.add_parser("status", help="held bundle versions and ages, TUF versions, problems, alarms (JSON)")
     return p
+
+
+def _policy(config: AgentConfig, args: argparse.Namespace) -> int:
+    store = PolicyStore(config.policy_db_path)
+    try:
+        client = PolicyClient(config, store)
+        if args.policy_verb == "status":
+            print(json.dumps(policy_status(config, store), indent=2))
+            return 0
+        result = client.apply_export(args.file)
+        for a in result.applied:
+            how = "full" if a.base_seq is None else f"delta on seq {a.base_seq}"
+            counts = f", +{a.added} -{a.removed}, {a.entries} entries" if a.entries is not None else ""
+            print(f"applied {a.kind} seq {a.seq} ({how}{counts}) in {a.seconds:.2f} s")
+        for kind in result.current:
+            print(f"{kind}: already current")
+        for kind in result.missing:
+            print(f"{kind}: not in this file")
+        for exc in result.refused:
+            print(
+                f"yibao-agent: refused{f' {exc.kind}' if exc.kind else ''} ({exc.code}): {exc.message}",
+                file=sys.stderr,
+            )
+        if not result.ok:
+            print(
+                "yibao-agent: the held bundles are unchanged where refused and stay in force", file=sys.stderr
+            )
+            return 1
+        return 0
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise AgentError("no agent home: pass --home DIR or set YIBAO_HOME")
             config = asyncio.run(enrol(Path(args.home), args.central, args.token, args.hospital))
             print(f"enrolled as {config.agent_id}; HIS token in {config.token_path}")
+            fingerprint = pinned_root_fingerprint(config)
+            if fingerprint:
+                print(f"pooling area {config.pooling_area or '(none)'}; policy root pinned, fingerprint:")
+                print(f"  {fingerprint}")
+                print("compare it with the one the central operator reads out ('yibao-central root show')")
+            else:
+                print("the centre sent no TUF root: policy bundles (blacklists…) are off for this agent")
             return 0
         config = load_config(args.home)
         if args.verb == "serve":
@@ -54,21 +102,27 @@ def main(argv: list[str] | None = None) -> int:
                 config.listen = args.listen
             asyncio.run(serve(config))
             return 0
+        if args.verb == "policy":
+            return _policy(config, args)
         if args.verb == "status":
             outbox = open_outbox(config)
+            store = PolicyStore(config.policy_db_path)
             try:
+                policy = policy_status(config, store)
                 print(
                     json.dumps(
                         {
                             "agent_id": config.agent_id,
                             "outbox": outbox.status(),
-                            "alarms": list(outbox.alarms.values()),
+                            "alarms": list(outbox.alarms.values()) + policy["alarms"],
+                            "policy": policy,
                         },
                         indent=2,
                     )
                 )
             finally:
                 outbox.close()
+                store.close()
             return 0
     except AgentError as exc:
         print(f"yibao-agent: {exc.message}", file=sys.stderr)

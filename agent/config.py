@@ -61,6 +61,16 @@ class AgentConfig:
     evoucher_issuers: dict[str, str] = field(default_factory=dict)
     #: Clock-skew allowance when checking a voucher's issue and expiry times (seconds).
     evoucher_skew_s: float = 30.0
+    #: Pooling area (6-digit ``admdvs``) whose policy bundles this agent obeys; set at enrolment.
+    pooling_area: str = ""
+    #: Warn (status ``policy.warning``, alarm ``blacklist_stale``) when the blacklist was last confirmed
+    #: current by a verified update longer ago than this (seconds). The agent keeps serving.
+    blacklist_max_age_s: float = 24 * 3600
+    #: Fallback policy update interval (seconds) when no change signal arrives; also the longest
+    #: wait between two signed reports to the centre (capped at 600 s by the contract).
+    policy_poll_s: float = 300.0
+    #: Client timeout of the long-poll change signal (seconds): a bit over the centre's ~30 s hold.
+    policy_changes_timeout_s: float = 35.0
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -83,6 +93,19 @@ class AgentConfig:
     def config_path(self) -> Path:
         return self.home / "agent.json"
 
+    @property
+    def policy_db_path(self) -> Path:
+        return self.home / "policy.db"
+
+    @property
+    def tuf_dir(self) -> Path:
+        """TUF client state: ``metadata/`` (pinned and trusted metadata), ``download/`` (in transit)."""
+        return self.home / "tuf"
+
+    @property
+    def tuf_metadata_dir(self) -> Path:
+        return self.tuf_dir / "metadata"
+
     def validate(self) -> AgentConfig:
         problems = []
         for name in (
@@ -97,6 +120,11 @@ class AgentConfig:
                 problems.append(f"{name} must be positive")
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
             problems.append("backoff_initial_s must be > 0 and <= backoff_max_s")
+        if self.pooling_area and not (len(self.pooling_area) == 6 and self.pooling_area.isdigit()):
+            problems.append("pooling_area must be a 6-digit area code")
+        for name in ("blacklist_max_age_s", "policy_poll_s", "policy_changes_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive")
         if problems:
             raise ConfigError("invalid agent settings: " + "; ".join(problems))
         return self

@@ -12,15 +12,17 @@ import secrets
 from pathlib import Path
 
 import aiohttp
+from tuf.api.exceptions import RepositoryError
+from tuf.api.metadata import Metadata, Root
 
 from protocol.batch import KeyPair, key_fingerprint
-from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER
+from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER, root_fingerprint
 
 from .config import AgentConfig, save_config
 from .errors import ConfigError, EnrolFailed
 from .store import Outbox
 
-__all__ = ["enrol", "load_key"]
+__all__ = ["check_tuf_root", "enrol", "load_key", "pin_tuf_root", "pinned_root_fingerprint"]
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -36,6 +38,53 @@ def load_key(config: AgentConfig) -> KeyPair:
         return KeyPair.from_private_bytes(config.key_path.read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the agent key {config.key_path}: {exc}") from exc
+
+
+def check_tuf_root(root_json: bytes, fingerprint: str = "") -> str:
+    """Parse the root the centre sent, check it is signed by a threshold of its own keys; its fingerprint.
+
+    ``fingerprint``: what the centre says it is; a different one means the bytes were changed on the way.
+    """
+    try:
+        md = Metadata[Root].from_bytes(root_json)
+        md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+    except (RepositoryError, ValueError, TypeError) as exc:
+        raise EnrolFailed(f"the centre's TUF root does not verify ({exc}); do not use this centre") from None
+    actual = root_fingerprint(root_json)
+    if fingerprint and fingerprint != actual:
+        raise EnrolFailed(
+            "the TUF root received does not match the fingerprint the centre announced; do not use this "
+            "centre"
+        )
+    return actual
+
+
+def pin_tuf_root(config: AgentConfig, root_json: bytes) -> Path:
+    """Write the trust anchor for policy bundles: ``HOME/tuf/metadata/root.json``."""
+    config.tuf_metadata_dir.mkdir(parents=True, exist_ok=True)
+    path = config.tuf_metadata_dir / "root.json"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(root_json)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def pinned_root_fingerprint(config: AgentConfig) -> str | None:
+    """Fingerprint of the root pinned at enrolment (the oldest in ``root_history`` once the client ran)."""
+    history = config.tuf_metadata_dir / "root_history"
+    candidates = (
+        sorted(history.glob("*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+        if history.is_dir()
+        else []
+    )
+    path = candidates[0] if candidates else config.tuf_metadata_dir / "root.json"
+    try:
+        return root_fingerprint(path.read_bytes())
+    except OSError:
+        return None
 
 
 async def enrol(home: Path, central_url: str, token: str, hospital: str) -> AgentConfig:
@@ -73,8 +122,14 @@ async def enrol(home: Path, central_url: str, token: str, hospital: str) -> Agen
         )
     if answer.get("key_fingerprint") not in (None, key_fingerprint(key.public_bytes)):
         raise EnrolFailed("the centre registered a different key fingerprint; do not use this centre")
+    tuf_root = (answer.get("tuf_root") or "").encode()
+    if tuf_root:
+        check_tuf_root(tuf_root, answer.get("root_fingerprint") or "")
     home.mkdir(parents=True, exist_ok=True)
     config.agent_id = answer["agent_id"]
+    config.pooling_area = answer.get("pooling_area") or ""
+    if tuf_root:
+        pin_tuf_root(config, tuf_root)
     _write_secret(config.key_path, key.private_bytes())
     _write_secret(config.token_path, (secrets.token_urlsafe(32) + "\n").encode())
     Outbox(config.db_path, agent_id=config.agent_id).close()

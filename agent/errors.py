@@ -11,7 +11,15 @@ from typing import Any
 
 __all__ = [
     "AgentError",
+    "Blacklisted",
     "BodyTooLarge",
+    "BundleBaseMismatch",
+    "BundleHeaderMismatch",
+    "BundleInvalid",
+    "BundleNotNewer",
+    "BundleUnavailable",
+    "BundleWrongArea",
+    "BundleWrongKind",
     "CentralUnreachable",
     "ConfigError",
     "DiskNearlyFull",
@@ -19,7 +27,18 @@ __all__ = [
     "HisSetlNoConflict",
     "NotFound",
     "OutboxFull",
+    "PolicyError",
+    "PolicyNotConfigured",
+    "PolicyRefused",
+    "PolicyStoreFailed",
+    "PolicyUnreachable",
     "StoreError",
+    "TufExpired",
+    "TufRepositoryInvalid",
+    "TufRollback",
+    "TufRootRotationRefused",
+    "TufSignatureInvalid",
+    "TufTargetMismatch",
     "Unauthorized",
     "VoucherLedgerFailed",
     "VoucherRejected",
@@ -181,3 +200,140 @@ class VoucherLedgerFailed(StoreError):
     """The local ledger of used e-voucher nonces cannot be read or written (disk full or failing)."""
 
     code = "evoucher_ledger_failed"
+
+
+# ---- policy bundles (blacklists, rules, policy, catalogue, keys) ----------------------------
+# Operator-facing: shown in ``GET /v1/status`` → ``policy.problems``, in ``yibao-agent policy status``,
+# in the log and (codes only) in the signed report to the centre. Messages name roles, versions,
+# kinds and sequences, never an entry of a list.
+
+
+class PolicyError(AgentError):
+    """Updating the policy bundles failed; the agent keeps enforcing the last verified bundles."""
+
+    code = "policy_error"
+    http_status = 502
+
+    def __init__(self, message: str, *, kind: str | None = None, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        #: The bundle kind concerned, when one is (``blacklist``, ``rules``…).
+        self.kind = kind
+
+
+class PolicyNotConfigured(PolicyError):
+    """No pinned TUF root (an agent enrolled before policy bundles existed) or no pooling area."""
+
+    code = "policy_not_configured"
+    http_status = 503
+
+
+class PolicyUnreachable(PolicyError):
+    """The repository could not be read (network down, centre down, a file missing from an export)."""
+
+    code = "policy_unreachable"
+
+
+class PolicyStoreFailed(PolicyError, StoreError):
+    """``policy.db`` cannot be read or written (disk full or failing)."""
+
+    code = "policy_store_failed"
+    http_status = 503
+
+
+class PolicyRefused(PolicyError):
+    """Metadata or a bundle that failed a check: refused, the last good state is kept.
+
+    Subclasses are the refusals TUF makes (signatures, versions, expiry, hashes) and the ones the
+    agent adds on top (kind, area, sequence, base of a delta).
+    """
+
+    code = "policy_refused"
+    http_status = 422
+
+
+class TufSignatureInvalid(PolicyRefused):
+    """Metadata not signed by a threshold of the keys the trusted root names (bad or unknown key)."""
+
+    code = "tuf_signature_invalid"
+
+
+class TufRootRotationRefused(TufSignatureInvalid):
+    """A new root not signed by a threshold of the old root's keys and of its own."""
+
+    code = "tuf_root_rotation_refused"
+
+
+class TufRollback(PolicyRefused):
+    """A metadata version older than one already trusted, or versions that do not match (mix-and-match)."""
+
+    code = "tuf_rollback"
+
+
+class TufExpired(PolicyRefused):
+    """Metadata past its expiry (a freeze: someone replays old metadata, or the centre stopped signing)."""
+
+    code = "tuf_expired"
+
+
+class TufTargetMismatch(PolicyRefused):
+    """A bundle file whose length or hash is not what the signed metadata says."""
+
+    code = "tuf_target_mismatch"
+
+
+class TufRepositoryInvalid(PolicyRefused):
+    """Metadata that does not parse or verify in another way."""
+
+    code = "tuf_repository_invalid"
+
+
+class BundleInvalid(PolicyRefused):
+    """A bundle file or its target metadata that does not follow the bundle format."""
+
+    code = "bundle_invalid"
+
+
+class BundleHeaderMismatch(PolicyRefused):
+    """The header inside the file is not what the signed target metadata says (seq, created, name)."""
+
+    code = "bundle_header_mismatch"
+
+
+class BundleWrongKind(BundleHeaderMismatch):
+    code = "bundle_wrong_kind"
+
+
+class BundleWrongArea(BundleHeaderMismatch):
+    code = "bundle_wrong_area"
+
+
+class BundleBaseMismatch(PolicyRefused):
+    """A delta whose base is not the sequence this agent holds."""
+
+    code = "bundle_base_mismatch"
+
+
+class BundleNotNewer(PolicyRefused):
+    """A bundle whose sequence is not newer than the one this agent holds (a rollback of the list)."""
+
+    code = "bundle_not_newer"
+
+
+class BundleUnavailable(PolicyRefused):
+    """The metadata lists no way from the held sequence to the newest (no delta chain, no newer full)."""
+
+    code = "bundle_unavailable"
+
+
+# ---- at the desk: blacklists ------------------------------------------------------------------
+
+
+class Blacklisted(AgentError):
+    """A card, person or employer on the blacklist: refused before anything is written.
+
+    ``extra`` carries ``list_type``, ``reason``, ``list_version`` and ``action`` (what the cashier
+    does); never the number that matched.
+    """
+
+    code = "blacklisted"
+    http_status = 403

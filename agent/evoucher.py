@@ -166,9 +166,22 @@ class VoucherVerifier:
         if skew_s < 0:
             raise ConfigError("evoucher_skew_s must not be negative")
         self.issuers = dict(issuers)
+        self.issuers_source = "agent.json"
         self.ledger = ledger
         self.skew_s = skew_s
         self.clock = clock
+
+    def set_issuers(self, issuers: Mapping[str, Ed25519PublicKey], *, source: str = "keys bundle") -> None:
+        """Replace the trusted issuer keys at runtime (the signed ``keys`` bundle replaces agent.json's).
+
+        The dict is swapped in one assignment, so a scan in another thread sees the old or the new set,
+        never a mix.
+        """
+        self.issuers = dict(issuers)
+        self.issuers_source = source
+        log.info(
+            "e-voucher issuer keys now from the %s: %s", source, ", ".join(sorted(self.issuers)) or "none"
+        )
 
     def verify(self, text: str, *, now: float | None = None) -> Identity:
         """Verify signature and times, spend the nonce, and return who the voucher names.

@@ -9,15 +9,20 @@ import signal
 
 from aiohttp import web
 
+from protocol.batch import KeyPair
+
 from .api import create_app
 from .card import CardReader
 from .config import AgentConfig
 from .enrol import load_key
-from .evoucher import open_verifier
+from .errors import PolicyError
+from .evoucher import VoucherVerifier, open_verifier
+from .policy import PolicyClient, issuers_from_keys_bundle
+from .policy_store import Applied, PolicyStore
 from .store import Outbox
 from .uploader import Uploader
 
-__all__ = ["open_outbox", "serve"]
+__all__ = ["open_outbox", "open_policy", "serve"]
 
 log = logging.getLogger("yibao.agent")
 
@@ -34,6 +39,31 @@ def open_outbox(config: AgentConfig) -> Outbox:
     )
 
 
+def open_policy(
+    config: AgentConfig, *, key: KeyPair | None = None, vouchers: VoucherVerifier | None = None
+) -> tuple[PolicyStore, PolicyClient]:
+    """The policy store and its TUF client; a held ``keys`` bundle replaces agent.json's voucher issuers."""
+    store = PolicyStore(config.policy_db_path)
+
+    def use_keys() -> None:
+        if vouchers is None:
+            return
+        try:
+            issuers = issuers_from_keys_bundle(store)
+        except ValueError as exc:  # checked before apply; a damaged store must not stop the agent
+            log.error("the held keys bundle cannot be used: %s", exc)
+            return
+        if issuers is not None:
+            vouchers.set_issuers(issuers, source=f"keys bundle seq {store.held_seq('keys')}")
+
+    def on_applied(applied: Applied) -> None:
+        if applied.kind == "keys":
+            use_keys()
+
+    use_keys()
+    return store, PolicyClient(config, store, key=key, on_applied=on_applied)
+
+
 async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM. Settlements are durable as answered, so stopping is always safe."""
     key = load_key(config)
@@ -43,7 +73,17 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     outbox.on_append = uploader.wake
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
-    app = create_app(config, outbox, uploader, his_token, card_reader=card_reader, vouchers=vouchers)
+    policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)
+    app = create_app(
+        config,
+        outbox,
+        uploader,
+        his_token,
+        card_reader=card_reader,
+        vouchers=vouchers,
+        policy=policy_store,
+        policy_client=policy_client,
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
@@ -56,17 +96,27 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     upload_task = asyncio.create_task(uploader.run())
+    try:
+        policy_client.check_configured()
+        policy_task: asyncio.Task | None = asyncio.create_task(policy_client.run())
+    except PolicyError as exc:
+        log.warning("policy bundles are off: %s", exc.message)
+        policy_task = None
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
         uploader.stop()
+        policy_client.stop()
         await runner.cleanup()
-        upload_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upload_task
+        for task in (upload_task, policy_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         outbox.close()
+        policy_store.close()
         card_reader.close()
         vouchers.close()
         log.info("agent stopped")

@@ -606,6 +606,14 @@ class Outbox:
     def prune(self) -> cf.Future:
         return self.ack(self._head.acked_seq)
 
+    def has_settlement(self, his_setl_no: str) -> bool:
+        """Whether this ``his_setl_no`` was settled here (read-only: a retry is answered, not refused)."""
+        with self._reader_lock:
+            row = self._reader.execute(
+                "SELECT 1 FROM settlements WHERE his_setl_no=?", (his_setl_no,)
+            ).fetchone()
+        return row is not None
+
     # ---- status -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
