@@ -11,7 +11,7 @@ changes something is recorded in the audit log with ``--operator`` (default ``$U
 ``*.pem`` in ``HOME/operators/``)::
 
     init [--area AREA]                      prints the TUF root fingerprint
-    enroll-token --hospital H [--area AREA] [--ttl-hours N]
+    enroll-token --hospital H [--area AREA] [--ttl-hours N] [--count N]
     blacklist add --type card|person|employer --id ID --reason R [--source S] [--effective-at T] [--area A]
     blacklist remove --type T --id ID [--area A]
     blacklist import FILE.csv [--area A]
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     token_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
     token_p.add_argument("--ttl-hours", type=float, help="hours the token stays valid (default 24)")
     token_p.add_argument("--area", help="pooling area the agent obeys (default: from the hospital code)")
+    token_p.add_argument("--count", type=int, default=1,
+                         help="print N tokens, one per line (a fleet of agents for one hospital)")
 
     agents_p = verbs.add_parser("agents", help="list or revoke enrolled agents")
     agent_verbs = agents_p.add_subparsers(dest="agents_verb", required=True, metavar="ACTION")
@@ -377,7 +379,10 @@ def _run(args: argparse.Namespace) -> int:
     with Store(config.db_path) as store:
         if args.verb == "enroll-token":
             check_hospital_code(args.hospital)
-            print(issue_token(store, args.hospital, config.token_ttl_hours, area=args.area))
+            if not 1 <= args.count <= 10_000:
+                raise ConfigInvalid("--count must be between 1 and 10000")
+            for _ in range(args.count):
+                print(issue_token(store, args.hospital, config.token_ttl_hours, area=args.area))
         elif args.verb == "agents" and args.agents_verb == "list":
             for row in store.read(agent_views):
                 if args.json:

@@ -142,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     psam.set_defaults(run=_psam)
 
     add_evoucher(verbs)
+
+    fleet = verbs.add_parser(
+        "fleet",
+        help="run many lightweight agents (policy only) against one centre",
+        description=(
+            "Enrol one agent per token (from `yibao-central enroll-token --hospital H --count N`) and run "
+            "their policy clients: long-poll, TUF update, apply, signed report. Until Ctrl-C or --duration."
+        ),
+    )
+    fleet.add_argument("--central", required=True, metavar="URL", help="central collector base URL")
+    fleet.add_argument("--tokens", required=True, type=Path, metavar="FILE",
+                       help="one enrolment token per line")
+    fleet.add_argument("--hospital", default=DEFAULT_HOSPITAL, metavar="CODE",
+                       help="fixmedins_code the tokens were issued for")
+    fleet.add_argument("--agents", type=int, default=None, metavar="N",
+                       help="use the first N tokens (default all)")
+    fleet.add_argument("--home", type=Path, default=Path("fleet-home"), metavar="DIR",
+                       help="where the agents' homes go (must not hold enrolled agents)")
+    fleet.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to run")
+    fleet.set_defaults(run=_fleet)
     return parser
 
 
@@ -182,6 +202,33 @@ def _card(args: argparse.Namespace) -> int:
         return 2
     card = VirtualCard(data, master_key=_master(args.master_key), state=args.state)
     return _hold(VpcdSlot(card, port=args.port, reinsert_after=args.reinsert_after), f"{args.state} card")
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    from .fleet import run_fleet  # imports the agent's policy client: only for this verb
+
+    try:
+        tokens = [t.strip() for t in args.tokens.read_text().splitlines() if t.strip()]
+    except OSError as exc:
+        print(f"yibao-sim: cannot read the tokens file: {exc}", file=sys.stderr)
+        return 2
+    if args.agents is not None:
+        tokens = tokens[: args.agents]
+    if not tokens:
+        print("yibao-sim: no enrolment tokens: make them with `yibao-central enroll-token --count N`",
+              file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_fleet(args.central, tokens, args.hospital, args.home, duration=args.duration, stop=stop,
+                        say=lambda m: print(m, file=sys.stderr))
+
+    asyncio.run(main())
+    return 0
 
 
 def _psam(args: argparse.Namespace) -> int:

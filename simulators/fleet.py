@@ -6,7 +6,8 @@ enrolment, its own ``policy.db``, and ``agent.policy.PolicyClient`` long-polling
 signal, updating through ``tuf.ngclient`` and posting signed reports. What it leaves out is
 the HIS API and the outbox, so two hundred of them fit in one process.
 
-``yibao-sim fleet --central URL --tokens FILE --agents N`` runs them until Ctrl-C;
+``yibao-sim fleet --central URL --tokens FILE --agents N`` runs them until Ctrl-C (tokens from
+``yibao-central enroll-token --hospital H --count N``);
 ``benchmarks/propagation.py`` uses ``Fleet`` to time a blacklist entry reaching all of them.
 """
 
@@ -16,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from agent.enrol import enrol, load_key
 from agent.policy import PolicyClient
 from agent.policy_store import PolicyStore
 
-__all__ = ["Fleet", "Member"]
+__all__ = ["Fleet", "Member", "run_fleet"]
 
 
 @dataclass
@@ -59,8 +61,7 @@ class Fleet:
     def open_all(self) -> None:
         for home in sorted(self.root.glob("agent-*")):
             config = load_config(home)
-            config.policy_poll_s = max(config.policy_poll_s, 30.0)
-            store = PolicyStore(config.home / "policy.db")
+            store = PolicyStore(config.policy_db_path)
             client = PolicyClient(config, store, key=load_key(config))
             self.members.append(Member(home, client, store))
 
@@ -102,4 +103,34 @@ class Fleet:
         return done
 
     def seqs(self, kind: str = "blacklist") -> list[int]:
-        return [int(m.store.held().get(kind, {}).get("seq", 0)) for m in self.members]
+        return [m.store.held_seq(kind) for m in self.members]
+
+
+async def run_fleet(
+    central_url: str,
+    tokens: list[str],
+    hospital: str,
+    root: Path,
+    *,
+    duration: float | None = None,
+    stop: asyncio.Event | None = None,
+    say: Callable[[str], None] = print,
+) -> Fleet:
+    """Enrol one agent per token under ``root``, run them all until ``duration`` or ``stop``."""
+    fleet = Fleet(central_url.rstrip("/"), root, [hospital] * len(tokens))
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    await fleet.enrol_all(tokens)
+    fleet.open_all()
+    say(f"enrolled {len(fleet.members)} agents in {time.perf_counter() - started:.1f} s; running")
+    await fleet.start()
+    stop = stop or asyncio.Event()
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=duration)
+    except TimeoutError:
+        pass
+    finally:
+        seqs = fleet.seqs()
+        say(f"blacklist seq held: min {min(seqs, default=0)}, max {max(seqs, default=0)}")
+        await fleet.stop()
+    return fleet
