@@ -1,0 +1,57 @@
+"""End to end with real processes: an operator blacklists a card, the agent refuses it, the
+operator lifts it, the agent accepts again — and the centre sees which versions the agent runs."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import example_settlement
+
+from .harness import Agent, Central, wait_until
+
+HOSPITAL = "H37021100001"
+AREA = "370200"  # the pooling area the centre derives from the hospital code
+CARD = "A12345678"  # the example settlement's card_sn
+
+
+def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
+    central = Central(tmp_path / "central")
+    central.proc.start()
+    agent = Agent(tmp_path / "agent", central.url, HOSPITAL, central.enroll_token(HOSPITAL))
+    agent.proc.start()
+    try:
+        status, _ = agent.settle(example_settlement("E2E-0"))
+        assert status == 201
+        central.cli("blacklist", "add", "--type", "card", "--id", CARD, "--reason", "reported lost",
+                    "--area", AREA, "--operator", "op-li")  # fmt: skip
+
+        def refused() -> dict | None:
+            code, body = agent.settle(example_settlement("E2E-1"))
+            return body if code == 403 else None
+
+        body = wait_until(refused, timeout=30, what="the agent refusing the blacklisted card")
+        err = body["error"]
+        assert (err["code"], err["list_type"], err["reason"]) == ("blacklisted", "card", "reported lost")
+        assert err["list_version"] >= 1 and CARD not in err["message"]
+        last_seq = agent.status()["outbox"]["last_seq"]
+        assert last_seq == 1  # the refused settlement wrote nothing
+
+        central.cli("blacklist", "remove", "--type", "card", "--id", CARD, "--operator", "op-li",
+                    "--reason", "card found", "--area", AREA)  # fmt: skip
+        wait_until(lambda: agent.settle(example_settlement("E2E-2"))[0] == 201, timeout=30,
+                   what="the agent accepting the card again")  # fmt: skip
+
+        def reported() -> dict | None:
+            rows = [json.loads(x) for x in central.cli("agents", "list", "--json").splitlines() if x.strip()]
+            row = next(r for r in rows if r["agent_id"] == agent.agent_id)
+            policy = row.get("policy") or {}
+            return row if policy.get("versions", {}).get("blacklist", 0) >= 2 else None
+
+        row = wait_until(reported, timeout=30, what="the agent reporting its blacklist version")
+        assert row["behind"].get("blacklist") == 0
+        audit = central.cli("audit", "--json")
+        assert "op-li" in audit and "card found" in audit
+        assert agent.status()["policy"]["bundles"]["blacklist"]["seq"] >= 2
+    finally:
+        agent.proc.stop()
+        central.proc.stop()
