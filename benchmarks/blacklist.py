@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--delta", type=int, default=100_000)
     ap.add_argument("--lookups", type=int, default=200_000)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-blacklist-", dir=Path.cwd()) as d:
+    with tempfile.TemporaryDirectory(prefix="bench-blacklist-") as d:
         tmp = Path(d)
         full, delta = tmp / "full.bin", tmp / "delta.bin"
         t = time.perf_counter()
