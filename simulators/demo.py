@@ -183,6 +183,45 @@ def _desk(a_url: str, token: str, hospital: str, issuer: Issuer, card_slot: Vpcd
     return made
 
 
+def _operator(c_home: Path, a_url: str, token: str, hospital: str, n: int) -> list[dict]:
+    """An operator blacklists a person at the centre; the agent refuses them; the entry is lifted."""
+    body = generate_settlement(random.Random(n), hospital, n, run_tag=f"OPS{int(time.time())}")
+    psn_no = body["psn"]["psn_no"]
+    area = "370200"
+    print("operator:")
+    started = time.monotonic()
+    _cli("yibao-central", "--home", str(c_home), "blacklist", "add", "--type", "person", "--id", psn_no,
+         "--reason", "card reported lost", "--area", area, "--operator", "demo")  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        body["his_setl_no"] = f"OPS-{n}-{int(time.monotonic() * 1000)}"
+        status, answer = _request("POST", a_url + "/v1/settlements", token, body)
+        if status == 403 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if status != 403:
+        print(f"  blacklist     NOT enforced within 30 s (last answer {status})")
+        return [{"setl_id": answer["setl_id"], "kind": "setl"}] if status in (200, 201) else []
+    err = answer["error"]
+    print(
+        f"  blacklist     person added by operator 'demo'; the agent refused the next settlement "
+        f"{time.monotonic() - started:.1f} s later "
+        f"({err['code']}: {err['reason']}, list v{err['list_version']})"
+    )
+    _cli("yibao-central", "--home", str(c_home), "blacklist", "remove", "--type", "person", "--id", psn_no,
+         "--area", area, "--operator", "demo", "--reason", "card found")  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body["his_setl_no"] = f"OPS-{n}-{int(time.monotonic() * 1000)}"
+        status, answer = _request("POST", a_url + "/v1/settlements", token, body)
+        if status in (200, 201):
+            print("  lifted        the entry was removed; the agent settles for the person again")
+            return [{"setl_id": answer["setl_id"], "kind": "setl"}]
+        time.sleep(0.2)
+    print("  lifted        NOT seen by the agent within 30 s")
+    return []
+
+
 def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: list[_Stoppable]) -> bool:
     if home.exists():
         shutil.rmtree(home)
@@ -229,6 +268,8 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     print(f"agent   {a_url}   (home {a_home}, HIS token in {a_home / 'his.token'})")
     made: dict[str, dict] = {}
     for r in _desk(a_url, his_token, hospital, issuer, card_slot):
+        made[r["setl_id"]] = r
+    for r in _operator(c_home, a_url, his_token, hospital, 3):
         made[r["setl_id"]] = r
     print(f"driving the agent with the HIS simulator at {rate:g}/s for {drive_s:g} s …", flush=True)
     summary = asyncio.run(

@@ -33,3 +33,6 @@ def test_demo_runs_end_to_end_and_exits_zero(tmp_path):
     assert "4 card APDUs" in out.stdout
     assert "same QR again refused: evoucher_replayed" in out.stdout
     assert "settlements   2 naming" in out.stdout
+    # The operator's path: a blacklist entry reaches the agent through the signed bundles and back.
+    assert "the agent refused the next settlement" in out.stdout, out.stdout[-3000:]
+    assert "the agent settles for the person again" in out.stdout

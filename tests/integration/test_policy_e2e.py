@@ -25,8 +25,12 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
         central.cli("blacklist", "add", "--type", "card", "--id", CARD, "--reason", "reported lost",
                     "--area", AREA, "--operator", "op-li")  # fmt: skip
 
+        attempt = iter(range(1, 10_000))
+
         def refused() -> dict | None:
-            code, body = agent.settle(example_settlement("E2E-1"))
+            # A fresh his_setl_no each time: a retry of one the agent already took is answered as
+            # taken (idempotency), whatever was blacklisted since.
+            code, body = agent.settle(example_settlement(f"E2E-{next(attempt)}"))
             return body if code == 403 else None
 
         body = wait_until(refused, timeout=30, what="the agent refusing the blacklisted card")
@@ -34,11 +38,12 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
         assert (err["code"], err["list_type"], err["reason"]) == ("blacklisted", "card", "reported lost")
         assert err["list_version"] >= 1 and CARD not in err["message"]
         last_seq = agent.status()["outbox"]["last_seq"]
-        assert last_seq == 1  # the refused settlement wrote nothing
+        code, _ = agent.settle(example_settlement("E2E-REFUSED"))
+        assert code == 403 and agent.status()["outbox"]["last_seq"] == last_seq  # refused: nothing written
 
         central.cli("blacklist", "remove", "--type", "card", "--id", CARD, "--operator", "op-li",
                     "--reason", "card found", "--area", AREA)  # fmt: skip
-        wait_until(lambda: agent.settle(example_settlement("E2E-2"))[0] == 201, timeout=30,
+        wait_until(lambda: agent.settle(example_settlement(f"E2E-{next(attempt)}"))[0] == 201, timeout=30,
                    what="the agent accepting the card again")  # fmt: skip
 
         def reported() -> dict | None:
