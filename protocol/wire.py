@@ -23,13 +23,18 @@ from .canonical import encode_canonical
 from .errors import BadSignature, DecodeError
 
 __all__ = [
+    "AGENT_HEADER",
     "BATCH_PATH",
     "ENROLL_PATH",
     "MSGPACK",
+    "PERSON_HISTORY_PATH",
     "POLICY_CHANGES_PATH",
     "POLICY_REPORT_PATH",
     "PROTOCOL_HEADER",
+    "REQUEST_SKEW_S",
+    "SIGNATURE_HEADER",
     "SUPPORTED_VERSIONS",
+    "TIME_HEADER",
     "TUF_METADATA_PATH",
     "TUF_TARGETS_PATH",
     "AgentStatusReport",
@@ -45,7 +50,9 @@ __all__ = [
     "negotiate",
     "root_fingerprint",
     "sign_report",
+    "sign_request",
     "verify_report",
+    "verify_request",
 ]
 
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -120,6 +127,42 @@ class PolicyReport(msgspec.Struct, kw_only=True):
     versions: dict[str, int]
     problems: list[str] = []
     sig: bytes = b""
+
+
+#: Cross-hospital history of a person, for the doctor's prompts: ``GET`` with signed headers.
+PERSON_HISTORY_PATH = "/v1/persons/{psn_no}/history"
+AGENT_HEADER = "Yibao-Agent"
+TIME_HEADER = "Yibao-Time"
+SIGNATURE_HEADER = "Yibao-Signature"
+#: A signed request older or newer than this (seconds) is refused: a captured one cannot be replayed later.
+REQUEST_SKEW_S = 300.0
+_REQUEST_DOMAIN = "yibao-request/1"
+
+
+def _request_signed_bytes(agent_id: str, method: str, path_qs: str, at: str) -> bytes:
+    return encode_canonical([_REQUEST_DOMAIN, agent_id, method.upper(), path_qs, at])
+
+
+def sign_request(key: KeyPair, agent_id: str, method: str, path_qs: str, at: str) -> dict[str, str]:
+    """Headers that let the centre know an enrolled agent asked (used for personal data reads).
+
+    ``path_qs`` is the path with its query string exactly as sent; ``at`` an ISO-8601 UTC time.
+    """
+    sig = key.sign(_request_signed_bytes(agent_id, method, path_qs, at))
+    return {AGENT_HEADER: agent_id, TIME_HEADER: at, SIGNATURE_HEADER: sig.hex()}
+
+
+def verify_request(
+    public_key: bytes, agent_id: str, method: str, path_qs: str, at: str, sig_hex: str
+) -> None:
+    """Raise ``BadSignature`` unless the headers were made by ``sign_request`` with the agent's key."""
+    try:
+        sig = bytes.fromhex(sig_hex)
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            sig, _request_signed_bytes(agent_id, method, path_qs, at)
+        )
+    except (InvalidSignature, ValueError):
+        raise BadSignature("the request's signature does not verify with the agent's key") from None
 
 
 _REPORT_DOMAIN = "yibao-policy-report/1"
