@@ -27,6 +27,7 @@ from protocol.chain import encode_body
 from protocol.errors import ValidationFailed
 from protocol.records import (
     FeeDetail,
+    Override,
     Person,
     Settlement,
     Visit,
@@ -81,6 +82,12 @@ class _LineIn(msgspec.Struct, forbid_unknown_fields=True):
     chrgitm_lv: Annotated[str, Meta(pattern=r"^[ABC]$")] | None = None
 
 
+class _OverrideIn(msgspec.Struct, forbid_unknown_fields=True):
+    rule_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    dr_codg: Code
+    reason: Annotated[str, Meta(min_length=2, max_length=200)]
+
+
 class _SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
     fixmedins_code: Code
     his_setl_no: Code
@@ -92,6 +99,8 @@ class _SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
     opter_name: Text | None = None
     mdtrt_cert_type: Annotated[str, Meta(pattern=r"^0[1-3]$")] | None = None
     mdtrt_cert_no: Code | None = None
+    #: A doctor's overrides of rules that allow one (recorded with the settlement).
+    overrides: Annotated[list[_OverrideIn], Meta(max_length=50)] = []
     fund_pay_sumamt: Decimal | None = None
     hifp_pay: Decimal | None = None
     hifmi_pay: Decimal | None = None
@@ -229,6 +238,7 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
         medfee_sumamt=_fen(src.medfee_sumamt, "medfee_sumamt", problems) or 0,
         opter=src.opter,
         opter_name=src.opter_name,
+        overrides=[Override(dr_codg=o.dr_codg, reason=o.reason, rule_id=o.rule_id) for o in src.overrides],
         psn=Person(
             brdy=brdy,
             card_sn=psn.card_sn,

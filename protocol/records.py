@@ -31,8 +31,10 @@ __all__ = [
     "CERT_TYPES",
     "SPLIT_FIELDS",
     "FeeDetail",
+    "Override",
     "Person",
     "Reversal",
+    "RuleHit",
     "Settlement",
     "Visit",
     "check_reversal",
@@ -79,10 +81,34 @@ class FeeDetail(msgspec.Struct, kw_only=True):
     det_item_fee_sumamt: int
     dosage: str | None = None
     feedetl_sn: str
+    #: Wholly self-paid part of the line (fen): class C, not in the catalogue, or moved to self-pay
+    #: by an in-event rule. National name; None until the split is computed.
+    fulamt_ownpay_amt: int | None = None
     list_type: str
     med_list_codg: str
     medins_list_name: str
+    #: Class B "paid first by the person" part (fen), national name; None until computed.
+    preselfpay_amt: int | None = None
     pric: str
+
+
+class Override(msgspec.Struct, kw_only=True):
+    """A doctor's override of a rule that allows one, carried to the centre with the settlement."""
+
+    dr_codg: str
+    reason: str
+    rule_id: str
+
+
+class RuleHit(msgspec.Struct, kw_only=True):
+    """What a rule found at the desk, recorded with the settlement (enforced, shadow or overridden)."""
+
+    action: str
+    lines: list[str] = []
+    mode: str
+    outcome: str  # refused | self_pay | prompted | overridden | shadow
+    rule_id: str
+    rule_version: int
 
 
 class Settlement(msgspec.Struct, kw_only=True):
@@ -100,8 +126,10 @@ class Settlement(msgspec.Struct, kw_only=True):
     medfee_sumamt: int
     opter: str
     opter_name: str | None = None
+    overrides: list[Override] = []
     psn: Person
     psn_cash_pay: int | None = None
+    rule_hits: list[RuleHit] = []
     setl_id: str
     setl_time: str
 
@@ -287,6 +315,10 @@ def settlement_problems(rec: Settlement) -> list[dict[str, str]]:
                     ),
                 }
             )
+        for part in ("fulamt_ownpay_amt", "preselfpay_amt"):
+            value = getattr(line, part)
+            if value is not None and not 0 <= value <= line.det_item_fee_sumamt:
+                problems.append({"field": f"{where}.{part}", "message": "must be between 0 and the line total"})
         total += line.det_item_fee_sumamt
     problems.extend(_cert_problems(rec))
     if rec.medfee_sumamt < 0:
