@@ -318,7 +318,9 @@ def settlement_problems(rec: Settlement) -> list[dict[str, str]]:
         for part in ("fulamt_ownpay_amt", "preselfpay_amt"):
             value = getattr(line, part)
             if value is not None and not 0 <= value <= line.det_item_fee_sumamt:
-                problems.append({"field": f"{where}.{part}", "message": "must be between 0 and the line total"})
+                problems.append(
+                    {"field": f"{where}.{part}", "message": "must be between 0 and the line total"}
+                )
         total += line.det_item_fee_sumamt
     problems.extend(_cert_problems(rec))
     if rec.medfee_sumamt < 0:
