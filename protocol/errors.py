@@ -15,14 +15,18 @@ from typing import Any
 __all__ = [
     "BadSignature",
     "BatchRefused",
+    "BenefitNotFound",
     "BundleInvalid",
     "CardDataInvalid",
     "ChainBroken",
     "DecodeError",
     "EncodingError",
     "FieldError",
+    "KnowledgeInvalid",
     "LimitExceeded",
+    "PolicyInvalid",
     "ProtocolError",
+    "RulesInvalid",
     "ValidationFailed",
     "VoucherBadSignature",
     "VoucherError",
@@ -179,3 +183,51 @@ def error_body(code: str, message: str, details: list[dict[str, Any]] | None = N
     if details:
         body["details"] = details
     return {"error": body}
+
+
+class PolicyInvalid(ProtocolError):
+    """A ``policy`` document (benefit parameters) that does not validate.
+
+    ``details`` lists every problem as ``{"field": "benefits[2].segments[1].fund_ratio", "message": …}``;
+    ``problems`` has them as ``"field: message"`` lines, the form the centre's ``DocumentInvalid`` takes.
+    """
+
+    code = "policy_invalid"
+    http_status = 422
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in self.details]
+
+
+class BenefitNotFound(ProtocolError):
+    """The policy has no benefit row for the bill's year, insurance type, person type, hospital level and
+    medical type (nor a row for every medical type), so the fund share cannot be computed."""
+
+    code = "benefit_not_found"
+    http_status = 422
+
+
+class RulesInvalid(ProtocolError):
+    """A rules document (or a rule given in code) does not follow the rule format of docs/RULES.md.
+
+    ``problems`` lists every problem as ``"path: message"`` (``rules[3].params.window_days: …``);
+    ``details`` carries the same as ``{"field", "message"}`` maps.
+    """
+
+    code = "rules_invalid"
+    http_status = 422
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        details = []
+        for text in self.problems:
+            field, sep, rest = text.partition(": ")
+            details.append({"field": field, "message": rest} if sep else {"field": "", "message": text})
+        super().__init__(message, details=details)
+
+
+class KnowledgeInvalid(RulesInvalid):
+    """A catalogue (knowledge base) document does not follow the import format of docs/RULES.md."""
+
+    code = "knowledge_invalid"

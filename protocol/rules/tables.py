@@ -1,0 +1,133 @@
+"""The line tables the rules run over: ``hist_lines`` (past settlements) and ``cur_lines`` (being checked).
+
+The same at the agent and at the centre, so one SQL text serves one person's bill at the edge and
+a whole batch of settlements at the centre. ``hist_lines`` has exactly the contract's columns;
+``cur_lines`` has them too, then ``gend, brdy, insutype, psn_type`` (the person's attributes at
+the checked settlement: the gender and age templates and the insurance-type filter need them when
+many persons are checked at once). The rules read the person's attributes from ``cur_lines``
+only, never from ``hist_lines``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from ..records import Settlement
+from .knowledge import KNOWLEDGE_DDL
+
+__all__ = [
+    "CURRENT_COLUMNS",
+    "CURRENT_DDL",
+    "CURRENT_SETL_ID",
+    "HISTORY_DDL",
+    "HIST_COLUMNS",
+    "PERSON_COLUMNS",
+    "create_current",
+    "ensure_tables",
+    "history_rows_from_settlement",
+    "join_diagnoses",
+    "pric_fen",
+]
+
+#: Columns of ``hist_lines``: exactly the contract's (docs/RULES.md, "Tables"), as at the centre.
+HIST_COLUMNS = (
+    "psn_no", "fixmedins_code", "setl_id", "setl_date", "begn_date", "med_type", "dise_codg",
+    "dr_codg", "dept_codg", "hosp_lv", "feedetl_sn", "med_list_codg", "list_type", "cnt", "pric_fen",
+    "amount_fen", "days",
+)  # fmt: skip
+#: The person's attributes at the checked settlement, which ``cur_lines`` carries after the
+#: history columns (gender and age templates; the insurance-type filter over a batch).
+PERSON_COLUMNS = ("gend", "brdy", "insutype", "psn_type")
+#: Columns of ``cur_lines`` (and of ``Bill.rows``).
+CURRENT_COLUMNS = HIST_COLUMNS + PERSON_COLUMNS
+
+CURRENT_SETL_ID = "CURRENT"
+
+_HIST_SQL = """
+    psn_no TEXT NOT NULL, fixmedins_code TEXT NOT NULL, setl_id TEXT NOT NULL, setl_date TEXT NOT NULL,
+    begn_date TEXT, med_type TEXT, dise_codg TEXT, dr_codg TEXT, dept_codg TEXT, hosp_lv TEXT,
+    feedetl_sn TEXT NOT NULL, med_list_codg TEXT NOT NULL, list_type TEXT NOT NULL, cnt REAL NOT NULL,
+    pric_fen INTEGER NOT NULL, amount_fen INTEGER NOT NULL, days INTEGER"""
+
+#: ``hist_lines`` with its indexes: by person and date (every history read), by person and item
+#: (duplicate medication, frequency), and one row per (settlement, line) so that a settlement stored
+#: twice is ignored and a reversal deletes by ``setl_id``.
+HISTORY_DDL = f"""
+CREATE TABLE IF NOT EXISTS hist_lines ({_HIST_SQL}
+);
+CREATE INDEX IF NOT EXISTS hist_lines_psn_date ON hist_lines (psn_no, setl_date);
+CREATE INDEX IF NOT EXISTS hist_lines_psn_code ON hist_lines (psn_no, med_list_codg, setl_date);
+CREATE UNIQUE INDEX IF NOT EXISTS hist_lines_line ON hist_lines (setl_id, feedetl_sn);
+"""
+
+#: The agent's ``cur_lines``: a TEMP table (per connection), filled by ``evaluate``. Its index
+#: serves the joins within a bill (repeated charges, interactions); the centre's ``cur_lines``
+#: (a batch of many settlements) wants the same index.
+CURRENT_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS cur_lines ({_HIST_SQL},
+    gend TEXT, brdy TEXT, insutype TEXT, psn_type TEXT
+);
+CREATE INDEX IF NOT EXISTS temp.cur_lines_setl ON cur_lines (psn_no, setl_id, med_list_codg);
+"""
+
+_SEPARATORS = re.compile(r"[,;|\s]+")
+
+
+def join_diagnoses(codes: Any) -> str:
+    """Diagnosis codes (a list, or one text with ``,`` ``;`` ``|`` or spaces between) → ``"E11.900,I10.x00"``.
+
+    ``dise_codg`` in the line tables holds every diagnosis of the visit, primary first, joined by
+    ``,``; a rule's prefix matches when any of them starts with it.
+    """
+    parts = _SEPARATORS.split(codes) if isinstance(codes, str) else [str(c).strip() for c in codes]
+    seen: list[str] = []
+    for code in parts:
+        if code and code not in seen:
+            seen.append(code)
+    return ",".join(seen)
+
+
+def pric_fen(pric: str | Decimal) -> int:
+    """Unit price (yuan, up to 6 decimals, text or ``Decimal``) → fen, rounded half-up."""
+    return int((Decimal(pric) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def history_rows_from_settlement(record: Settlement, hosp_lv: str) -> list[tuple]:
+    """Rows for ``hist_lines`` (``HIST_COLUMNS`` order) from a settlement record.
+
+    ``hosp_lv`` is the level of the hospital that settled it (the record does not carry it). Money
+    and unit price in fen, ``cnt`` a float for arithmetic. The caller inserts them (``INSERT OR
+    IGNORE``) and deletes a settlement's rows by ``setl_id`` when it is reversed.
+    """
+    md, psn = record.mdtrt, record.psn
+    setl_date = record.setl_time[:10]
+    begn_date = md.begntime[:10] or setl_date
+    diagnoses = join_diagnoses(md.dise_codg)
+    return [
+        (
+            psn.psn_no, record.fixmedins_code, record.setl_id, setl_date, begn_date, md.med_type, diagnoses,
+            md.dr_codg, md.dept_codg, hosp_lv, line.feedetl_sn, line.med_list_codg, line.list_type,
+            float(Decimal(line.cnt)), pric_fen(line.pric), line.det_item_fee_sumamt, line.days,
+        )
+        for line in record.feedetl
+    ]  # fmt: skip
+
+
+def ensure_tables(conn: sqlite3.Connection) -> None:
+    """Create ``hist_lines`` and empty ``kb_*`` tables where missing (nothing is replaced)."""
+    _run(conn, HISTORY_DDL + KNOWLEDGE_DDL)
+
+
+def create_current(conn: sqlite3.Connection) -> None:
+    """Create the connection's TEMP ``cur_lines`` (and its index) where missing."""
+    _run(conn, CURRENT_DDL)
+
+
+def _run(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of ``script`` on its own (``executescript`` would commit the caller's transaction)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
