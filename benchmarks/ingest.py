@@ -9,9 +9,10 @@ links, decoding and validating every body, building the rows, and one write tran
 per batch on the store's writer thread (WAL, ``synchronous=FULL``).
 
 The baseline inserts exactly the rows that ingestion wrote (read back from its database,
-prebuilt as tuples) into a fresh database with the same schema (``central._schema``), the
-same pragmas, the same statements, ``executemany``, one transaction per batch, and the
-same agent-row update per batch. The ratio is then the cost of verification, decoding and
+prebuilt as tuples: records, settlements and each settlement's ``hist_lines``) into a fresh
+database with the same schema (``central._schema``, indexes included), the same pragmas, the
+same statements, ``executemany``, one transaction per batch, and the same agent-row update per
+batch. The ratio is then the cost of verification, decoding and
 Python row building. Aim: ratio >= 0.5. Rounds alternate which side goes first; figures
 are medians.
 """
@@ -33,6 +34,7 @@ from agent.intake import parse_settlement
 from central._schema import migrate
 from central.enrol import enrol_agent, issue_token
 from central.ingest import _INSERT_RECORD, _INSERT_SETTLEMENT, Ingestor
+from central.lines import HIST_COLUMNS, INSERT_HIST_LINE
 from central.store import Store
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry
@@ -43,7 +45,8 @@ AIM_RATIO = 0.5
 _RECORD_COLUMNS = "agent_id, seq, hash, kind, status, reject_code, reject_message, raw, received_at"
 _SETTLEMENT_COLUMNS = (
     "setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, med_type, setl_time, "
-    "setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id"
+    "setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, mdtrt_cert_type, "
+    "mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay"
 )
 
 
@@ -99,8 +102,12 @@ def run_ingest(path: Path, key: KeyPair, hospital: str, batches: list[bytes], n:
     return rate, prepare_rate
 
 
-def written_rows(path: Path, agent_id: str, n: int) -> tuple[tuple, list[tuple], list[tuple]]:
-    """What ingestion wrote: the agent row as enrolled, and its records and settlements rows."""
+Rows = tuple[tuple, list[tuple], list[tuple], list[list[tuple]]]
+
+
+def written_rows(path: Path, agent_id: str, n: int) -> Rows:
+    """What ingestion wrote: the agent row as enrolled, its records and settlements rows, and the
+    ``hist_lines`` rows of each settlement (by seq)."""
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         agent = con.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
@@ -110,17 +117,27 @@ def written_rows(path: Path, agent_id: str, n: int) -> tuple[tuple, list[tuple],
         settlements = con.execute(
             f"SELECT {_SETTLEMENT_COLUMNS} FROM settlements WHERE agent_id = ? ORDER BY seq", (agent_id,)
         ).fetchall()
+        lines: list[list[tuple]] = [[] for _ in range(n)]
+        cols = ", ".join(f"h.{c}" for c in HIST_COLUMNS)
+        for row in con.execute(
+            f"SELECT s.seq, {cols} FROM hist_lines AS h JOIN settlements AS s USING (setl_id) "
+            "WHERE s.agent_id = ? ORDER BY h.rowid",
+            (agent_id,),
+        ):
+            lines[row[0] - 1].append(row[1:])
     finally:
         con.close()
     if len(records) != n or len(settlements) != n:
         raise Failed(f"ingestion stored {len(records)} records and {len(settlements)} settlements, not {n}")
-    agent = (*agent[:6], 0, bytes(32), None, None)  # as enrolled: nothing acked yet
-    return agent, records, settlements
+    if not all(lines):
+        raise Failed("ingestion stored a settlement without its hist_lines")
+    agent = (*agent[:6], 0, bytes(32), None, None, *agent[10:])  # as enrolled: nothing acked yet
+    return agent, records, settlements, lines
 
 
-def run_raw(path: Path, rows: tuple[tuple, list[tuple], list[tuple]], size: int) -> float:
+def run_raw(path: Path, rows: Rows, size: int) -> float:
     """The same rows, same schema, same pragmas, same statements, one transaction per batch."""
-    agent, records, settlements = rows
+    agent, records, settlements, lines = rows
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
@@ -128,17 +145,21 @@ def run_raw(path: Path, rows: tuple[tuple, list[tuple], list[tuple]], size: int)
         if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
             raise Failed("the baseline database is not in WAL mode")
         migrate(conn)
-        conn.execute("INSERT INTO agents VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", agent)
+        conn.execute(f"INSERT INTO agents VALUES ({', '.join('?' * len(agent))})", agent)
         agent_id = agent[0]
         updates = [
             (records[min(lo + size, len(records)) - 1][1], records[min(lo + size, len(records)) - 1][2], lo)
             for lo in range(0, len(records), size)
         ]
+        batch_lines = [
+            [r for per in lines[lo : lo + size] for r in per] for lo in range(0, len(records), size)
+        ]
         stamp = "2026-11-24T10:00:00+00:00"
         start = time.perf_counter()
-        for last, head, lo in updates:
+        for (last, head, lo), new_lines in zip(updates, batch_lines, strict=True):
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT_SETTLEMENT, settlements[lo : lo + size])
+            conn.executemany(INSERT_HIST_LINE, new_lines)
             conn.executemany(_INSERT_RECORD, records[lo : lo + size])
             conn.execute(
                 "UPDATE agents SET acked_seq = ?, head_hash = ?, last_seen = ? WHERE agent_id = ?",
@@ -147,10 +168,13 @@ def run_raw(path: Path, rows: tuple[tuple, list[tuple], list[tuple]], size: int)
             conn.execute("COMMIT")
         rate = len(records) / (time.perf_counter() - start)
         held = conn.execute("SELECT count(*) FROM settlements").fetchone()[0]
+        held_lines = conn.execute("SELECT count(*) FROM hist_lines").fetchone()[0]
     finally:
         conn.close()
-    if held != len(settlements):
-        raise Failed(f"the baseline holds {held} settlements, expected {len(settlements)}")
+    if held != len(settlements) or held_lines != sum(map(len, lines)):
+        raise Failed(
+            f"the baseline holds {held} settlements and {held_lines} lines, not what ingestion wrote"
+        )
     return rate
 
 
@@ -210,8 +234,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         "raw_insert_rows_per_s",
         m_raw,
         "per_s",
-        note="per record: its records row + settlements row, agent row updated per batch; same schema, "
-        "pragmas (WAL, synchronous=FULL), statements and transactions",
+        note="per record: its records row + settlements row + hist_lines rows, agent row updated per batch; "
+        "same schema, pragmas (WAL, synchronous=FULL), statements and transactions",
     )
     m_prep = median(prepare)
     emit(

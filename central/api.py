@@ -20,6 +20,10 @@ Routes (``protocol.wire`` names the paths and the header):
 - ``POST /v1/agents/report`` msgpack signed ``PolicyReport`` → msgpack ``{"stored": bool}``; errors
   as for batches: 403 ``agent_unknown`` / ``agent_revoked``, 422 ``signature_invalid``, 400
   ``decode_malformed``, 413, 415.
+- ``GET /v1/persons/{psn_no}/history?days=N`` signed by an enrolled agent (``protocol.wire.sign_request``
+  headers) → JSON history and year-to-date totals (``central.history``); JSON errors 401
+  ``request_unsigned`` / ``request_stale``, 403 ``agent_unknown`` / ``agent_revoked``, 422
+  ``signature_invalid``, 400 ``decode_malformed``. The access log of ``serve`` never shows a psn_no.
 
 In the background the server re-signs the snapshot and timestamp before they expire.
 
@@ -43,11 +47,13 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from protocol.wire import (
     BATCH_PATH,
     ENROLL_PATH,
     MSGPACK,
+    PERSON_HISTORY_PATH,
     POLICY_CHANGES_PATH,
     POLICY_REPORT_PATH,
     PROTOCOL_HEADER,
@@ -69,6 +75,7 @@ from .errors import (
     ProtocolUnsupported,
     UnsupportedMediaType,
 )
+from .history import answer_history
 from .ingest import Ingestor
 from .reports import MAX_REPORT_BYTES, agent_views, record_report
 from .store import Store
@@ -81,6 +88,8 @@ __all__ = [
     "STORE_KEY",
     "WATCHER_KEY",
     "ChangeWatcher",
+    "RedactingAccessLogger",
+    "app_runner",
     "create_app",
     "serve",
 ]
@@ -331,6 +340,49 @@ async def batches(request: web.Request) -> web.Response:
     )
 
 
+async def person_history(request: web.Request) -> web.Response:
+    version = None
+    try:
+        version = _version(request)
+        store = request.app[STORE_KEY]
+        body = await store.run_async(
+            lambda: answer_history(
+                store,
+                method=request.method,
+                path_qs=request.raw_path,
+                headers=request.headers,
+                psn_no=request.match_info["psn_no"],
+                days=request.query.getall("days", []),
+                remote=request.remote,
+            )
+        )
+    except CentralError as exc:
+        log.info("history request refused (%s) from %s", exc.code, request.remote)
+        return _error(exc, as_msgpack=False, version=version)
+    except Exception:
+        log.exception("answering a history request failed")
+        return _internal(as_msgpack=False)
+    return web.Response(
+        body=body,
+        content_type="application/json",
+        headers={PROTOCOL_HEADER: str(version), "Cache-Control": "no-store"},
+    )
+
+
+_PERSON_SEGMENT = re.compile(r"^(/v1/persons/)[^/?]*")
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """The server's access log, with the psn_no in ``/v1/persons/…`` paths replaced by ``-``."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        path = _PERSON_SEGMENT.sub(r"\1-", request.path)
+        self.logger.info(
+            '%s "%s %s" %d %d %.1f ms', request.remote, request.method, path, response.status,
+            response.body_length, time * 1000,
+        )  # fmt: skip
+
+
 def create_app(config: CentralConfig) -> web.Application:
     """The application; it opens the store on startup and closes it on cleanup."""
     app = web.Application(client_max_size=config.client_max_size)
@@ -373,7 +425,13 @@ def create_app(config: CentralConfig) -> web.Application:
     app.router.add_get(TUF_TARGETS_PATH + "{path:.+}", tuf_target)
     app.router.add_get(POLICY_CHANGES_PATH, policy_changes)
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
+    app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     return app
+
+
+def app_runner(config: CentralConfig) -> web.AppRunner:
+    """The application's runner, with the access log that never shows a psn_no."""
+    return web.AppRunner(create_app(config), access_log_class=RedactingAccessLogger)
 
 
 async def _watch(watcher: ChangeWatcher, interval: float) -> None:
@@ -407,7 +465,7 @@ async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWat
 async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation), then close the store cleanly."""
     host, port = config.host_port
-    runner = web.AppRunner(create_app(config))
+    runner = app_runner(config)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

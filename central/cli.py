@@ -24,6 +24,12 @@ changes something is recorded in the audit log with ``--operator`` (default ``$U
     root rotate [--add-key PUB]... [--remove-key KEYID]... [--threshold N] [--targets-threshold N]
                 [--rotate-online] [--key FILE]...
     audit [--limit N] [--json]
+
+Hospitals and personal-data access (``central.hospitals``, ``central.history``)::
+
+    hospitals set --hospital CODE --level 0|1|2|3 [--name N] [--admdvs 6DIGITS]   (audited)
+    hospitals list [--json]
+    access-log [--psn-no P] [--agent A] [--limit N] [--json]   who looked up whose history
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
 from .enrol import check_hospital_code, issue_token, revoke_agent
 from .errors import CentralError, ConfigInvalid, SigningRefused
 from .export import export_settlements
+from .history import access_log
+from .hospitals import list_hospitals, set_hospital
 from .policy import Actor, Policy, default_area, set_default_area
 from .reconcile import reconcile, render_table
 from .reports import agent_views
@@ -107,8 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     token_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
     token_p.add_argument("--ttl-hours", type=float, help="hours the token stays valid (default 24)")
     token_p.add_argument("--area", help="pooling area the agent obeys (default: from the hospital code)")
-    token_p.add_argument("--count", type=int, default=1,
-                         help="print N tokens, one per line (a fleet of agents for one hospital)")
+    token_p.add_argument(
+        "--count",
+        type=int,
+        default=1,
+        help="print N tokens, one per line (a fleet of agents for one hospital)",
+    )
 
     agents_p = verbs.add_parser("agents", help="list or revoke enrolled agents")
     agent_verbs = agents_p.add_subparsers(dest="agents_verb", required=True, metavar="ACTION")
@@ -128,7 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     rec_p.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
     rec_p.add_argument("--json", action="store_true", help="JSON instead of a table")
     _policy_parsers(verbs)
+    _hospital_parsers(verbs)
     return parser
+
+
+def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
+    hosp_p = verbs.add_parser("hospitals", help="hospital grades (hosp_lv) the rules and history use")
+    hosp_verbs = hosp_p.add_subparsers(dest="hospitals_verb", required=True, metavar="ACTION")
+    set_p = hosp_verbs.add_parser("set", help="create or update a hospital (audited)")
+    set_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
+    set_p.add_argument("--level", required=True, choices=["0", "1", "2", "3"], help="grade; 0: ungraded")
+    set_p.add_argument("--name", help="the hospital's name")
+    set_p.add_argument("--admdvs", help="administrative division (6 digits)")
+    set_p.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
+    set_p.add_argument("--reason", default="", help="why, for the audit log")
+    hls_p = hosp_verbs.add_parser("list", help="the hospitals the centre knows")
+    hls_p.add_argument("--json", action="store_true", help="one JSON object per line")
+    acc_p = verbs.add_parser("access-log", help="answered history lookups, newest first (no psn_no kept)")
+    acc_p.add_argument("--psn-no", help="only lookups of this person (matched by its SHA-256)")
+    acc_p.add_argument("--agent", help="only lookups by this agent")
+    acc_p.add_argument("--limit", type=int, default=50)
+    acc_p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
@@ -337,6 +369,35 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
     raise ConfigInvalid(f"unknown verb {verb}")  # pragma: no cover - argparse refuses unknown verbs
 
 
+def _hospitals(args: argparse.Namespace, store: Store) -> int:
+    if args.verb == "access-log":
+        if not 1 <= args.limit <= 100_000:
+            raise ConfigInvalid("--limit must be between 1 and 100000")
+        for row in store.read(
+            lambda c: access_log(c, psn_no=args.psn_no, agent_id=args.agent, limit=args.limit)
+        ):
+            if args.json:
+                print(json.dumps(row))
+            else:
+                who = f"{row['agent_id']:<24} {row['fixmedins_code']:<16}"
+                what = f"person {row['psn_hash'][:16]} {row['days']:>3} days {row['rows']:>6} lines"
+                print(f"{row['at']} {who} {what}")
+        return 0
+    if args.hospitals_verb == "list":
+        for row in store.read(list_hospitals):
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                print(f"{row['fixmedins_code']:<16} level {row['hosp_lv']}  {row['admdvs'] or '-':<6}  "
+                      f"{row['name'] or ''}")  # fmt: skip
+        return 0
+    actor = Actor.of(args.operator, args.reason)
+    held = set_hospital(store, actor, args.hospital, args.level, name=args.name, admdvs=args.admdvs)
+    print(f"hospital {held['fixmedins_code']} level {held['hosp_lv']} "
+          f"({held['lines_updated']} history lines updated)", file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.verb == "keys" and args.keys_verb == "generate":
         key = generate_key_file(Path(args.out))
@@ -403,6 +464,8 @@ def _run(args: argparse.Namespace) -> int:
             result = reconcile(store, args.hospital, args.date_from, args.date_to)
             print(json.dumps(result.to_json(), indent=2) if args.json else render_table(result))
             return 0 if result.ok else 2
+        elif args.verb in ("hospitals", "access-log"):
+            return _hospitals(args, store)
         else:
             return _policy(args, config, store)
     return 0

@@ -69,8 +69,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from protocol.benefit import policy_problems
 from protocol.bundles import BLACKLIST_TYPES, KINDS
+from protocol.errors import RulesInvalid
 from protocol.evoucher import load_issuers
+from protocol.rules import load_knowledge, load_ruleset
 
 from .errors import DocumentInvalid
 
@@ -262,134 +265,32 @@ def _kind(value: Any) -> str:
 
 
 def _check_policy(c: _Checker, doc: dict[str, Any]) -> int:
-    c.obj(doc, "", {"area", "benefits"}, {"name"})
-    c.text(doc, "name", "")
-    benefits = c.items(doc, "benefits")
-    seen: dict[tuple[Any, ...], int] = {}
-    for i, row in enumerate(benefits):
-        path = f"benefits[{i}]"
-        required = {"year", "insutype", "psn_type", "hosp_lv", "deductible", "ceiling", "fund_ratio"}
-        if c.obj(row, path, required, {"med_type", "b_class_self_ratio"}) is None:
-            continue
-        c.integer(row, "year", path, 2000, 2100)
-        c.text(row, "insutype", path, pattern=re.compile(r"^[0-9]{3}$"), hint="must be a 3-digit insutype")
-        c.text(row, "psn_type", path, pattern=re.compile(r"^[0-9]{2,4}$"), hint="must be 2-4 digits")
-        c.text(row, "hosp_lv", path, choices=HOSP_LEVELS)
-        c.text(row, "med_type", path, pattern=re.compile(r"^[0-9]{2,4}$"), hint="must be 2-4 digits")
-        c.integer(row, "deductible", path, 0, 10**12, " of fen")
-        c.integer(row, "ceiling", path, 0, 10**12, " of fen")
-        ded, ceil = row.get("deductible"), row.get("ceiling")
-        if type(ded) is int and type(ceil) is int and ceil < ded:
-            c.add(f"{path}.ceiling", f"{ceil} is below the deductible {ded}")
-        c.ratio(row, "fund_ratio", path)
-        c.ratio(row, "b_class_self_ratio", path)
-        key = tuple(str(row.get(k)) for k in ("year", "insutype", "psn_type", "hosp_lv", "med_type"))
-        if key in seen:
-            c.add(path, f"repeats benefits[{seen[key]}] (same year, insutype, psn_type, hosp_lv, med_type)")
-        else:
-            seen[key] = i
-    if not benefits and "benefits" in doc and isinstance(doc["benefits"], list):
-        c.add("benefits", "must hold at least one entry")
-    return len(benefits)
+    # One validator for the centre's publish and the agent's apply: protocol.benefit's.
+    for path, message in policy_problems(doc):
+        if path != "area":  # validate_document checks the area itself
+            c.add(path, message)
+    benefits = doc.get("benefits") if isinstance(doc, dict) else None
+    return len(benefits) if isinstance(benefits, list) else 0
+
+
+def _from_loader(c: _Checker, load: Any, doc: Any, key: str) -> int:
+    # One validator for the centre's publish and the agent's apply: protocol.rules' loaders.
+    try:
+        load(doc)
+    except RulesInvalid as exc:
+        for problem in exc.problems:
+            if not problem.startswith("area:"):  # validate_document checks the area itself
+                c.add("", problem)
+    items = doc.get(key) if isinstance(doc, dict) else None
+    return len(items) if isinstance(items, list) else 0
 
 
 def _check_catalogue(c: _Checker, doc: dict[str, Any]) -> int:
-    c.obj(doc, "", {"area", "items"}, set())
-    items = c.items(doc, "items")
-    seen: dict[str, int] = {}
-    for i, item in enumerate(items):
-        path = f"items[{i}]"
-        optional = {"price_ceiling", "self_pay_ratio", "restrictions"}
-        if c.obj(item, path, {"code", "name", "list_type", "class"}, optional) is None:
-            continue
-        c.text(item, "code", path, pattern=_CODE, hint="must be 6-50 letters and digits")
-        c.text(item, "name", path)
-        c.text(item, "list_type", path, choices=LIST_TYPES)
-        c.text(item, "class", path, choices=("A", "B", "C"))
-        c.ratio(item, "self_pay_ratio", path)
-        if "price_ceiling" in item:
-            ceilings = item["price_ceiling"]
-            where = f"{path}.price_ceiling"
-            if not isinstance(ceilings, dict):
-                c.add(where, f"must be an object of hosp_lv → fen, found {_kind(ceilings)}")
-            else:
-                for lv in ceilings:
-                    if lv not in HOSP_LEVELS:
-                        c.add(f"{where}.{lv}", f"hospital level must be one of {', '.join(HOSP_LEVELS)}")
-                    else:
-                        c.integer(ceilings, lv, where, 0, 10**12, " of fen")
-        if "restrictions" in item:
-            where = f"{path}.restrictions"
-            r = c.obj(item["restrictions"], where, set(), {"gender", "age_min", "age_max", "indications"})
-            if r is not None:
-                c.text(r, "gender", where, choices=("1", "2"))
-                c.integer(r, "age_min", where, 0, 150)
-                c.integer(r, "age_max", where, 0, 150)
-                lo, hi = r.get("age_min"), r.get("age_max")
-                if type(lo) is int and type(hi) is int and lo > hi:
-                    c.add(f"{where}.age_max", f"{hi} is below age_min {lo}")
-                ind = r.get("indications", [])
-                if not isinstance(ind, list) or len(ind) > 20:
-                    c.add(f"{where}.indications", "must be a list of at most 20 strings")
-                else:
-                    for j, text in enumerate(ind):
-                        if not isinstance(text, str) or not 1 <= len(text) <= 500:
-                            c.add(f"{where}.indications[{j}]", "must be a string of 1-500 characters")
-        code = item.get("code")
-        if isinstance(code, str):
-            if code in seen:
-                c.add(f"{path}.code", f"{code!r} repeats items[{seen[code]}]")
-            else:
-                seen[code] = i
-    if not items and isinstance(doc.get("items"), list):
-        c.add("items", "must hold at least one item")
-    return len(items)
-
-
-def _check_param(c: _Checker, value: Any, where: str, nested: bool = False) -> None:
-    text = _fraction(value)
-    if text is not None:
-        c.add(where, f'{text} has a fraction; write a decimal string ("{text}") or an integer')
-    elif isinstance(value, list) and not nested:
-        if len(value) > 10_000:
-            c.add(where, "lists are at most 10000 values")
-        for j, v in enumerate(value):
-            _check_param(c, v, f"{where}[{j}]", nested=True)
-    elif isinstance(value, str):
-        if len(value) > 1000:
-            c.add(where, "strings are at most 1000 characters")
-    elif not isinstance(value, int | bool):
-        c.add(where, f"must be an integer, a string, true/false or a list of them, found {_kind(value)}")
+    return _from_loader(c, load_knowledge, doc, "items")
 
 
 def _check_rules(c: _Checker, doc: dict[str, Any]) -> int:
-    c.obj(doc, "", {"area", "rules"}, set())
-    rules = c.items(doc, "rules")
-    seen: dict[str, int] = {}
-    for i, rule in enumerate(rules):
-        path = f"rules[{i}]"
-        if c.obj(rule, path, {"id", "mode"}, {"name", "description", "params"}) is None:
-            continue
-        c.text(rule, "id", path, pattern=_RULE_ID, hint="must be 1-64 of a-z, 0-9, '_', '.', '-'")
-        c.text(rule, "name", path)
-        c.text(rule, "description", path, max_len=2000)
-        c.text(rule, "mode", path, choices=MODES)
-        params = rule.get("params", {})
-        if not isinstance(params, dict):
-            c.add(f"{path}.params", f"must be an object, found {_kind(params)}")
-        else:
-            for name, value in params.items():
-                if not _PARAM.match(name):
-                    c.add(f"{path}.params.{name}", "parameter names are 1-64 of A-Z, a-z, 0-9, '_'")
-                _check_param(c, value, f"{path}.params.{name}")
-        rid = rule.get("id")
-        if isinstance(rid, str):
-            if rid in seen:
-                c.add(f"{path}.id", f"{rid!r} repeats rules[{seen[rid]}]")
-            else:
-                seen[rid] = i
-    return len(rules)
-
+    return _from_loader(c, load_ruleset, doc, "rules")
 
 def _check_keys(c: _Checker, doc: dict[str, Any]) -> int:
     c.obj(doc, "", {"evoucher_issuers"}, {"area"})

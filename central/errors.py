@@ -28,6 +28,8 @@ __all__ = [
     "MalformedRequest",
     "NotFound",
     "ProtocolUnsupported",
+    "RequestStale",
+    "RequestUnsigned",
     "RootRotationRefused",
     "SchemaTooNew",
     "SignatureInvalid",
@@ -132,6 +134,20 @@ class ChainConflict(CentralError):
 
     code = "chain_conflict"
     http_status = 409
+
+
+class RequestUnsigned(CentralError):
+    """A read of personal data without the agent's signed headers (``protocol.wire.sign_request``)."""
+
+    code = "request_unsigned"
+    http_status = 401
+
+
+class RequestStale(CentralError):
+    """A signed request whose time is further from the centre's clock than ``REQUEST_SKEW_S``."""
+
+    code = "request_stale"
+    http_status = 401
 
 
 class NotFound(CentralError):

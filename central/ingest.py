@@ -19,6 +19,10 @@ step before the write passes, and all writes for a batch are one transaction):
    decode or validate, or repeats a ``setl_id`` already held, is stored as ``rejected`` and
    listed in the ack, and only valid bodies become settlements. Lost markers are kept as
    ``lost``.
+6. In the same transaction, every settlement that became a settlements row adds its fee-detail
+   lines to ``hist_lines`` (``central.lines``; built in ``prepare``), and every reversal that
+   became a row deletes the lines of the settlement it cancels (same ``setl_id`` and hospital).
+   A duplicate batch, a rejected record or a lost marker adds no line.
 
 The ack always carries the highest contiguous seq held (``protocol.wire``): "resend from
 ``acked_seq + 1``" is always right for the agent.
@@ -47,6 +51,7 @@ from .errors import (
     SignatureInvalid,
     from_protocol,
 )
+from .lines import HOSP_LV_INDEX, INSERT_HIST_LINE, line_rows
 from .store import Store, get_agent, now_iso, record_security_event
 
 __all__ = ["Ingestor", "Prepared"]
@@ -67,9 +72,11 @@ _INSERT_RECORD = (
 _INSERT_SETTLEMENT = (
     "INSERT INTO settlements (setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, "
     "med_type, setl_time, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, "
-    "mdtrt_cert_type, mdtrt_cert_no, card_sn) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "mdtrt_cert_type, mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
+_DELETE_LINES = "DELETE FROM hist_lines WHERE setl_id = ? AND fixmedins_code = ?"
+_HOSP_LV = "SELECT hosp_lv FROM hospitals WHERE fixmedins_code = ?"
 
 
 class _Refused(Exception):
@@ -91,6 +98,8 @@ class Prepared:
     prevs: list[bytes | None]  # each record's prev_hash (None for a lost marker)
     records: list[tuple]  # rows for the records table, in seq order
     settlements: list[tuple | None]  # the settlement row of each record, None if not one
+    lines: list[list[tuple] | None]  # each settlement's hist_lines rows, None if not a valid settlement
+    hosp_lv: str | None  # the hospital's grade the lines were built with
 
 
 def _problem_text(exc: ProtocolError) -> str:
@@ -109,8 +118,11 @@ def _amount_problem(rec: Settlement | Reversal) -> str | None:
     return None
 
 
-def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str) -> tuple:
-    """The settlements-table row of a valid body, or ``_Refused`` for what the centre adds to validation.
+def _settlement_row(
+    rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str, hosp_lv: str | None
+) -> tuple[tuple, list[tuple] | None]:
+    """The settlements-table row of a valid body and its ``hist_lines`` rows (None for a reversal),
+    or ``_Refused`` for what the centre adds to validation.
 
     Hot path (once per record): a validated settlement's split parts are non-negative and add up
     to ``medfee_sumamt``, so checking the total alone bounds them all; reversals check each amount.
@@ -129,8 +141,9 @@ def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospita
         return (
             rec.setl_id, agent_id, seq, "setl", rec.his_setl_no, hospital, rec.psn.psn_no, mdtrt.mdtrt_id,
             mdtrt.med_type, setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
-            rec.psn_cash_pay, None, rec.mdtrt_cert_type, rec.mdtrt_cert_no, rec.psn.card_sn,
-        )  # fmt: skip
+            rec.psn_cash_pay, None, rec.mdtrt_cert_type, rec.mdtrt_cert_no, rec.psn.card_sn, rec.hifp_pay,
+            rec.hifmi_pay, rec.hifob_pay,
+        ), line_rows(rec, hospital, setl_date, hosp_lv)  # fmt: skip
     assert isinstance(rec, Reversal)
     problem = _amount_problem(rec)
     if problem:
@@ -138,8 +151,13 @@ def _settlement_row(rec: Settlement | Reversal, agent_id: str, seq: int, hospita
     return (
         rec.setl_id, agent_id, seq, "revs", rec.his_setl_no, hospital, None, None, None, setl_time, setl_date,
         rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay, rec.psn_cash_pay, rec.orig_setl_id,
-        None, None, None,
-    )  # fmt: skip
+        None, None, None, None, None, None,
+    ), None  # fmt: skip
+
+
+def _hosp_lv(conn: sqlite3.Connection, hospital: str) -> str | None:
+    row = conn.execute(_HOSP_LV, (hospital,)).fetchone()
+    return row[0] if row else None
 
 
 class Ingestor:
@@ -184,10 +202,12 @@ class Ingestor:
             self._security_event(batch.agent_id, error, remote)
             raise error from None
         agent_id, hospital, received = batch.agent_id, agent.fixmedins_code, now_iso()
+        hosp_lv = self.store.read(lambda conn: _hosp_lv(conn, hospital))
         hashes: list[bytes] = []
         prevs: list[bytes | None] = []
         records: list[tuple] = []
         settlements: list[tuple | None] = []
+        lines: list[list[tuple] | None] = []
         for rec in linked:
             seq, digest, entry = rec.seq, rec.hash, rec.entry
             hashes.append(digest)
@@ -195,10 +215,11 @@ class Ingestor:
                 prevs.append(None)
                 records.append((agent_id, seq, digest, None, "lost", None, None, rec.raw, received))
                 settlements.append(None)
+                lines.append(None)
                 continue
             prevs.append(entry.prev_hash)
             try:
-                row = _settlement_row(decode_body(entry), agent_id, seq, hospital)
+                row, rows = _settlement_row(decode_body(entry), agent_id, seq, hospital, hosp_lv)
             except ProtocolError as exc:
                 code, message = exc.code, _problem_text(exc)
             except _Refused as exc:
@@ -209,10 +230,12 @@ class Ingestor:
             else:
                 records.append((agent_id, seq, digest, entry.kind, "ok", None, None, rec.raw, received))
                 settlements.append(row)
+                lines.append(rows)
                 continue
             records.append((agent_id, seq, digest, entry.kind, "rejected", code, message, rec.raw, received))
             settlements.append(None)
-        return Prepared(batch, hospital, hashes, prevs, records, settlements)
+            lines.append(None)
+        return Prepared(batch, hospital, hashes, prevs, records, settlements, lines, hosp_lv)
 
     def commit(self, prepared: Prepared, *, remote: str | None = None) -> BatchAck:
         """Step 4 and 5 in one write transaction."""
@@ -291,6 +314,7 @@ class Ingestor:
         if any(r[16] == _CERT_EVOUCHER for r in setl_rows):
             setl_rows = self._claim_vouchers(conn, setl_rows, records, first_index=held_seq + 1, at=stamp)
         self._store_settlements(conn, setl_rows, records, first_index=held_seq + 1)
+        self._store_lines(conn, p, k, records)
         conn.executemany(_INSERT_RECORD, records)
         conn.execute(
             "UPDATE agents SET acked_seq = ?, head_hash = ?, last_seen = ? WHERE agent_id = ?",
@@ -300,6 +324,28 @@ class Ingestor:
         return BatchAck(
             code="stored", acked_seq=last, stored=len(records), duplicates=n_dup, rejected=repeated + rejected
         )
+
+    @staticmethod
+    def _store_lines(conn: sqlite3.Connection, p: Prepared, k: int, records: list[tuple]) -> None:
+        """Rule 6: the lines of the records from index ``k`` that are still ``ok`` after the settlements
+        were stored (a repeated ``setl_id`` or a replayed e-voucher turned theirs into rejections)."""
+        lines: list[tuple] = []
+        cancelled: list[tuple[str, str]] = []
+        for record, rows, setl in zip(records, p.lines[k:], p.settlements[k:], strict=True):
+            if record[4] != "ok":
+                continue
+            if rows is not None:
+                lines += rows
+            elif setl is not None and setl[3] == "revs":
+                cancelled.append((setl[15], setl[5]))  # orig_setl_id, fixmedins_code
+        if lines:
+            held_lv = _hosp_lv(conn, p.hospital)
+            if held_lv != p.hosp_lv:  # an operator set the grade between prepare and now
+                i = HOSP_LV_INDEX
+                lines = [(*r[:i], held_lv, *r[i + 1 :]) for r in lines]
+            conn.executemany(INSERT_HIST_LINE, lines)
+        if cancelled:
+            conn.executemany(_DELETE_LINES, cancelled)
 
     @staticmethod
     def _claim_vouchers(

@@ -70,6 +70,7 @@ __all__ = [
     "Policy",
     "Published",
     "area_of_hospital",
+    "audit_in",
     "default_area",
     "live_targets",
     "newest_seqs",
@@ -690,3 +691,8 @@ def _stage_csv(path: Path, now: str) -> tuple[sqlite3.Connection, int]:
     except BaseException:
         staging.close()
         raise
+
+
+def audit_in(conn: sqlite3.Connection, actor: Actor, action: str, detail: dict[str, Any]) -> None:
+    """Record an operator action that produced no bundle, in the caller's transaction (with its change)."""
+    Policy._audit(conn, actor, action, detail)

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from tuf.ngclient import Updater
 
-from central.api import STORE_KEY, create_app
+from central.api import STORE_KEY, app_runner
 from central.cli import init_home, operator_signers
 from central.config import CentralConfig
 from central.enrol import enrol_agent, issue_token
@@ -215,7 +215,7 @@ def start_server(config: CentralConfig) -> tuple[Server, Callable[[], None]]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
     thread.start()
-    runner = web.AppRunner(create_app(config))
+    runner = app_runner(config)
 
     def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)

@@ -98,8 +98,10 @@ def test_reports_are_verified_and_agents_show_how_far_behind_they_are(server: Se
     policy = Policy(server.store, TufRepository.open(config), config)
     for i in range(3):
         policy.blacklist_add(ACTOR, signers, list_type="card", entry_id=f"C{i}", reason="lost", area=AREA)
-    policy.publish_document(ACTOR, signers, "rules", {"area": AREA, "rules": []})
-    policy.publish_document(ACTOR, signers, "rules", {"area": "370200", "rules": []})  # another area
+    policy.publish_document(ACTOR, signers, "rules", {"area": AREA, "format": 1, "rules": []})
+    policy.publish_document(
+        ACTOR, signers, "rules", {"area": "370200", "format": 1, "rules": []}
+    )  # another area
     (view,) = server.request("GET", "/v1/agents").json()  # type: ignore[misc]
     assert view["pooling_area"] == AREA and view["policy"] is None
     assert view["behind"] == {"blacklist": 3, "rules": 1, "policy": 0, "catalogue": 0, "keys": 0}

@@ -94,19 +94,49 @@ def test_targets_need_an_operator_key(policy, config, tmp_path) -> None:
 
 
 def test_superseded_targets_leave_the_metadata_and_later_the_disk(policy, signers, config) -> None:
-    doc = {"area": AREA, "rules": [{"id": "blacklist", "mode": "enforce"}]}
+    doc = {
+        "area": AREA,
+        "format": 1,
+        "rules": [
+            {
+                "id": "blacklist",
+                "version": 1,
+                "template": "blacklisted",
+                "severity": "block",
+                "mode": "enforce",
+                "action": "refuse",
+            }
+        ],
+    }
     first = policy.publish_document(ACTOR, signers, "rules", doc)
     first_file = (
         policy.repo.targets_dir
         / policy.repo.targets_md().signed.targets[first.target].get_prefixed_paths()[0]
     )
-    second = policy.publish_document(ACTOR, signers, "rules", {**doc, "rules": [{"id": "b", "mode": "off"}]})
+    second = policy.publish_document(
+        ACTOR,
+        signers,
+        "rules",
+        {
+            **doc,
+            "rules": [
+                {
+                    "id": "b",
+                    "version": 1,
+                    "template": "blacklisted",
+                    "severity": "block",
+                    "mode": "off",
+                    "action": "refuse",
+                }
+            ],
+        },
+    )
     listed = policy.repo.targets_md().signed.targets
     assert second.target in listed and first.target not in listed
     assert first_file.exists()  # clients part-way through an update may still fetch it
     for i in range(config.keep_versions):
         policy.publish_document(
-            ACTOR, signers, "rules", {**doc, "rules": [{"id": f"r{i}", "mode": "shadow"}]}
+            ACTOR, signers, "rules", {**doc, "rules": [{**doc["rules"][0], "id": f"r{i}", "mode": "shadow"}]}
         )
     assert not first_file.exists()
     md_names = sorted(p.name for p in policy.repo.metadata_dir.glob("*.targets.json"))
@@ -128,7 +158,7 @@ def test_a_publish_killed_after_the_commit_is_completed_by_the_next(
     assert policy.repo.versions() == before
     assert policy.pending() == [f"{AREA}/blacklist/000000000001.full.bin"]
     # the next operator action publishes both: the interrupted bundle and its own
-    second = policy.publish_document(ACTOR, signers, "rules", {"area": AREA, "rules": []})
+    second = policy.publish_document(ACTOR, signers, "rules", {"area": AREA, "format": 1, "rules": []})
     assert policy.pending() == []
     client = tuf_client(server.url, policy.repo.root_md(1).to_bytes(), tmp_path / "c")
     client.refresh()
