@@ -17,10 +17,12 @@ import msgspec
 from aiohttp import web
 
 from protocol.errors import ProtocolError, ValidationFailed
+from protocol.records import SPLIT_FIELDS
 
 from .card import CardReader
+from .checks import DeskChecks, bill_from_request
 from .config import AgentConfig
-from .errors import AgentError, Blacklisted, BodyTooLarge, NoReader, Unauthorized, VoucherRejected
+from .errors import AgentError, Blacklisted, BodyTooLarge, NoReader, NotFound, Unauthorized, VoucherRejected
 from .evoucher import VoucherVerifier
 from .identity import CERT_TYPE_EVOUCHER, Identity
 from .intake import parse_reversal, parse_settlement
@@ -92,6 +94,7 @@ def create_app(
     vouchers: VoucherVerifier | None = None,
     policy: PolicyStore | None = None,
     policy_client: PolicyClient | None = None,
+    desk: DeskChecks | None = None,
 ) -> web.Application:
     """The HIS API; the card reader, the voucher verifier and the policy store are optional (tests).
 
@@ -145,8 +148,44 @@ def create_app(
                     "settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version
                 )
                 raise blacklisted_error(hit)
+        checks = None
+        if desk is not None and desk.active and not outbox.has_settlement(record.his_setl_no):
+            checks = (await desk.settle(record)).to_json()
         receipt = await outbox.append_settlement(record, digest)
-        return web.json_response(receipt.to_json(), status=200 if receipt.duplicate else 201)
+        answer = receipt.to_json()
+        if checks is not None and not receipt.duplicate:
+            answer["checks"] = checks
+        return web.json_response(answer, status=200 if receipt.duplicate else 201)
+
+    async def post_preview(request: web.Request) -> web.Response:
+        record, _digest = parse_settlement(await request.read(), fixmedins_code=config.fixmedins_code or None)
+        if policy is not None:
+            psn = record.psn
+            hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
+            if hit is not None:
+                raise blacklisted_error(hit)
+        checks = (await desk.settle(record)).to_json() if desk is not None and desk.active else None
+        amounts = {k: getattr(record, k) for k in ("medfee_sumamt", *SPLIT_FIELDS)}
+        return web.json_response({"preview": True, "amounts": amounts, "checks": checks})
+
+    async def post_prescription(request: web.Request) -> web.Response:
+        if desk is None:
+            raise NotFound("this agent runs without the rule library")
+        bill = bill_from_request(await request.read(), config.fixmedins_code, config.hosp_lv)
+        return web.json_response(await desk.prescription(bill))
+
+    async def get_medications(request: web.Request) -> web.Response:
+        if desk is None:
+            raise NotFound("this agent runs without the rule library")
+        try:
+            days = int(request.query.get("days", "90"))
+        except ValueError:
+            days = 0
+        if not 1 <= days <= 366:
+            raise ValidationFailed(
+                "bad query parameter", details=[{"field": "days", "message": "whole days, 1 to 366"}]
+            )
+        return web.json_response(await desk.medications(request.match_info["psn_no"], days))
 
     def policy_json() -> dict[str, Any] | None:
         if policy_client is not None:
@@ -222,6 +261,9 @@ def create_app(
     app.router.add_post("/v1/settlements/{setl_id}/reversal", post_reversal)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/card", get_card)
+    app.router.add_post("/v1/settlements/preview", post_preview)
+    app.router.add_post("/v1/checks/prescription", post_prescription)
+    app.router.add_get("/v1/persons/{psn_no}/medications", get_medications)
     app.router.add_post("/v1/evoucher", post_evoucher)
     app.router.add_get("/v1/health", health)
     return app

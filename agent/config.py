@@ -71,6 +71,13 @@ class AgentConfig:
     policy_poll_s: float = 300.0
     #: Client timeout of the long-poll change signal (seconds): a bit over the centre's ~30 s hold.
     policy_changes_timeout_s: float = 35.0
+    #: The hospital's grade for benefit and price rules: "1", "2", "3" or "0" (ungraded); set by the
+    #: operator at installation. Empty: unknown (level-specific rules and ceilings do not apply).
+    hosp_lv: str = ""
+    #: The doctor's and cashier's patience for cross-hospital history from the centre (seconds).
+    history_timeout_s: float = 0.3
+    #: Days of history the prescription checks look back.
+    history_days: int = 90
     extra: dict = field(default_factory=dict, repr=False)
 
     @property

@@ -13,10 +13,12 @@ from protocol.batch import KeyPair
 
 from .api import create_app
 from .card import CardReader
+from .checks import DeskChecks
 from .config import AgentConfig
 from .enrol import load_key
 from .errors import PolicyError
 from .evoucher import VoucherVerifier, open_verifier
+from .history import CentralHistory
 from .policy import PolicyClient, issuers_from_keys_bundle
 from .policy_store import Applied, PolicyStore
 from .store import Outbox
@@ -36,6 +38,7 @@ def open_outbox(config: AgentConfig) -> Outbox:
         min_free_disk_bytes=config.min_free_disk_bytes,
         group_max=config.group_max,
         retention_s=config.retention_s,
+        hosp_lv=config.hosp_lv,
     )
 
 
@@ -74,6 +77,10 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
     policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)
+    history = CentralHistory(config.central_url, config.agent_id, key, timeout_s=config.history_timeout_s)
+    desk = DeskChecks(
+        config.db_path, policy_store, history, hosp_lv=config.hosp_lv, history_days=config.history_days
+    )
     app = create_app(
         config,
         outbox,
@@ -83,6 +90,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         vouchers=vouchers,
         policy=policy_store,
         policy_client=policy_client,
+        desk=desk,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -115,6 +123,8 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await history.close()
+        desk.close()
         outbox.close()
         policy_store.close()
         card_reader.close()

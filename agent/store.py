@@ -39,6 +39,7 @@ import sqlite_utils
 from protocol.chain import GENESIS, LOST_MARKER_LEN, decode_entry, encode_body, encode_entry
 from protocol.errors import ProtocolError
 from protocol.records import Reversal, Settlement, fen_to_text
+from protocol.rules import HIST_COLUMNS, HISTORY_DDL, history_rows_from_settlement
 from protocol.wire import Rejection
 
 from .errors import AgentError, DiskNearlyFull, HisSetlNoConflict, NotFound, OutboxFull, StoreError
@@ -48,7 +49,7 @@ __all__ = ["SCHEMA_VERSION", "Outbox", "Pending", "Receipt"]
 
 log = logging.getLogger("yibao.agent.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -104,7 +105,16 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """This hospital's settled lines per person (``hist_lines`` of the rule library), kept with the
+    outbox in the same transaction, so local history never disagrees with what was settled."""
+    for statement in HISTORY_DDL.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS hist_lines_setl_line ON hist_lines (setl_id, feedetl_sn)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -192,8 +202,11 @@ class Outbox:
         min_free_disk_bytes: int = 256 * 1024**2,
         group_max: int = 256,
         retention_s: float = 7 * 24 * 3600,
+        hosp_lv: str = "",
     ) -> None:
         self.path = Path(path)
+        #: The hospital's grade, written into the local history lines (the record does not carry it).
+        self.hosp_lv = hosp_lv
         self.agent_id = agent_id
         self.max_records = max_records
         self.max_bytes = max_bytes
@@ -403,6 +416,11 @@ class Outbox:
                 time.time(),
             ),
         )
+        conn.executemany(
+            f"INSERT OR IGNORE INTO hist_lines ({', '.join(HIST_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(HIST_COLUMNS))})",
+            history_rows_from_settlement(record, self.hosp_lv),
+        )
         return Receipt(record.setl_id, seq, digest_h, "setl", False, record.medfee_sumamt)
 
     async def append_settlement(self, record: Settlement, digest: bytes) -> Receipt:
@@ -454,6 +472,7 @@ class Outbox:
             "UPDATE settlements SET reversal_setl_id=?, reversal_seq=?, reversal_hash=? WHERE setl_id=?",
             (record.setl_id, seq, digest, orig_setl_id),
         )
+        conn.execute("DELETE FROM hist_lines WHERE setl_id=?", (orig_setl_id,))  # reversed: no history
         return Receipt(record.setl_id, seq, digest, "revs", False, -total, orig_setl_id)
 
     async def append_reversal(self, orig_setl_id: str, req: ReversalRequest, fixmedins_code: str) -> Receipt:

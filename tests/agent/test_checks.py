@@ -1,0 +1,178 @@
+"""The rule library and the split at the desk, with the sample rules, catalogue and policy bundles
+applied to a real policy store, local history in a real outbox, and no centre (offline)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.checks import DeskChecks, RuleRefused, bill_from_request
+from agent.intake import parse_settlement
+from agent.policy_store import PolicyStore
+from agent.store import Outbox
+from protocol.bundles import BundleHeader
+from tests.conftest import example_settlement
+
+SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
+OMEPRAZOLE = "XA02BCA211A010010102134"  # class A, ceiling 6.90, max 14 days acute
+FEMALE_ONLY = "XG03DAP078B002010100156"  # class A drug, gender 2 only, ceiling 2.15
+CLASS_C = "009900000010000"  # class C service, ceiling 5.50 at level 3
+
+
+def _body(tag: str, lines: list[tuple[str, str, str, int | None, str]], **extra) -> bytes:
+    """A settlement for the example person (male, outpatient 11) with lines (code, cnt, pric, days, type)."""
+    d = example_settlement(tag)
+    feedetl, total = [], 0
+    for i, (code, cnt, pric, days, list_type) in enumerate(lines):
+        fen = round(float(cnt) * float(pric) * 100)
+        total += fen
+        line = {
+            "feedetl_sn": f"{tag}-{i}",
+            "list_type": list_type,
+            "med_list_codg": code,
+            "medins_list_name": code,
+            "cnt": cnt,
+            "pric": pric,
+            "det_item_fee_sumamt": f"{fen / 100:.2f}",
+        }
+        feedetl.append(line | ({"days": days} if days else {}))  # fmt: skip
+    d["feedetl"] = feedetl
+    d["medfee_sumamt"] = f"{total / 100:.2f}"
+    for name in ("fund_pay_sumamt", "hifp_pay", "hifmi_pay", "hifob_pay", "acct_pay", "psn_cash_pay"):
+        d.pop(name, None)
+    d.update(extra)
+    return json.dumps(d).encode()
+
+
+@pytest.fixture
+def desk(tmp_path):
+    outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", hosp_lv="3")
+    store = PolicyStore(tmp_path / "policy.db")
+    for seq, kind in enumerate(("rules", "catalogue", "policy"), start=1):
+        doc = json.loads((SAMPLES / f"{kind}.json").read_text())
+        store.apply_document(BundleHeader(kind, "370200", seq, None, "2026-11-25T00:00:00Z"), doc)
+    checks = DeskChecks(tmp_path / "agent.db", store, None, hosp_lv="3")
+    yield checks, outbox
+    checks.close()
+    store.close()
+    outbox.close()
+
+
+def test_doctor_sees_a_duplicate_from_earlier_dispensing_even_offline(desk):
+    checks, outbox = desk
+    earlier, digest = parse_settlement(_body("EARLY", [(OMEPRAZOLE, "1", "6.90", 14, "101")]))
+    outbox.append_settlement_sync(earlier, digest)
+    request = {
+        "psn": {"psn_no": earlier.psn.psn_no, "gend": "1", "brdy": "1958-04-02"},
+        "mdtrt": {"med_type": "11", "dise_codg": "K21.9", "begntime": "2026-11-25T09:00:00+08:00"},
+        "lines": [{"feedetl_sn": "1", "med_list_codg": OMEPRAZOLE, "cnt": "1", "pric": "6.90", "days": 14,
+                   "list_type": "101"}],
+    }  # fmt: skip
+    answer = asyncio.run(
+        checks.prescription(bill_from_request(json.dumps(request).encode(), "H37021100001", "3"))
+    )
+    assert answer["local_only"] is True and answer["cross_hospital"] is False  # no centre: said so
+    dup = [p for p in answer["prompts"] if p["rule_id"] == "dup_med_same_drug"]
+    assert dup and dup[0]["severity"] == "warn" and dup[0]["evidence"]
+    assert dup[0]["evidence"][0]["setl_date"] == earlier.setl_time[:10]
+
+
+def test_price_above_the_ceiling_refuses_the_settlement(desk):
+    checks, _outbox = desk
+    record, _ = parse_settlement(_body("PRICE", [(OMEPRAZOLE, "1", "9.90", 7, "101")]))
+    with pytest.raises(RuleRefused) as err:
+        asyncio.run(checks.settle(record))
+    assert err.value.code == "rule_refused" and err.value.details[0]["rule_id"] == "price_over_ceiling"
+
+
+def test_a_restricted_item_moves_to_self_pay_unless_a_doctor_overrides_and_the_split_adds_up(desk):
+    checks, _outbox = desk
+    lines = [
+        (OMEPRAZOLE, "2", "6.90", 7, "101"),
+        (FEMALE_ONLY, "10", "2.15", 10, "101"),
+        (CLASS_C, "1", "5.50", None, "201"),
+    ]
+    record, _ = parse_settlement(_body("SELF", lines))
+    outcome = asyncio.run(checks.settle(record))
+    by_rule = {r.rule_id: r for r in record.rule_hits}
+    assert by_rule["gender_restriction"].outcome == "self_pay" and "SELF-1" in outcome.self_pay_lines
+    assert record.feedetl[1].fulamt_ownpay_amt == record.feedetl[1].det_item_fee_sumamt  # wholly self-paid
+    assert record.feedetl[2].fulamt_ownpay_amt == record.feedetl[2].det_item_fee_sumamt  # class C
+    assert outcome.split and outcome.split["computed"] is True
+    assert record.fund_pay_sumamt + record.acct_pay + record.psn_cash_pay == record.medfee_sumamt
+    assert (
+        record.psn_cash_pay >= record.feedetl[1].det_item_fee_sumamt + record.feedetl[2].det_item_fee_sumamt
+    )
+
+    override = [{"rule_id": "gender_restriction", "dr_codg": "D0001", "reason": "transgender patient on HRT"}]
+    record, _ = parse_settlement(_body("OVR", lines, overrides=override))
+    outcome = asyncio.run(checks.settle(record))
+    assert {r.rule_id: r.outcome for r in record.rule_hits}["gender_restriction"] == "overridden"
+    assert "OVR-1" not in outcome.self_pay_lines and record.overrides[0].dr_codg == "D0001"
+
+
+def test_shadow_rules_are_recorded_but_change_nothing(desk):
+    checks, outbox = desk
+    for i in range(5):  # frequent_outpatient_visits is shadow: more than 4 visits in 7 days
+        r, d = parse_settlement(_body(f"V{i}", [(OMEPRAZOLE, "1", "6.90", 1, "101")]))
+        outbox.append_settlement_sync(r, d)
+    request = {
+        "psn": {"psn_no": r.psn.psn_no, "gend": "1", "brdy": "1958-04-02"},
+        "mdtrt": {"med_type": "11", "dise_codg": "K21.9", "begntime": "2026-11-25T09:00:00+08:00"},
+        "lines": [{"feedetl_sn": "1", "med_list_codg": CLASS_C, "cnt": "1", "pric": "5.50",
+                   "list_type": "201"}],
+    }  # fmt: skip
+    answer = asyncio.run(
+        checks.prescription(bill_from_request(json.dumps(request).encode(), "H37021100001", "3"))
+    )
+    shadow = [p for p in answer["prompts"] if p["rule_id"] == "frequent_outpatient_visits"]
+    assert shadow and shadow[0]["shadow"] is True and shadow[0]["mode"] == "shadow"
+
+
+def test_the_http_api_refuses_previews_checks_and_lists_medications(desk, tmp_path):
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from agent.api import create_app
+    from agent.config import AgentConfig
+
+    checks, outbox = desk
+    config = AgentConfig(home=tmp_path, agent_id="H1-01", fixmedins_code="H37021100001", hosp_lv="3")
+
+    async def main() -> None:
+        server = TestServer(create_app(config, outbox, None, "t", policy=checks.policy, desk=checks))
+        await server.start_server()
+        try:
+            async with ClientSession(
+                str(server.make_url("/")), headers={"Authorization": "Bearer t"}
+            ) as http:
+                async with http.post(
+                    "/v1/settlements", data=_body("P1", [(OMEPRAZOLE, "1", "9.90", 7, "101")])
+                ) as r:
+                    assert r.status == 422 and (await r.json())["error"]["code"] == "rule_refused"
+                assert outbox.last_seq == 0  # refused: nothing written
+                good = _body(
+                    "G1", [(OMEPRAZOLE, "2", "6.90", 14, "101"), (CLASS_C, "1", "5.50", None, "201")]
+                )
+                async with http.post("/v1/settlements/preview", data=good) as r:
+                    preview = await r.json()
+                    assert r.status == 200 and preview["checks"]["split"]["computed"] is True
+                assert outbox.last_seq == 0  # a preview commits nothing
+                amounts = preview["amounts"]
+                assert amounts["fund_pay_sumamt"] + amounts["acct_pay"] + amounts["psn_cash_pay"] == 1930
+                async with http.post("/v1/settlements", data=good) as r:
+                    settled = await r.json()
+                    assert r.status == 201 and "checks" in settled
+                async with http.get("/v1/persons/37020000000001234567/medications?days=30") as r:
+                    meds = await r.json()
+                assert [m["med_list_codg"] for m in meds["medications"]] == [OMEPRAZOLE]
+                assert meds["medications"][0]["supply_until"] and meds["cross_hospital"] is False
+                async with http.get("/v1/persons/37020000000001234567/medications?days=0") as r:
+                    assert r.status == 400
+        finally:
+            await server.close()
+
+    asyncio.run(main())
