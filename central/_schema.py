@@ -334,12 +334,21 @@ def _m005_person_history(db: sqlite_utils.Database) -> None:
         log.warning("migration 5: %d settlement(s) held ok no longer decode; no lines for them", skipped)
 
 
+def _m006_split_flags(db: sqlite_utils.Database) -> None:
+    """Settlements whose benefit split differs from the centre's recomputation (``central.split_audit``)."""
+    db.execute(
+        "CREATE TABLE split_flags (setl_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, "
+        "fixmedins_code TEXT NOT NULL, checked_at TEXT NOT NULL, differences TEXT NOT NULL) STRICT"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
     _m003_identification,
     _m004_policy,
     _m005_person_history,
+    _m006_split_flags,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

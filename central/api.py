@@ -401,6 +401,7 @@ def create_app(config: CentralConfig) -> web.Application:
         tasks = [
             asyncio.create_task(_watch(watcher, config.changes_check_s), name="tuf-watch"),
             asyncio.create_task(_resign(repo, config, watcher), name="tuf-resign"),
+            asyncio.create_task(_audit_splits(store, repo), name="split-audit"),
         ]
         try:
             yield
@@ -439,6 +440,21 @@ async def _watch(watcher: ChangeWatcher, interval: float) -> None:
         await asyncio.sleep(interval)
         if watcher.poll():
             log.debug("timestamp version %d published", watcher.version)
+
+
+async def _audit_splits(store: Store, repo: TufRepository, interval: float = 5.0) -> None:
+    """Recompute new settlements' splits shortly after ingest (``central.split_audit``), off the hot path."""
+    from .split_audit import audit_splits
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            counts = await loop.run_in_executor(None, audit_splits, store, repo)
+            if counts["flagged"]:
+                log.warning("%d settlement(s) with a split that differs from the centre's", counts["flagged"])
+        except Exception:
+            log.exception("the split audit failed; retrying in %.0f s", interval)
 
 
 async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWatcher) -> None:

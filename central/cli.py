@@ -241,6 +241,13 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     rot_p.add_argument("--targets-threshold", type=int, help="new targets threshold")
     rot_p.add_argument("--rotate-online", action="store_true", help="replace the snapshot and timestamp keys")
 
+    splits_p = verbs.add_parser(
+        "splits", help="recompute held settlements' benefit splits and list those that differ"
+    )
+    splits_p.add_argument("action", choices=("check", "list"),
+                          help="check: audit what is not yet audited; list: the flagged ones")  # fmt: skip
+    splits_p.add_argument("--json", action="store_true")
+
     audit_p = verbs.add_parser("audit", help="the operators' audit log, newest first")
     audit_p.add_argument("--limit", type=int, default=50)
     audit_p.add_argument("--json", action="store_true")
@@ -369,6 +376,37 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
     raise ConfigInvalid(f"unknown verb {verb}")  # pragma: no cover - argparse refuses unknown verbs
 
 
+def _splits(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
+    from .split_audit import audit_splits
+
+    if args.action == "check":
+        total = {"checked": 0, "flagged": 0, "skipped": 0}
+        while True:
+            counts = audit_splits(store, TufRepository.open(config))
+            for k, v in counts.items():
+                total[k] += v
+            if not any(counts.values()):
+                break
+        print(json.dumps(total) if args.json else
+              f"checked {total['checked']}, flagged {total['flagged']}, skipped {total['skipped']} "
+              "(no policy bundle, no split, or no benefit row)")  # fmt: skip
+        return 0
+    sql = (
+        "SELECT setl_id, agent_id, fixmedins_code, checked_at, differences FROM split_flags "
+        "ORDER BY checked_at"
+    )
+    rows = store.read(lambda c: c.execute(sql).fetchall())
+    for setl_id, agent_id, hospital, at, diffs in rows:
+        if args.json:
+            row = {"setl_id": setl_id, "agent_id": agent_id, "fixmedins_code": hospital, "checked_at": at,
+                   "differences": json.loads(diffs)}  # fmt: skip
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            fields = ", ".join(d["field"] for d in json.loads(diffs))
+            print(f"{setl_id:<40} {hospital:<14} {at}  differs in {fields}")
+    return 0
+
+
 def _hospitals(args: argparse.Namespace, store: Store) -> int:
     if args.verb == "access-log":
         if not 1 <= args.limit <= 100_000:
@@ -466,6 +504,8 @@ def _run(args: argparse.Namespace) -> int:
             return 0 if result.ok else 2
         elif args.verb in ("hospitals", "access-log"):
             return _hospitals(args, store)
+        elif args.verb == "splits":
+            return _splits(args, config, store)
         else:
             return _policy(args, config, store)
     return 0
