@@ -300,14 +300,7 @@ class DeskChecks:
             insutype=record.psn.insutype, psn_type=record.psn.psn_type, hosp_lv=self.hosp_lv or "0",
             med_type=record.mdtrt.med_type, lines=tuple(lines),
         )  # fmt: skip
-        ytd_src = remote.ytd or {}
-        ytd = YearToDate(
-            eligible=int(ytd_src.get("medfee_sumamt") or 0),
-            fund_paid=int(ytd_src.get("hifp_pay") or 0),
-            large_amount_paid=int(ytd_src.get("hifmi_pay") or 0) + int(ytd_src.get("hifob_pay") or 0),
-            admissions=int(ytd_src.get("admissions") or 0),
-            deductible_met=0,
-        )
+        ytd = self._year_to_date(record.psn.psn_no, today, remote)
         try:
             split = compute_split(benefits, bill, ytd, year=today.year)
         except BenefitNotFound as exc:
@@ -328,7 +321,43 @@ class DeskChecks:
             "amounts": split.amounts(),
             "explanation": list(split.explanation),
             "ytd_from_centre": remote.ytd is not None,
+            "ytd_partial": remote.ytd is None,
         }
+
+    def _year_to_date(self, psn_no: str, today: dt.date, remote: RemoteHistory) -> YearToDate:
+        """The person's year so far: the centre's totals plus what this agent settled and has not yet
+        uploaded; with no answer from the centre, this hospital's settlements only (``ytd_partial``).
+
+        Approximations shared with the centre's audit (``central.split_audit``), so the two agree:
+        eligible ≈ the year's total cost, and it counts towards a per-year deductible; pooled fund
+        paid ≈ ``hifp_pay``. Totals are not yet kept per benefit pool.
+        """
+        src = remote.ytd or {}
+        acked = 0
+        if remote.ytd is not None:
+            row = self._local.execute("SELECT acked_seq FROM chain WHERE id=1").fetchone()
+            acked = row[0] if row else 0
+        year_start = f"{today.year}-01-01"
+        medfee, fund = self._local.execute(
+            "SELECT coalesce(sum(s.medfee_sumamt), 0), coalesce(sum(s.fund_pay_sumamt), 0) "
+            "FROM settlements AS s WHERE s.reversal_setl_id IS NULL AND s.seq > ? AND s.setl_id IN "
+            "(SELECT setl_id FROM hist_lines WHERE psn_no = ? AND setl_date >= ?)",
+            (acked, psn_no, year_start),
+        ).fetchone()
+        admissions = self._local.execute(
+            "SELECT count(DISTINCT h.setl_id) FROM hist_lines AS h "
+            "JOIN settlements AS s ON s.setl_id = h.setl_id WHERE h.psn_no = ? AND h.setl_date >= ? "
+            "AND s.seq > ? AND (h.med_type LIKE '2%' OR h.med_type = '52')",
+            (psn_no, year_start, acked),
+        ).fetchone()[0]
+        eligible = int(src.get("medfee_sumamt") or 0) + medfee
+        return YearToDate(
+            eligible=eligible,
+            fund_paid=int(src.get("hifp_pay") or 0) + fund,
+            large_amount_paid=int(src.get("hifmi_pay") or 0) + int(src.get("hifob_pay") or 0),
+            admissions=int(src.get("admissions") or 0) + admissions,
+            deductible_met=eligible,
+        )
 
 
 def bill_from_request(body: bytes, fixmedins_code: str = "", hosp_lv: str = "") -> Bill:

@@ -64,7 +64,7 @@ def _ytd(conn: sqlite3.Connection, psn_no: str, setl_time: str, rowid: int) -> Y
     ).fetchone()
     # The same approximation the agent makes from the centre's year-to-date (see agent.checks).
     return YearToDate(eligible=medfee, fund_paid=hifp, large_amount_paid=large, admissions=admissions,
-                      deductible_met=0)  # fmt: skip
+                      deductible_met=medfee)  # fmt: skip
 
 
 def _split_of(rec: Settlement, policy: Policy, kb: Knowledge | None, hosp_lv: str, ytd: YearToDate) -> Any:

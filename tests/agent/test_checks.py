@@ -176,3 +176,16 @@ def test_the_http_api_refuses_previews_checks_and_lists_medications(desk, tmp_pa
             await server.close()
 
     asyncio.run(main())
+
+
+def test_the_year_so_far_counts_this_hospitals_earlier_settlements_offline(desk):
+    checks, outbox = desk
+    first, d1 = parse_settlement(_body("Y1", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
+    asyncio.run(checks.settle(first))
+    outbox.append_settlement_sync(first, d1)
+    second, _ = parse_settlement(_body("Y2", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
+    outcome = asyncio.run(checks.settle(second))
+    assert outcome.split["ytd_partial"] is True  # no centre: this hospital's settlements only
+    # The second bill sees the first one's cost towards the year's deductible: the fund pays no less.
+    assert second.fund_pay_sumamt >= first.fund_pay_sumamt
+    assert second.fund_pay_sumamt + second.acct_pay + second.psn_cash_pay == second.medfee_sumamt
