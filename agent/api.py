@@ -25,7 +25,7 @@ from .config import AgentConfig
 from .errors import AgentError, Blacklisted, BodyTooLarge, NoReader, NotFound, Unauthorized, VoucherRejected
 from .evoucher import VoucherVerifier
 from .identity import CERT_TYPE_EVOUCHER, Identity
-from .intake import parse_reversal, parse_settlement
+from .intake import account_balance, parse_reversal, parse_settlement
 from .policy import PolicyClient, policy_status
 from .policy_store import BlacklistHit, PolicyStore
 from .store import Outbox
@@ -150,7 +150,7 @@ def create_app(
                 raise blacklisted_error(hit)
         checks = None
         if desk is not None and desk.active and not outbox.has_settlement(record.his_setl_no):
-            checks = (await desk.settle(record)).to_json()
+            checks = (await desk.settle(record, acct_balance=account_balance(body))).to_json()
         receipt = await outbox.append_settlement(record, digest)
         answer = receipt.to_json()
         if checks is not None and not receipt.duplicate:
@@ -158,13 +158,16 @@ def create_app(
         return web.json_response(answer, status=200 if receipt.duplicate else 201)
 
     async def post_preview(request: web.Request) -> web.Response:
-        record, _digest = parse_settlement(await request.read(), fixmedins_code=config.fixmedins_code or None)
+        body = await request.read()
+        record, _digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
         if policy is not None:
             psn = record.psn
             hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
             if hit is not None:
                 raise blacklisted_error(hit)
-        checks = (await desk.settle(record)).to_json() if desk is not None and desk.active else None
+        checks = None
+        if desk is not None and desk.active:
+            checks = (await desk.settle(record, acct_balance=account_balance(body))).to_json()
         amounts = {k: getattr(record, k) for k in ("medfee_sumamt", *SPLIT_FIELDS)}
         return web.json_response({"preview": True, "amounts": amounts, "checks": checks})
 

@@ -237,7 +237,9 @@ class DeskChecks:
 
     # ---- in-event ----------------------------------------------------------------------------
 
-    async def settle(self, record: Settlement, *, today: dt.date | None = None) -> DeskOutcome:
+    async def settle(
+        self, record: Settlement, *, today: dt.date | None = None, acct_balance: int | None = None
+    ) -> DeskOutcome:
         """Run the in-event rules and the split on ``record`` (changed in place), or raise ``RuleRefused``."""
         today = today or dt.date.today()
         remote = await self._remote(record.psn.psn_no)
@@ -276,11 +278,18 @@ class DeskChecks:
                 details=[h.to_dict() for h in refused],
             )  # fmt: skip
         record.rule_hits = outcome.recorded
-        outcome.split = await asyncio.to_thread(self._split, record, remote, outcome.self_pay_lines, today)
+        outcome.split = await asyncio.to_thread(
+            self._split, record, remote, outcome.self_pay_lines, today, acct_balance
+        )
         return outcome
 
     def _split(
-        self, record: Settlement, remote: RemoteHistory, forced: set[str], today: dt.date
+        self,
+        record: Settlement,
+        remote: RemoteHistory,
+        forced: set[str],
+        today: dt.date,
+        acct_balance: int | None,
     ) -> dict[str, Any] | None:
         with self._lock:
             self._refresh()
@@ -302,7 +311,7 @@ class DeskChecks:
         )  # fmt: skip
         ytd = self._year_to_date(record.psn.psn_no, today, remote)
         try:
-            split = compute_split(benefits, bill, ytd, year=today.year)
+            split = compute_split(benefits, bill, ytd, year=today.year, acct_balance=acct_balance)
         except BenefitNotFound as exc:
             log.info("no benefit row applies: %s", exc.message)
             return {"computed": False, "reason": exc.message}

@@ -36,7 +36,14 @@ from protocol.records import (
     to_fen,
 )
 
-__all__ = ["ReversalRequest", "new_setl_id", "now_iso", "parse_reversal", "parse_settlement"]
+__all__ = [
+    "ReversalRequest",
+    "account_balance",
+    "new_setl_id",
+    "now_iso",
+    "parse_reversal",
+    "parse_settlement",
+]
 
 Code = Annotated[str, Meta(min_length=1, max_length=64)]
 Digits3 = Annotated[str, Meta(pattern=r"^\d{3}$")]
@@ -99,6 +106,9 @@ class _SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
     opter_name: Text | None = None
     mdtrt_cert_type: Annotated[str, Meta(pattern=r"^0[1-3]$")] | None = None
     mdtrt_cert_no: Code | None = None
+    #: The person's personal-account balance as the HIS read it from the platform (yuan); lets the
+    #: account pay the person's share where the policy allows. Used for the split, not stored.
+    acct_balance: Decimal | None = None
     #: A doctor's overrides of rules that allow one (recorded with the settlement).
     overrides: Annotated[list[_OverrideIn], Meta(max_length=50)] = []
     fund_pay_sumamt: Decimal | None = None
@@ -261,6 +271,19 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
     record.setl_id = new_setl_id(record.fixmedins_code)
     record.setl_time = now_iso()
     return record, digest
+
+
+class _BalanceIn(msgspec.Struct):
+    acct_balance: Decimal | None = None
+
+
+def account_balance(body: bytes) -> int | None:
+    """The ``acct_balance`` of a settlement request in fen (the body was already validated)."""
+    try:
+        value = msgspec.json.decode(body, type=_BalanceIn).acct_balance
+        return to_fen(value) if value is not None and value >= 0 else None
+    except (msgspec.MsgspecError, ValueError):
+        return None
 
 
 def parse_reversal(body: bytes) -> ReversalRequest:

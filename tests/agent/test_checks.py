@@ -189,3 +189,16 @@ def test_the_year_so_far_counts_this_hospitals_earlier_settlements_offline(desk)
     # The second bill sees the first one's cost towards the year's deductible: the fund pays no less.
     assert second.fund_pay_sumamt >= first.fund_pay_sumamt
     assert second.fund_pay_sumamt + second.acct_pay + second.psn_cash_pay == second.medfee_sumamt
+
+
+def test_the_personal_account_pays_the_persons_share_up_to_the_balance_the_his_sends(desk):
+    from agent.intake import account_balance
+
+    checks, _outbox = desk
+    body = _body("ACCT", [(OMEPRAZOLE, "2", "6.90", 7, "101")], acct_balance="5.00")
+    record, _ = parse_settlement(body)
+    assert account_balance(body) == 500
+    asyncio.run(checks.settle(record, acct_balance=account_balance(body)))
+    # 13.80 is below the 800.00 outpatient deductible: all of it is the person's share; the account pays
+    # what its balance allows (5.00) and the rest is cash.
+    assert (record.fund_pay_sumamt, record.acct_pay, record.psn_cash_pay) == (0, 500, 880)
