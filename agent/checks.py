@@ -20,13 +20,23 @@ import datetime as dt
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from protocol.benefit import BillLine, Policy, SplitInput, YearToDate, compute_split, load_policy
+from protocol.benefit import (
+    BillLine,
+    Policy,
+    SplitInput,
+    YearToDate,
+    benefit_pool,
+    compute_split,
+    is_inpatient,
+    load_policy,
+)
 from protocol.errors import BenefitNotFound, ProtocolError
 from protocol.records import RuleHit, Settlement, check_settlement
 from protocol.rules import (
@@ -309,7 +319,19 @@ class DeskChecks:
             insutype=record.psn.insutype, psn_type=record.psn.psn_type, hosp_lv=self.hosp_lv or "0",
             med_type=record.mdtrt.med_type, lines=tuple(lines),
         )  # fmt: skip
-        ytd = self._year_to_date(record.psn.psn_no, today, remote)
+        try:
+            pool = benefit_pool(benefits, bill, year=today.year)
+        except BenefitNotFound as exc:
+            log.info("no benefit row applies: %s", exc.message)
+            return {"computed": False, "reason": exc.message}
+
+        def in_pool(med_type: str) -> bool:
+            try:
+                return benefit_pool(benefits, replace(bill, med_type=med_type), year=today.year) == pool
+            except BenefitNotFound:
+                return False
+
+        ytd = self._year_to_date(record.psn.psn_no, today, remote, in_pool)
         try:
             split = compute_split(benefits, bill, ytd, year=today.year, acct_balance=acct_balance)
         except BenefitNotFound as exc:
@@ -333,40 +355,44 @@ class DeskChecks:
             "ytd_partial": remote.ytd is None,
         }
 
-    def _year_to_date(self, psn_no: str, today: dt.date, remote: RemoteHistory) -> YearToDate:
-        """The person's year so far: the centre's totals plus what this agent settled and has not yet
-        uploaded; with no answer from the centre, this hospital's settlements only (``ytd_partial``).
+    def _year_to_date(
+        self, psn_no: str, today: dt.date, remote: RemoteHistory, in_pool: Callable[[str], bool]
+    ) -> YearToDate:
+        """The person's year so far in the bill's benefit pool: the centre's totals plus what this agent
+        settled and has not yet uploaded; with no answer from the centre, this hospital's only
+        (``ytd_partial``). ``in_pool(med_type)`` says whether a medical type shares the bill's pool.
 
         Approximations shared with the centre's audit (``central.split_audit``), so the two agree:
-        eligible ≈ the year's total cost, and it counts towards a per-year deductible; pooled fund
-        paid ≈ ``hifp_pay``. Totals are not yet kept per benefit pool.
+        eligible ≈ the pool's total cost this year, and it counts towards a per-year deductible;
+        pooled fund paid ≈ ``hifp_pay``.
         """
-        src = remote.ytd or {}
+        eligible = fund = large = admissions = 0
         acked = 0
         if remote.ytd is not None:
+            for med_type, t in (remote.ytd.get("by_med_type") or {}).items():
+                if in_pool(med_type):
+                    eligible += int(t.get("medfee_sumamt") or 0)
+                    fund += int(t.get("hifp_pay") or 0)
+                    large += int(t.get("large_amount_paid") or 0)
+                    admissions += int(t.get("settlements") or 0) if is_inpatient(med_type) else 0
             row = self._local.execute("SELECT acked_seq FROM chain WHERE id=1").fetchone()
             acked = row[0] if row else 0
-        year_start = f"{today.year}-01-01"
-        medfee, fund = self._local.execute(
-            "SELECT coalesce(sum(s.medfee_sumamt), 0), coalesce(sum(s.fund_pay_sumamt), 0) "
-            "FROM settlements AS s WHERE s.reversal_setl_id IS NULL AND s.seq > ? AND s.setl_id IN "
-            "(SELECT setl_id FROM hist_lines WHERE psn_no = ? AND setl_date >= ?)",
-            (acked, psn_no, year_start),
-        ).fetchone()
-        admissions = self._local.execute(
-            "SELECT count(DISTINCT h.setl_id) FROM hist_lines AS h "
-            "JOIN settlements AS s ON s.setl_id = h.setl_id WHERE h.psn_no = ? AND h.setl_date >= ? "
-            "AND s.seq > ? AND (h.med_type LIKE '2%' OR h.med_type = '52')",
-            (psn_no, year_start, acked),
-        ).fetchone()[0]
-        eligible = int(src.get("medfee_sumamt") or 0) + medfee
+        local = self._local.execute(
+            "SELECT h.med_type, s.medfee_sumamt, coalesce(s.fund_pay_sumamt, 0) FROM settlements AS s "
+            "JOIN (SELECT DISTINCT setl_id, med_type FROM hist_lines "
+            "WHERE psn_no = ? AND setl_date >= ?) AS h "
+            "ON h.setl_id = s.setl_id WHERE s.reversal_setl_id IS NULL AND s.seq > ?",
+            (psn_no, f"{today.year}-01-01", acked),
+        ).fetchall()
+        for med_type, medfee, paid in local:
+            if in_pool(med_type):
+                eligible += medfee
+                fund += paid
+                admissions += 1 if is_inpatient(med_type) else 0
         return YearToDate(
-            eligible=eligible,
-            fund_paid=int(src.get("hifp_pay") or 0) + fund,
-            large_amount_paid=int(src.get("hifmi_pay") or 0) + int(src.get("hifob_pay") or 0),
-            admissions=int(src.get("admissions") or 0) + admissions,
+            eligible=eligible, fund_paid=fund, large_amount_paid=large, admissions=admissions,
             deductible_met=eligible,
-        )
+        )  # fmt: skip
 
 
 def bill_from_request(body: bytes, fixmedins_code: str = "", hosp_lv: str = "") -> Bill:

@@ -292,6 +292,7 @@ def _check_catalogue(c: _Checker, doc: dict[str, Any]) -> int:
 def _check_rules(c: _Checker, doc: dict[str, Any]) -> int:
     return _from_loader(c, load_ruleset, doc, "rules")
 
+
 def _check_keys(c: _Checker, doc: dict[str, Any]) -> int:
     c.obj(doc, "", {"evoucher_issuers"}, {"area"})
     issuers = doc.get("evoucher_issuers")

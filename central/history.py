@@ -107,6 +107,14 @@ _YTD_SQL = (
     "AND NOT EXISTS (SELECT 1 FROM settlements AS r WHERE r.orig_setl_id = s.setl_id "
     "AND r.kind = 'revs' AND r.fixmedins_code = s.fixmedins_code)"
 )
+#: The same totals per medical type, so the agent can sum the ones in the bill's benefit pool.
+_YTD_BY_TYPE_SQL = (
+    "SELECT s.med_type, coalesce(sum(s.medfee_sumamt), 0), coalesce(sum(s.hifp_pay), 0), "
+    "coalesce(sum(coalesce(s.hifmi_pay, 0) + coalesce(s.hifob_pay, 0)), 0), count(*) "
+    "FROM settlements AS s WHERE s.psn_no = ? AND s.setl_date BETWEEN ? AND ? AND s.kind = 'setl' "
+    "AND NOT EXISTS (SELECT 1 FROM settlements AS r WHERE r.orig_setl_id = s.setl_id "
+    "AND r.kind = 'revs' AND r.fixmedins_code = s.fixmedins_code) GROUP BY s.med_type"
+)
 _json = msgspec.json.Encoder()
 
 
@@ -185,7 +193,7 @@ def check_query(psn_no: str, days: Sequence[str]) -> tuple[str, int]:
 @dataclass(frozen=True, slots=True)
 class History:
     lines: list[dict[str, Any]]
-    ytd: dict[str, int]
+    ytd: dict[str, Any]
 
 
 def person_history(conn: sqlite3.Connection, psn_no: str, days: int, today: date) -> History:
@@ -204,6 +212,12 @@ def person_history(conn: sqlite3.Connection, psn_no: str, days: int, today: date
         "admissions": admissions,
         "hifp_pay": hifp,
         "hifob_pay": hifob,
+        "by_med_type": {
+            mt: {"medfee_sumamt": m, "hifp_pay": h, "large_amount_paid": la, "settlements": n}
+            for mt, m, h, la, n in conn.execute(
+                _YTD_BY_TYPE_SQL, (psn_no, f"{year:04d}-01-01", f"{year:04d}-12-31")
+            )
+        },
     }
     return History(lines, ytd)
 

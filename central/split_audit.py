@@ -16,13 +16,24 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from protocol.benefit import BillLine, Policy, SplitInput, YearToDate, check_split, compute_split, load_policy
+from protocol.benefit import (
+    BillLine,
+    Policy,
+    SplitInput,
+    YearToDate,
+    benefit_pool,
+    check_split,
+    compute_split,
+    is_inpatient,
+    load_policy,
+)
 from protocol.bundles import read_document
 from protocol.chain import decode_body, decode_entry
-from protocol.errors import ProtocolError
+from protocol.errors import BenefitNotFound, ProtocolError
 from protocol.records import Settlement
 from protocol.rules import Knowledge, load_knowledge
 
@@ -52,22 +63,25 @@ def current_document(conn: sqlite3.Connection, repo: TufRepository, area: str, k
         return read_document(f)[1]
 
 
-def _ytd(conn: sqlite3.Connection, psn_no: str, setl_time: str, rowid: int) -> YearToDate:
-    year = setl_time[:4]
-    medfee, hifp, large, admissions = conn.execute(
-        "SELECT coalesce(sum(medfee_sumamt), 0), coalesce(sum(hifp_pay), 0), "
-        "coalesce(sum(coalesce(hifmi_pay, 0) + coalesce(hifob_pay, 0)), 0), "
-        "coalesce(sum(med_type LIKE '2%' OR med_type = '52'), 0) FROM settlements "
+def _ytd(conn: sqlite3.Connection, psn_no: str, setl_time: str, rowid: int, in_pool: Any) -> YearToDate:
+    """The person's year before this settlement, in its benefit pool (the agent's approximation)."""
+    eligible = fund = large = admissions = 0
+    for med_type, medfee, hifp, la, n in conn.execute(
+        "SELECT med_type, coalesce(sum(medfee_sumamt), 0), coalesce(sum(hifp_pay), 0), "
+        "coalesce(sum(coalesce(hifmi_pay, 0) + coalesce(hifob_pay, 0)), 0), count(*) FROM settlements "
         "WHERE psn_no = ? AND kind = 'setl' AND substr(setl_date, 1, 4) = ? AND rowid < ? "
-        "AND setl_id NOT IN (SELECT orig_setl_id FROM settlements WHERE orig_setl_id IS NOT NULL)",
-        (psn_no, year, rowid),
-    ).fetchone()
-    # The same approximation the agent makes from the centre's year-to-date (see agent.checks).
-    return YearToDate(eligible=medfee, fund_paid=hifp, large_amount_paid=large, admissions=admissions,
-                      deductible_met=medfee)  # fmt: skip
+        "AND setl_id NOT IN (SELECT orig_setl_id FROM settlements WHERE orig_setl_id IS NOT NULL) "
+        "GROUP BY med_type",
+        (psn_no, setl_time[:4], rowid),
+    ):
+        if in_pool(med_type):
+            eligible, fund, large = eligible + medfee, fund + hifp, large + la
+            admissions += n if is_inpatient(med_type) else 0
+    return YearToDate(eligible=eligible, fund_paid=fund, large_amount_paid=large, admissions=admissions,
+                      deductible_met=eligible)  # fmt: skip
 
 
-def _split_of(rec: Settlement, policy: Policy, kb: Knowledge | None, hosp_lv: str, ytd: YearToDate) -> Any:
+def _split_of(rec: Settlement, policy: Policy, kb: Knowledge | None, hosp_lv: str, ytd: Any) -> Any:
     forced = {sn for hit in rec.rule_hits if hit.outcome == "self_pay" for sn in hit.lines}
     items = kb.items if kb is not None else {}
     lines = []
@@ -77,7 +91,16 @@ def _split_of(rec: Settlement, policy: Policy, kb: Knowledge | None, hosp_lv: st
                               item.self_pay_ratio if item else None, x.feedetl_sn in forced))  # fmt: skip
     bill = SplitInput(insutype=rec.psn.insutype, psn_type=rec.psn.psn_type, hosp_lv=hosp_lv or "0",
                       med_type=rec.mdtrt.med_type, lines=tuple(lines))  # fmt: skip
-    return compute_split(policy, bill, ytd, year=int(rec.setl_time[:4]))
+    year = int(rec.setl_time[:4])
+    pool = benefit_pool(policy, bill, year=year)
+
+    def in_pool(med_type: str) -> bool:
+        try:
+            return benefit_pool(policy, replace(bill, med_type=med_type), year=year) == pool
+        except BenefitNotFound:
+            return False
+
+    return compute_split(policy, bill, ytd(in_pool), year=year)
 
 
 def audit_splits(store: Store, repo: TufRepository, *, batch: int = 500) -> dict[str, int]:
@@ -120,7 +143,10 @@ def audit_splits(store: Store, repo: TufRepository, *, batch: int = 500) -> dict
                 counts["skipped"] += 1
                 continue
             try:
-                split = _split_of(rec, policy, kbs[area], hosp_lv or "", _ytd(conn, psn_no, setl_time, rowid))
+                split = _split_of(
+                    rec, policy, kbs[area], hosp_lv or "",
+                    lambda in_pool, p=psn_no, t=setl_time, r=rowid: _ytd(conn, p, t, r, in_pool),
+                )  # fmt: skip
             except ProtocolError as exc:
                 counts["skipped"] += 1
                 log.info("settlement %s: no split to compare (%s)", setl_id, exc.code)

@@ -180,14 +180,13 @@ def test_the_http_api_refuses_previews_checks_and_lists_medications(desk, tmp_pa
 
 def test_the_year_so_far_counts_this_hospitals_earlier_settlements_offline(desk):
     checks, outbox = desk
-    first, d1 = parse_settlement(_body("Y1", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
-    asyncio.run(checks.settle(first))
+    first, d1 = parse_settlement(_body("Y1", [(OMEPRAZOLE, "150", "6.90", 7, "101")]))  # 1035.00
     outbox.append_settlement_sync(first, d1)
-    second, _ = parse_settlement(_body("Y2", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
+    second, _ = parse_settlement(_body("Y2", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))  # 13.80
     outcome = asyncio.run(checks.settle(second))
     assert outcome.split["ytd_partial"] is True  # no centre: this hospital's settlements only
-    # The second bill sees the first one's cost towards the year's deductible: the fund pays no less.
-    assert second.fund_pay_sumamt >= first.fund_pay_sumamt
+    # The first bill met the 800.00 deductible, so the fund shares the second (alone it would not).
+    assert second.fund_pay_sumamt > 0
     assert second.fund_pay_sumamt + second.acct_pay + second.psn_cash_pay == second.medfee_sumamt
 
 
@@ -202,3 +201,23 @@ def test_the_personal_account_pays_the_persons_share_up_to_the_balance_the_his_s
     # 13.80 is below the 800.00 outpatient deductible: all of it is the person's share; the account pays
     # what its balance allows (5.00) and the rest is cash.
     assert (record.fund_pay_sumamt, record.acct_pay, record.psn_cash_pay) == (0, 500, 880)
+
+
+def test_an_inpatient_stay_does_not_count_towards_the_outpatient_pool(desk):
+    checks, outbox = desk
+    big = [(OMEPRAZOLE, "150", "6.90", 7, "101")]  # 1035.00: more than the 800.00 outpatient deductible
+    inpatient = json.loads(_body("IN1", big))
+    inpatient["mdtrt"]["med_type"] = "21"
+    stay, d = parse_settlement(json.dumps(inpatient).encode())
+    outbox.append_settlement_sync(stay, d)
+    bill, _ = parse_settlement(_body("OUT1", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
+    outcome = asyncio.run(checks.settle(bill))
+    # Outpatient (11) is its own pool: the stay adds nothing to its year so far, so the bill is still
+    # under the outpatient deductible and the fund pays nothing ...
+    assert outcome.split["computed"] and bill.fund_pay_sumamt == 0
+    # ... whereas an earlier outpatient bill of the same size does meet it, and the fund pays.
+    earlier, d = parse_settlement(_body("OUT0", big))
+    outbox.append_settlement_sync(earlier, d)
+    again, _ = parse_settlement(_body("OUT2", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
+    asyncio.run(checks.settle(again))
+    assert again.fund_pay_sumamt > 0

@@ -158,7 +158,7 @@ def test_an_unknown_person_gets_an_empty_answer(server: Server, agent: Chain) ->
     body = get(server, agent, _path("P9999")).json()
     assert body["lines"] == [] and body["ytd"] == {  # type: ignore[index]
         "year": _today().year, "medfee_sumamt": 0, "fund_pay_sumamt": 0, "hifmi_pay": 0, "admissions": 0,
-        "hifp_pay": 0, "hifob_pay": 0,
+        "hifp_pay": 0, "hifob_pay": 0, "by_med_type": {},
     }  # fmt: skip
 
 
@@ -184,6 +184,11 @@ def test_year_to_date_totals_across_hospitals(server: Server, agent: Chain, othe
     upload(server, agent, reversal(kept_out, "R0-REV"))  # reversed: not counted
     upload(server, other, visit("B1", today, hospital=OTHER, med_type="14", hifmi=100))
     ytd = get(server, agent, _path(query="?days=1")).json()["ytd"]  # type: ignore[index]
+    by_type = ytd.pop("by_med_type")
+    assert sum(t["medfee_sumamt"] for t in by_type.values()) == 6 * 5120
+    b1 = {"medfee_sumamt": 5120, "hifp_pay": 2900, "large_amount_paid": 100, "settlements": 1}
+    assert by_type["14"] == b1
+    assert sorted(by_type) == ["11", "14", "21", "2101", "22", "52"]
     assert ytd == {
         "year": today.year,
         "medfee_sumamt": 6 * 5120,  # A1-A5 and B1 (at another hospital)
