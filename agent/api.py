@@ -205,6 +205,8 @@ def create_app(
     async def get_status(request: web.Request) -> web.Response:
         policy_state = policy_json()
         alarms = list(outbox.alarms.values()) + (policy_state["alarms"] if policy_state else [])
+        if desk is not None:
+            alarms += list(desk.alarms.values())
         return web.json_response(
             {
                 "agent_id": config.agent_id,

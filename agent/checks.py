@@ -118,6 +118,8 @@ class DeskChecks:
         self._ruleset: RuleSet | None = None
         self._knowledge: Knowledge | None = None
         self._benefits: Policy | None = None
+        #: Bundles held in policy.db that the checks could not load (kind → alarm): shown in /v1/status.
+        self.alarms: dict[str, dict[str, Any]] = {}
 
     def close(self) -> None:
         self._local.close()
@@ -140,7 +142,13 @@ class DeskChecks:
                     "the %s bundle seq %d does not load (%s); keeping the previous one", kind, seq, exc.code
                 )
                 self._seqs[kind] = seq
+                self.alarms[kind] = {
+                    "code": "checks_bundle_unusable",
+                    "message": f"the {kind} bundle seq {seq} does not load ({exc.code}); the checks keep the "
+                    "previous one: ask the central operators to publish a corrected one",
+                }
                 continue
+            self.alarms.pop(kind, None)
             if kind == "rules":
                 self._ruleset = value
             elif kind == "catalogue":

@@ -221,3 +221,19 @@ def test_an_inpatient_stay_does_not_count_towards_the_outpatient_pool(desk):
     again, _ = parse_settlement(_body("OUT2", [(OMEPRAZOLE, "2", "6.90", 7, "101")]))
     asyncio.run(checks.settle(again))
     assert again.fund_pay_sumamt > 0
+
+
+def test_a_rules_bundle_the_checks_cannot_load_keeps_the_previous_rules_and_raises_an_alarm(desk):
+    checks, _outbox = desk
+    record, _ = parse_settlement(_body("BAD0", [(OMEPRAZOLE, "1", "9.90", 7, "101")]))
+    with pytest.raises(RuleRefused):
+        asyncio.run(checks.settle(record))  # the sample rules refuse a price above the ceiling
+    # A bundle TUF delivered and policy.db holds, but whose rules this version cannot load.
+    checks.policy.apply_document(
+        BundleHeader("rules", "370200", 9, None, "2026-11-25T01:00:00Z"),
+        {"area": "370200", "format": 99, "rules": []},
+    )
+    record, _ = parse_settlement(_body("BAD1", [(OMEPRAZOLE, "1", "9.90", 7, "101")]))
+    with pytest.raises(RuleRefused):
+        asyncio.run(checks.settle(record))  # the previous rules still apply
+    assert checks.alarms["rules"]["code"] == "checks_bundle_unusable"
