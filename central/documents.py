@@ -7,44 +7,10 @@ typo must not silently drop a setting); money is integer **fen**; ratios are dec
 (``"0.85"``, at most 4 decimals, 0 to 1); a number with a fraction or exponent is refused (use a
 string); codes are strings. ``area`` is the 6-digit pooling area (``admdvs``) the bundle is for.
 
-policy (``yibao-central policy publish FILE``): benefit parameters::
-
-    {"area": "370200", "name": "optional label",
-     "benefits": [{"year": 2026, "insutype": "310", "psn_type": "11", "hosp_lv": "3",
-                   "med_type": "21",            # optional: omitted = every medical type
-                   "deductible": 120000,         # fen, >= 0
-                   "ceiling": 40000000,          # fen, >= deductible
-                   "fund_ratio": "0.85",         # share the fund pays above the deductible
-                   "b_class_self_ratio": "0.10"  # optional: share of a class-B item paid first by the person
-                   }]}
-
-  ``insutype`` 3 digits (310 employees, 390 residents…), ``psn_type`` 2-4 digits, ``hosp_lv`` one of
-  ``"1"`` ``"2"`` ``"3"`` (hospital grade) or ``"0"`` (ungraded), ``med_type`` 2-4 digits, ``year``
-  2000-2100. Each (year, insutype, psn_type, hosp_lv, med_type) appears once.
-
-catalogue (``yibao-central catalogue import FILE``): what the fund covers::
-
-    {"area": "370200",
-     "items": [{"code": "XC08CAA077A001010100001", "name": "amlodipine besylate tablets 5mg x 28",
-                "list_type": "101",              # 101 western / 102 Chinese patent / 103 herbal / 104 ethnic
-                                                 # drugs, 201 service items, 301 consumables
-                "class": "A",                    # A, B or C (C: not covered)
-                "price_ceiling": {"1": 1960, "2": 1960, "3": 1960},  # optional, fen, per hosp_lv
-                "self_pay_ratio": "0.10",        # optional
-                "restrictions": {"gender": "2", "age_min": 0, "age_max": 18,
-                                 "indications": ["..."]}}]}     # all optional
-
-  ``code`` 6-50 letters and digits, unique; ``name`` 1-200 characters; ``gender`` ``"1"`` male /
-  ``"2"`` female; ages 0-150 with ``age_min <= age_max``; up to 20 indications of up to 500 characters.
-
-rules (``yibao-central rules publish FILE``): the rule set and each rule's mode::
-
-    {"area": "370200",
-     "rules": [{"id": "price_over_ceiling", "name": "optional", "description": "optional",
-                "mode": "enforce",               # enforce | shadow | off
-                "params": {"tolerance_fen": 0}}]}  # optional: name → int, string, bool or a list of them
-
-  ``id`` 1-64 of ``a-z 0-9 _ . -``, unique; parameter names 1-64 of ``A-Za-z0-9_``.
+policy (``yibao-central policy publish FILE``), catalogue (``catalogue import FILE``) and rules
+(``rules publish FILE``) are validated by the protocol's own loaders (``protocol.benefit.load_policy``,
+``protocol.rules.load_knowledge`` / ``load_ruleset``) — the same code an agent runs when it applies
+the bundle; their formats are documented in ``docs/RULES.md``.
 
 keys (``yibao-central keys publish FILE``): e-voucher issuer keys, exactly as ``agent.json`` holds them::
 
@@ -71,6 +37,7 @@ from typing import Any
 
 from protocol.benefit import policy_problems
 from protocol.bundles import BLACKLIST_TYPES, KINDS
+from protocol.document import AREA, HOSP_LEVELS, Checker, kind
 from protocol.errors import RulesInvalid
 from protocol.evoucher import load_issuers
 from protocol.rules import load_knowledge, load_ruleset
@@ -80,6 +47,7 @@ from .errors import DocumentInvalid
 __all__ = [
     "CSV_HEADER",
     "DOCUMENT_KINDS",
+    "HOSP_LEVELS",
     "MAX_DOCUMENT_BYTES",
     "check_area",
     "check_blacklist_fields",
@@ -92,16 +60,8 @@ __all__ = [
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 DOCUMENT_KINDS = tuple(k for k in KINDS if k != "blacklist")
 CSV_HEADER = ["list_type", "id", "reason", "source", "effective_at"]
-HOSP_LEVELS = ("0", "1", "2", "3")
-LIST_TYPES = ("101", "102", "103", "104", "201", "301")
-MODES = ("enforce", "shadow", "off")
 
-_AREA = re.compile(r"^[0-9]{6}$")
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_RATIO = re.compile(r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$")
-_CODE = re.compile(r"^[A-Za-z0-9]{6,50}$")
-_RULE_ID = re.compile(r"^[a-z0-9_.-]{1,64}$")
-_PARAM = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 class _Float:
@@ -111,17 +71,8 @@ class _Float:
         self.text = text
 
 
-def _fraction(value: Any) -> str | None:
-    """The text of a number with a fraction (from JSON, or a float from Python callers); None otherwise."""
-    if isinstance(value, _Float):
-        return value.text
-    if isinstance(value, float):
-        return repr(value)
-    return None
-
-
 def check_area(area: str) -> str:
-    if not isinstance(area, str) or not _AREA.match(area):
+    if not isinstance(area, str) or not AREA.match(area):
         raise DocumentInvalid("the area", [f"area {area!r} must be a 6-digit pooling area code like 370200"])
     return area
 
@@ -187,84 +138,7 @@ def load_json_document(path: Path | str) -> Any:
         raise DocumentInvalid(what, [str(exc)]) from None
 
 
-class _Checker:
-    """Collects problems with their paths while walking a document."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}" if path else message)
-
-    def obj(self, value: Any, path: str, required: set[str], optional: set[str]) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.add(path, f"must be an object, found {_kind(value)}")
-            return None
-        for name in sorted(required - value.keys()):
-            self.add(_join(path, name), "is required")
-        for name in sorted(value.keys() - required - optional):
-            self.add(_join(path, name), "is not a known field")
-        return value
-
-    def text(self, obj: dict[str, Any], name: str, path: str, *, pattern: re.Pattern[str] | None = None,
-             choices: tuple[str, ...] | None = None, max_len: int = 200, hint: str = "") -> None:  # fmt: skip
-        if name not in obj:
-            return
-        value, where = obj[name], _join(path, name)
-        if not isinstance(value, str):
-            self.add(where, f"must be a string, found {_kind(value)}")
-        elif choices is not None and value not in choices:
-            self.add(where, f"{value!r} is not one of {', '.join(choices)}")
-        elif pattern is not None and not pattern.match(value):
-            self.add(where, f"{value!r} {hint}")
-        elif pattern is None and choices is None and not 1 <= len(value) <= max_len:
-            self.add(where, f"must be 1-{max_len} characters")
-
-    def integer(self, obj: dict[str, Any], name: str, path: str, lo: int, hi: int, unit: str = "") -> None:
-        if name not in obj:
-            return
-        value, where = obj[name], _join(path, name)
-        if _fraction(value) is not None:
-            self.add(where, f"{_fraction(value)} has a fraction; write an integer{unit}")
-        elif not isinstance(value, int) or isinstance(value, bool):
-            self.add(where, f"must be an integer{unit}, found {_kind(value)}")
-        elif not lo <= value <= hi:
-            self.add(where, f"{value} is outside {lo}-{hi}")
-
-    def ratio(self, obj: dict[str, Any], name: str, path: str) -> None:
-        if name not in obj:
-            return
-        value, where = obj[name], _join(path, name)
-        if _fraction(value) is not None or (isinstance(value, int) and not isinstance(value, bool)):
-            shown = _fraction(value) or value
-            self.add(where, f'ratios are decimal strings: write "{shown}"')
-        elif not isinstance(value, str) or not _RATIO.match(value):
-            self.add(where, 'must be a decimal string from "0" to "1" with at most 4 decimals, e.g. "0.85"')
-
-    def items(self, doc: dict[str, Any], name: str, path: str = "") -> list[Any]:
-        value = doc.get(name)
-        if name not in doc:
-            return []
-        if not isinstance(value, list):
-            self.add(_join(path, name), f"must be a list, found {_kind(value)}")
-            return []
-        return value
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _kind(value: Any) -> str:
-    if _fraction(value) is not None:
-        return "a number with a fraction"
-    return {
-        dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "an integer",
-        type(None): "null",
-    }.get(type(value), type(value).__name__)  # fmt: skip
-
-
-def _check_policy(c: _Checker, doc: dict[str, Any]) -> int:
+def _check_policy(c: Checker, doc: dict[str, Any]) -> int:
     # One validator for the centre's publish and the agent's apply: protocol.benefit's.
     for path, message in policy_problems(doc):
         if path != "area":  # validate_document checks the area itself
@@ -273,7 +147,7 @@ def _check_policy(c: _Checker, doc: dict[str, Any]) -> int:
     return len(benefits) if isinstance(benefits, list) else 0
 
 
-def _from_loader(c: _Checker, load: Any, doc: Any, key: str) -> int:
+def _from_loader(c: Checker, load: Any, doc: Any, key: str) -> int:
     # One validator for the centre's publish and the agent's apply: protocol.rules' loaders.
     try:
         load(doc)
@@ -285,26 +159,26 @@ def _from_loader(c: _Checker, load: Any, doc: Any, key: str) -> int:
     return len(items) if isinstance(items, list) else 0
 
 
-def _check_catalogue(c: _Checker, doc: dict[str, Any]) -> int:
+def _check_catalogue(c: Checker, doc: dict[str, Any]) -> int:
     return _from_loader(c, load_knowledge, doc, "items")
 
 
-def _check_rules(c: _Checker, doc: dict[str, Any]) -> int:
+def _check_rules(c: Checker, doc: dict[str, Any]) -> int:
     return _from_loader(c, load_ruleset, doc, "rules")
 
 
-def _check_keys(c: _Checker, doc: dict[str, Any]) -> int:
+def _check_keys(c: Checker, doc: dict[str, Any]) -> int:
     c.obj(doc, "", {"evoucher_issuers"}, {"area"})
     issuers = doc.get("evoucher_issuers")
     if "evoucher_issuers" not in doc:
         return 0
     if not isinstance(issuers, dict):
-        c.add("evoucher_issuers", f"must be an object of key id → public key, found {_kind(issuers)}")
+        c.add("evoucher_issuers", f"must be an object of key id → public key, found {kind(issuers)}")
         return 0
     for kid, text in issuers.items():
         try:
             if not isinstance(text, str):
-                raise ValueError(f"must be a string, found {_kind(text)}")
+                raise ValueError(f"must be a string, found {kind(text)}")
             load_issuers({kid: text})
         except ValueError as exc:
             c.add(f"evoucher_issuers.{kid}", str(exc))
@@ -324,13 +198,13 @@ def validate_document(
     """
     if kind not in _CHECKS:
         raise DocumentInvalid(what or kind, [f"unknown document kind {kind!r}; one of {', '.join(_CHECKS)}"])
-    c = _Checker()
+    c = Checker()
     if not isinstance(doc, dict):
-        c.add("", f"the document must be a JSON object, found {_kind(doc)}")
+        c.add("", f"the document must be a JSON object, found {kind(doc)}")
         raise DocumentInvalid(what or f"the {kind} document", c.problems)
     count = _CHECKS[kind](c, doc)
     doc_area = doc.get("area")
-    if doc_area is not None and (not isinstance(doc_area, str) or not _AREA.match(doc_area)):
+    if doc_area is not None and (not isinstance(doc_area, str) or not AREA.match(doc_area)):
         c.add("area", f"{doc_area!r} must be a 6-digit pooling area code like 370200")
     elif area is not None and doc_area is not None and area != doc_area:
         c.add("area", f"the document is for {doc_area} but --area says {area}")

@@ -42,6 +42,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, NamedTuple
 
+from .document import AREA, HOSP_LEVELS, INSUTYPE, Checker
+from .document import fraction as _fraction
+from .document import join as _join
+from .document import kind as _kind
 from .errors import BenefitNotFound, FieldError, PolicyInvalid
 
 __all__ = [
@@ -60,7 +64,6 @@ __all__ = [
     "policy_problems",
 ]
 
-HOSP_LEVELS = ("0", "1", "2", "3")
 DEDUCTIBLE_BASES = ("admission", "year")
 LARGE_AMOUNT_FUNDS = ("hifmi_pay", "hifob_pay")
 MAX_MONEY = 10**12
@@ -69,8 +72,6 @@ _SHOWN = 20  # problems shown in the message (``details`` has them all)
 _SCALE = 10_000  # ratios are held as integer ten-thousandths
 _HALF = _SCALE // 2
 
-_AREA = re.compile(r"^[0-9]{6}$")
-_INSUTYPE = re.compile(r"^[0-9]{3}$")
 _CODE_2_4 = re.compile(r"^[0-9]{2,4}$")
 _POOL = re.compile(r"^[a-z0-9_]{1,32}$")
 _RATIO = re.compile(r"^(0(\.[0-9]{1,4})?|1(\.0{1,4})?)$")
@@ -185,49 +186,16 @@ class Policy:
 # -- validation --------------------------------------------------------------------------------
 
 
-def _fraction(value: Any) -> str | None:
-    """The text of a number with a fraction: a float, a Decimal, or a parser's marker object with a
-    ``text`` attribute (``central.documents`` reads JSON fractions into such markers)."""
-    if isinstance(value, float | Decimal):
-        return str(value)
-    text = getattr(value, "text", None)
-    if isinstance(text, str) and not isinstance(value, str):
-        return text
-    return None
 
 
-def _kind(value: Any) -> str:
-    if _fraction(value) is not None:
-        return "a number with a fraction"
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "an integer"}
-    return "null" if value is None else kinds.get(type(value), type(value).__name__)
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-_Names = frozenset[str] | set[str]
-
-
-class _Checker:
-    """Collects (path, message) problems while walking a document (same wording as the centre's)."""
+class _Checker(Checker):
+    """The shared document walker, keeping (path, message) pairs and checking fields by name."""
 
     def __init__(self) -> None:
-        self.problems: list[tuple[str, str]] = []
+        self.problems: list[tuple[str, str]] = []  # type: ignore[assignment]
 
     def add(self, path: str, message: str) -> None:
-        self.problems.append((path, message))
-
-    def obj(self, value: Any, path: str, required: _Names, optional: _Names) -> dict[str, Any] | None:
-        if not isinstance(value, dict):
-            self.add(path, f"must be an object, found {_kind(value)}")
-            return None
-        for name in sorted(required - value.keys()):
-            self.add(_join(path, name), "is required")
-        for name in sorted(value.keys() - required - optional, key=str):
-            self.add(_join(path, str(name)), "is not a known field")
-        return value
+        self.problems.append((path, message))  # type: ignore[arg-type]
 
     def text(self, obj: dict[str, Any], name: str, path: str, *, pattern: re.Pattern[str] | None = None,
              choices: tuple[str, ...] | None = None, hint: str = "") -> None:  # fmt: skip
@@ -305,7 +273,7 @@ def _check_row(c: _Checker, row: Any, path: str) -> bool:
     if c.obj(row, path, _ROW_REQUIRED, _ROW_OPTIONAL) is None:
         return False
     c.integer(row, "year", path, 2000, 2100)
-    c.text(row, "insutype", path, pattern=_INSUTYPE, hint="must be a 3-digit insutype")
+    c.text(row, "insutype", path, pattern=INSUTYPE, hint="must be a 3-digit insutype")
     c.text(row, "psn_type", path, pattern=_CODE_2_4, hint="must be 2-4 digits")
     c.text(row, "hosp_lv", path, choices=HOSP_LEVELS)
     c.text(row, "med_type", path, pattern=_CODE_2_4, hint="must be 2-4 digits")
@@ -358,7 +326,7 @@ def policy_problems(doc: Any) -> list[tuple[str, str]]:
         return [("", f"the document must be a JSON object, found {_kind(doc)}")]
     c.text(doc, "name", "")
     area = doc.get("area")
-    if "area" in doc and (not isinstance(area, str) or not _AREA.fullmatch(area)):
+    if "area" in doc and (not isinstance(area, str) or not AREA.fullmatch(area)):
         c.add("area", f"{area!r} must be a 6-digit pooling area code like 370200")
     benefits = doc.get("benefits")
     if "benefits" not in doc:

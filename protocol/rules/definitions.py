@@ -13,8 +13,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..document import (
+    AREA,
+    DISE_PREFIX,
+    HOSP_LEVELS,
+    INSUTYPE,
+    MED_TYPE,
+    Checker,
+    fraction,
+    join,
+    kind,
+    summary,
+)
 from ..errors import RulesInvalid
-from ._check import AREA, DISE_PREFIX, HOSP_LEVELS, INSUTYPE, MED_TYPE, Checker, fraction, join, kind, summary
 
 __all__ = [
     "ACTIONS",

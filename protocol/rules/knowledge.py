@@ -15,8 +15,8 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from ..document import AREA, DISE_PREFIX, HOSP_LEVELS, Checker, fraction, join, kind, summary
 from ..errors import KnowledgeInvalid
-from ._check import AREA, DISE_PREFIX, HOSP_LEVELS, Checker, fraction, join, kind, summary
 from .definitions import INTERACTION_SEVERITIES
 
 __all__ = [

@@ -1,9 +1,10 @@
 """Walking an operator's document and collecting every problem with its path.
 
-The same conventions as the centre's document validation (``central/documents.py``): unknown
-fields are refused, money is integer fen, a number with a fraction is refused (decimal values are
-strings), codes are strings. A JSON number with a fraction arrives either as ``float`` (plain
-``json.loads``) or as the centre's marker object with a ``text`` attribute; both are named as such.
+One set of conventions for every document operators publish (rules, catalogue, policy, keys),
+checked by the same code when the centre publishes and when an agent applies: unknown fields are
+refused, money is integer fen, a number with a fraction is refused (decimal values are strings),
+codes are strings. A JSON number with a fraction arrives as ``float`` (plain ``json.loads``), as
+``Decimal``, or as the centre's marker object with a ``text`` attribute; all are named as such.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ def fraction(value: Any) -> str | None:
     """The text of a number with a fraction; None for anything else."""
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, Decimal):
+        return str(value)
     text = getattr(value, "text", None)
     if isinstance(text, str) and not isinstance(value, str | int | list | dict | bool):
         return text
