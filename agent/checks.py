@@ -41,6 +41,7 @@ from protocol.errors import BenefitNotFound, ProtocolError
 from protocol.records import RuleHit, Settlement, check_settlement
 from protocol.rules import (
     HIST_COLUMNS,
+    HISTORY_INSERT,
     Bill,
     Hit,
     Knowledge,
@@ -62,9 +63,6 @@ __all__ = ["DeskChecks", "DeskOutcome", "RuleRefused"]
 
 log = logging.getLogger("yibao.agent.checks")
 
-_HIST_INSERT = (
-    f"INSERT INTO hist_lines ({', '.join(HIST_COLUMNS)}) VALUES ({', '.join('?' * len(HIST_COLUMNS))})"
-)
 _DRUG_TYPES = ("101", "102", "103", "104")
 
 
@@ -183,7 +181,7 @@ class DeskChecks:
             rows.append(tuple(row.get(c) for c in HIST_COLUMNS))
         if exclude:
             rows = [r for r in rows if r[HIST_COLUMNS.index("setl_id")] != exclude]
-        conn.executemany(_HIST_INSERT, rows)
+        conn.executemany(HISTORY_INSERT, rows)
 
     async def _remote(self, psn_no: str) -> RemoteHistory:
         if self.history is None:

@@ -39,7 +39,7 @@ import sqlite_utils
 from protocol.chain import GENESIS, LOST_MARKER_LEN, decode_entry, encode_body, encode_entry
 from protocol.errors import ProtocolError
 from protocol.records import Reversal, Settlement, fen_to_text
-from protocol.rules import HIST_COLUMNS, HISTORY_DDL, history_rows_from_settlement
+from protocol.rules import HISTORY_DDL, HISTORY_INSERT, history_rows_from_settlement
 from protocol.wire import Rejection
 
 from .errors import AgentError, DiskNearlyFull, HisSetlNoConflict, NotFound, OutboxFull, StoreError
@@ -50,6 +50,8 @@ __all__ = ["SCHEMA_VERSION", "Outbox", "Pending", "Receipt"]
 log = logging.getLogger("yibao.agent.store")
 
 SCHEMA_VERSION = 2
+#: A settlement's lines join the local history; OR IGNORE: a line is there once (unique index).
+_HISTORY_INSERT = HISTORY_INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -416,11 +418,7 @@ class Outbox:
                 time.time(),
             ),
         )
-        conn.executemany(
-            f"INSERT OR IGNORE INTO hist_lines ({', '.join(HIST_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(HIST_COLUMNS))})",
-            history_rows_from_settlement(record, self.hosp_lv),
-        )
+        conn.executemany(_HISTORY_INSERT, history_rows_from_settlement(record, self.hosp_lv))
         return Receipt(record.setl_id, seq, digest_h, "setl", False, record.medfee_sumamt)
 
     async def append_settlement(self, record: Settlement, digest: bytes) -> Receipt:

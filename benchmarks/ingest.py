@@ -34,10 +34,11 @@ from agent.intake import parse_settlement
 from central._schema import migrate
 from central.enrol import enrol_agent, issue_token
 from central.ingest import _INSERT_RECORD, _INSERT_SETTLEMENT, Ingestor
-from central.lines import HIST_COLUMNS, INSERT_HIST_LINE
+from central.lines import INSERT_HIST_LINE
 from central.store import Store
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry
+from protocol.rules import HIST_COLUMNS
 from protocol.wire import EnrollRequest
 
 AIM_RATIO = 0.5

@@ -23,9 +23,10 @@ import sqlite_utils
 from protocol.chain import decode_body, decode_entry
 from protocol.errors import ProtocolError
 from protocol.records import Settlement
+from protocol.rules import history_rows_from_settlement
 
 from .errors import SchemaTooNew
-from .lines import INSERT_HIST_LINE, line_rows
+from .lines import INSERT_HIST_LINE
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
 
@@ -301,7 +302,7 @@ def _m005_person_history(db: sqlite_utils.Database) -> None:
     splits: list[tuple] = []
     skipped = 0
     while chunk := held.fetchmany(1000):
-        for agent_id, seq, raw, hospital, setl_date in chunk:
+        for agent_id, seq, raw, _hospital, setl_date in chunk:
             try:
                 rec = decode_body(decode_entry(raw))
             except ProtocolError:  # stored ok by an older, laxer centre: keep it, but not its lines
@@ -311,7 +312,7 @@ def _m005_person_history(db: sqlite_utils.Database) -> None:
                 continue
             if not isinstance(rec, Settlement):
                 continue
-            lines.extend(line_rows(rec, hospital, setl_date, None))
+            lines.extend(history_rows_from_settlement(rec, None, setl_date=setl_date))
             if (rec.hifp_pay, rec.hifmi_pay, rec.hifob_pay) != (None, None, None):
                 splits.append((rec.hifp_pay, rec.hifmi_pay, rec.hifob_pay, agent_id, seq))
         if len(lines) >= 10_000:

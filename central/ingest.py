@@ -39,6 +39,7 @@ from protocol.batch import Batch, BatchLimits, decode_batch, verify_batch
 from protocol.chain import decode_body
 from protocol.errors import BadSignature, ProtocolError
 from protocol.records import Reversal, Settlement
+from protocol.rules import history_rows_from_settlement
 from protocol.wire import BatchAck, Rejection
 
 from .errors import (
@@ -51,7 +52,7 @@ from .errors import (
     SignatureInvalid,
     from_protocol,
 )
-from .lines import HOSP_LV_INDEX, INSERT_HIST_LINE, line_rows
+from .lines import HOSP_LV_INDEX, INSERT_HIST_LINE
 from .store import Store, get_agent, now_iso, record_security_event
 
 __all__ = ["Ingestor", "Prepared"]
@@ -143,7 +144,7 @@ def _settlement_row(
             mdtrt.med_type, setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
             rec.psn_cash_pay, None, rec.mdtrt_cert_type, rec.mdtrt_cert_no, rec.psn.card_sn, rec.hifp_pay,
             rec.hifmi_pay, rec.hifob_pay,
-        ), line_rows(rec, hospital, setl_date, hosp_lv)  # fmt: skip
+        ), history_rows_from_settlement(rec, hosp_lv, setl_date=setl_date)  # fmt: skip
     assert isinstance(rec, Reversal)
     problem = _amount_problem(rec)
     if problem:

@@ -186,8 +186,6 @@ class Policy:
 # -- validation --------------------------------------------------------------------------------
 
 
-
-
 class _Checker(Checker):
     """The shared document walker, keeping (path, message) pairs and checking fields by name."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "CURRENT_DDL",
     "CURRENT_SETL_ID",
     "HISTORY_DDL",
+    "HISTORY_INSERT",
     "HIST_COLUMNS",
     "PERSON_COLUMNS",
     "create_current",
@@ -73,6 +75,7 @@ CREATE TEMP TABLE IF NOT EXISTS cur_lines ({_HIST_SQL},
 CREATE INDEX IF NOT EXISTS temp.cur_lines_setl ON cur_lines (psn_no, setl_id, med_list_codg);
 """
 
+_fromisoformat = datetime.fromisoformat
 _SEPARATORS = re.compile(r"[,;|\s]+")
 
 
@@ -91,29 +94,56 @@ def join_diagnoses(codes: Any) -> str:
 
 
 def pric_fen(pric: str | Decimal) -> int:
-    """Unit price (yuan, up to 6 decimals, text or ``Decimal``) → fen, rounded half-up."""
+    """Unit price (yuan, up to 6 decimals, text or ``Decimal``) → fen, rounded half-up.
+
+    Integer arithmetic on canonical text (the records carry it): this runs once per line at the
+    centre's ingest and at each settlement at the agent.
+    """
+    if isinstance(pric, str):
+        whole, _, frac = pric.partition(".")
+        if whole.isdigit() and (not frac or (frac.isdigit() and len(frac) <= 6)):
+            micro = int(whole) * 1_000_000 + (int(frac) * 10 ** (6 - len(frac)) if frac else 0)
+            return (micro + 5_000) // 10_000
     return int((Decimal(pric) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def history_rows_from_settlement(record: Settlement, hosp_lv: str) -> list[tuple]:
-    """Rows for ``hist_lines`` (``HIST_COLUMNS`` order) from a settlement record.
+def _date_of(text: str) -> str | None:
+    try:
+        return _fromisoformat(text).date().isoformat()
+    except ValueError:
+        return None
 
-    ``hosp_lv`` is the level of the hospital that settled it (the record does not carry it). Money
-    and unit price in fen, ``cnt`` a float for arithmetic. The caller inserts them (``INSERT OR
-    IGNORE``) and deletes a settlement's rows by ``setl_id`` when it is reversed.
+
+def history_rows_from_settlement(
+    record: Settlement, hosp_lv: str | None, *, setl_date: str | None = None
+) -> list[tuple]:
+    """Rows for ``hist_lines`` (``HIST_COLUMNS`` order) from a settlement record — the one builder the
+    agent (its local history) and the centre (ingest and migration 5) both use.
+
+    ``hosp_lv`` is the grade of the hospital that settled it (the record does not carry it; None when
+    unknown). ``setl_date``: the local date of ``setl_time`` when the caller has it already.
+    ``begn_date`` is None when ``begntime`` is not an ISO-8601 time. Money and unit price in fen,
+    ``cnt`` a float for arithmetic, the diagnoses joined (``join_diagnoses``). The caller inserts
+    them and deletes a settlement's rows by ``setl_id`` when it is reversed.
     """
     md, psn = record.mdtrt, record.psn
-    setl_date = record.setl_time[:10]
-    begn_date = md.begntime[:10] or setl_date
-    diagnoses = join_diagnoses(md.dise_codg)
+    if setl_date is None:
+        setl_date = _date_of(record.setl_time) or record.setl_time[:10]
+    head = (
+        psn.psn_no, record.fixmedins_code, record.setl_id, setl_date, _date_of(md.begntime), md.med_type,
+        join_diagnoses(md.dise_codg), md.dr_codg, md.dept_codg, hosp_lv,
+    )  # fmt: skip
     return [
-        (
-            psn.psn_no, record.fixmedins_code, record.setl_id, setl_date, begn_date, md.med_type, diagnoses,
-            md.dr_codg, md.dept_codg, hosp_lv, line.feedetl_sn, line.med_list_codg, line.list_type,
-            float(Decimal(line.cnt)), pric_fen(line.pric), line.det_item_fee_sumamt, line.days,
-        )
+        (*head, line.feedetl_sn, line.med_list_codg, line.list_type, float(line.cnt), pric_fen(line.pric),
+         line.det_item_fee_sumamt, line.days)
         for line in record.feedetl
     ]  # fmt: skip
+
+
+#: The insert of a ``history_rows_from_settlement`` row.
+HISTORY_INSERT = (
+    f"INSERT INTO hist_lines ({', '.join(HIST_COLUMNS)}) VALUES ({', '.join('?' * len(HIST_COLUMNS))})"
+)
 
 
 def ensure_tables(conn: sqlite3.Connection) -> None:

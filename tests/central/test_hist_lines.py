@@ -9,9 +9,10 @@ import pytest
 from central.errors import InternalError
 from central.hospitals import set_hospital
 from central.ingest import Ingestor
-from central.lines import HIST_COLUMNS, pric_fen
 from central.store import Store
 from protocol.records import Settlement
+from protocol.rules import HIST_COLUMNS
+from protocol.rules.tables import pric_fen
 
 from .conftest import ACTOR, HOSPITAL, Chain, enrol, reversal, settlement
 

@@ -16,9 +16,9 @@ import central._schema as schema
 from central.cli import init_home
 from central.config import CentralConfig
 from central.ingest import Ingestor
-from central.lines import HIST_COLUMNS
 from central.store import Store
 from protocol.batch import BatchLimits
+from protocol.rules import HIST_COLUMNS
 
 from .conftest import enrol, reversal, settlement
 
