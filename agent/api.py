@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from protocol.errors import ProtocolError, ValidationFailed
-from protocol.records import SPLIT_FIELDS
+from protocol.records import SPLIT_FIELDS, Settlement
 
 from .card import CardReader
 from .checks import DeskChecks, bill_from_request
@@ -123,6 +123,15 @@ def create_app(
         except ProtocolError as exc:
             return _error(exc.http_status, {"error": exc.to_wire()})
 
+    def refuse_blacklisted(record: Settlement) -> None:
+        if policy is None:
+            return
+        psn = record.psn
+        hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
+        if hit is not None:
+            log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
+            raise blacklisted_error(hit)
+
     async def post_settlement(request: web.Request) -> web.Response:
         body = await request.read()
         record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
@@ -139,35 +148,25 @@ def create_app(
                     }
                 ],
             )
-        if policy is not None:
-            psn = record.psn
-            hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
-            # A retry of a settlement made before the entry arrived is answered as before, not refused.
-            if hit is not None and not outbox.has_settlement(record.his_setl_no):
-                log.info(
-                    "settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version
-                )
-                raise blacklisted_error(hit)
-        checks = None
-        if desk is not None and desk.active and not outbox.has_settlement(record.his_setl_no):
-            checks = (await desk.settle(record, acct_balance=account_balance(body))).to_json()
+        # A retry of a settlement the agent already holds gets its first answer: no checks again.
+        held = outbox.has_settlement(record.his_setl_no)
+        if not held:
+            refuse_blacklisted(record)
+        outcome = None
+        if desk is not None and not held:
+            outcome = await desk.settle(record, acct_balance=account_balance(body))
         receipt = await outbox.append_settlement(record, digest)
         answer = receipt.to_json()
-        if checks is not None and not receipt.duplicate:
-            answer["checks"] = checks
+        if outcome is not None and not receipt.duplicate:
+            answer["checks"] = outcome.to_json()
         return web.json_response(answer, status=200 if receipt.duplicate else 201)
 
     async def post_preview(request: web.Request) -> web.Response:
         body = await request.read()
         record, _digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
-        if policy is not None:
-            psn = record.psn
-            hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
-            if hit is not None:
-                raise blacklisted_error(hit)
-        checks = None
-        if desk is not None and desk.active:
-            checks = (await desk.settle(record, acct_balance=account_balance(body))).to_json()
+        refuse_blacklisted(record)
+        outcome = await desk.settle(record, acct_balance=account_balance(body)) if desk is not None else None
+        checks = outcome.to_json() if outcome is not None else None
         amounts = {k: getattr(record, k) for k in ("medfee_sumamt", *SPLIT_FIELDS)}
         return web.json_response({"preview": True, "amounts": amounts, "checks": checks})
 

@@ -66,6 +66,16 @@ log = logging.getLogger("yibao.agent.checks")
 _DRUG_TYPES = ("101", "102", "103", "104")
 
 
+_SETL_ID, _FEEDETL_SN = HIST_COLUMNS.index("setl_id"), HIST_COLUMNS.index("feedetl_sn")
+
+
+@dataclass(frozen=True)
+class _Bundles:
+    rules: RuleSet | None
+    knowledge: Knowledge | None
+    benefits: Policy | None
+
+
 class RuleRefused(AgentError):
     """An enforce-mode rule refuses the settlement; ``details`` say which rule, which lines and why."""
 
@@ -156,11 +166,11 @@ class DeskChecks:
                 self._benefits = value
             self._seqs[kind] = seq
 
-    @property
-    def active(self) -> bool:
+    def _bundles(self) -> _Bundles:
+        """The bundles in force for one request: refreshed once, then passed along, never re-read."""
         with self._lock:
             self._refresh()
-            return self._ruleset is not None or self._benefits is not None
+            return _Bundles(self._ruleset, self._knowledge, self._benefits)
 
     # ---- history -----------------------------------------------------------------------------
 
@@ -171,7 +181,7 @@ class DeskChecks:
             f"SELECT {', '.join(HIST_COLUMNS)} FROM hist_lines WHERE psn_no = ? AND setl_date >= ?",
             (psn_no, since),
         ).fetchall()
-        seen = {(r[HIST_COLUMNS.index("setl_id")], r[HIST_COLUMNS.index("feedetl_sn")]) for r in rows}
+        seen = {(r[_SETL_ID], r[_FEEDETL_SN]) for r in rows}
         for line in remote.lines:
             key = (line.get("setl_id"), line.get("feedetl_sn"))
             if key in seen:
@@ -180,7 +190,7 @@ class DeskChecks:
             row = {**line, "psn_no": psn_no}
             rows.append(tuple(row.get(c) for c in HIST_COLUMNS))
         if exclude:
-            rows = [r for r in rows if r[HIST_COLUMNS.index("setl_id")] != exclude]
+            rows = [r for r in rows if r[_SETL_ID] != exclude]
         conn.executemany(HISTORY_INSERT, rows)
 
     async def _remote(self, psn_no: str) -> RemoteHistory:
@@ -192,9 +202,10 @@ class DeskChecks:
 
     async def prescription(self, bill: Bill, today: dt.date | None = None) -> dict[str, Any]:
         """Prompts for a doctor: every rule that applies before the fact, shadow ones marked."""
+        bundles = self._bundles()
         remote = await self._remote(bill.psn_no)
         today = today or dt.date.today()
-        hits = await asyncio.to_thread(self._evaluate, bill, remote, "pre", today, None)
+        hits = await asyncio.to_thread(self._evaluate, bundles, bill, remote, "pre", today, None)
         return {
             "prompts": [h.to_dict() | {"shadow": h.shadow} for h in hits],
             "cross_hospital": remote.ok,
@@ -203,22 +214,23 @@ class DeskChecks:
         }
 
     def _evaluate(
-        self, bill: Bill, remote: RemoteHistory, moment: str, today: dt.date, exclude: str | None
+        self,
+        bundles: _Bundles,
+        bill: Bill,
+        remote: RemoteHistory,
+        moment: str,
+        today: dt.date,
+        exclude: str | None,
     ) -> list[Hit]:
+        if bundles.rules is None:
+            return []
         with self._lock:
-            self._refresh()
-            if self._ruleset is None:
-                return []
             since = (today - dt.timedelta(days=self.history_days)).isoformat()
             self._load_history(bill.psn_no, since, remote, exclude)
             return evaluate(
-                self._conn,
-                self._ruleset,
-                bill,
-                moment=moment,
-                today=today,
-                kb_ready=self._knowledge is not None,
-            )
+                self._conn, bundles.rules, bill, moment=moment, today=today,
+                kb_ready=bundles.knowledge is not None,
+            )  # fmt: skip
 
     async def medications(self, psn_no: str, days: int) -> dict[str, Any]:
         remote = await self._remote(psn_no)
@@ -255,12 +267,18 @@ class DeskChecks:
 
     async def settle(
         self, record: Settlement, *, today: dt.date | None = None, acct_balance: int | None = None
-    ) -> DeskOutcome:
-        """Run the in-event rules and the split on ``record`` (changed in place), or raise ``RuleRefused``."""
+    ) -> DeskOutcome | None:
+        """Run the in-event rules and the split on ``record`` (changed in place), or raise ``RuleRefused``.
+
+        None when no rules and no policy bundle have arrived yet: nothing to check, nothing to compute.
+        """
+        bundles = self._bundles()
+        if bundles.rules is None and bundles.benefits is None:
+            return None
         today = today or dt.date.today()
         remote = await self._remote(record.psn.psn_no)
         bill = bill_from_settlement(record, self.hosp_lv)
-        hits = await asyncio.to_thread(self._evaluate, bill, remote, "in", today, record.setl_id)
+        hits = await asyncio.to_thread(self._evaluate, bundles, bill, remote, "in", today, record.setl_id)
         outcome = DeskOutcome(hits=hits, cross_hospital=remote.ok, missing=remote.missing)
         overrides = {o.rule_id: o for o in record.overrides}
         refused = []
@@ -295,21 +313,20 @@ class DeskChecks:
             )  # fmt: skip
         record.rule_hits = outcome.recorded
         outcome.split = await asyncio.to_thread(
-            self._split, record, remote, outcome.self_pay_lines, today, acct_balance
+            self._split, bundles, record, remote, outcome.self_pay_lines, today, acct_balance
         )
         return outcome
 
     def _split(
         self,
+        bundles: _Bundles,
         record: Settlement,
         remote: RemoteHistory,
         forced: set[str],
         today: dt.date,
         acct_balance: int | None,
     ) -> dict[str, Any] | None:
-        with self._lock:
-            self._refresh()
-            benefits, kb = self._benefits, self._knowledge
+        benefits, kb = bundles.benefits, bundles.knowledge
         if benefits is None or record.fund_pay_sumamt is not None:
             return None  # no policy bundle yet, or the HIS computed the split itself
         items = kb.items if kb is not None else {}
