@@ -12,7 +12,11 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import example_settlement  # noqa: E402
 
-__all__ = ["Bodies", "emit", "example_settlement", "median"]
+__all__ = ["Bodies", "Failed", "emit", "example_settlement", "median"]
+
+
+class Failed(Exception):
+    """A benchmark's own check failed: its figures are not to be trusted."""
 
 
 def emit(name: str, value: float, unit: str, ratio: float | None = None, **extra: object) -> None:

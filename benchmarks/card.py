@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import emit, median
+from _common import Failed, emit, median
 from evoucher import PSN as VOUCHER_PSN
-from evoucher import Failed, ledger_round
+from evoucher import ledger_round
 
 from agent.card import CardReader
 from agent.errors import CardCounterfeit

@@ -17,15 +17,13 @@ import argparse
 import asyncio
 import json
 import random
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from _centre import Centre
 from _common import ROOT, emit, median
 
 from agent.checks import DeskChecks, bill_from_request
@@ -41,7 +39,6 @@ from tests.conftest import example_settlement
 AIM_P99_MS = 2.0
 SAMPLES = ROOT / "docs" / "samples"
 AREA = "370200"
-BIN = Path(sys.executable).parent
 
 
 def _catalogue_codes() -> list[tuple[str, str, int]]:
@@ -147,39 +144,10 @@ async def _in_event(desk: DeskChecks, store: PolicyStore, bodies: list[bytes]) -
     return times
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _pre_event(tmp: Path, db: Path, store: PolicyStore, psn_no: str, n: int) -> tuple[list[float], int]:
-    home = tmp / "central"
-    subprocess.run(
-        [str(BIN / "yibao-central"), "--home", str(home), "init", "--area", AREA],
-        check=True,
-        capture_output=True,
-    )
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    centre = Centre(tmp / "central", "H37021100001", area=AREA)
+    url, token = centre.url, centre.token
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/v1/health", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        token = subprocess.run(
-            [str(BIN / "yibao-central"), "--home", str(home), "enroll-token", "--hospital", "H37021100001"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
         config = await enrol(tmp / "agent", url, token, "H37021100001")
         history = CentralHistory(url, config.agent_id, load_key(config), timeout_s=1.0)
         desk = DeskChecks(db, store, history, hosp_lv="3")
@@ -208,8 +176,7 @@ async def _pre_event(tmp: Path, db: Path, store: PolicyStore, psn_no: str, n: in
         desk.close()
         return times, cross
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        centre.stop()
 
 
 def main() -> int:

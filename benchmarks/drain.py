@@ -22,20 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from _centre import Centre, Failed
 from _common import Bodies, emit, median
 
 from agent.config import AgentConfig
@@ -45,15 +39,8 @@ from agent.service import open_outbox
 from agent.store import Outbox
 from agent.uploader import Uploader
 from protocol.batch import BatchLimits
-from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER
 
 AIM_PER_S = 10_000
-BIN = Path(sys.executable).parent
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-class Failed(Exception):
-    """The benchmark's own check failed: the figures are not to be trusted."""
 
 
 # ---- the backlog ---------------------------------------------------------------------------
@@ -70,88 +57,6 @@ async def _fill(outbox: Outbox, bodies: Bodies, n: int, concurrency: int) -> Non
                 raise Failed(f"body {i} was taken for a duplicate")
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-# ---- the centre ----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _central_cli(home: Path, *args: str) -> str:
-    out = subprocess.run(
-        [str(BIN / "yibao-central"), "--home", str(home), *args], capture_output=True, text=True, timeout=120
-    )
-    if out.returncode != 0:
-        raise Failed(f"yibao-central {' '.join(args)} failed: {out.stderr.strip()}")
-    return out.stdout
-
-
-class Centre:
-    """``yibao-central serve`` in its own process on a free loopback port."""
-
-    def __init__(self, home: Path, hospital: str) -> None:
-        self.home = home
-        _central_cli(home, "init")
-        self.token = _central_cli(home, "enroll-token", "--hospital", hospital).strip()
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        log = open(home / "central.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise Failed(f"yibao-central serve exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/v1/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise Failed(f"yibao-central serve did not answer within 30 s: {self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return (self.home / "central.log").read_text(errors="replace")[-3000:]
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-    def register(self, public_key: bytes, hospital: str) -> str:
-        """Register an existing agent key with this centre's token, as ``agent.enrol`` does."""
-        body = json.dumps(
-            {"token": self.token, "fixmedins_code": hospital, "public_key": public_key.hex()}
-        ).encode()
-        req = urllib.request.Request(
-            self.url + ENROLL_PATH,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", PROTOCOL_HEADER: "1"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())["agent_id"]
-        except urllib.error.HTTPError as exc:
-            raise Failed(f"enrolment refused: {exc.code} {exc.read()[:300]!r}") from None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def _check_centre(home: Path, agent_id: str, n: int, head: bytes) -> None:

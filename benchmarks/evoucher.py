@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, median
+from _common import Failed, emit, median
 
 from agent.config import AgentConfig
 from agent.errors import VoucherRejected
@@ -29,10 +29,6 @@ from protocol.evoucher import verify_voucher
 from simulators.evoucher import Issuer
 
 PSN = "37021119580402123X"
-
-
-class Failed(Exception):
-    """The benchmark's own check failed: the figures are not to be trusted."""
 
 
 def ledger_round(home: Path, issuer: Issuer, texts: list[str]) -> float:

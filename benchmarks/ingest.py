@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Bodies, emit, median
+from _common import Bodies, Failed, emit, median
 
 from agent.intake import parse_settlement
 from central._schema import migrate
@@ -49,10 +49,6 @@ _SETTLEMENT_COLUMNS = (
     "setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, mdtrt_cert_type, "
     "mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay"
 )
-
-
-class Failed(Exception):
-    """The benchmark's own check failed: the figures are not to be trusted."""
 
 
 def enrolled_store(path: Path, key: KeyPair, hospital: str) -> tuple[Store, str]:

@@ -13,44 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from _centre import Centre, Failed, central_cli
 from _common import emit, median
 
 from simulators.fleet import Fleet
 
 AIM_P99_S = 5.0
 HOSPITAL = "H37021100001"
-BIN = Path(sys.executable).parent
-
-
-class Failed(Exception):
-    pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _central(home: Path, *args: str) -> str:
-    out = subprocess.run(
-        [str(BIN / "yibao-central"), "--home", str(home), *args], capture_output=True, text=True, timeout=120
-    )
-    if out.returncode != 0:
-        raise Failed(f"yibao-central {' '.join(args[:2])} failed: {out.stderr.strip()[-500:]}")
-    return out.stdout
-
-
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p * (len(ordered) - 1)))]
@@ -58,26 +32,14 @@ def _pct(values: list[float], p: float) -> float:
 
 async def _run(args: argparse.Namespace, tmp: Path) -> None:
     home = tmp / "central"
-    _central(home, "init", "--area", "370200")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    centre = Centre(home, area="370200")
+    url = centre.url
     fleet: Fleet | None = None
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(url + "/v1/health", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         warm_card = "3702000000000000"
-        _central(home, "blacklist", "add", "--type", "card", "--id", warm_card, "--reason", "warm-up")
-        tokens = _central(home, "enroll-token", "--hospital", HOSPITAL, "--count", str(args.agents)).split()
+        central_cli(home, "blacklist", "add", "--type", "card", "--id", warm_card, "--reason", "warm-up")
+        count = str(args.agents)
+        tokens = central_cli(home, "enroll-token", "--hospital", HOSPITAL, "--count", count).split()
         fleet = Fleet(url, tmp / "fleet", [HOSPITAL] * len(tokens))
         started = time.perf_counter()
         await fleet.enrol_all(tokens)
@@ -94,7 +56,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
             card = f"37020{r:011d}"
             t0 = time.perf_counter()
             await asyncio.to_thread(
-                _central, home, "blacklist", "add", "--type", "card", "--id", card, "--reason", "lost card"
+                central_cli, home, "blacklist", "add", "--type", "card", "--id", card, "--reason", "lost card"
             )
             publish.append(time.perf_counter() - t0)
             done = await fleet.wait_enforced(60, card_sn=card)
@@ -122,8 +84,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
     finally:
         if fleet is not None:
             await fleet.stop()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+        centre.stop()
 
 
 def main() -> int:
