@@ -88,6 +88,14 @@ _UPSERT = (
 _BUNDLE_COLUMNS = "area, kind, seq, base_seq, target, path, length, sha256, entries, created, operator"
 
 
+def _where(sql: str, **equal: str | None) -> tuple[str, list[str]]:
+    """``sql`` narrowed by ``column = value`` for each value given (None: no filter on it)."""
+    given = {k: v for k, v in equal.items() if v is not None}
+    if not given:
+        return sql, []
+    return sql + " WHERE " + " AND ".join(f"{k} = ?" for k in given), list(given.values())
+
+
 def area_of_hospital(hospital: str) -> str | None:
     """The pooling area a hospital code implies: ``H`` + 4 digits of the city + ``00``; None if none."""
     return _area_of(hospital)
@@ -504,16 +512,10 @@ class Policy:
             check_area(area)
         if list_type is not None and list_type not in BLACKLIST_TYPES:
             raise ConfigInvalid(f"--type must be one of {', '.join(BLACKLIST_TYPES)}")
-        sql = "SELECT area, list_type, id, reason, source, effective_at, added_seq, added_at FROM blacklist"
-        where, params = [], []
-        if area is not None:
-            where.append("area = ?")
-            params.append(area)
-        if list_type is not None:
-            where.append("list_type = ?")
-            params.append(list_type)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, params = _where(
+            "SELECT area, list_type, id, reason, source, effective_at, added_seq, added_at FROM blacklist",
+            area=area, list_type=list_type,
+        )  # fmt: skip
         cols = ("area", "list_type", "id", "reason", "source", "effective_at", "added_seq", "added_at")
         return self.store.read(
             lambda conn: [
@@ -612,16 +614,7 @@ class Policy:
     # -- reading -----------------------------------------------------------------------------------
 
     def bundles(self, area: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
-        sql = f"SELECT {_BUNDLE_COLUMNS} FROM bundles"
-        where, params = [], []
-        if area is not None:
-            where.append("area = ?")
-            params.append(area)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        sql, params = _where(f"SELECT {_BUNDLE_COLUMNS} FROM bundles", area=area, kind=kind)
         cols = [c.strip() for c in _BUNDLE_COLUMNS.split(",")]
         return self.store.read(
             lambda conn: [
