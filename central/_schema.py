@@ -343,6 +343,85 @@ def _m006_split_flags(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m007_screening_data(db: sqlite_utils.Database) -> None:
+    """What the screening engine reads beyond ``hist_lines`` (issue 6, ``docs/MONITORING.md``).
+
+    - ``hist_visits``: one row per held, unreversed settlement with the visit and person columns the
+      centre templates need, filled at ingest (a reversal deletes its original's row). Backfilled
+      here from the raw chain entries.
+    - ``hist_lines.fee_date``: the local date of each line's ``fee_ocur_time`` (NULL when not sent).
+    - ``deaths``: dates of death imported from the civil registry.
+    - ``hospitals``: coordinates, and their local-plane kilometres for distance checks.
+    """
+    db.execute(
+        "CREATE TABLE hist_visits ("
+        "setl_id TEXT PRIMARY KEY, psn_no TEXT NOT NULL, fixmedins_code TEXT NOT NULL, area TEXT, "
+        "hosp_lv TEXT, setl_time TEXT NOT NULL, setl_date TEXT NOT NULL, begn_date TEXT, end_date TEXT, "
+        "med_type TEXT NOT NULL, "
+        "dise_codg TEXT, dise_main TEXT, dr_codg TEXT, dept_codg TEXT, ipt_days INTEGER, "
+        "medfee_sumamt INTEGER NOT NULL, drug_fen INTEGER NOT NULL, gend TEXT, brdy TEXT, insutype TEXT, "
+        "psn_type TEXT) STRICT"
+    )
+    db.execute("ALTER TABLE hist_lines ADD COLUMN fee_date TEXT")
+    db.execute(
+        "CREATE TABLE deaths (psn_no TEXT PRIMARY KEY, death_date TEXT NOT NULL, source TEXT NOT NULL, "
+        "imported_at TEXT NOT NULL) STRICT"
+    )
+    for column, kind in (("lat", "REAL"), ("lon", "REAL"), ("x_km", "REAL"), ("y_km", "REAL")):
+        db.execute(f"ALTER TABLE hospitals ADD COLUMN {column} {kind}")
+    from .visits import backfill_visits  # the one builder of visit rows, shared with ingest
+
+    backfill_visits(db.conn)
+    db.execute("CREATE INDEX hist_visits_psn_no_setl_date ON hist_visits (psn_no, setl_date)")
+    db.execute("CREATE INDEX hist_visits_hospital_setl_date ON hist_visits (fixmedins_code, setl_date)")
+    db.execute("CREATE INDEX hist_visits_dr_codg_setl_date ON hist_visits (dr_codg, setl_date)")
+    db.execute("CREATE INDEX hist_visits_setl_date ON hist_visits (setl_date)")
+
+
+def _m008_monitoring(db: sqlite_utils.Database) -> None:
+    """Suspicions, the review workflow, operators and screening runs (issue 6, ``docs/MONITORING.md``)."""
+    for statement in (
+        "CREATE TABLE suspicions (id INTEGER PRIMARY KEY, fact_key TEXT NOT NULL UNIQUE, "
+        "rule_id TEXT NOT NULL, rule_version INTEGER NOT NULL, template TEXT NOT NULL, "
+        "object_type TEXT NOT NULL, object_id TEXT NOT NULL, area TEXT NOT NULL, fixmedins_code TEXT, "
+        "psn_no TEXT, setl_ids TEXT NOT NULL, "
+        "lines TEXT NOT NULL, evidence TEXT NOT NULL, message TEXT NOT NULL, amount_fen INTEGER NOT NULL, "
+        "score INTEGER NOT NULL, severity TEXT NOT NULL, mode TEXT NOT NULL, status TEXT NOT NULL, "
+        "case_id INTEGER, first_found TEXT NOT NULL, last_found TEXT NOT NULL, "
+        "times_found INTEGER NOT NULL, run_id INTEGER) STRICT",
+        "CREATE INDEX suspicions_queue ON suspicions (area, status, score)",
+        "CREATE INDEX suspicions_rule ON suspicions (rule_id, status)",
+        "CREATE INDEX suspicions_case ON suspicions (case_id) WHERE case_id IS NOT NULL",
+        "CREATE TABLE reviews (id INTEGER PRIMARY KEY, suspicion_id INTEGER NOT NULL, at TEXT NOT NULL, "
+        "operator TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL) STRICT",
+        "CREATE INDEX reviews_suspicion ON reviews (suspicion_id)",
+        "CREATE TABLE cases (id INTEGER PRIMARY KEY, area TEXT NOT NULL, title TEXT NOT NULL, "
+        "status TEXT NOT NULL, assignee TEXT, created_by TEXT NOT NULL, created_at TEXT NOT NULL, "
+        "updated_at TEXT NOT NULL) STRICT",
+        "CREATE INDEX cases_area_status ON cases (area, status)",
+        "CREATE TABLE case_notes (id INTEGER PRIMARY KEY, case_id INTEGER NOT NULL, at TEXT NOT NULL, "
+        "operator TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL, detail TEXT NOT NULL) STRICT",
+        "CREATE INDEX case_notes_case ON case_notes (case_id)",
+        "CREATE TABLE decisions (id INTEGER PRIMARY KEY, case_id INTEGER NOT NULL, at TEXT NOT NULL, "
+        "operator TEXT NOT NULL, kind TEXT NOT NULL, target_type TEXT NOT NULL, target_id TEXT NOT NULL, "
+        "amount_fen INTEGER, until TEXT, reason TEXT NOT NULL, status TEXT NOT NULL, bundle_area TEXT, "
+        "bundle_seq INTEGER) STRICT",
+        "CREATE INDEX decisions_case ON decisions (case_id)",
+        "CREATE INDEX decisions_target ON decisions (target_type, target_id)",
+        "CREATE TABLE operators (name TEXT PRIMARY KEY, main_area TEXT NOT NULL, areas TEXT NOT NULL, "
+        "role TEXT NOT NULL, token_hash TEXT UNIQUE, created_at TEXT NOT NULL, disabled_at TEXT) STRICT",
+        "CREATE TABLE screen_runs (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, started_at TEXT NOT NULL, "
+        "finished_at TEXT, date_from TEXT, date_to TEXT, settlements INTEGER NOT NULL DEFAULT 0, "
+        "lines INTEGER NOT NULL DEFAULT 0, hits INTEGER NOT NULL DEFAULT 0, "
+        "new_suspicions INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '{}') STRICT",
+        "CREATE TABLE analysis_results (run_id INTEGER NOT NULL, measure TEXT NOT NULL, by TEXT NOT NULL, "
+        "object_id TEXT NOT NULL, area TEXT, visits INTEGER NOT NULL, value REAL, peer_median REAL, "
+        "ratio REAL, rank INTEGER NOT NULL) STRICT",
+        "CREATE INDEX analysis_results_run ON analysis_results (run_id, rank)",
+    ):
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -350,6 +429,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m004_policy,
     _m005_person_history,
     _m006_split_flags,
+    _m007_screening_data,
+    _m008_monitoring,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

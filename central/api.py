@@ -77,6 +77,7 @@ from .errors import (
 )
 from .history import answer_history
 from .ingest import Ingestor
+from .monitor_api import add_routes as add_monitor_routes
 from .reports import MAX_REPORT_BYTES, agent_views, record_report
 from .store import Store
 from .tuf_repo import TufRepository
@@ -427,6 +428,7 @@ def create_app(config: CentralConfig) -> web.Application:
     app.router.add_get(POLICY_CHANGES_PATH, policy_changes)
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
+    add_monitor_routes(app)
     return app
 
 

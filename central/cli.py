@@ -46,6 +46,7 @@ from pathlib import Path
 
 from securesystemslib.signer import CryptoSigner
 
+from . import cli_monitor
 from .api import serve
 from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
 from .enrol import check_hospital_code, issue_token, revoke_agent
@@ -247,6 +248,8 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     splits_p.add_argument("action", choices=("check", "list"),
                           help="check: audit what is not yet audited; list: the flagged ones")  # fmt: skip
     splits_p.add_argument("--json", action="store_true")
+
+    cli_monitor.add_parsers(verbs)
 
     audit_p = verbs.add_parser("audit", help="the operators' audit log, newest first")
     audit_p.add_argument("--limit", type=int, default=50)
@@ -506,6 +509,8 @@ def _run(args: argparse.Namespace) -> int:
             return _hospitals(args, store)
         elif args.verb == "splits":
             return _splits(args, config, store)
+        elif args.verb in cli_monitor.VERBS:
+            return cli_monitor.run(args, config, store)
         else:
             return _policy(args, config, store)
     return 0
