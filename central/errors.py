@@ -15,8 +15,10 @@ from protocol.errors import BadSignature, ChainBroken, LimitExceeded, ProtocolEr
 __all__ = [
     "AgentRevoked",
     "AgentUnknown",
+    "AreaForbidden",
     "AreaRequired",
     "BlacklistEntryUnknown",
+    "CaseAreaMismatch",
     "CentralError",
     "ChainConflict",
     "ChainInvalid",
@@ -26,10 +28,16 @@ __all__ = [
     "InternalError",
     "LimitExceededError",
     "MalformedRequest",
+    "MonitorInputInvalid",
     "NotFound",
+    "OperatorDisabled",
+    "OperatorExists",
+    "OperatorTokenInvalid",
+    "OperatorUnknown",
     "ProtocolUnsupported",
     "RequestStale",
     "RequestUnsigned",
+    "RoleForbidden",
     "RootRotationRefused",
     "SchemaTooNew",
     "SignatureInvalid",
@@ -38,6 +46,7 @@ __all__ = [
     "TokenInvalid",
     "TokenUsed",
     "UnsupportedMediaType",
+    "WorkflowState",
     "from_protocol",
 ]
 
@@ -196,6 +205,72 @@ class DocumentInvalid(CentralError):
         if more:
             lines.append(f"  … and {more} more")
         super().__init__("\n".join(lines))
+
+
+# -- monitoring: operators and the review workflow (central.operators, central.review) ----------------
+
+
+class OperatorUnknown(CentralError):
+    """``--operator NAME`` names no registered operator (``yibao-central operators add``)."""
+
+    code = "operator_unknown"
+    http_status = 403
+
+
+class OperatorDisabled(CentralError):
+    code = "operator_disabled"
+    http_status = 403
+
+
+class OperatorExists(CentralError):
+    code = "operator_exists"
+    http_status = 409
+
+
+class OperatorTokenInvalid(CentralError):
+    """No ``Authorization: Bearer`` token, or one that is unknown or belongs to a disabled operator."""
+
+    code = "operator_token_invalid"
+    http_status = 401
+
+
+class AreaForbidden(CentralError):
+    """An operator named a pooling area (a filter, an assignee, a decision's target) outside their own.
+
+    Ids of another area's suspicions, cases and decisions are answered as ``NotFound``, exactly like
+    ids that do not exist, so the answer never tells an operator what other areas hold.
+    """
+
+    code = "area_forbidden"
+    http_status = 403
+
+
+class RoleForbidden(CentralError):
+    """A reviewer asked for what only a supervisor may do (decisions, closing a case)."""
+
+    code = "role_forbidden"
+    http_status = 403
+
+
+class WorkflowState(CentralError):
+    """The suspicion or case is not in a state that allows the action (reviewed twice, closed case…)."""
+
+    code = "workflow_state"
+    http_status = 409
+
+
+class CaseAreaMismatch(CentralError):
+    """A case gathers the suspicions of one pooling area; these span several."""
+
+    code = "case_area_mismatch"
+    http_status = 409
+
+
+class MonitorInputInvalid(CentralError):
+    """A review, case or decision input that does not validate (no reason, an amount with 3 decimals…)."""
+
+    code = "input_invalid"
+    http_status = 400
 
 
 def from_protocol(exc: ProtocolError) -> CentralError:

@@ -1,14 +1,311 @@
 """JSON API of the review workflow, ``/v1/monitor/…`` (``docs/MONITORING.md``); operators' bearer tokens.
 
-Filled in by issue 6's workflow work; ``central.api.create_app`` calls ``add_routes``.
+Every route needs ``Authorization: Bearer <token>`` of an enabled operator (``yibao-central
+operators add`` prints it) and answers within that operator's pooling areas. Errors are the
+centre's JSON errors ``{"error": {"code", "message"}}``: 401 ``operator_token_invalid``, 403
+``area_forbidden`` / ``role_forbidden``, 404 ``not_found`` (also for ids of another area), 409
+``workflow_state`` / ``case_area_mismatch``, 400 ``input_invalid`` / ``decode_malformed``.
+
+Routes:
+
+- ``GET  /v1/monitor/operators/me``
+- ``GET  /v1/monitor/suspicions?status=&rule=&severity=&min_score=&hospital=&area=&limit=&offset=``
+  (``status`` default ``new``; ``all`` for every status)
+- ``GET  /v1/monitor/suspicions/{id}``; ``POST …/{id}/review`` ``{"outcome": "confirm"|"dismiss", "reason"}``
+- ``POST /v1/monitor/cases`` ``{"suspicions": [ids], "title", "assignee"?}`` → 201
+- ``GET  /v1/monitor/cases?status=&assignee=&limit=&offset=``; ``GET /v1/monitor/cases/{id}``
+- ``POST /v1/monitor/cases/{id}/assign`` ``{"assignee", "reason"?}``,
+  ``…/notes`` ``{"text", "kind"?: "note"|"evidence", "detail"?: {}}`` → 201,
+  ``…/suspicions`` ``{"suspicions": [ids]}``, ``…/close`` ``{"reason"}``,
+  ``…/decisions`` ``{"kind", "target_type", "target_id", "reason", "amount"?: "1234.50", "until"?}`` → 201
+- ``GET  /v1/monitor/decisions?case=&hospital=&kind=&status=``
+- ``GET  /v1/monitor/rules/quality``
+
+A blacklist decision is signed with the operator keys in ``HOME/operators/`` when the server has
+them (a demo or test home); a production server holds none, so the decision is ``pending_publish``
+until ``yibao-central decisions publish`` signs it. Store work runs off the event loop.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
 from aiohttp import web
 
-__all__ = ["add_routes"]
+from .errors import CentralError, InternalError, MalformedRequest, MonitorInputInvalid
+from .operators import Operator, home_signers, operator_by_token
+from .policy import Policy
+from .review import (
+    add_note,
+    add_suspicions,
+    assign_case,
+    close_case,
+    get_case,
+    list_cases,
+    list_decisions,
+    make_decision,
+    open_case,
+    review_suspicion,
+    rule_quality,
+    scoped_suspicions,
+    visible_suspicion,
+)
+from .suspicions import STATUSES
+
+__all__ = ["PREFIX", "add_routes"]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/v1/monitor"
+MAX_BODY = 64 * 1024
+_json = msgspec.json.Encoder()
+
+Handler = Callable[[web.Request, Operator], Awaitable[Any]]
+
+
+def _reply(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=_json.encode(obj), content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )  # fmt: skip
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _route(handler: Handler, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """Authenticate the operator, run the handler, answer JSON; errors in the centre's JSON shape."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.Response:
+        from .api import STORE_KEY, _error  # the API module imports this one at its top
+
+        store = request.app[STORE_KEY]
+        try:
+            token = _bearer(request)
+            op = await store.read_async(lambda c: operator_by_token(c, token))
+            return _reply(await handler(request, op), status)
+        except CentralError as exc:
+            log.info("monitor %s %s refused (%s)", request.method, request.rel_url.path, exc.code)
+            return _error(exc, as_msgpack=False)
+        except Exception:
+            log.exception("monitor %s %s failed", request.method, request.rel_url.path)
+            return _error(
+                InternalError("the centre failed to handle the request; it was logged, retry later"),
+                as_msgpack=False,
+            )
+
+    return wrapped
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise MalformedRequest(f"the body exceeds {MAX_BODY} bytes")
+    data = await request.read()
+    try:
+        obj = msgspec.json.decode(data) if data else {}
+    except msgspec.DecodeError as exc:
+        raise MalformedRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return obj
+
+
+def _field(
+    body: dict[str, Any], name: str, kind: type | tuple[type, ...] = str, *, required: bool = True
+) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise MonitorInputInvalid(f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise MonitorInputInvalid(f"{name} has the wrong type")
+    return value
+
+
+def _int_query(request: web.Request, name: str, default: int | None = None) -> int | None:
+    text = request.query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise MonitorInputInvalid(f"{name}={text!r} is not an integer") from None
+
+
+def _id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise MonitorInputInvalid(f"{request.match_info['id']!r} is not an id") from None
+
+
+def _store(request: web.Request) -> Any:
+    from .api import STORE_KEY
+
+    return request.app[STORE_KEY]
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+async def me(request: web.Request, op: Operator) -> Any:
+    return op.to_json()
+
+
+async def suspicions(request: web.Request, op: Operator) -> Any:
+    q = request.query
+    status: str | None = q.get("status", "new")
+    if status == "all":
+        status = None
+    elif status not in STATUSES:
+        raise MonitorInputInvalid(f"status={status!r} is not one of {', '.join(STATUSES)} or all")
+    filters = {
+        "area": q.get("area"), "status": status, "rule_id": q.get("rule"), "severity": q.get("severity"),
+        "min_score": _int_query(request, "min_score"), "hospital": q.get("hospital"),
+        "limit": min(_int_query(request, "limit", 100) or 100, 1000),
+        "offset": _int_query(request, "offset", 0) or 0,
+    }  # fmt: skip
+    return await _store(request).read_async(lambda c: scoped_suspicions(c, op, **filters))
+
+
+async def suspicion(request: web.Request, op: Operator) -> Any:
+    sid = _id(request)
+
+    def read(c: Any) -> dict[str, Any]:
+        s = visible_suspicion(c, op, sid)
+        rows = c.execute(
+            "SELECT outcome, operator, at, reason FROM reviews WHERE suspicion_id = ? ORDER BY id", (sid,)
+        ).fetchall()
+        s["reviews"] = [dict(zip(("outcome", "operator", "at", "reason"), r, strict=True)) for r in rows]
+        return s
+
+    return await _store(request).read_async(read)
+
+
+async def review(request: web.Request, op: Operator) -> Any:
+    sid, body = _id(request), await _body(request)
+    outcome, reason = _field(body, "outcome"), _field(body, "reason")
+    store = _store(request)
+    return await store.run_async(review_suspicion, store, op, sid, outcome, reason)
+
+
+def _ids(body: dict[str, Any]) -> list[int]:
+    ids = _field(body, "suspicions", list)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise MonitorInputInvalid("suspicions must be a list of integer ids")
+    return ids
+
+
+async def case_open(request: web.Request, op: Operator) -> Any:
+    body = await _body(request)
+    ids, title, assignee = _ids(body), _field(body, "title"), _field(body, "assignee", required=False)
+    store = _store(request)
+    return await store.run_async(lambda: open_case(store, op, ids, title, assignee=assignee))
+
+
+async def cases(request: web.Request, op: Operator) -> Any:
+    q = request.query
+    limit = min(_int_query(request, "limit", 100) or 100, 1000)
+    offset = _int_query(request, "offset", 0) or 0
+    return await _store(request).read_async(
+        lambda c: list_cases(
+            c, op.scope, status=q.get("status"), assignee=q.get("assignee"), limit=limit, offset=offset
+        )
+    )
+
+
+async def case(request: web.Request, op: Operator) -> Any:
+    case_id = _id(request)
+    return await _store(request).read_async(lambda c: get_case(c, op, case_id))
+
+
+async def case_assign(request: web.Request, op: Operator) -> Any:
+    case_id, body = _id(request), await _body(request)
+    assignee, reason = _field(body, "assignee"), _field(body, "reason", required=False) or ""
+    store = _store(request)
+    return await store.run_async(assign_case, store, op, case_id, assignee, reason)
+
+
+async def case_note(request: web.Request, op: Operator) -> Any:
+    case_id, body = _id(request), await _body(request)
+    text, kind = _field(body, "text"), _field(body, "kind", required=False) or "note"
+    detail = _field(body, "detail", dict, required=False)
+    store = _store(request)
+    return await store.run_async(lambda: add_note(store, op, case_id, text, kind=kind, detail=detail))
+
+
+async def case_add(request: web.Request, op: Operator) -> Any:
+    case_id, body = _id(request), await _body(request)
+    ids = _ids(body)
+    store = _store(request)
+    return await store.run_async(add_suspicions, store, op, case_id, ids)
+
+
+async def case_close(request: web.Request, op: Operator) -> Any:
+    case_id, body = _id(request), await _body(request)
+    reason = _field(body, "reason")
+    store = _store(request)
+    return await store.run_async(close_case, store, op, case_id, reason)
+
+
+async def case_decide(request: web.Request, op: Operator) -> Any:
+    from .api import CONFIG_KEY, REPO_KEY
+
+    case_id, body = _id(request), await _body(request)
+    fields = {
+        "kind": _field(body, "kind"), "target_type": _field(body, "target_type"),
+        "target_id": _field(body, "target_id"), "reason": _field(body, "reason"),
+        "amount": _field(body, "amount", (str, int), required=False),
+        "until": _field(body, "until", required=False),
+    }  # fmt: skip
+    store, config = _store(request), request.app[CONFIG_KEY]
+
+    def decide() -> dict[str, Any]:
+        signers = home_signers(config) if fields["kind"] == "blacklist" else []
+        policy = Policy(store, request.app[REPO_KEY], config)
+        return make_decision(store, op, case_id, policy=policy, signers=signers, **fields)
+
+    return await store.run_async(decide)
+
+
+async def decisions(request: web.Request, op: Operator) -> Any:
+    q = request.query
+    limit = min(_int_query(request, "limit", 100) or 100, 1000)
+    case_id, offset = _int_query(request, "case"), _int_query(request, "offset", 0) or 0
+    return await _store(request).read_async(
+        lambda c: list_decisions(
+            c, op.scope, case_id=case_id, hospital=q.get("hospital"), kind=q.get("kind"),
+            status=q.get("status"), limit=limit, offset=offset,
+        )
+    )  # fmt: skip
+
+
+async def quality(request: web.Request, op: Operator) -> Any:
+    return await _store(request).read_async(lambda c: rule_quality(c, op.scope))
 
 
 def add_routes(app: web.Application) -> None:
     """Register the monitoring routes on ``app``."""
+    r = app.router
+    r.add_get(f"{PREFIX}/operators/me", _route(me), allow_head=False)
+    r.add_get(f"{PREFIX}/suspicions", _route(suspicions), allow_head=False)
+    r.add_get(PREFIX + "/suspicions/{id}", _route(suspicion), allow_head=False)
+    r.add_post(PREFIX + "/suspicions/{id}/review", _route(review))
+    r.add_post(f"{PREFIX}/cases", _route(case_open, 201))
+    r.add_get(f"{PREFIX}/cases", _route(cases), allow_head=False)
+    r.add_get(PREFIX + "/cases/{id}", _route(case), allow_head=False)
+    r.add_post(PREFIX + "/cases/{id}/assign", _route(case_assign))
+    r.add_post(PREFIX + "/cases/{id}/notes", _route(case_note, 201))
+    r.add_post(PREFIX + "/cases/{id}/suspicions", _route(case_add))
+    r.add_post(PREFIX + "/cases/{id}/decisions", _route(case_decide, 201))
+    r.add_post(PREFIX + "/cases/{id}/close", _route(case_close))
+    r.add_get(f"{PREFIX}/decisions", _route(decisions), allow_head=False)
+    r.add_get(f"{PREFIX}/rules/quality", _route(quality), allow_head=False)
