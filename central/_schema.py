@@ -26,7 +26,6 @@ from protocol.records import Settlement
 from protocol.rules import history_rows_from_settlement
 
 from .errors import SchemaTooNew
-from .lines import INSERT_HIST_LINE
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate", "schema_version"]
 
@@ -237,6 +236,15 @@ def _m004_policy(db: sqlite_utils.Database) -> None:
         db.execute("UPDATE agents SET pooling_area = ? WHERE agent_id = ?", (_area_of(hospital), agent_id))
 
 
+#: Migration 5's ``hist_lines`` columns, frozen: later migrations add columns (7: ``fee_date``) which the
+#: protocol's row builder then fills; the backfill here inserts only the columns this migration created.
+_M005_COLUMNS = (
+    "psn_no, fixmedins_code, setl_id, setl_date, begn_date, med_type, dise_codg, dr_codg, dept_codg, "
+    "hosp_lv, feedetl_sn, med_list_codg, list_type, cnt, pric_fen, amount_fen, days"
+)
+_M005_INSERT = f"INSERT INTO hist_lines ({_M005_COLUMNS}) VALUES ({', '.join('?' * 17)})"
+
+
 def _m005_person_history(db: sqlite_utils.Database) -> None:
     """Cross-hospital history of a person (issue 5), answered to enrolled agents.
 
@@ -312,13 +320,13 @@ def _m005_person_history(db: sqlite_utils.Database) -> None:
                 continue
             if not isinstance(rec, Settlement):
                 continue
-            lines.extend(history_rows_from_settlement(rec, None, setl_date=setl_date))
+            lines.extend(row[:17] for row in history_rows_from_settlement(rec, None, setl_date=setl_date))
             if (rec.hifp_pay, rec.hifmi_pay, rec.hifob_pay) != (None, None, None):
                 splits.append((rec.hifp_pay, rec.hifmi_pay, rec.hifob_pay, agent_id, seq))
         if len(lines) >= 10_000:
-            db.conn.executemany(INSERT_HIST_LINE, lines)
+            db.conn.executemany(_M005_INSERT, lines)
             lines.clear()
-    db.conn.executemany(INSERT_HIST_LINE, lines)
+    db.conn.executemany(_M005_INSERT, lines)
     db.conn.executemany(
         "UPDATE settlements SET hifp_pay = ?, hifmi_pay = ?, hifob_pay = ? WHERE agent_id = ? AND seq = ?",
         splits,
