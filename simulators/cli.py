@@ -1,5 +1,7 @@
 """``yibao-sim``: the outside world on the command line, one verb per simulator.
 
+``traffic`` writes (and optionally posts) labelled fraud traffic: ``simulators.fraud``.
+
 Each verb is a thin shell over a library function (``his`` → ``simulators.his.run_his``) so
 tests and the demo call the same code the command runs.
 """
@@ -143,6 +145,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evoucher(verbs)
 
+    traffic = verbs.add_parser(
+        "traffic",
+        help="labelled fraud traffic for the monitoring benchmark: bodies, ground truth, deaths, hospitals",
+        description=(
+            "Generate a few days of HIS traffic for three simulated hospitals with labelled fraud cases (one "
+            "pattern per monitoring template, mixtures) and honest look-alikes (simulators.fraud), write "
+            "settlements.jsonl, truth.jsonl, deaths.csv and hospitals.json to --out, and with --agent post "
+            "the bodies to the agents (then truth.jsonl also gets each case's setl_ids). The same --seed, "
+            "--size, --fraud-rate and --today give the same files."
+        ),
+    )
+    traffic.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for the files")
+    traffic.add_argument("--seed", type=int, default=1, metavar="N", help="generator seed (default 1)")
+    traffic.add_argument(
+        "--size", type=int, default=3000, metavar="N", help="settlements, about (default 3000)"
+    )
+    traffic.add_argument(
+        "--fraud-rate",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="share of settlements in fraud cases, about (default 0.05); as many look-alikes",
+    )
+    traffic.add_argument(
+        "--today",
+        default=None,
+        metavar="YYYY-MM-DD",
+        help="the day the agents will stamp (default: today, local); stays and deaths fall before it",
+    )
+    traffic.add_argument(
+        "--no-fee-times", action="store_true", help="leave fee_ocur_time out (an agent that does not take it)"
+    )
+    traffic.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        metavar="CODE=URL=TOKENFILE",
+        help="post CODE's bodies to the agent at URL with the HIS token in TOKENFILE (repeat per hospital)",
+    )
+    traffic.set_defaults(run=_traffic)
+
     fleet = verbs.add_parser(
         "fleet",
         help="run many lightweight agents (policy only) against one centre",
@@ -228,6 +271,47 @@ def _fleet(args: argparse.Namespace) -> int:
                         say=lambda m: print(m, file=sys.stderr))
 
     asyncio.run(main())
+    return 0
+
+
+def _traffic(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from .fraud import generate_traffic, post_traffic
+
+    try:
+        today = date.fromisoformat(args.today) if args.today else None
+    except ValueError:
+        print("yibao-sim: --today must be a date such as 2026-11-25", file=sys.stderr)
+        return 2
+    agents: dict[str, tuple[str, str]] = {}
+    for spec in args.agent:
+        code, _, rest = spec.partition("=")
+        url, _, token_file = rest.rpartition("=")
+        try:
+            agents[code] = (url, Path(token_file).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            print(f"yibao-sim: --agent {spec}: {exc}", file=sys.stderr)
+            return 2
+    traffic = generate_traffic(
+        args.seed, size=args.size, fraud_rate=args.fraud_rate, today=today, fee_times=not args.no_fee_times
+    )
+    missing = {p.hospital for p in traffic.planned} - set(agents)
+    if agents and missing:
+        print(f"yibao-sim: no --agent for {', '.join(sorted(missing))}", file=sys.stderr)
+        return 2
+    paths = traffic.write(args.out)
+    cases = len(traffic.cases)
+    print(f"{len(traffic.planned)} settlements, {cases} cases, {len(traffic.deaths)} deaths in {args.out}")
+    if agents:
+        ids = asyncio.run(post_traffic(traffic, agents))
+        with paths["truth"].open("w", encoding="utf-8") as out:
+            for case in traffic.cases:
+                row = case.to_json()
+                row["setl_ids"] = [ids.get(no) for no in case.his_setl_nos]
+                out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+        print(f"posted: {len(ids)} of {len(traffic.planned)} acknowledged")
+        return 0 if len(ids) == len(traffic.planned) else 1
     return 0
 
 

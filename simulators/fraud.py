@@ -67,6 +67,7 @@ __all__ = [
     "generate_traffic",
     "km_between",
     "post_traffic",
+    "score_detection",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,7 +144,7 @@ RULE_PARAMS: dict[str, dict[str, Any]] = {
     "impersonation_distance": {"max_minutes": 30, "min_km": 50},
     "care_after_death": {"grace_days": 0},
     "bed_hanging": {"min_idle_days": 3, "idle_codes": list(IDLE_CODES)},
-    "excessive_cost": {"peer_ratio": "4", "peer_days": 365, "min_peers": 20},
+    "excessive_cost": {"peer_ratio": "8", "peer_days": 365, "min_peers": 20},
     "peer_outlier": {"measure": "visits_per_patient", "ratio": "2", "days": 90, "min_visits": 20},
 }
 
@@ -235,6 +236,7 @@ WORKUP = (
     "002503010010000",
     "002503020010000",
     "002503020030000",
+    "002103000020000",
 )
 
 _CONDITIONS = {c.dise_codg: c for c in cat.CONDITIONS}
@@ -886,6 +888,9 @@ HYPERTENSION, DIABETES, LIPIDS, CHD, URTI, BRONCHITIS, GASTRITIS, BACK = (
     for c in ("I10.x00", "E11.900", "E78.500", "I25.103", "J06.900", "J20.900", "K29.700", "M54.500")
 )
 PNEUMONIA, STROKE, APPENDICITIS = (_CONDITIONS[c] for c in ("J18.900", "I63.900", "K35.800"))
+#: The peer-outlier departments' diagnosis: a category of its own, so their many short visits do not
+#: move the cost medians the excessive-cost template compares other visits with.
+FEVER = cat.Condition("R50.900", "fever, unspecified", "A03.02", ("XN02BEA004A001010101478",), (CBC,))
 
 
 def _dup_med(g: _Gen, k: int, fraud: bool) -> Case:
@@ -1317,8 +1322,8 @@ def _excessive(g: _Gen, k: int, fraud: bool) -> Case:
     hospital = (g.h1, g.h2)[k % 2]
     cond = (URTI, GASTRITIS)[k // 2 % 2]
     median, peers = _peer_median(g, hospital, cond.dise_codg[:3], "11")
-    if fraud:  # over-examination: a work-up at ≥ 1.5 × the limit
-        lines = _workup(g, ratio * median * Decimal("1.5"), Decimal(10**6), hospital.hosp_lv)
+    if fraud:  # over-examination: a work-up at ≥ 1.25 × the limit
+        lines = _workup(g, ratio * median * Decimal("1.25"), Decimal(10**6), hospital.hosp_lv)
     else:  # a thorough but honest work-up at about 0.8 × the limit
         lines = _workup(
             g, ratio * median * Decimal("0.75"), ratio * median * Decimal("0.85"), hospital.hosp_lv
@@ -1356,7 +1361,7 @@ def _peer_group(g: _Gen, hospital: SimHospital, dept: str, fraud: int, lookalike
         out = []
         for i in range(patients):
             psn = g.people.make(hospital.admdvs)
-            cond = (URTI, GASTRITIS, BRONCHITIS)[i % 3]
+            cond = FEVER
             for v in range(per_patient[i]):
                 extra = [(CBC, 1)] if v == 0 else []
                 out.append(
@@ -1581,3 +1586,69 @@ async def post_traffic(
 
     await asyncio.gather(*(agent_run(code) for code in queues))
     return ids
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+
+def score_detection(
+    cases: Sequence[Case], setl_ids: dict[str, str], suspicions: Iterable[dict[str, Any]]
+) -> dict[str, Any]:
+    """Match the centre's suspicions to the ground truth; recall and precision per template.
+
+    ``setl_ids``: ``his_setl_no → setl_id`` (the agents' answers). ``suspicions``: dicts with
+    ``template``, ``object_type``, ``object_id``, ``setl_ids`` (the centre's ``suspicions`` rows).
+    A suspicion is a true positive when its template is one of a fraud case's templates and it
+    names one of the case's settlements (or, for a doctor, department or hospital case, its
+    object); a fraud case is found when at least one suspicion matches it. Every other suspicion
+    is a false positive, attributed to a look-alike, to another case's settlement, or to the
+    background. Precision is None for a template with no suspicion at all.
+    """
+    by_setl: dict[str, list[Case]] = {}
+    for c in cases:
+        for no in c.his_setl_nos:
+            if no in setl_ids:
+                by_setl.setdefault(setl_ids[no], []).append(c)
+    by_object = {(c.object_type, c.object_id): c for c in cases if c.object_type != "person"}
+    stats = {
+        t: {"cases": 0, "found": 0, "missed": [], "suspicions": 0, "true_positives": 0, "false_positives": 0,
+            "fp_lookalike": 0, "fp_other_case": 0, "fp_background": 0, "recall": None, "precision": None}
+        for t in PATTERNS
+    }  # fmt: skip
+    found: set[tuple[str, str]] = set()
+    for s in suspicions:
+        t = s["template"]
+        if t not in stats:
+            continue
+        st = stats[t]
+        st["suspicions"] += 1
+        related = [c for sid in s.get("setl_ids") or () for c in by_setl.get(sid, ())]
+        obj = by_object.get((s.get("object_type"), s.get("object_id")))
+        if obj is not None:
+            related.append(obj)
+        hits = [c for c in related if c.label == "fraud" and t in c.templates]
+        if hits:
+            st["true_positives"] += 1
+            found.update((t, c.case_id) for c in hits)
+            continue
+        st["false_positives"] += 1
+        if any(c.label != "fraud" and t in c.templates for c in related):
+            st["fp_lookalike"] += 1
+        elif related:
+            st["fp_other_case"] += 1
+        else:
+            st["fp_background"] += 1
+    for c in cases:
+        if c.label != "fraud":
+            continue
+        for t in c.templates:
+            stats[t]["cases"] += 1
+            if (t, c.case_id) in found:
+                stats[t]["found"] += 1
+            else:
+                stats[t]["missed"].append(c.case_id)
+    for st in stats.values():
+        st["recall"] = st["found"] / st["cases"] if st["cases"] else None
+        tp_fp = st["true_positives"] + st["false_positives"]
+        st["precision"] = st["true_positives"] / tp_fp if tp_fp else None
+    return {"templates": stats}
