@@ -469,11 +469,16 @@ def _birthday(day: date, years: int) -> date:
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """One body to post to the agent of ``hospital``; ``case`` names the case it belongs to, if any."""
+    """One body to post to the agent of ``hospital``; ``case`` names the case it belongs to, if any.
+
+    ``wave``: a case's visits in the order they happened (0 the first); ``post_traffic`` posts wave
+    by wave, so an earlier stay is settled (and stamped by its agent) before the later one.
+    """
 
     hospital: str
     body: dict[str, Any]
     case: str | None = None
+    wave: int = 0
 
 
 @dataclass
@@ -543,7 +548,7 @@ class Traffic:
         }
         with paths["settlements"].open("w", encoding="utf-8") as out:
             for p in self.planned:
-                row = {"hospital": p.hospital, "case": p.case, "body": p.body}
+                row = {"hospital": p.hospital, "case": p.case, "wave": p.wave, "body": p.body}
                 out.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
         paths["truth"].write_text("".join(line + "\n" for line in self.truth_lines()), encoding="utf-8")
         paths["deaths"].write_text(self.deaths_csv(), encoding="utf-8")
@@ -631,8 +636,10 @@ class _Gen:
             "opter_name": f"cashier {cashier}",
         }
 
-    def plan(self, hospital: SimHospital, body: dict[str, Any], case: str | None = None) -> str:
-        self.planned.append(Planned(hospital.code, body, case))
+    def plan(
+        self, hospital: SimHospital, body: dict[str, Any], case: str | None = None, wave: int = 0
+    ) -> str:
+        self.planned.append(Planned(hospital.code, body, case, wave))
         return body["his_setl_no"]
 
     def clinic_time(self, day: date | None = None) -> tuple[datetime, datetime]:
@@ -819,7 +826,9 @@ class _Gen:
     ) -> Case:
         self.counts[pattern + label] += 1
         case_id = f"{'F' if label == 'fraud' else 'L'}-{pattern}-{self.counts[pattern + label]:02d}"
-        nos = [self.plan(h, b, case_id) for h, b in bodies]
+        order = sorted(range(len(bodies)), key=lambda i: (bodies[i][1]["mdtrt"]["endtime"], i))
+        wave = {i: n for n, i in enumerate(order)}
+        nos = [self.plan(h, b, case_id, wave[i]) for i, (h, b) in enumerate(bodies)]
         c = Case(
             case_id,
             pattern,
@@ -1547,7 +1556,8 @@ async def post_traffic(
 ) -> dict[str, str]:
     """POST every planned body to its hospital's agent (``agents``: code → (url, HIS token)).
 
-    ``concurrency`` requests in flight per agent, in plan order. Returns ``his_setl_no → setl_id``
+    ``concurrency`` requests in flight per agent, in plan order, wave after wave (a case's later
+    visits only once every agent has answered its earlier ones). Returns ``his_setl_no → setl_id``
     of the acknowledged ones; ``on_answer`` sees every answer (status, body) so a caller can count
     refusals. The same bytes are re-sent after a dropped connection or a 5xx, as
     ``simulators.his.run_his`` does.
@@ -1559,13 +1569,10 @@ async def post_traffic(
     from .his import _encode, _Sender
 
     ids: dict[str, str] = {}
-    queues: dict[str, list[Planned]] = {code: [] for code in agents}
-    for p in traffic.planned:
-        queues[p.hospital].append(p)
 
-    async def agent_run(code: str) -> None:
+    async def agent_run(code: str, queue: list[Planned]) -> None:
         url, token = agents[code]
-        items = iter(queues[code])
+        items = iter(queue)
         headers = {"Authorization": f"Bearer {token}"}
         async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             sender = _Sender(s, retries=5, backoff=0.2)
@@ -1584,7 +1591,12 @@ async def post_traffic(
 
             await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
 
-    await asyncio.gather(*(agent_run(code) for code in queues))
+    for wave in sorted({p.wave for p in traffic.planned}):
+        queues: dict[str, list[Planned]] = {code: [] for code in agents}
+        for p in traffic.planned:
+            if p.wave == wave:
+                queues[p.hospital].append(p)
+        await asyncio.gather(*(agent_run(code, queue) for code, queue in queues.items() if queue))
     return ids
 
 
