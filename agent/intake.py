@@ -87,6 +87,7 @@ class _LineIn(msgspec.Struct, forbid_unknown_fields=True):
     days: int | None = None
     dosage: Text | None = None
     chrgitm_lv: Annotated[str, Meta(pattern=r"^[ABC]$")] | None = None
+    fee_ocur_time: str | None = None
 
 
 class _OverrideIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -216,6 +217,11 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
                 det_item_fee_sumamt=_fen(ln.det_item_fee_sumamt, f"{where}.det_item_fee_sumamt", problems)
                 or 0,
                 dosage=ln.dosage,
+                fee_ocur_time=(
+                    _timestamp(ln.fee_ocur_time, f"{where}.fee_ocur_time", problems)
+                    if ln.fee_ocur_time
+                    else None
+                ),
                 feedetl_sn=ln.feedetl_sn,
                 list_type=ln.list_type,
                 med_list_codg=ln.med_list_codg,

@@ -49,7 +49,7 @@ __all__ = ["SCHEMA_VERSION", "Outbox", "Pending", "Receipt"]
 
 log = logging.getLogger("yibao.agent.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: A settlement's lines join the local history; OR IGNORE: a line is there once (unique index).
 _HISTORY_INSERT = HISTORY_INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
 
@@ -116,7 +116,15 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS hist_lines_setl_line ON hist_lines (setl_id, feedetl_sn)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """``hist_lines.fee_date``: the local date of each line's ``fee_ocur_time`` (NULL when the HIS did not
+    send it), the last column of the rule library's ``HIST_COLUMNS``. A database that migration 2 made
+    from today's ``HISTORY_DDL`` has it already."""
+    if "fee_date" not in {row[1] for row in db.execute("PRAGMA table_info(hist_lines)").fetchall()}:
+        db.execute("ALTER TABLE hist_lines ADD COLUMN fee_date TEXT")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -80,6 +80,9 @@ class FeeDetail(msgspec.Struct, kw_only=True):
     days: int | None = None
     det_item_fee_sumamt: int
     dosage: str | None = None
+    #: When the item was given or done (national name; ISO-8601 with offset, as the HIS sent it).
+    #: Its local date is ``hist_lines.fee_date`` (bed-hanging: the days a stay had treatment).
+    fee_ocur_time: str | None = None
     feedetl_sn: str
     #: Wholly self-paid part of the line (fen): class C, not in the catalogue, or moved to self-pay
     #: by an in-event rule. National name; None until the split is computed.

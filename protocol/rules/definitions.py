@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
@@ -29,6 +30,8 @@ from ..errors import RulesInvalid
 
 __all__ = [
     "ACTIONS",
+    "CENTRE_MEASURES",
+    "DEFAULT_WEIGHTS",
     "FORMAT",
     "INTERACTION_SEVERITIES",
     "MODES",
@@ -52,6 +55,11 @@ INTERACTION_SEVERITIES = ("minor", "moderate", "major", "contraindicated")
 BLACKLIST_TYPES = ("card", "person", "employer")
 MAX_RULES = 1000
 MAX_WINDOW_DAYS = 3660
+#: Measures of template 18 (``peer_outlier``).
+CENTRE_MEASURES = ("cost_per_visit", "drug_share", "visits_per_patient")
+#: A rule's ``weight`` (the base of a suspicion's score at the centre) when the rule gives none.
+DEFAULT_WEIGHTS: Mapping[str, int] = MappingProxyType({"block": 90, "warn": 60, "info": 30})
+_ITEM_CODE = re.compile(r"^[0-9A-Za-z]{1,50}$")
 
 _RULE_ID = re.compile(r"^[a-z0-9_.-]{1,64}$")
 
@@ -86,6 +94,71 @@ def _interaction_severity(c: Checker, value: Any, path: str) -> Any:
     return c.text(value, path, choices=INTERACTION_SEVERITIES)
 
 
+def _ratio(c: Checker, value: Any, path: str) -> Any:
+    """A ratio as decimal text ("1.5"), 1-1000 with at most 4 decimals; kept as the text given."""
+    if not isinstance(value, str):
+        number = fraction(value) or (
+            str(value) if isinstance(value, int) and not isinstance(value, bool) else None
+        )
+        if number is not None:
+            c.add(path, f'ratios are decimal strings: write "{number}"')
+        else:
+            c.add(path, f'must be a decimal string such as "1.5", found {kind(value)}')
+        return None
+    number = c.quantity(value, path)
+    if number is None:
+        return None
+    if not Decimal(1) <= number <= Decimal(1000):
+        c.add(path, f"{value} is outside 1-1000")
+        return None
+    return value
+
+
+def _within_days(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 0, 366)
+
+
+def _km(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 1, 10_000, " of km")
+
+
+def _minutes(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 1, 10_080, " of minutes")
+
+
+def _long_days(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 1, MAX_WINDOW_DAYS)
+
+
+def _count(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 1, 1_000_000)
+
+
+def _amount(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 1, 10**12, " of fen")
+
+
+def _related(c: Checker, value: Any, path: str) -> Any:
+    return c.text(value, path, choices=("category", "any"))
+
+
+def _measure(c: Checker, value: Any, path: str) -> Any:
+    return c.text(value, path, choices=CENTRE_MEASURES)
+
+
+def _item_codes(c: Checker, value: Any, path: str) -> Any:
+    found = c.codes(value, path, pattern=_ITEM_CODE, hint="must be an item code (1-50 letters and digits)",
+                    max_len=1000)  # fmt: skip
+    if isinstance(value, list) and not value:
+        c.add(path, "must name at least one item code (bed, nursing grade, meals…)")
+    return found
+
+
+def _one_of_cost_limits(c: Checker, params: dict[str, Any], path: str) -> None:
+    if params.get("max_fen") is None and params.get("peer_ratio") is None:
+        c.add(path, "excessive_cost needs max_fen, peer_ratio or both")
+
+
 def _list_types(c: Checker, value: Any, path: str) -> Any:
     found = c.choices(value, path, BLACKLIST_TYPES)
     if isinstance(value, list) and not value:
@@ -110,9 +183,15 @@ class Template:
     objects: tuple[str, ...] = OBJECTS
     #: evaluated in SQL by this package (12 is evaluated by the caller's blacklist)
     sql: bool = True
+    #: runs only at the centre over the whole population (13-18; ``moments`` must be ``["post"]``;
+    #: ``evaluate`` at the agent never runs it)
+    centre: bool = False
+    #: a check across the parameters once each is valid (``checks(c, params, path)``)
+    checks: Callable[[Checker, dict[str, Any], str], None] | None = None
 
 
 _PERSON = ("person",)
+_GROUPS = ("doctor", "department", "hospital")
 TEMPLATES: Mapping[str, Template] = MappingProxyType(
     {
         t.name: t
@@ -141,6 +220,37 @@ TEMPLATES: Mapping[str, Template] = MappingProxyType(
                 "blacklisted", 12, {"list_types": (_list_types, BLACKLIST_TYPES)},
                 knowledge=False, lines=False, objects=_PERSON, sql=False,
             ),
+            # centre templates (docs/MONITORING.md): visits, not lines; never at the edge
+            Template(
+                "readmission", 13,
+                {"within_days": (_within_days, ...), "same_hospital": (_flag, False),
+                 "related": (_related, "category")},
+                knowledge=False, lines=False, centre=True,
+            ),
+            Template(
+                "impersonation_distance", 14, {"max_minutes": (_minutes, ...), "min_km": (_km, ...)},
+                knowledge=False, lines=False, centre=True,
+            ),
+            Template(
+                "care_after_death", 15, {"grace_days": (_within_days, 0)},
+                knowledge=False, lines=False, centre=True,
+            ),
+            Template(
+                "bed_hanging", 16, {"min_idle_days": (_days, ...), "idle_codes": (_item_codes, ...)},
+                knowledge=False, lines=False, centre=True,
+            ),
+            Template(
+                "excessive_cost", 17,
+                {"max_fen": (_amount, None), "peer_ratio": (_ratio, None), "peer_days": (_long_days, 365),
+                 "min_peers": (_count, 20)},
+                knowledge=False, lines=False, centre=True, checks=_one_of_cost_limits,
+            ),
+            Template(
+                "peer_outlier", 18,
+                {"measure": (_measure, ...), "ratio": (_ratio, ...), "days": (_days, 90),
+                 "min_visits": (_count, 30)},
+                knowledge=False, lines=False, objects=_GROUPS, centre=True,
+            ),
         )
     }
 )  # fmt: skip
@@ -167,10 +277,21 @@ class Rule:
     params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     moments: tuple[str, ...] = MOMENTS
     overridable: bool = False
+    #: 1-100, the base of a suspicion's score at the centre; 0 = by severity (``DEFAULT_WEIGHTS``)
+    weight: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.weight:
+            object.__setattr__(self, "weight", DEFAULT_WEIGHTS.get(self.severity, 30))
 
     @property
     def spec(self) -> Template:
         return TEMPLATES[self.template]
+
+    @property
+    def centre(self) -> bool:
+        """Whether only the centre runs this rule (templates 13-18)."""
+        return TEMPLATES[self.template].centre
 
     def applies(
         self,
@@ -221,7 +342,7 @@ class RuleSet:
 _RULE_REQUIRED = {"id", "version", "template", "severity", "mode", "action"}
 _RULE_OPTIONAL = {
     "name", "description", "object", "med_types", "insutypes", "hosp_lvs", "disease_prefixes",
-    "window_days", "params", "moments", "overridable",
+    "window_days", "params", "moments", "overridable", "weight",
 }  # fmt: skip
 
 
@@ -288,15 +409,23 @@ def _check_rule(c: Checker, raw: Any, path: str) -> Rule | None:
         c, r, "disease_prefixes", path, DISE_PREFIX, "must be an ICD-10 code prefix like E11 or I63.9"
     )
     window = c.integer(r["window_days"], at("window_days"), 0, MAX_WINDOW_DAYS) if "window_days" in r else 0
-    moments = c.choices(r["moments"], at("moments"), MOMENTS) if "moments" in r else MOMENTS
+    spec = TEMPLATES.get(template) if template else None
+    # a centre template runs after settlement only; left out, its moments are ("post",)
+    default_moments = ("post",) if spec is not None and spec.centre else MOMENTS
+    moments = c.choices(r["moments"], at("moments"), MOMENTS) if "moments" in r else default_moments
+    weight = c.integer(r["weight"], at("weight"), 1, 100) if "weight" in r else 0
     if "moments" in r and isinstance(r["moments"], list) and not r["moments"]:
         c.add(at("moments"), "must name at least one of pre, in, post (use mode off to switch a rule off)")
     overridable = c.boolean(r["overridable"], at("overridable")) if "overridable" in r else False
 
     params: dict[str, Any] = {}
-    spec = TEMPLATES.get(template) if template else None
     if spec is not None:
         params = _check_params(c, r.get("params", {}), at("params"), spec)
+        if spec.centre and "moments" in r and isinstance(r["moments"], list) and r["moments"] != ["post"]:
+            c.add(
+                at("moments"),
+                f'template {spec.name} runs only at the centre over settled visits: moments must be ["post"]',
+            )
         if spec.window and window is not None and window < 1:
             c.add(
                 at("window_days"),
@@ -324,7 +453,7 @@ def _check_rule(c: Checker, raw: Any, path: str) -> Rule | None:
         id=rid, version=version, template=template, severity=severity, mode=mode, action=action,
         name=name or "", description=description or "", object=obj, med_types=med_types, insutypes=insutypes,
         hosp_lvs=hosp_lvs, disease_prefixes=prefixes, window_days=window or 0,
-        params=MappingProxyType(params), moments=moments, overridable=bool(overridable),
+        params=MappingProxyType(params), moments=moments, overridable=bool(overridable), weight=weight or 0,
     )  # fmt: skip
 
 
@@ -339,6 +468,7 @@ def _check_params(c: Checker, raw: Any, path: str, spec: Template) -> dict[str, 
         c.add(path, f"must be an object, found {kind(raw)}")
         return {}
     params: dict[str, Any] = {}
+    before = len(c.problems)
     for name in sorted(raw.keys() - spec.params.keys(), key=str):
         known = ", ".join(spec.params) or "none"
         c.add(join(path, str(name)), f"is not a parameter of {spec.name} (its parameters: {known})")
@@ -349,4 +479,6 @@ def _check_params(c: Checker, raw: Any, path: str, spec: Template) -> dict[str, 
             c.add(join(path, name), f"is required by {spec.name}")
         else:
             params[name] = default
+    if spec.checks is not None and len(c.problems) == before:
+        spec.checks(c, params, path)
     return params

@@ -61,13 +61,17 @@ def blacklist_hit(
 
 
 def applicable(ruleset: RuleSet, bill: Bill, *, moment: str, kb_ready: bool = True) -> list[Rule]:
-    """The rules that run for ``bill`` at ``moment``: not off, moment and filters match, knowledge ready."""
+    """The rules that run for ``bill`` at ``moment``: not off, moment and filters match, knowledge ready.
+
+    Centre templates (13-18) never run here: they need the whole population's visits.
+    """
     if moment not in MOMENTS:
         raise ValueError(f"moment {moment!r} is not one of {', '.join(MOMENTS)}")
     return [
         rule
         for rule in ruleset.rules
         if (kb_ready or not rule.spec.knowledge)
+        and not rule.spec.centre
         and rule.applies(
             moment=moment, med_type=bill.med_type, insutype=bill.insutype, hosp_lv=bill.hosp_lv,
             dise_codg=bill.dise_codg,

@@ -9,7 +9,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from ..records import Settlement
-from .tables import CURRENT_SETL_ID, join_diagnoses, pric_fen
+from .tables import CURRENT_SETL_ID, date_of, join_diagnoses, pric_fen
 
 __all__ = ["Bill", "Hit", "Line", "bill_from_settlement"]
 
@@ -26,6 +26,7 @@ class Line:
     days: int | None = None  # days of supply (drugs)
     amount_fen: int | None = None  # line total; None = cnt × pric rounded half-up
     name: str = ""  # the HIS's name, used in messages when the catalogue has none
+    fee_ocur_time: str | None = None  # when the item was given (ISO-8601); its date is ``fee_date``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,7 +72,7 @@ class Bill:
                     self.psn_no, self.fixmedins_code, setl_id, setl_date, self.begntime[:10],
                     self.med_type, diagnoses, self.dr_codg, self.dept_codg, self.hosp_lv, line.feedetl_sn,
                     line.med_list_codg, line.list_type, float(cnt), pric_fen(line.pric), amount, line.days,
-                    self.gend, self.brdy, self.insutype, self.psn_type,
+                    date_of(line.fee_ocur_time), self.gend, self.brdy, self.insutype, self.psn_type,
                 )
             )  # fmt: skip
         return rows
@@ -88,6 +89,7 @@ def bill_from_settlement(record: Settlement, hosp_lv: str) -> Bill:
             Line(
                 feedetl_sn=x.feedetl_sn, med_list_codg=x.med_list_codg, cnt=x.cnt, pric=x.pric,
                 list_type=x.list_type, days=x.days, amount_fen=x.det_item_fee_sumamt, name=x.medins_list_name,
+                fee_ocur_time=x.fee_ocur_time,
             )
             for x in record.feedetl
         ),

@@ -234,9 +234,21 @@ def test_a_valid_rule_gets_its_defaults() -> None:
 
 
 def test_every_template_has_defaults_or_required_parameters() -> None:
-    required = {"duplicate_medication": {"match": "code"}, "frequent_visits": {"max_visits": 2, "days": 7}}
-    docs = [rule_doc(name, params=required.get(name, {})) for name in TEMPLATES]
-    assert len(load_ruleset(_doc(*docs)).rules) == 12
+    required = {
+        "duplicate_medication": {"match": "code"},
+        "frequent_visits": {"max_visits": 2, "days": 7},
+        "readmission": {"within_days": 15},
+        "impersonation_distance": {"max_minutes": 60, "min_km": 100},
+        "bed_hanging": {"min_idle_days": 3, "idle_codes": ["BED001"]},
+        "excessive_cost": {"max_fen": 10_000_000},
+        "peer_outlier": {"measure": "cost_per_visit", "ratio": "2"},
+    }
+    objects = {"peer_outlier": "doctor"}
+    docs = [
+        rule_doc(name, params=required.get(name, {}), object=objects.get(name, "person"))
+        for name in TEMPLATES
+    ]
+    assert len(load_ruleset(_doc(*docs)).rules) == 18
 
 
 def test_the_contract_example_loads() -> None:

@@ -260,6 +260,7 @@ def test_history_rows_from_a_settlement() -> None:
             "pric_fen": 1960,
             "amount_fen": 3920,
             "days": 28,
+            "fee_date": None,
         },
         {
             "psn_no": "P1",
@@ -279,6 +280,7 @@ def test_history_rows_from_a_settlement() -> None:
             "pric_fen": 1201,
             "amount_fen": 1201,
             "days": None,
+            "fee_date": None,
         },
     ]
 

@@ -85,7 +85,7 @@ def rule_doc(template: str, **fields: Any) -> dict[str, Any]:
         "severity": "warn",
         "mode": "enforce",
         "action": "prompt",
-        "moments": ["pre", "in", "post"],
+        "moments": ["post"] if TEMPLATES[template].centre else ["pre", "in", "post"],
     }
     if TEMPLATES[template].window:
         doc["window_days"] = 90
@@ -161,6 +161,7 @@ def add_history(
             100,
             round(cnt * 100),
             days,
+            None,
         )
         for i, (code, cnt, days) in enumerate(items)
     ]

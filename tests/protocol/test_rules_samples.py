@@ -25,11 +25,11 @@ from .test_rules_kit import (
 )
 
 
-def test_the_samples_load_and_cover_all_twelve_templates() -> None:
+def test_the_samples_load_and_cover_all_eighteen_templates() -> None:
     rules = load_ruleset(sample_rules())
     knowledge = load_knowledge(sample_catalogue())
     assert rules.area == knowledge.area == "370200"
-    assert rules.templates() == set(TEMPLATES) and len(TEMPLATES) == 12
+    assert rules.templates() == set(TEMPLATES) and len(TEMPLATES) == 18
     assert {r.mode for r in rules.rules} == {"enforce", "shadow", "off"}
     assert {r.action for r in rules.rules} == {"refuse", "self_pay", "prompt"}
     items = knowledge.items.values()
