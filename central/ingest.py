@@ -20,9 +20,10 @@ step before the write passes, and all writes for a batch are one transaction):
    listed in the ack, and only valid bodies become settlements. Lost markers are kept as
    ``lost``.
 6. In the same transaction, every settlement that became a settlements row adds its fee-detail
-   lines to ``hist_lines`` (``central.lines``; built in ``prepare``), and every reversal that
-   became a row deletes the lines of the settlement it cancels (same ``setl_id`` and hospital).
-   A duplicate batch, a rejected record or a lost marker adds no line.
+   lines to ``hist_lines`` (``central.lines``) and its visit row to ``hist_visits``
+   (``central.visits``; area = the agent's pooling area), both built in ``prepare``; every reversal
+   that became a row deletes the lines and the visit row of the settlement it cancels (same
+   ``setl_id`` and hospital). A duplicate batch, a rejected record or a lost marker adds nothing.
 
 The ack always carries the highest contiguous seq held (``protocol.wire``): "resend from
 ``acked_seq + 1``" is always right for the agent.
@@ -54,6 +55,7 @@ from .errors import (
 )
 from .lines import HOSP_LV_INDEX, INSERT_HIST_LINE
 from .store import Store, get_agent, now_iso, record_security_event
+from .visits import INSERT_VISIT, VISIT_HOSP_LV_INDEX, visit_row
 
 __all__ = ["Ingestor", "Prepared"]
 
@@ -77,7 +79,9 @@ _INSERT_SETTLEMENT = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _DELETE_LINES = "DELETE FROM hist_lines WHERE setl_id = ? AND fixmedins_code = ?"
+_DELETE_VISIT = "DELETE FROM hist_visits WHERE setl_id = ? AND fixmedins_code = ?"
 _HOSP_LV = "SELECT hosp_lv FROM hospitals WHERE fixmedins_code = ?"
+_AREA = "SELECT pooling_area FROM agents WHERE agent_id = ?"
 
 
 class _Refused(Exception):
@@ -101,6 +105,7 @@ class Prepared:
     settlements: list[tuple | None]  # the settlement row of each record, None if not one
     lines: list[list[tuple] | None]  # each settlement's hist_lines rows, None if not a valid settlement
     hosp_lv: str | None  # the hospital's grade the lines were built with
+    visits: list[tuple | None]  # each settlement's hist_visits row, None if not a valid settlement
 
 
 def _problem_text(exc: ProtocolError) -> str:
@@ -120,10 +125,10 @@ def _amount_problem(rec: Settlement | Reversal) -> str | None:
 
 
 def _settlement_row(
-    rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str, hosp_lv: str | None
-) -> tuple[tuple, list[tuple] | None]:
-    """The settlements-table row of a valid body and its ``hist_lines`` rows (None for a reversal),
-    or ``_Refused`` for what the centre adds to validation.
+    rec: Settlement | Reversal, agent_id: str, seq: int, hospital: str, hosp_lv: str | None, area: str | None
+) -> tuple[tuple, list[tuple] | None, tuple | None]:
+    """The settlements-table row of a valid body, its ``hist_lines`` rows and its ``hist_visits`` row
+    (both None for a reversal), or ``_Refused`` for what the centre adds to validation.
 
     Hot path (once per record): a validated settlement's split parts are non-negative and add up
     to ``medfee_sumamt``, so checking the total alone bounds them all; reversals check each amount.
@@ -144,7 +149,9 @@ def _settlement_row(
             mdtrt.med_type, setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
             rec.psn_cash_pay, None, rec.mdtrt_cert_type, rec.mdtrt_cert_no, rec.psn.card_sn, rec.hifp_pay,
             rec.hifmi_pay, rec.hifob_pay,
-        ), history_rows_from_settlement(rec, hosp_lv, setl_date=setl_date)  # fmt: skip
+        ), history_rows_from_settlement(rec, hosp_lv, setl_date=setl_date), visit_row(
+            rec, area=area, hosp_lv=hosp_lv, setl_date=setl_date
+        )  # fmt: skip
     assert isinstance(rec, Reversal)
     problem = _amount_problem(rec)
     if problem:
@@ -153,12 +160,17 @@ def _settlement_row(
         rec.setl_id, agent_id, seq, "revs", rec.his_setl_no, hospital, None, None, None, setl_time, setl_date,
         rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay, rec.psn_cash_pay, rec.orig_setl_id,
         None, None, None, None, None, None,
-    ), None  # fmt: skip
+    ), None, None  # fmt: skip
 
 
 def _hosp_lv(conn: sqlite3.Connection, hospital: str) -> str | None:
     row = conn.execute(_HOSP_LV, (hospital,)).fetchone()
     return row[0] if row else None
+
+
+def _grade_and_area(conn: sqlite3.Connection, hospital: str, agent_id: str) -> tuple[str | None, str | None]:
+    row = conn.execute(_AREA, (agent_id,)).fetchone()
+    return _hosp_lv(conn, hospital), row[0] if row else None
 
 
 class Ingestor:
@@ -203,12 +215,13 @@ class Ingestor:
             self._security_event(batch.agent_id, error, remote)
             raise error from None
         agent_id, hospital, received = batch.agent_id, agent.fixmedins_code, now_iso()
-        hosp_lv = self.store.read(lambda conn: _hosp_lv(conn, hospital))
+        hosp_lv, area = self.store.read(lambda conn: _grade_and_area(conn, hospital, agent_id))
         hashes: list[bytes] = []
         prevs: list[bytes | None] = []
         records: list[tuple] = []
         settlements: list[tuple | None] = []
         lines: list[list[tuple] | None] = []
+        visits: list[tuple | None] = []
         for rec in linked:
             seq, digest, entry = rec.seq, rec.hash, rec.entry
             hashes.append(digest)
@@ -217,10 +230,11 @@ class Ingestor:
                 records.append((agent_id, seq, digest, None, "lost", None, None, rec.raw, received))
                 settlements.append(None)
                 lines.append(None)
+                visits.append(None)
                 continue
             prevs.append(entry.prev_hash)
             try:
-                row, rows = _settlement_row(decode_body(entry), agent_id, seq, hospital, hosp_lv)
+                row, rows, visit = _settlement_row(decode_body(entry), agent_id, seq, hospital, hosp_lv, area)
             except ProtocolError as exc:
                 code, message = exc.code, _problem_text(exc)
             except _Refused as exc:
@@ -232,11 +246,13 @@ class Ingestor:
                 records.append((agent_id, seq, digest, entry.kind, "ok", None, None, rec.raw, received))
                 settlements.append(row)
                 lines.append(rows)
+                visits.append(visit)
                 continue
             records.append((agent_id, seq, digest, entry.kind, "rejected", code, message, rec.raw, received))
             settlements.append(None)
             lines.append(None)
-        return Prepared(batch, hospital, hashes, prevs, records, settlements, lines, hosp_lv)
+            visits.append(None)
+        return Prepared(batch, hospital, hashes, prevs, records, settlements, lines, hosp_lv, visits)
 
     def commit(self, prepared: Prepared, *, remote: str | None = None) -> BatchAck:
         """Step 4 and 5 in one write transaction."""
@@ -328,25 +344,32 @@ class Ingestor:
 
     @staticmethod
     def _store_lines(conn: sqlite3.Connection, p: Prepared, k: int, records: list[tuple]) -> None:
-        """Rule 6: the lines of the records from index ``k`` that are still ``ok`` after the settlements
-        were stored (a repeated ``setl_id`` or a replayed e-voucher turned theirs into rejections)."""
+        """Rule 6: the lines and visit rows of the records from index ``k`` that are still ``ok`` after
+        the settlements were stored (a repeated ``setl_id`` or a replayed e-voucher turned theirs into
+        rejections)."""
         lines: list[tuple] = []
+        visits: list[tuple] = []
         cancelled: list[tuple[str, str]] = []
-        for record, rows, setl in zip(records, p.lines[k:], p.settlements[k:], strict=True):
+        built = zip(records, p.lines[k:], p.visits[k:], p.settlements[k:], strict=True)
+        for record, rows, visit, setl in built:
             if record[4] != "ok":
                 continue
             if rows is not None:
                 lines += rows
+                visits.append(visit)
             elif setl is not None and setl[3] == "revs":
                 cancelled.append((setl[15], setl[5]))  # orig_setl_id, fixmedins_code
-        if lines:
+        if visits:
             held_lv = _hosp_lv(conn, p.hospital)
             if held_lv != p.hosp_lv:  # an operator set the grade between prepare and now
-                i = HOSP_LV_INDEX
+                i, j = HOSP_LV_INDEX, VISIT_HOSP_LV_INDEX
                 lines = [(*r[:i], held_lv, *r[i + 1 :]) for r in lines]
+                visits = [(*r[:j], held_lv, *r[j + 1 :]) for r in visits]
             conn.executemany(INSERT_HIST_LINE, lines)
+            conn.executemany(INSERT_VISIT, visits)
         if cancelled:
             conn.executemany(_DELETE_LINES, cancelled)
+            conn.executemany(_DELETE_VISIT, cancelled)
 
     @staticmethod
     def _claim_vouchers(

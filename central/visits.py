@@ -16,6 +16,7 @@ from datetime import datetime
 from protocol.chain import decode_body, decode_entry
 from protocol.errors import ProtocolError
 from protocol.records import Settlement
+from protocol.rules import join_diagnoses
 from protocol.rules.knowledge import DRUG_LIST_TYPES
 
 __all__ = ["INSERT_VISIT", "VISIT_COLUMNS", "backfill_visits", "visit_row"]
@@ -47,15 +48,19 @@ def _date_of(text: str | None) -> str | None:
 
 
 def visit_row(rec: Settlement, *, area: str | None, hosp_lv: str | None, setl_date: str) -> tuple:
-    """The ``hist_visits`` row of a valid settlement (``VISIT_COLUMNS`` order)."""
+    """The ``hist_visits`` row of a valid settlement (``VISIT_COLUMNS`` order).
+
+    Diagnoses are joined as ``hist_lines.dise_codg`` joins them (``protocol.rules.join_diagnoses``),
+    so a template reading either table sees the same codes; ``dise_main`` is the first (primary) one.
+    """
     md, psn = rec.mdtrt, rec.psn
-    codes = [c.strip() for c in md.dise_codg.replace(";", ",").replace("|", ",").split(",") if c.strip()]
+    codes = join_diagnoses(md.dise_codg)
     drug_fen = sum(line.det_item_fee_sumamt for line in rec.feedetl if line.list_type in _DRUGS)
     return (
         rec.setl_id, psn.psn_no, rec.fixmedins_code, area, hosp_lv, rec.setl_time, setl_date,
-        _date_of(md.begntime), _date_of(md.endtime), md.med_type, ",".join(codes) or None,
-        codes[0] if codes else None, md.dr_codg, md.dept_codg, md.ipt_days, rec.medfee_sumamt, drug_fen,
-        psn.gend, psn.brdy, psn.insutype, psn.psn_type,
+        _date_of(md.begntime), _date_of(md.endtime), md.med_type, codes or None,
+        codes.split(",", 1)[0] if codes else None, md.dr_codg, md.dept_codg, md.ipt_days, rec.medfee_sumamt,
+        drug_fen, psn.gend, psn.brdy, psn.insutype, psn.psn_type,
     )  # fmt: skip
 
 
