@@ -5,6 +5,8 @@ compiled SQL (``compile_rule`` / ``run_rule``) over a batch of many persons' set
 no network or file I/O; functions that touch a database take the caller's ``sqlite3.Connection``.
 """
 
+# registers templates 13-18 with compile_rule / run_rule (after .templates: it extends its table)
+from .centre import CENTRE_SQL_TEMPLATES, INPATIENT_MED_TYPES
 from .definitions import (
     ACTIONS,
     CENTRE_MEASURES,
@@ -20,6 +22,7 @@ from .definitions import (
     Template,
     load_ruleset,
 )
+from .dialect import DIALECTS, transpile
 from .evaluate import Blacklisted, BlacklistMatch, applicable, blacklist_hit, evaluate
 from .knowledge import KNOWLEDGE_DDL, Interaction, KbItem, Knowledge, install_knowledge, load_knowledge
 from .model import Bill, Hit, Line, bill_from_settlement
@@ -49,17 +52,20 @@ from .templates import Compiled, compile_rule, hits_from_rows, run_rule
 __all__ = [
     "ACTIONS",
     "CENTRE_MEASURES",
+    "CENTRE_SQL_TEMPLATES",
     "CURRENT_COLUMNS",
     "CURRENT_DDL",
     "CURRENT_SETL_ID",
     "CURRENT_VISITS_DDL",
     "DEATHS_DDL",
     "DEFAULT_WEIGHTS",
+    "DIALECTS",
     "FORMAT",
     "HISTORY_DDL",
     "HISTORY_INSERT",
     "HIST_COLUMNS",
     "HOSPITALS_GEO_DDL",
+    "INPATIENT_MED_TYPES",
     "KNOWLEDGE_DDL",
     "MODES",
     "MOMENTS",
@@ -98,4 +104,5 @@ __all__ = [
     "load_knowledge",
     "load_ruleset",
     "run_rule",
+    "transpile",
 ]

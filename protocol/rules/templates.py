@@ -24,6 +24,7 @@ from typing import Any
 
 from ..records import fen_to_text
 from .definitions import INTERACTION_SEVERITIES, Rule
+from .dialect import date_add, days_between, in_code_list
 from .model import Hit
 
 __all__ = ["Compiled", "compile_rule", "hits_from_rows", "run_rule"]
@@ -40,7 +41,7 @@ def _in(column: str, values: tuple[str, ...], prefix: str, params: dict[str, Any
     for i, value in enumerate(values):
         params[f"{prefix}{i}"] = value
         names.append(f":{prefix}{i}")
-    return f"{column} IN ({', '.join(names)})" if names else "0"
+    return f"{column} IN ({', '.join(names)})" if names else "1 = 0"
 
 
 def _filters(rule: Rule, params: dict[str, Any], c: str = "c") -> str:
@@ -55,18 +56,19 @@ def _filters(rule: Rule, params: dict[str, Any], c: str = "c") -> str:
         ors = []
         for i, prefix in enumerate(rule.disease_prefixes):
             params[f"f_dp{i}"] = prefix
-            ors.append(f"instr(',' || {c}.dise_codg, ',' || :f_dp{i}) > 0")
+            ors.append(in_code_list(f"{c}.dise_codg", f":f_dp{i}"))
         parts.append(f"({' OR '.join(ors)})")
     return " AND ".join(parts) if parts else "1 = 1"
 
 
-def _back(days: int) -> str:
-    return f"-{days} days"
+def _back(days: int) -> int:
+    """A look-back bound as the (negative) day count ``date_add`` takes."""
+    return -days
 
 
 # -- 1 duplicate medication --------------------------------------------------------------------
 
-_OVERLAP = "min(c.days, h.days - CAST(julianday(c.setl_date) - julianday(h.setl_date) AS INTEGER))"
+_OVERLAP = f"min(c.days, h.days - {days_between('c.setl_date', 'h.setl_date')})"
 
 
 def _sql_duplicate(rule: Rule, p: dict[str, Any], f: str) -> str:
@@ -89,11 +91,11 @@ WITH cand AS MATERIALIZED (
 SELECT c.psn_no, c.setl_id, c.feedetl_sn AS hit_key, c.feedetl_sn AS sn,
        c.med_list_codg AS cur_code, kc.name AS cur_name, kc.drug_class AS cur_class, c.days AS cur_days,
        h.setl_date, h.fixmedins_code, h.med_list_codg, kh.name AS name, kh.drug_class AS drug_class, h.days,
-       date(h.setl_date, '+' || h.days || ' days') AS supply_until, {_OVERLAP} AS overlap
+       {date_add("h.setl_date", "h.days")} AS supply_until, {_OVERLAP} AS overlap
 FROM cand AS c
 LEFT JOIN kb_items AS kc ON kc.code = c.med_list_codg
 JOIN hist_lines AS h ON h.psn_no = c.psn_no AND h.med_list_codg = c.code
-     AND h.setl_date >= date(c.setl_date, :p_back) AND h.setl_date <= c.setl_date
+     AND h.setl_date >= {date_add("c.setl_date", ":p_back")} AND h.setl_date <= c.setl_date
 LEFT JOIN kb_items AS kh ON kh.code = h.med_list_codg
 WHERE h.days IS NOT NULL AND h.setl_id <> c.setl_id AND {_OVERLAP} >= :p_min_overlap
 ORDER BY c.psn_no, c.setl_id, c.feedetl_sn, overlap DESC, h.setl_date DESC, h.fixmedins_code, h.med_list_codg
@@ -182,9 +184,9 @@ WITH cc AS (
   SELECT cc.*, fr.per, fr.max_count,
          CASE WHEN fr.per = 'visit' THEN NULL
               WHEN fr.per = 'day' THEN cc.begn_date
-              ELSE date(cc.setl_date, '-' || (CAST(substr(fr.per, 13) AS INTEGER) - 1) || ' days') END AS lo,
+              ELSE {date_add("cc.setl_date", "1 - CAST(substr(fr.per, 13) AS INTEGER)")} END AS lo,
          CASE WHEN fr.per = 'day'
-              THEN fr.max_count * max(1, CAST(julianday(cc.setl_date) - julianday(cc.begn_date) AS INTEGER))
+              THEN fr.max_count * max(1, {days_between("cc.setl_date", "cc.begn_date")})
               ELSE fr.max_count END AS allowed
   FROM cc JOIN kb_frequency AS fr ON fr.code = cc.code
 ), hh AS (
@@ -296,7 +298,7 @@ def _msg_gender(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]
 
 _AGE = (
     "(CAST(substr(c.begn_date, 1, 4) AS INTEGER) - CAST(substr(c.brdy, 1, 4) AS INTEGER)"
-    " - (substr(c.begn_date, 6, 5) < substr(c.brdy, 6, 5)))"
+    " - CASE WHEN substr(c.begn_date, 6, 5) < substr(c.brdy, 6, 5) THEN 1 ELSE 0 END)"
 )
 
 
@@ -338,7 +340,7 @@ FROM cur_lines AS c LEFT JOIN kb_items AS k ON k.code = c.med_list_codg
 WHERE {f}
   AND EXISTS (SELECT 1 FROM kb_indications AS d WHERE d.code = c.med_list_codg)
   AND NOT EXISTS (SELECT 1 FROM kb_indications AS d WHERE d.code = c.med_list_codg
-                  AND instr(',' || c.dise_codg, ',' || d.dise_prefix) > 0)
+                  AND {in_code_list("c.dise_codg", "d.dise_prefix")})
 ORDER BY 1, 2, 3
 """
 
@@ -448,7 +450,7 @@ SELECT pc.psn_no, pc.setl_id, pc.a || '|' || pc.b || '|' || pc.sn || '|' || h.me
        NULL AS other_sn, h.setl_date AS h_date, h.fixmedins_code AS h_hosp, pc.severity, pc.message
 FROM pc
 JOIN hist_lines AS h ON h.psn_no = pc.psn_no AND h.med_list_codg = pc.pcode
-     AND h.setl_date >= date(pc.setl_date, :p_back) AND h.setl_date <= pc.setl_date
+     AND h.setl_date >= {date_add("pc.setl_date", ":p_back")} AND h.setl_date <= pc.setl_date
 LEFT JOIN kb_items AS kh ON kh.code = h.med_list_codg
 WHERE h.setl_id <> pc.setl_id AND h.days IS NOT NULL
 ORDER BY 1, 2, 3, 10 DESC, 11
@@ -498,7 +500,7 @@ WITH cv AS (
   SELECT cv.psn_no, cv.setl_id, h.setl_id AS h_setl, min(h.setl_date) AS h_date,
          min(h.fixmedins_code) AS h_hosp, min(h.med_type) AS h_med
   FROM cv JOIN hist_lines AS h ON h.psn_no = cv.psn_no
-       AND h.setl_date > date(cv.setl_date, :p_back) AND h.setl_date <= cv.setl_date
+       AND h.setl_date > {date_add("cv.setl_date", ":p_back")} AND h.setl_date <= cv.setl_date
   WHERE h.setl_id <> cv.setl_id AND {counted}
   GROUP BY cv.psn_no, cv.setl_id, h.setl_id
 ), n AS (
@@ -553,17 +555,22 @@ _TEMPLATES: dict[str, tuple[SqlBuilder, MessageBuilder]] = {
 
 @functools.lru_cache(maxsize=4096)
 def compile_rule(rule: Rule) -> Compiled:
-    """The rule's SQL (SQLite dialect) and its bound parameters; ``ValueError`` for template 12."""
+    """The rule's SQL (SQLite dialect; ``dialect.transpile`` for others) and its bound parameters, for
+    the edge templates 1-11 and the centre's 13-18 alike; ``ValueError`` for template 12."""
     if rule.template not in _TEMPLATES:
         raise ValueError(f"template {rule.template} is evaluated by the caller, not in SQL")
     params: dict[str, Any] = {}
-    f = _filters(rule, params)
+    f = _filters(rule, params, "v" if rule.spec.centre else "c")  # centre templates check visits (v)
     sql = _TEMPLATES[rule.template][0](rule, params, f)
     return Compiled(sql, params)
 
 
 def run_rule(conn: sqlite3.Connection, rule: Rule, *, names: Mapping[str, str] | None = None) -> list[Hit]:
-    """Run one rule over whatever ``cur_lines`` holds (one bill, or many persons' settlements)."""
+    """Run one rule over whatever ``cur_lines`` holds (one bill, or many persons' settlements).
+
+    A centre template (13-18) runs over ``cur_visits`` (and ``cur_lines``, ``hist_visits``,
+    ``deaths``, ``hospitals``): the centre's screening engine calls this one function for every rule.
+    """
     compiled = compile_rule(rule)
     cur = conn.cursor()
     cur.row_factory = None

@@ -1,0 +1,442 @@
+"""Templates 13-18, run only at the centre: SQL over ``cur_visits``, ``hist_visits``, ``cur_lines``,
+``hist_lines``, ``deaths`` and ``hospitals``; rows → ``Hit``s (docs/MONITORING.md, docs/RULES.md).
+
+The conventions are those of ``templates``: each query starts from the visits being screened
+(``cur_visits``, alias ``v``, one or many persons), is keyed by the visit's own columns, never by a
+parameter naming a person or a day, returns ``psn_no, setl_id, hit_key, sn`` first (``sn`` is
+empty: these templates find visits, not lines), and carries the rule's filters on the checked visit.
+``hist_visits`` holds every held settlement, the screened ones included, so a query leaves the
+checked visit out by ``setl_id``. Dates are ISO text; date arithmetic goes through the
+``dialect`` helpers so that the same text transpiles to PostgreSQL and Spark SQL. Ratios are
+compared in integer ten-thousandths (``value × 10000 ≥ ratio_e4 × median``), money in fen.
+
+Hits name the checked visit (``psn_no``, ``setl_id``); the centre attributes them to the rule's
+object from that visit. Evidence entries name every other settlement involved under ``setl_id``.
+Template 18 (``peer_outlier``) finds an object, not a visit: its hit carries the object's id in
+``evidence[0]["object_id"]`` and, as ``setl_id``/``psn_no``, one representative visit of the object
+in the screened batch (its latest: greatest ``setl_date``, then ``setl_id``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from ..records import fen_to_text
+from .definitions import Rule
+from .dialect import date_add, days_between, seconds_between
+from .templates import _TEMPLATES, _filters, _in, _num
+
+__all__ = ["CENTRE_SQL_TEMPLATES", "INPATIENT_MED_TYPES", "ratio_e4"]
+
+#: The inpatient medical types templates 13 and 16 look at when the rule names no ``med_types``.
+INPATIENT_MED_TYPES = ("21",)
+
+
+def ratio_e4(ratio: str) -> int:
+    """A ratio's decimal text ("1.5", at most 4 decimals) in integer ten-thousandths (15000)."""
+    return int(Decimal(ratio) * 10_000)
+
+
+def _inpatient(rule: Rule, p: dict[str, Any], alias: str, prefix: str) -> str:
+    """The rule's ``med_types`` (inpatient ``21`` when it names none) on ``alias``."""
+    return _in(f"{alias}.med_type", rule.med_types or INPATIENT_MED_TYPES, prefix, p)
+
+
+def _level(hosp_lv: str | None) -> str:
+    if hosp_lv is None:
+        return "hospitals of unknown level"
+    return "ungraded hospitals" if hosp_lv == "0" else f"level-{hosp_lv} hospitals"
+
+
+def _days(n: int) -> str:
+    return "1 day" if n == 1 else f"{n} days"
+
+
+# -- 13 readmission ----------------------------------------------------------------------------
+
+
+def _sql_readmission(rule: Rule, p: dict[str, Any], f: str) -> str:
+    p["p_within"] = rule.params["within_days"]
+    same = "AND h.fixmedins_code = v.fixmedins_code" if rule.params["same_hospital"] else ""
+    related = (
+        "AND substr(h.dise_main, 1, 3) = substr(v.dise_main, 1, 3)"
+        if rule.params["related"] == "category"
+        else ""
+    )
+    gap = days_between("v.begn_date", "h.end_date")
+    # the earlier stay ended on or before this admission, at most within_days before it; a stay that
+    # ended the day this one began counts when it was settled first (two same-day stays: one hit)
+    return f"""
+SELECT v.psn_no, v.setl_id, v.setl_id AS hit_key, '' AS sn, v.fixmedins_code, v.begn_date,
+       h.setl_id AS h_setl_id, h.fixmedins_code AS h_hosp, h.begn_date AS h_begn, h.end_date AS h_end,
+       substr(h.dise_main, 1, 3) AS category, {gap} AS gap
+FROM cur_visits AS v
+JOIN hist_visits AS h ON h.psn_no = v.psn_no AND h.setl_id <> v.setl_id
+     AND h.end_date <= v.begn_date AND h.end_date >= {date_add("v.begn_date", "-:p_within")}
+WHERE v.begn_date IS NOT NULL AND {f}
+  AND {_inpatient(rule, p, "v", "p_mv")} AND {_inpatient(rule, p, "h", "p_mh")}
+  AND (h.end_date < v.begn_date OR h.setl_time < v.setl_time
+       OR (h.setl_time = v.setl_time AND h.setl_id < v.setl_id))
+  {same} {related}
+ORDER BY v.psn_no, v.setl_id, gap, h.end_date DESC, h.setl_id
+"""
+
+
+def _msg_readmission(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    top = rows[0]
+    within = rule.params["within_days"]
+    where = "the same hospital" if top["h_hosp"] == top["fixmedins_code"] else top["h_hosp"]
+    related = " with a diagnosis of the same category" if rule.params["related"] == "category" else ""
+    text = (
+        f"Admitted to {top['fixmedins_code']} on {top['begn_date']}, {_days(top['gap'])} after a "
+        f"discharge from {where} on {top['h_end']}{related}; the rule looks for readmissions within "
+        f"{_days(within)}."
+    )
+    if len(rows) > 1:
+        text += f" {len(rows) - 1} other stay(s) ended in those {within} days."
+    evidence = [
+        {
+            "setl_id": r["h_setl_id"], "fixmedins_code": r["h_hosp"], "begn_date": r["h_begn"],
+            "end_date": r["h_end"], "category": r["category"], "value": r["gap"], "threshold": within,
+        }
+        for r in rows
+    ]  # fmt: skip
+    return text, evidence
+
+
+# -- 14 impersonation: one card, two distant hospitals, minutes apart ---------------------------
+
+
+def _sql_impersonation(rule: Rule, p: dict[str, Any], f: str) -> str:
+    minutes, km = rule.params["max_minutes"], rule.params["min_km"]
+    p["p_max_seconds"] = minutes * 60
+    p["p_min_km2"] = km * km
+    p["p_days"] = minutes // 1440 + 1  # the settlement dates to look at (local dates, any offset)
+    seconds = seconds_between("o.setl_time", "v.setl_time")
+    return f"""
+SELECT v.psn_no, v.setl_id, v.setl_id AS hit_key, '' AS sn, v.fixmedins_code, v.setl_time,
+       o.setl_id AS o_setl_id, o.fixmedins_code AS o_hosp, o.setl_time AS o_time,
+       (ho.x_km - hv.x_km) * (ho.x_km - hv.x_km) + (ho.y_km - hv.y_km) * (ho.y_km - hv.y_km) AS km2,
+       {seconds} AS seconds
+FROM cur_visits AS v
+JOIN hospitals AS hv ON hv.fixmedins_code = v.fixmedins_code
+JOIN hist_visits AS o ON o.psn_no = v.psn_no AND o.setl_id <> v.setl_id
+     AND o.fixmedins_code <> v.fixmedins_code
+     AND o.setl_date >= {date_add("v.setl_date", "-:p_days")}
+     AND o.setl_date <= {date_add("v.setl_date", ":p_days")}
+JOIN hospitals AS ho ON ho.fixmedins_code = o.fixmedins_code
+WHERE {f} AND hv.x_km IS NOT NULL AND hv.y_km IS NOT NULL AND ho.x_km IS NOT NULL AND ho.y_km IS NOT NULL
+  AND (ho.x_km - hv.x_km) * (ho.x_km - hv.x_km) + (ho.y_km - hv.y_km) * (ho.y_km - hv.y_km) >= :p_min_km2
+  AND abs({seconds}) <= :p_max_seconds
+ORDER BY v.psn_no, v.setl_id, abs({seconds}), o.setl_id
+"""
+
+
+def _msg_impersonation(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    top = rows[0]
+    km = round(top["km2"] ** 0.5, 1)
+    minutes = round(abs(top["seconds"]) / 60)
+    order = "before" if top["seconds"] < 0 else "after"
+    text = (
+        f"The same person settled at {top['fixmedins_code']} ({top['setl_time']}) and at {top['o_hosp']} "
+        f"{minutes} minutes {order}, {_num(km)} km apart; the rule flags settlements at least "
+        f"{rule.params['min_km']} km apart within {rule.params['max_minutes']} minutes."
+    )
+    if len(rows) > 1:
+        text += f" {len(rows) - 1} other such settlement(s)."
+    evidence = [
+        {
+            "setl_id": r["o_setl_id"], "fixmedins_code": r["o_hosp"], "setl_time": r["o_time"],
+            "from_fixmedins_code": r["fixmedins_code"], "minutes": round(abs(r["seconds"]) / 60, 1),
+            "max_minutes": rule.params["max_minutes"], "value": round(r["km2"] ** 0.5, 1),
+            "threshold": rule.params["min_km"],
+        }
+        for r in rows
+    ]  # fmt: skip
+    return text, evidence
+
+
+# -- 15 care after death -----------------------------------------------------------------------
+
+
+def _sql_after_death(rule: Rule, p: dict[str, Any], f: str) -> str:
+    p["p_grace"] = rule.params["grace_days"]
+    return f"""
+SELECT v.psn_no, v.setl_id, v.setl_id AS hit_key, '' AS sn, v.fixmedins_code, v.begn_date, v.setl_date,
+       d.death_date, d.source, {days_between("v.begn_date", "d.death_date")} AS value
+FROM cur_visits AS v JOIN deaths AS d ON d.psn_no = v.psn_no
+WHERE v.begn_date IS NOT NULL AND v.begn_date > {date_add("d.death_date", ":p_grace")} AND {f}
+ORDER BY v.psn_no, v.setl_id
+"""
+
+
+def _msg_after_death(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    r = rows[0]
+    grace = rule.params["grace_days"]
+    text = (
+        f"This visit at {r['fixmedins_code']} began on {r['begn_date']}, {_days(r['value'])} after the "
+        f"date of death on record ({r['death_date']}, source: {r['source']})"
+    )
+    text += f"; the rule allows {_days(grace)}." if grace else "."
+    return text, [
+        {"death_date": r["death_date"], "source": r["source"], "begn_date": r["begn_date"],
+         "value": r["value"], "threshold": grace}
+    ]  # fmt: skip
+
+
+# -- 16 bed-hanging: inpatient days without treatment ------------------------------------------
+
+
+def _sql_bed_hanging(rule: Rule, p: dict[str, Any], f: str) -> str:
+    p["p_min_idle"] = rule.params["min_idle_days"]
+    idle = _in("l.med_list_codg", tuple(rule.params["idle_codes"]), "p_ic", p)
+    return f"""
+WITH st AS (
+  SELECT v.psn_no, v.setl_id, v.fixmedins_code, v.begn_date, v.end_date,
+         max(1, {days_between("v.end_date", "v.begn_date")}) AS stay_days
+  FROM cur_visits AS v
+  WHERE v.begn_date IS NOT NULL AND v.end_date IS NOT NULL AND {f} AND {_inpatient(rule, p, "v", "p_mv")}
+), tr AS (
+  SELECT st.setl_id, count(l.fee_date) AS dated,
+         count(DISTINCT CASE WHEN NOT ({idle}) AND l.fee_date >= st.begn_date AND l.fee_date <= st.end_date
+                        THEN l.fee_date END) AS treated
+  FROM st JOIN cur_lines AS l ON l.psn_no = st.psn_no AND l.setl_id = st.setl_id
+  GROUP BY st.setl_id
+)
+SELECT st.psn_no, st.setl_id, st.setl_id AS hit_key, '' AS sn, st.fixmedins_code, st.begn_date, st.end_date,
+       st.stay_days, tr.treated, st.stay_days - tr.treated AS value
+FROM st JOIN tr ON tr.setl_id = st.setl_id
+WHERE tr.dated > 0 AND st.stay_days - tr.treated >= :p_min_idle
+ORDER BY st.psn_no, st.setl_id
+"""
+
+
+def _msg_bed_hanging(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    r = rows[0]
+    text = (
+        f"An inpatient stay at {r['fixmedins_code']} from {r['begn_date']} to {r['end_date']} "
+        f"({_days(r['stay_days'])}) has treatment on {_days(r['treated'])} only: {_days(r['value'])} with no "
+        f"more than bed, nursing or meals; the rule flags {_days(rule.params['min_idle_days'])} or more."
+    )
+    return text, [
+        {"begn_date": r["begn_date"], "end_date": r["end_date"], "stay_days": r["stay_days"],
+         "treatment_days": r["treated"], "value": r["value"], "threshold": rule.params["min_idle_days"]}
+    ]  # fmt: skip
+
+
+# -- 17 excessive cost -------------------------------------------------------------------------
+
+
+def _sql_excessive(rule: Rule, p: dict[str, Any], f: str) -> str:
+    prm = rule.params
+    conditions = []
+    if prm["max_fen"] is not None:
+        p["p_max_fen"] = prm["max_fen"]
+        conditions.append("cv.medfee_sumamt > :p_max_fen")
+    peers = ""
+    median = "NULL AS median, NULL AS peers"
+    if prm["peer_ratio"] is not None:
+        p["p_ratio_e4"] = ratio_e4(prm["peer_ratio"])
+        p["p_peer_days"] = prm["peer_days"]
+        p["p_min_peers"] = prm["min_peers"]
+        # peers: visits of the same diagnosis category, hospital level and medical type in the
+        # peer_days before the visit's date (strictly before: the same answer whichever same-day
+        # visits a batch holds). Computed once per (category, level, type, date) of the batch; the
+        # median is the middle row, or the mean of the middle two (2·rn ∈ {n, n+1, n+2}).
+        peers = f""", grp AS (
+  SELECT DISTINCT cv.cat, cv.hosp_lv, cv.med_type, cv.setl_date FROM cv
+  WHERE cv.cat IS NOT NULL AND cv.hosp_lv IS NOT NULL
+), pr AS (
+  SELECT g.cat, g.hosp_lv, g.med_type, g.setl_date, p.medfee_sumamt AS cost,
+         row_number() OVER (PARTITION BY g.cat, g.hosp_lv, g.med_type, g.setl_date ORDER BY p.medfee_sumamt)
+           AS rn,
+         count(*) OVER (PARTITION BY g.cat, g.hosp_lv, g.med_type, g.setl_date) AS n
+  FROM grp AS g
+  JOIN hist_visits AS p ON p.med_type = g.med_type AND p.hosp_lv = g.hosp_lv
+       AND p.setl_date >= {date_add("g.setl_date", "-:p_peer_days")} AND p.setl_date < g.setl_date
+       AND substr(p.dise_main, 1, 3) = g.cat
+), md AS (
+  SELECT cat, hosp_lv, med_type, setl_date, max(n) AS n, avg(cost) AS median FROM pr
+  WHERE 2 * rn IN (n, n + 1, n + 2) GROUP BY cat, hosp_lv, med_type, setl_date
+)"""
+        median = "md.median, md.n AS peers"
+        conditions.append(
+            "(md.n >= :p_min_peers AND md.median > 0 AND cv.medfee_sumamt * 10000 > :p_ratio_e4 * md.median)"
+        )
+    join = (
+        "LEFT JOIN md ON md.cat = cv.cat AND md.hosp_lv = cv.hosp_lv AND md.med_type = cv.med_type "
+        "AND md.setl_date = cv.setl_date"
+        if peers
+        else ""
+    )
+    return f"""
+WITH cv AS (
+  SELECT v.psn_no, v.setl_id, v.fixmedins_code, v.setl_date, v.hosp_lv, v.med_type, v.medfee_sumamt,
+         substr(v.dise_main, 1, 3) AS cat
+  FROM cur_visits AS v WHERE {f}
+){peers}
+SELECT cv.psn_no, cv.setl_id, cv.setl_id AS hit_key, '' AS sn, cv.fixmedins_code, cv.setl_date, cv.hosp_lv,
+       cv.med_type, cv.medfee_sumamt AS value, {median}
+FROM cv {join}
+WHERE {" OR ".join(conditions)}
+ORDER BY cv.psn_no, cv.setl_id
+"""
+
+
+def _msg_excessive(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    r = rows[0]
+    prm = rule.params
+    cost = r["value"]
+    parts, evidence = [], []
+    if prm["max_fen"] is not None and cost > prm["max_fen"]:
+        parts.append(f"above the limit of {fen_to_text(prm['max_fen'])} yuan")
+        evidence.append({"kind": "max_fen", "value": cost, "threshold": prm["max_fen"]})
+    median = r["median"]
+    if (
+        prm["peer_ratio"] is not None
+        and median
+        and r["peers"] >= prm["min_peers"]
+        and cost * 10_000 > ratio_e4(prm["peer_ratio"]) * median
+    ):
+        limit = int(Decimal(prm["peer_ratio"]) * Decimal(str(median)))
+        times = _num(round(cost / median, 1))
+        parts.append(
+            f"{times} times the median of {r['peers']} similar visits in the {prm['peer_days']} days before "
+            f"(same diagnosis category, medical type and hospital level: "
+            f"{fen_to_text(round(median))} yuan); the rule flags more than {prm['peer_ratio']} times"
+        )
+        evidence.append(
+            {"kind": "peer_ratio", "value": cost, "threshold": limit, "peer_median": median,
+             "peers": r["peers"], "peer_ratio": prm["peer_ratio"], "med_type": r["med_type"],
+             "hosp_lv": r["hosp_lv"]}
+        )  # fmt: skip
+    text = f"This visit at {r['fixmedins_code']} on {r['setl_date']} cost {fen_to_text(cost)} yuan, "
+    return text + "; ".join(parts) + ".", evidence
+
+
+# -- 18 peer outlier (doctor, department, hospital) --------------------------------------------
+
+_MEASURES = {
+    "cost_per_visit": "sum(w.medfee_sumamt) * 1.0 / count(*)",
+    "drug_share": "sum(w.drug_fen) * 1.0 / sum(w.medfee_sumamt)",
+    "visits_per_patient": "count(*) * 1.0 / count(DISTINCT w.psn_no)",
+}
+#: object → (its id, its peer group's department part) over a visit ``x``
+_OBJECTS = {
+    "doctor": ("{x}.dr_codg", "{x}.dept_codg"),
+    "department": ("{x}.fixmedins_code || '/' || {x}.dept_codg", "{x}.dept_codg"),
+    "hospital": ("{x}.fixmedins_code", "''"),
+}
+
+
+def _sql_peer_outlier(rule: Rule, p: dict[str, Any], f: str) -> str:
+    prm = rule.params
+    p["p_days"] = prm["days"]
+    p["p_min_visits"] = prm["min_visits"]
+    p["p_ratio_e4"] = ratio_e4(prm["ratio"])
+    obj, dept = _OBJECTS[rule.object]
+    known = "{x}.hosp_lv IS NOT NULL" + (
+        "" if rule.object == "hospital" else " AND {x}.dept_codg IS NOT NULL"
+    )
+    if rule.object == "doctor":
+        known += " AND {x}.dr_codg IS NOT NULL"
+    fw = _filters(rule, p, "w")
+    # the window: the days up to the batch's last (filtered) settlement date; every object with
+    # min_visits visits in it is measured; an object the batch touched is compared with the median
+    # of the others of its peer group (same department code and level; hospitals: same level)
+    return f"""
+WITH cv AS (
+  SELECT v.psn_no, v.setl_id, v.setl_date, {obj.format(x="v")} AS obj, {dept.format(x="v")} AS g_dept,
+         v.hosp_lv AS g_lv
+  FROM cur_visits AS v WHERE {f} AND {known.format(x="v")}
+), d AS (
+  SELECT max(setl_date) AS d_to, {date_add("max(setl_date)", "1 - :p_days")} AS d_from FROM cv
+), w AS (
+  SELECT x.*, {obj.format(x="x")} AS obj, {dept.format(x="x")} AS g_dept, x.hosp_lv AS g_lv
+  FROM hist_visits AS x JOIN d ON x.setl_date >= d.d_from AND x.setl_date <= d.d_to
+  WHERE {known.format(x="x")}
+), m AS (
+  SELECT w.obj, w.g_dept, w.g_lv, count(*) AS visits, {_MEASURES[prm["measure"]]} AS value
+  FROM w WHERE {fw} GROUP BY w.obj, w.g_dept, w.g_lv HAVING count(*) >= :p_min_visits
+), pm AS (
+  SELECT m.obj, m.g_dept, m.g_lv, m.visits, m.value, o.value AS peer_value,
+         row_number() OVER (PARTITION BY m.obj, m.g_dept, m.g_lv ORDER BY o.value) AS rn,
+         count(*) OVER (PARTITION BY m.obj, m.g_dept, m.g_lv) AS n
+  FROM m JOIN m AS o ON o.g_dept = m.g_dept AND o.g_lv = m.g_lv AND o.obj <> m.obj
+  WHERE o.value IS NOT NULL
+    AND EXISTS (SELECT 1 FROM cv WHERE cv.obj = m.obj AND cv.g_dept = m.g_dept AND cv.g_lv = m.g_lv)
+), md AS (
+  SELECT obj, g_dept, g_lv, max(visits) AS visits, max(value) AS value, max(n) AS peers,
+         avg(peer_value) AS median
+  FROM pm WHERE 2 * rn IN (n, n + 1, n + 2) GROUP BY obj, g_dept, g_lv
+), rep AS (
+  SELECT cv.obj, cv.g_dept, cv.g_lv, cv.psn_no, cv.setl_id,
+         row_number() OVER (PARTITION BY cv.obj, cv.g_dept, cv.g_lv
+                            ORDER BY cv.setl_date DESC, cv.setl_id DESC) AS pick
+  FROM cv
+)
+SELECT rep.psn_no, rep.setl_id, md.obj || '|' || md.g_dept || '|' || md.g_lv AS hit_key, '' AS sn,
+       md.obj AS object_id, md.g_dept, md.g_lv, md.visits, md.value, md.median, md.peers, d.d_from, d.d_to
+FROM md
+JOIN rep ON rep.obj = md.obj AND rep.g_dept = md.g_dept AND rep.g_lv = md.g_lv AND rep.pick = 1
+CROSS JOIN d
+WHERE md.median > 0 AND md.value * 10000 >= :p_ratio_e4 * md.median
+ORDER BY rep.psn_no, rep.setl_id, md.obj
+"""
+
+
+_MEASURE_WORDS = {
+    "cost_per_visit": "cost per visit",
+    "drug_share": "drug share of the cost",
+    "visits_per_patient": "visits per patient",
+}
+
+
+def _show(measure: str, value: float) -> str:
+    if measure == "cost_per_visit":
+        return f"{fen_to_text(round(value))} yuan"
+    if measure == "drug_share":
+        return f"{value * 100:.1f} %"
+    return _num(round(value, 2))
+
+
+def _msg_peer_outlier(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    r = rows[0]
+    prm = rule.params
+    measure = prm["measure"]
+    who = {"doctor": "Doctor", "department": "Department", "hospital": "Hospital"}[rule.object]
+    group = (
+        _level(r["g_lv"]) if rule.object == "hospital" else f"department {r['g_dept']} at {_level(r['g_lv'])}"
+    )
+    times = _num(round(r["value"] / r["median"], 1))
+    text = (
+        f"{who} {r['object_id']}: {_MEASURE_WORDS[measure]} {_show(measure, r['value'])} over {r['visits']} "
+        f"visits from {r['d_from']} to {r['d_to']}, {times} times the median of {r['peers']} peers ({group}: "
+        f"{_show(measure, r['median'])}); the rule flags {prm['ratio']} times or more."
+    )
+    evidence = [
+        {
+            "object_id": x["object_id"], "measure": measure, "value": x["value"],
+            "threshold": float(Decimal(prm["ratio"]) * Decimal(str(x["median"]))), "peer_median": x["median"],
+            "peers": x["peers"], "visits": x["visits"], "dept_codg": x["g_dept"] or None,
+            "hosp_lv": x["g_lv"],
+            "window_from": x["d_from"], "window_to": x["d_to"], "ratio": prm["ratio"],
+        }
+        for x in rows
+    ]  # fmt: skip
+    return text, evidence
+
+
+#: The centre templates' (SQL builder, message builder), registered with ``templates`` so that
+#: ``compile_rule``/``run_rule`` run edge and centre templates alike.
+CENTRE_SQL_TEMPLATES = {
+    "readmission": (_sql_readmission, _msg_readmission),
+    "impersonation_distance": (_sql_impersonation, _msg_impersonation),
+    "care_after_death": (_sql_after_death, _msg_after_death),
+    "bed_hanging": (_sql_bed_hanging, _msg_bed_hanging),
+    "excessive_cost": (_sql_excessive, _msg_excessive),
+    "peer_outlier": (_sql_peer_outlier, _msg_peer_outlier),
+}
+_TEMPLATES.update(CENTRE_SQL_TEMPLATES)
