@@ -1,0 +1,891 @@
+"""The screening engine: the rule library over the whole population, hits → suspicions (docs/MONITORING.md).
+
+Which rules: per pooling area, the rules document in force (the newest published ``rules`` bundle)
+with the area's knowledge base (the newest ``catalogue`` bundle). A rule runs at the centre when
+its mode is not ``off``, its ``moments`` include ``post`` and its template is SQL (not 12,
+``blacklisted``, which agents enforce); a rule that reads the knowledge base is skipped while the
+area has no catalogue (an empty catalogue would make every line "not in the catalogue"). Each
+area's rules run over that area's visits (``hist_visits.area``); history is everyone's.
+
+How: a screening connection is an in-memory database with ``central.db`` attached read-only.
+The ``kb_*`` tables of the area being screened live in the in-memory main schema, ``cur_visits``
+and ``cur_lines`` are TEMP tables, and the templates' unqualified ``hist_lines``/``hist_visits``/
+``deaths``/``hospitals`` resolve to the attached file. So screening never holds the writer lock
+while it queries: reads run on their own connection (or in worker processes, each with its own),
+and only the findings go through ``Store.write`` (``central.suspicions.record_findings``).
+
+- **Full** (``screen``): a date range in chunks (about ``CHUNK_VISITS`` visits), each chunk's visits of an
+  area
+  into ``cur_visits`` and their lines into ``cur_lines``, every rule run once per chunk. Up to
+  ``workers`` processes take disjoint chunks; the parent records what they find.
+- **Incremental** (``screen_new``): the settlements ingested since ``settings.screen_cursor``
+  (a ``settlements`` rowid). Scope: the persons they touch, their visits from the batch's earliest
+  ``setl_date`` up to its latest plus the largest person-history window of the rules (a
+  late-arriving older settlement is compared with the newer ones it now precedes; facts found again
+  are absorbed by the fact key), plus, for rules about doctors, departments and hospitals, the
+  visits of the objects the batch touched on the batch's dates. The cursor advances in the same
+  write as the findings.
+- **Backtest** (``backtest``): a rules file over a range beside the rules in force, nothing stored.
+
+Findings: ``object_id`` per the rule's ``object`` (psn_no; dr_codg; fixmedins_code/dept_codg;
+fixmedins_code) from the hit's visit; ``setl_ids`` the hit's settlement and any ``setl_id`` in its
+evidence; ``amount_fen`` the hit's lines' amounts, or the visit's ``medfee_sumamt`` for a hit
+without lines. Nothing personal is logged: counts, rule ids, areas and dates only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from protocol import rules as rl
+from protocol.errors import ProtocolError
+
+from .store import Store, now_iso
+from .suspicions import Finding, fact_key, record_findings
+
+__all__ = [
+    "AreaRules",
+    "ChunkResult",
+    "Screener",
+    "backtest",
+    "finding_of",
+    "load_area_rules",
+    "rules_in_force",
+    "screen",
+    "screen_new",
+    "screened_rules",
+]
+
+log = logging.getLogger(__name__)
+
+CURSOR_KEY = "screen_cursor"
+#: Most days per chunk of a full screen, and the visits a chunk aims at: some template costs grow with
+#: the chunk (the per-chunk work behind each history join, hits × chunk joins), others are fixed per
+#: query, so chunks are cut by visit count (a day of a big city is ~3,000 visits), measured in
+#: ``benchmarks/screen.py``.
+CHUNK_DAYS = 31
+CHUNK_VISITS = 4000
+#: Settlements per incremental step (the background task loops until it is level).
+INCREMENTAL_LIMIT = 5000
+#: Templates whose object is a group (doctor, department, hospital) measured over many visits.
+GROUP_TEMPLATES = frozenset({"peer_outlier", "excessive_cost"})
+_DEFAULT_WEIGHTS = {"block": 90, "warn": 60, "info": 30}
+_IN_CHUNK = 500
+
+_VISIT_COLUMNS = getattr(rl, "VISIT_COLUMNS", None) or (
+    "setl_id", "psn_no", "fixmedins_code", "area", "hosp_lv", "setl_time", "setl_date", "begn_date",
+    "end_date", "med_type", "dise_codg", "dise_main", "dr_codg", "dept_codg", "ipt_days", "medfee_sumamt",
+    "drug_fen", "gend", "brdy", "insutype", "psn_type",
+)  # fmt: skip
+_CUR_VISITS_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS cur_visits (
+    setl_id TEXT PRIMARY KEY, psn_no TEXT NOT NULL, fixmedins_code TEXT NOT NULL, area TEXT,
+    hosp_lv TEXT, setl_time TEXT NOT NULL, setl_date TEXT NOT NULL, begn_date TEXT, end_date TEXT,
+    med_type TEXT NOT NULL, dise_codg TEXT, dise_main TEXT, dr_codg TEXT, dept_codg TEXT, ipt_days INTEGER,
+    medfee_sumamt INTEGER NOT NULL, drug_fen INTEGER NOT NULL, gend TEXT, brdy TEXT, insutype TEXT,
+    psn_type TEXT);
+CREATE INDEX IF NOT EXISTS temp.cur_visits_psn_date ON cur_visits (psn_no, setl_date)
+"""
+
+
+# -- which rules ---------------------------------------------------------------------------------
+
+
+def _is_sql(rule: rl.Rule) -> bool:
+    return bool(getattr(rule.spec, "sql", True))
+
+
+def screened_rules(ruleset: rl.RuleSet, *, kb_ready: bool) -> list[rl.Rule]:
+    """The rules of ``ruleset`` the centre runs: not off, ``post`` among the moments, SQL templates,
+    and (without a knowledge base) only those that do not read it."""
+    return [
+        r
+        for r in ruleset.rules
+        if r.mode != "off" and "post" in r.moments and _is_sql(r) and (kb_ready or not r.spec.knowledge)
+    ]
+
+
+def weight_of(rule: rl.Rule) -> int:
+    """The rule's weight (``Rule.weight``), else the default of its severity."""
+    weight = getattr(rule, "weight", None)
+    return int(weight) if weight else _DEFAULT_WEIGHTS.get(rule.severity, 60)
+
+
+def history_window(rule: rl.Rule, knowledge: rl.Knowledge | None = None) -> int:
+    """How many days back a rule looks into one person's history (incremental scope)."""
+    p = rule.params
+    days = [rule.window_days]
+    for name in ("days", "within_days"):
+        if rule.template in ("frequent_visits", "readmission") and isinstance(p.get(name), int):
+            days.append(p[name])
+    if isinstance(p.get("max_minutes"), int):
+        days.append(p["max_minutes"] // 1440 + 1)
+    if rule.template == "frequency_limit" and knowledge is not None:
+        for item in knowledge.items.values():
+            per = item.frequency[0] if item.frequency else ""
+            if per.startswith("period_days:"):
+                days.append(int(per.split(":", 1)[1]))
+    if rule.template == "care_after_death":
+        days.append(1)
+    return max(days)
+
+
+@dataclass(frozen=True, slots=True)
+class AreaRules:
+    """An area's rules and knowledge base, and the documents they came from (to rebuild them in a worker)."""
+
+    area: str
+    ruleset: rl.RuleSet
+    knowledge: rl.Knowledge | None
+    rules_doc: Any = field(default=None, compare=False, repr=False)
+    catalogue_doc: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def rules(self) -> list[rl.Rule]:
+        return screened_rules(self.ruleset, kb_ready=self.knowledge is not None)
+
+    def window(self) -> int:
+        return max((history_window(r, self.knowledge) for r in self.rules), default=0)
+
+    def docs(self) -> tuple[Any, Any]:
+        return self.rules_doc, self.catalogue_doc
+
+
+def load_area_rules(rules_doc: Any, catalogue_doc: Any = None, *, area: str | None = None) -> AreaRules:
+    """``AreaRules`` from a rules document and an optional catalogue document (``RulesInvalid`` /
+    ``KnowledgeInvalid`` with every problem)."""
+    ruleset = rl.load_ruleset(rules_doc)
+    knowledge = rl.load_knowledge(catalogue_doc) if catalogue_doc is not None else None
+    return AreaRules(area or ruleset.area, ruleset, knowledge, rules_doc, catalogue_doc)
+
+
+def _default_repo(store: Store) -> Any:
+    from .config import CentralConfig
+    from .tuf_repo import TufRepository
+
+    return TufRepository.open(CentralConfig(home=store.path.parent))
+
+
+def rules_in_force(store: Store, repo: Any = None) -> dict[str, AreaRules]:
+    """Per area with a published ``rules`` bundle: its rules and catalogue in force.
+
+    An area whose published documents no longer load is left out, with an error in the log (the
+    publish path validates them, so this means a damaged repository).
+    """
+    from .split_audit import current_document
+
+    repo = repo if repo is not None else _default_repo(store)
+
+    def read(conn: sqlite3.Connection) -> dict[str, tuple[Any, Any]]:
+        areas = [
+            r[0] for r in conn.execute("SELECT DISTINCT area FROM bundles WHERE kind = 'rules' ORDER BY 1")
+        ]
+        docs = {}
+        for area in areas:
+            try:
+                docs[area] = (
+                    current_document(conn, repo, area, "rules"),
+                    current_document(conn, repo, area, "catalogue"),
+                )
+            except (OSError, ProtocolError) as exc:
+                log.error("area %s: the published rules or catalogue cannot be read: %s", area, exc)
+        return docs
+
+    found: dict[str, AreaRules] = {}
+    for area, (rules_doc, catalogue_doc) in store.read(read).items():
+        if rules_doc is None:
+            continue
+        try:
+            found[area] = load_area_rules(rules_doc, catalogue_doc, area=area)
+        except ProtocolError as exc:
+            log.error("area %s: the published rules or catalogue do not load: %s", area, exc)
+    return found
+
+
+# -- the screening connection ----------------------------------------------------------------------
+
+
+def open_screening(db_path: Path | str) -> sqlite3.Connection:
+    """An in-memory database (kb_*, TEMP cur_*) with ``central.db`` attached read-only as ``db``."""
+    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, uri=True)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute("ATTACH DATABASE ? AS db", (f"file:{Path(db_path).resolve()}?mode=ro",))
+    conn.execute("PRAGMA db.cache_size = -262144")  # 256 MiB: history seeks over a big file
+    conn.execute("PRAGMA db.mmap_size = 17179869184")
+    conn.execute("PRAGMA cache_size = -65536")
+    rl.create_current(conn)
+    create_visits = getattr(rl, "create_current_visits", None)
+    if create_visits is not None:
+        create_visits(conn)
+    else:
+        for statement in _CUR_VISITS_DDL.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scope_psn (psn_no TEXT PRIMARY KEY) WITHOUT ROWID")
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS scope_obj (fixmedins_code TEXT PRIMARY KEY) WITHOUT ROWID")
+    for statement in rl.KNOWLEDGE_DDL.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    return conn
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What one chunk (or one incremental scope) of one area found."""
+
+    area: str
+    date_from: str
+    date_to: str
+    settlements: int = 0
+    lines: int = 0
+    hits: Counter = field(default_factory=Counter)  # per rule id
+    seconds: Counter = field(default_factory=Counter)  # per rule id (and "fill")
+    findings: list[Finding] = field(default_factory=list)
+
+
+def _setl_ids(hit: rl.Hit) -> tuple[str, ...]:
+    ids = [hit.setl_id]
+    for item in hit.evidence:
+        other = item.get("setl_id") if isinstance(item, Mapping) else None
+        if isinstance(other, str) and other and other not in ids:
+            ids.append(other)
+    return tuple(ids)
+
+
+def finding_of(
+    rule: rl.Rule, hit: rl.Hit, visit: Mapping[str, Any] | None, amounts: Mapping[str, int], area: str
+) -> Finding:
+    """A hit attributed to its object (docs/MONITORING.md, "Suspicions")."""
+    hospital = visit["fixmedins_code"] if visit else None
+    obj = rule.object
+    if obj == "doctor":
+        object_id = (visit or {}).get("dr_codg") or f"{hospital}/?"
+    elif obj == "department":
+        object_id = f"{hospital}/{(visit or {}).get('dept_codg') or '?'}"
+    elif obj == "hospital":
+        object_id = hospital or "?"
+    else:
+        object_id = hit.psn_no or (visit or {}).get("psn_no") or "?"
+    if hit.lines:
+        amount = sum(amounts.get(sn, 0) for sn in hit.lines)
+    else:
+        amount = int((visit or {}).get("medfee_sumamt") or 0)
+    return Finding(
+        hit=hit, object_type=obj, object_id=object_id, area=(visit or {}).get("area") or area,
+        fixmedins_code=hospital, setl_ids=_setl_ids(hit), amount_fen=amount, weight=weight_of(rule),
+    )  # fmt: skip
+
+
+def _chunks(items: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Screener:
+    """One screening connection and the area whose knowledge base it has installed."""
+
+    def __init__(self, db_path: Path | str) -> None:
+        self.db_path = Path(db_path)
+        self.conn = open_screening(db_path)
+        self._kb_area: tuple[str, int] | None = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _install(self, rules: AreaRules) -> None:
+        key = (rules.area, id(rules.knowledge))
+        if self._kb_area == key:
+            return
+        if rules.knowledge is not None:
+            rl.install_knowledge(self.conn, rules.knowledge)
+            # statistics for the tiny exclusive-pairs table make it drive the repeated-charge join
+            # (without them SQLite pairs every line of a visit with every other: 15 µs a visit)
+            self.conn.execute("ANALYZE main.kb_exclusive")
+        else:  # kb_* empty: only rules that do not read them run (screened_rules)
+            for table in ("kb_items", "kb_price", "kb_indications", "kb_frequency", "kb_exclusive",
+                          "kb_interactions"):  # fmt: skip
+                self.conn.execute(f"DELETE FROM main.{table}")
+        self._kb_area = key
+
+    # -- filling -----------------------------------------------------------------------------
+
+    def _fill_lines(self) -> int:
+        cols = ", ".join(rl.CURRENT_COLUMNS)
+        hist = ", ".join(f"h.{c}" for c in rl.HIST_COLUMNS)
+        person = ", ".join(f"v.{c}" for c in rl.PERSON_COLUMNS)
+        cur = self.conn.execute(
+            f"INSERT INTO cur_lines ({cols}) SELECT {hist}, {person} FROM cur_visits AS v "
+            "CROSS JOIN db.hist_lines AS h ON h.setl_id = v.setl_id"
+        )
+        return cur.rowcount
+
+    def _clear(self) -> None:
+        self.conn.execute("DELETE FROM cur_lines")
+        self.conn.execute("DELETE FROM cur_visits")
+
+    def fill_range(self, area: str, date_from: str, date_to: str) -> tuple[int, int]:
+        """The area's visits settled in [date_from, date_to] and their lines."""
+        self._clear()
+        cols = ", ".join(_VISIT_COLUMNS)
+        n = self.conn.execute(
+            f"INSERT INTO cur_visits ({cols}) SELECT {cols} FROM db.hist_visits "
+            "WHERE setl_date BETWEEN ? AND ? AND area = ? ORDER BY psn_no, setl_date",
+            (date_from, date_to, area),
+        ).rowcount
+        return n, self._fill_lines()
+
+    def fill_scope(
+        self,
+        area: str,
+        persons: Iterable[str],
+        date_from: str,
+        date_to: str,
+        hospitals: Iterable[str] = (),
+        objects_from: str | None = None,
+        objects_to: str | None = None,
+    ) -> tuple[int, int]:
+        """The area's visits of ``persons`` in [date_from, date_to], plus (rules about doctors, departments
+        and hospitals) every visit at ``hospitals`` in [objects_from, objects_to]: the touched doctors'
+        and departments' visits are among them, and so are their peers' of that hospital."""
+        self._clear()
+        conn = self.conn
+        conn.execute("DELETE FROM scope_psn")
+        conn.execute("DELETE FROM scope_obj")
+        conn.executemany("INSERT OR IGNORE INTO scope_psn VALUES (?)", ((p,) for p in persons))
+        cols = ", ".join(_VISIT_COLUMNS)
+        vcols = ", ".join(f"v.{c}" for c in _VISIT_COLUMNS)
+        conn.execute(
+            f"INSERT INTO cur_visits ({cols}) SELECT {vcols} FROM scope_psn AS s "
+            "CROSS JOIN db.hist_visits AS v ON v.psn_no = s.psn_no AND v.setl_date BETWEEN ? AND ? "
+            "WHERE v.area = ?",
+            (date_from, date_to, area),
+        )
+        hospitals = sorted(set(hospitals))
+        if hospitals and objects_from is not None:
+            conn.executemany("INSERT INTO scope_obj VALUES (?)", ((h,) for h in hospitals))
+            conn.execute(
+                f"INSERT OR IGNORE INTO cur_visits ({cols}) SELECT {vcols} FROM scope_obj AS o "
+                "CROSS JOIN db.hist_visits AS v ON v.fixmedins_code = o.fixmedins_code "
+                "AND v.setl_date BETWEEN ? AND ? WHERE v.area = ?",
+                (objects_from, objects_to, area),
+            )
+        n = conn.execute("SELECT count(*) FROM cur_visits").fetchone()[0]
+        return n, self._fill_lines()
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, rules: AreaRules, result: ChunkResult, *, only: Iterable[str] | None = None) -> None:
+        """Every screened rule over what ``cur_*`` hold; hits → ``result`` (findings, counts)."""
+        self._install(rules)
+        wanted = set(only) if only is not None else None
+        by_rule: list[tuple[rl.Rule, list[rl.Hit]]] = []
+        for rule in rules.rules:
+            if wanted is not None and rule.id not in wanted:
+                continue
+            start = time.perf_counter()
+            hits = rl.run_rule(self.conn, rule)
+            result.seconds[rule.id] += time.perf_counter() - start
+            result.hits[rule.id] += len(hits)
+            if hits:
+                by_rule.append((rule, hits))
+        if not by_rule:
+            return
+        setl_ids = sorted({h.setl_id for _, hits in by_rule for h in hits})
+        visits = self._visits(setl_ids)
+        with_lines = sorted({h.setl_id for _, hits in by_rule for h in hits if h.lines})
+        amounts = self._amounts(with_lines)
+        for rule, hits in by_rule:
+            for hit in hits:
+                result.findings.append(
+                    finding_of(rule, hit, visits.get(hit.setl_id), amounts.get(hit.setl_id, {}), rules.area)
+                )
+
+    def _visits(self, setl_ids: list[str]) -> dict[str, dict[str, Any]]:
+        cols = ("setl_id", "psn_no", "fixmedins_code", "area", "dr_codg", "dept_codg", "medfee_sumamt")
+        found: dict[str, dict[str, Any]] = {}
+        for part in _chunks(setl_ids):
+            for table in ("cur_visits", "db.hist_visits"):
+                missing = [s for s in part if s not in found]
+                if not missing:
+                    break
+                marks = ",".join("?" * len(missing))
+                for row in self.conn.execute(
+                    f"SELECT {', '.join(cols)} FROM {table} WHERE setl_id IN ({marks})", missing
+                ):
+                    found[row[0]] = dict(zip(cols, row, strict=True))
+        return found
+
+    def _amounts(self, setl_ids: list[str]) -> dict[str, dict[str, int]]:
+        found: dict[str, dict[str, int]] = {}
+        for part in _chunks(setl_ids):
+            marks = ",".join("?" * len(part))
+            for setl_id, sn, amount in self.conn.execute(
+                f"SELECT setl_id, feedetl_sn, amount_fen FROM db.hist_lines WHERE setl_id IN ({marks})", part
+            ):
+                found.setdefault(setl_id, {})[sn] = amount
+        return found
+
+    def screen_range(self, rules: AreaRules, date_from: str, date_to: str) -> ChunkResult:
+        """One chunk of a full screen, in one read transaction (a consistent snapshot)."""
+        result = ChunkResult(rules.area, date_from, date_to)
+        self.conn.execute("BEGIN")
+        try:
+            start = time.perf_counter()
+            result.settlements, result.lines = self.fill_range(rules.area, date_from, date_to)
+            result.seconds["fill"] += time.perf_counter() - start
+            if result.settlements:
+                self.run(rules, result)
+            self._clear()
+        finally:
+            self.conn.execute("COMMIT")
+        return result
+
+
+# -- worker processes ------------------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _worker_init(db_path: str, docs: dict[str, tuple[Any, Any]]) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    _worker["screener"] = Screener(db_path)
+    _worker["areas"] = {area: load_area_rules(r, c, area=area) for area, (r, c) in docs.items()}
+
+
+def _worker_chunk(area: str, date_from: str, date_to: str) -> ChunkResult:
+    return _worker["screener"].screen_range(_worker["areas"][area], date_from, date_to)
+
+
+def _date_chunks(
+    per_day: Mapping[str, int], date_from: date, date_to: date, days: int, visits: int
+) -> list[tuple[str, str]]:
+    """Consecutive day ranges covering [date_from, date_to], each of at most ``days`` days and, where a
+    day allows it, about ``visits`` visits (a busy day is a chunk of its own)."""
+    out = []
+    day = date_from
+    while day <= date_to:
+        end, n = day, per_day.get(day.isoformat(), 0)
+        while end < date_to and (end - day).days + 1 < days:
+            more = per_day.get((end + timedelta(days=1)).isoformat(), 0)
+            if n and n + more > visits:
+                break
+            end += timedelta(days=1)
+            n += more
+        out.append((day.isoformat(), end.isoformat()))
+        day = end + timedelta(days=1)
+    return out
+
+
+def _visits_per_day(store: Store, lo: str, hi: str) -> dict[str, int]:
+    """Visits per settlement date (every area: the covering index answers it without the rows)."""
+    return store.read(
+        lambda c: dict(
+            c.execute(
+                "SELECT setl_date, count(*) FROM hist_visits WHERE setl_date BETWEEN ? AND ? "
+                "GROUP BY setl_date",
+                (lo, hi),
+            ).fetchall()
+        )
+    )
+
+
+def _iso(d: date | str) -> date:
+    return d if isinstance(d, date) else date.fromisoformat(d)
+
+
+def run_chunks(
+    store: Store,
+    areas: Mapping[str, AreaRules],
+    date_from: date | str,
+    date_to: date | str,
+    *,
+    chunk_days: int = CHUNK_DAYS,
+    chunk_visits: int = CHUNK_VISITS,
+    workers: int = 1,
+    on_result: Callable[[ChunkResult], None],
+) -> None:
+    """Every (area, chunk) of the range through ``on_result``, in this process or ``workers`` processes."""
+    lo, hi = _iso(date_from), _iso(date_to)
+    per_day = _visits_per_day(store, lo.isoformat(), hi.isoformat())
+    chunks = _date_chunks(per_day, lo, hi, chunk_days, chunk_visits)
+    tasks = [(area, a, b) for area in sorted(areas) if areas[area].rules for a, b in chunks]
+    if not tasks:
+        return
+    if workers <= 1 or len(tasks) == 1:
+        screener = Screener(store.path)
+        try:
+            for area, a, b in tasks:
+                on_result(screener.screen_range(areas[area], a, b))
+        finally:
+            screener.close()
+        return
+    docs = {area: areas[area].docs() for area in areas}
+    if any(r is None for r, _ in docs.values()):
+        raise ValueError("worker processes need the rules documents (AreaRules.rules_doc)")
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(str(store.path), docs)
+    ) as pool:
+        pending = [pool.submit(_worker_chunk, *task) for task in tasks]
+        try:
+            for future in pending:  # in order: the range is recorded oldest first
+                on_result(future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+# -- full screening --------------------------------------------------------------------------------
+
+
+def _count_visits(store: Store, areas: Iterable[str], lo: str, hi: str) -> int:
+    areas = sorted(areas)
+    if not areas:
+        return 0
+    marks = ",".join("?" * len(areas))
+    return store.read(
+        lambda c: c.execute(
+            f"SELECT count(*) FROM hist_visits WHERE setl_date BETWEEN ? AND ? AND area IN ({marks})",
+            (lo, hi, *areas),
+        ).fetchone()[0]
+    )
+
+
+def _start_run(store: Store, kind: str, date_from: str | None, date_to: str | None) -> int:
+    return store.write(
+        lambda c: (
+            c.execute(
+                "INSERT INTO screen_runs (kind, started_at, date_from, date_to) VALUES (?, ?, ?, ?)",
+                (kind, now_iso(), date_from, date_to),
+            ).lastrowid
+        )
+    )
+
+
+def _finish_run(conn: sqlite3.Connection, run_id: int, summary: dict[str, Any]) -> None:
+    detail = {k: summary[k] for k in ("per_rule", "seconds", "areas", "workers", "cursor") if k in summary}
+    conn.execute(
+        "UPDATE screen_runs SET finished_at = ?, settlements = ?, lines = ?, hits = ?, new_suspicions = ?, "
+        "detail = ? WHERE id = ?",
+        (now_iso(), summary["settlements"], summary["lines"], summary["hits"], summary["new_suspicions"],
+         json.dumps(detail, sort_keys=True), run_id),
+    )  # fmt: skip
+
+
+def _default_workers() -> int:
+    import os
+
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def screen(
+    store: Store,
+    date_from: date | str,
+    date_to: date | str,
+    *,
+    repo: Any = None,
+    areas: Mapping[str, AreaRules] | None = None,
+    progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
+    chunk_days: int = CHUNK_DAYS,
+    chunk_visits: int = CHUNK_VISITS,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Full screening of the visits settled in [date_from, date_to] with the rules in force; a summary.
+
+    ``progress(n)`` is called with the visits each finished chunk screened, ``total(n)`` once with
+    the visits in range. Findings are recorded chunk by chunk (one write each) under one
+    ``screen_runs`` row, finished with the counts and per-rule hits and seconds.
+    """
+    lo, hi = _iso(date_from).isoformat(), _iso(date_to).isoformat()
+    if lo > hi:
+        raise ValueError(f"--from {lo} is after --to {hi}")
+    areas = dict(areas) if areas is not None else rules_in_force(store, repo)
+    if total is not None:
+        total(_count_visits(store, [a for a in areas if areas[a].rules], lo, hi))
+    n_workers = _default_workers() if workers is None else workers
+    run_id = _start_run(store, "full", lo, hi)
+    at = now_iso()
+    summary: dict[str, Any] = {
+        "run_id": run_id, "kind": "full", "date_from": lo, "date_to": hi, "settlements": 0, "lines": 0,
+        "hits": 0, "new_suspicions": 0, "again": 0, "per_rule": {}, "seconds": {}, "areas": sorted(areas),
+        "workers": n_workers,
+    }  # fmt: skip
+    per_rule: Counter = Counter({r.id: 0 for a in areas.values() for r in a.rules})
+    seconds: Counter = Counter()
+    started = time.perf_counter()
+
+    def take(result: ChunkResult) -> None:
+        per_rule.update(result.hits)
+        seconds.update(result.seconds)
+        summary["settlements"] += result.settlements
+        summary["lines"] += result.lines
+        if result.findings:
+            counts = store.write(lambda c: record_findings(c, result.findings, run_id=run_id, at=at))
+            summary["new_suspicions"] += counts["new"]
+            summary["again"] += counts["again"]
+        if progress is not None:
+            progress(result.settlements)
+
+    try:
+        run_chunks(store, areas, lo, hi, chunk_days=chunk_days, chunk_visits=chunk_visits, workers=n_workers,
+                   on_result=take)  # fmt: skip
+    finally:
+        summary["per_rule"] = dict(per_rule)
+        summary["hits"] = sum(per_rule.values())
+        summary["seconds"] = {k: round(v, 3) for k, v in seconds.most_common()}
+        summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+        store.write(lambda c: _finish_run(c, run_id, summary))
+    log.info(
+        "screened %d settlements (%s..%s): %d hits, %d new suspicions, run %d", summary["settlements"], lo,
+        hi, summary["hits"], summary["new_suspicions"], run_id,
+    )  # fmt: skip
+    return summary
+
+
+# -- incremental screening -------------------------------------------------------------------------
+
+
+def _cursor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM settings WHERE key = ?", (CURSOR_KEY,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_cursor(conn: sqlite3.Connection, value: int) -> None:
+    conn.execute(
+        "INSERT INTO settings (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (CURSOR_KEY, str(value)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    cursor_from: int
+    cursor_to: int
+    settlements: int
+    persons: frozenset[str]
+    hospitals: frozenset[str]
+    date_from: str | None
+    date_to: str | None
+
+
+def _new_batch(conn: sqlite3.Connection, limit: int) -> _Batch:
+    cursor = _cursor(conn)
+    rows = conn.execute(
+        "SELECT s.rowid, s.kind, s.psn_no, s.setl_date, v.fixmedins_code "
+        "FROM settlements AS s LEFT JOIN hist_visits AS v ON v.setl_id = s.setl_id "
+        "WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?",
+        (cursor, limit),
+    ).fetchall()
+    persons, hospitals, dates = set(), set(), []
+    for _rowid, kind, psn_no, setl_date, hospital in rows:
+        if kind != "setl" or hospital is None:  # a reversal, or a settlement reversed since
+            continue
+        persons.add(psn_no)
+        hospitals.add(hospital)
+        dates.append(setl_date)
+    return _Batch(
+        cursor, rows[-1][0] if rows else cursor, len(dates), frozenset(persons), frozenset(hospitals),
+        min(dates) if dates else None, max(dates) if dates else None,
+    )  # fmt: skip
+
+
+def screen_new(
+    store: Store,
+    *,
+    repo: Any = None,
+    areas: Mapping[str, AreaRules] | None = None,
+    limit: int = INCREMENTAL_LIMIT,
+) -> dict[str, Any]:
+    """Screen what was ingested since the cursor (at most ``limit`` settlements); returns a summary.
+
+    Nothing new: nothing written, ``settlements`` 0. Otherwise one write records the findings, a
+    ``screen_runs`` row (kind ``incremental``) and the new cursor.
+    """
+    started = time.perf_counter()
+    batch = store.read(lambda c: _new_batch(c, limit))
+    summary: dict[str, Any] = {
+        "kind": "incremental", "settlements": batch.settlements, "lines": 0, "hits": 0, "new_suspicions": 0,
+        "again": 0, "per_rule": {}, "cursor": [batch.cursor_from, batch.cursor_to],
+        "date_from": batch.date_from, "date_to": batch.date_to, "run_id": None,
+    }  # fmt: skip
+    if batch.cursor_to == batch.cursor_from:
+        return summary
+    if not batch.settlements:  # only reversals (or settlements reversed since): move on
+        store.write(lambda c: _set_cursor(c, batch.cursor_to))
+        return summary
+    areas = dict(areas) if areas is not None else rules_in_force(store, repo)
+    assert batch.date_from is not None and batch.date_to is not None
+    results: list[ChunkResult] = []
+    screener = Screener(store.path)
+    try:
+        for area in sorted(areas):
+            rules = areas[area]
+            if not rules.rules:
+                continue
+            hi = (date.fromisoformat(batch.date_to) + timedelta(days=rules.window())).isoformat()
+            result = ChunkResult(area, batch.date_from, hi)
+            group = [r for r in rules.rules if r.template in GROUP_TEMPLATES or r.object != "person"]
+            screener.conn.execute("BEGIN")
+            try:
+                start = time.perf_counter()
+                result.settlements, result.lines = screener.fill_scope(
+                    area, batch.persons, batch.date_from, hi
+                )
+                result.seconds["fill"] += time.perf_counter() - start
+                person_rules = [r.id for r in rules.rules if r not in group]
+                if result.settlements and person_rules:
+                    screener.run(rules, result, only=person_rules)
+                if group:
+                    # group rules: also the touched objects' visits on the batch's dates
+                    screener.fill_scope(
+                        area, batch.persons, batch.date_from, hi, batch.hospitals,
+                        batch.date_from, batch.date_to,
+                    )  # fmt: skip
+                    screener.run(rules, result, only=[r.id for r in group])
+                screener._clear()
+            finally:
+                screener.conn.execute("COMMIT")
+            results.append(result)
+    finally:
+        screener.close()
+    per_rule: Counter = Counter()
+    findings: list[Finding] = []
+    for result in results:
+        per_rule.update(result.hits)
+        findings.extend(result.findings)
+        summary["lines"] += result.lines
+    summary["per_rule"] = dict(per_rule)
+    summary["hits"] = sum(per_rule.values())
+    summary["screened_visits"] = sum(r.settlements for r in results)
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        if _cursor(conn) != batch.cursor_from:  # another screen_new moved it meanwhile: redo next time
+            return {"raced": True}
+        run_id = conn.execute(
+            "INSERT INTO screen_runs (kind, started_at, date_from, date_to) VALUES ('incremental', ?, ?, ?)",
+            (now_iso(), batch.date_from, batch.date_to),
+        ).lastrowid
+        counts = record_findings(conn, findings, run_id=run_id, at=now_iso())
+        summary.update(run_id=run_id, new_suspicions=counts["new"], again=counts["again"])
+        _finish_run(conn, run_id, summary)
+        _set_cursor(conn, batch.cursor_to)
+        return {"raced": False}
+
+    if store.write(write)["raced"]:
+        summary.update(settlements=0, hits=0, per_rule={})
+        return summary
+    summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+    if summary["new_suspicions"]:
+        log.info("incremental screen of %d settlements: %d new suspicions", batch.settlements,
+                 summary["new_suspicions"])  # fmt: skip
+    return summary
+
+
+# -- backtest --------------------------------------------------------------------------------------
+
+
+def _fact(f: Finding) -> tuple:
+    """A finding's identity across rule versions: object, settlements, lines."""
+    return (f.object_type, f.object_id, tuple(sorted(set(f.setl_ids))), tuple(sorted(set(f.hit.lines))))
+
+
+def _collect(
+    store: Store, rules: AreaRules, lo: str, hi: str, chunk_days: int, workers: int
+) -> tuple[dict[str, dict[tuple, Finding]], int]:
+    found: dict[str, dict[tuple, Finding]] = {r.id: {} for r in rules.rules}
+    visits = 0
+
+    def take(result: ChunkResult) -> None:
+        nonlocal visits
+        visits += result.settlements
+        for f in result.findings:
+            found.setdefault(f.hit.rule_id, {})[_fact(f)] = f
+
+    run_chunks(store, {rules.area: rules}, lo, hi, chunk_days=chunk_days, workers=workers, on_result=take)
+    return found, visits
+
+
+def _per_hospital(found: dict[str, dict[tuple, Finding]]) -> dict[str, int]:
+    counts: Counter = Counter(f.fixmedins_code or "?" for facts in found.values() for f in facts.values())
+    return dict(sorted(counts.items()))
+
+
+def backtest(
+    store: Store,
+    ruleset_doc: Any,
+    catalogue_doc: Any = None,
+    date_from: date | str = "",
+    date_to: date | str = "",
+    *,
+    repo: Any = None,
+    in_force: Mapping[str, AreaRules] | None = None,
+    chunk_days: int = CHUNK_DAYS,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Run a rules document over [date_from, date_to] beside the rules in force; nothing is stored.
+
+    The candidate runs with ``catalogue_doc`` when given, else the area's catalogue in force. The
+    report: visits screened; per rule the hits of each side and the difference (``new``: facts only
+    the candidate finds, ``removed``: only the rules in force, ``changed``: both, with another
+    message or evidence), facts compared across rule versions; hits per hospital for each side.
+    """
+    lo, hi = _iso(date_from).isoformat(), _iso(date_to).isoformat()
+    if lo > hi:
+        raise ValueError(f"--from {lo} is after --to {hi}")
+    in_force = dict(in_force) if in_force is not None else rules_in_force(store, repo)
+    candidate_ruleset = rl.load_ruleset(ruleset_doc)
+    area = candidate_ruleset.area
+    current = in_force.get(area)
+    catalogue_from = "file" if catalogue_doc is not None else "none"
+    if catalogue_doc is None and current is not None and current.catalogue_doc is not None:
+        catalogue_doc, catalogue_from = current.catalogue_doc, "in force"
+    candidate = load_area_rules(ruleset_doc, catalogue_doc, area=area)
+    n_workers = _default_workers() if workers is None else workers
+    new_found, visits = _collect(store, candidate, lo, hi, chunk_days, n_workers)
+    old_found: dict[str, dict[tuple, Finding]] = {}
+    if current is not None:
+        old_found, _ = _collect(store, current, lo, hi, chunk_days, n_workers)
+    rules_report = []
+    for rule_id in sorted(set(new_found) | set(old_found)):
+        new, old = new_found.get(rule_id, {}), old_found.get(rule_id, {})
+        both = new.keys() & old.keys()
+        changed = sum(
+            1
+            for k in both
+            if (new[k].hit.message, new[k].hit.evidence) != (old[k].hit.message, old[k].hit.evidence)
+        )
+        rules_report.append({
+            "rule_id": rule_id, "candidate": len(new), "in_force": len(old),
+            "new": len(new.keys() - old.keys()),
+            "removed": len(old.keys() - new.keys()), "changed": changed,
+            "in_candidate": rule_id in {r.id for r in candidate.rules},
+            "in_force_rule": current is not None and rule_id in {r.id for r in current.rules},
+        })  # fmt: skip
+    return {
+        "area": area, "date_from": lo, "date_to": hi, "visits": visits,
+        "catalogue": catalogue_from,
+        "rules": rules_report,
+        "hospitals": {"candidate": _per_hospital(new_found), "in_force": _per_hospital(old_found)},
+        "totals": {"candidate": sum(len(v) for v in new_found.values()),
+                   "in_force": sum(len(v) for v in old_found.values())},
+    }  # fmt: skip
+
+
+def fact_keys(findings: Iterable[Finding]) -> set[str]:
+    """The suspicions' fact keys of findings (tests and tools compare runs with it)."""
+    return {fact_key(f) for f in findings}

@@ -1,0 +1,254 @@
+"""The screening engine over real ingested settlements: full and incremental find the same facts once.
+
+Rules and catalogue are published as bundles (the rules in force); settlements go through the real
+``Ingestor`` from signed chains; suspicions are read back from ``central.db``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from central.hospitals import set_hospital
+from central.ingest import Ingestor
+from central.policy import Policy
+from central.screening import rules_in_force, screen, screen_new
+from central.store import Store
+from protocol.records import Settlement
+
+from .conftest import ACTOR, AREA, HOSPITAL, Chain, enrol, reversal, settlement
+
+DRUG = "XA01AAA00"
+
+
+def rule(**kw: Any) -> dict[str, Any]:
+    base = {"version": 1, "severity": "warn", "mode": "enforce", "action": "prompt", "moments": ["post"]}
+    return base | kw
+
+
+RULES = {
+    "area": AREA,
+    "format": 1,
+    "rules": [
+        rule(
+            id="dup_same_drug",
+            template="duplicate_medication",
+            window_days=60,
+            params={"match": "code", "min_overlap_days": 3},
+        ),
+        rule(
+            id="visits_shadow",
+            template="frequent_visits",
+            mode="shadow",
+            params={"max_visits": 2, "days": 30},
+        ),
+        rule(
+            id="visits_desk_only",
+            template="frequent_visits",
+            moments=["pre", "in"],
+            params={"max_visits": 1, "days": 30},
+        ),
+        rule(id="visits_off", template="frequent_visits", mode="off", params={"max_visits": 1, "days": 30}),
+        rule(id="price", template="price_over_ceiling", object="hospital", severity="block"),
+    ],
+}
+CATALOGUE = {
+    "area": AREA,
+    "format": 1,
+    "items": [
+        {"code": DRUG, "name": "test drug A", "list_type": "101", "class": "A", "price_ceiling": {"0": 1000}},
+        {"code": "XA01AAA01", "name": "test drug B", "list_type": "101", "class": "A"},
+    ],
+}
+
+
+@pytest.fixture
+def published(store: Store, policy: Policy, signers: list) -> None:
+    set_hospital(store, ACTOR, HOSPITAL, "0")  # ungraded: the catalogue's level-0 ceiling applies
+    policy.publish_document(ACTOR, signers, "catalogue", CATALOGUE)
+    policy.publish_document(ACTOR, signers, "rules", RULES)
+
+
+def dispensing(
+    setl_id: str, day: str, *, psn_no: str = "P0000000001", days: int = 30, **kw: Any
+) -> Settlement:
+    """A settlement of the test drug (line 0, ``days`` of supply) on ``day`` (YYYY-MM-DD)."""
+    s = settlement(setl_id, setl_time=f"{day}T10:00:00+08:00", psn_no=psn_no, **kw)
+    s.mdtrt.begntime = f"{day}T09:30:00+08:00"
+    s.mdtrt.dr_codg, s.mdtrt.dept_codg = "D1", "A03.01"
+    s.feedetl[0].days = days
+    return s
+
+
+def ingest(store: Store, chain: Chain, *records: Any) -> None:
+    first = len(chain.entries) + 1
+    for rec in records:
+        chain.append(rec)
+    ack = Ingestor(store).ingest(chain.batch(first, len(chain.entries)))
+    assert ack.rejected == [], ack.rejected
+
+
+def suspicions(store: Store) -> list[dict[str, Any]]:
+    cols = (
+        "rule_id",
+        "object_type",
+        "object_id",
+        "area",
+        "fixmedins_code",
+        "psn_no",
+        "setl_ids",
+        "lines",
+        "amount_fen",
+        "status",
+        "times_found",
+        "mode",
+        "run_id",
+    )
+    rows = store.read(lambda c: c.execute(f"SELECT {', '.join(cols)} FROM suspicions ORDER BY id").fetchall())
+    out = [dict(zip(cols, r, strict=True)) for r in rows]
+    for row in out:
+        row["setl_ids"], row["lines"] = json.loads(row["setl_ids"]), json.loads(row["lines"])
+    return out
+
+
+def by_rule(store: Store, rule_id: str) -> list[dict[str, Any]]:
+    return [s for s in suspicions(store) if s["rule_id"] == rule_id]
+
+
+def test_the_rules_in_force_are_the_published_ones_that_run_after_the_fact(store, repo, published) -> None:
+    areas = rules_in_force(store, repo)
+    assert list(areas) == [AREA]
+    assert [r.id for r in areas[AREA].rules] == ["dup_same_drug", "visits_shadow", "price"]
+    assert areas[AREA].knowledge is not None
+
+
+def test_a_full_screen_records_one_suspicion_per_fact_with_its_object_and_money(
+    store, repo, chain, published
+) -> None:
+    ingest(store, chain, dispensing("S1", "2026-11-01"), dispensing("S2", "2026-11-10"))
+    summary = screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert (summary["settlements"], summary["lines"]) == (2, 4)
+    assert summary["per_rule"] == {"dup_same_drug": 1, "visits_shadow": 0, "price": 2}
+    dup = by_rule(store, "dup_same_drug")
+    assert dup == [
+        {
+            "rule_id": "dup_same_drug",
+            "object_type": "person",
+            "object_id": "P0000000001",
+            "area": AREA,
+            "fixmedins_code": HOSPITAL,
+            "psn_no": "P0000000001",
+            "setl_ids": ["S2"],
+            "lines": ["S2-0"],
+            "amount_fen": 2500,
+            "status": "new",
+            "times_found": 1,
+            "mode": "enforce",
+            "run_id": summary["run_id"],
+        }
+    ]
+    # 12.5 yuan a unit over a ceiling of 10: a hospital-level finding, the line's amount at stake
+    price = by_rule(store, "price")
+    assert {(p["object_type"], p["object_id"], tuple(p["lines"]), p["amount_fen"]) for p in price} == {
+        ("hospital", HOSPITAL, ("S1-0",), 2500),
+        ("hospital", HOSPITAL, ("S2-0",), 2500),
+    }
+    run = store.read(
+        lambda c: c.execute(
+            "SELECT kind, date_from, date_to, settlements, lines, hits, new_suspicions, finished_at, detail "
+            "FROM screen_runs WHERE id = ?",
+            (summary["run_id"],),
+        ).fetchone()
+    )
+    assert run[:7] == ("full", "2026-11-01", "2026-11-30", 2, 4, 3, 3) and run[7] is not None
+    assert json.loads(run[8])["per_rule"] == summary["per_rule"]
+
+    again = screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert (again["new_suspicions"], again["again"]) == (0, 3)
+    assert [s["times_found"] for s in suspicions(store)] == [1 + 1] * 3
+
+
+def test_incremental_then_full_find_the_same_facts_once(store, repo, chain, published) -> None:
+    ingest(store, chain, dispensing("S1", "2026-11-01"), dispensing("S2", "2026-11-10"))
+    first = screen_new(store, repo=repo)
+    assert (first["settlements"], first["new_suspicions"]) == (2, 3)
+    assert screen_new(store, repo=repo)["settlements"] == 0  # the cursor moved with the findings
+    full = screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert (full["new_suspicions"], full["again"]) == (0, 3)
+    assert len(suspicions(store)) == 3
+    runs = store.read(lambda c: c.execute("SELECT kind, detail FROM screen_runs ORDER BY id").fetchall())
+    assert [r[0] for r in runs] == ["incremental", "full"]
+    cursor = store.read(
+        lambda c: c.execute("SELECT value FROM settings WHERE key = 'screen_cursor'").fetchone()
+    )
+    assert cursor == (
+        str(store.read(lambda c: c.execute("SELECT max(rowid) FROM settlements").fetchone()[0])),
+    )
+
+
+def test_the_incremental_scope_catches_a_late_arriving_older_settlement(
+    store, repo, chain, published
+) -> None:
+    ingest(store, chain, dispensing("S-NEW", "2026-11-10"))
+    assert screen_new(store, repo=repo)["per_rule"]["dup_same_drug"] == 0
+    ingest(store, chain, dispensing("S-OLD", "2026-11-01"))  # uploaded late: it precedes S-NEW
+    summary = screen_new(store, repo=repo)
+    assert summary["settlements"] == 1 and summary["per_rule"]["dup_same_drug"] == 1
+    assert [(s["setl_ids"], s["lines"]) for s in by_rule(store, "dup_same_drug")] == [
+        (["S-NEW"], ["S-NEW-0"])
+    ]
+    # the same fact, screened in full afterwards, is the same suspicion
+    screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert [s["times_found"] for s in by_rule(store, "dup_same_drug")] == [2]
+
+
+def test_a_shadow_rule_gives_shadow_suspicions_never_queued(store, repo, chain, published) -> None:
+    days = ("2026-11-01", "2026-11-05", "2026-11-09")
+    ingest(store, chain, *(dispensing(f"V{i}", d, days=1) for i, d in enumerate(days)))
+    screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    shadow = by_rule(store, "visits_shadow")
+    assert [(s["status"], s["mode"], s["setl_ids"], s["lines"]) for s in shadow] == [
+        ("shadow", "shadow", ["V2"], [])
+    ]
+    assert shadow[0]["amount_fen"] == 5120  # a visit-level hit: the visit's cost
+
+
+def test_reversed_settlements_and_other_areas_are_not_screened(store, repo, chain, published) -> None:
+    first = dispensing("S1", "2026-11-01")
+    ingest(store, chain, first, dispensing("S2", "2026-11-10"), reversal(first, "R1"))
+    other = enrol(store, "H37020000009")  # pooling area 370200: no rules published there
+    ingest(
+        store,
+        other,
+        dispensing("X1", "2026-11-02", hospital="H37020000009", psn_no="P2"),
+        dispensing("X2", "2026-11-12", hospital="H37020000009", psn_no="P2"),
+    )
+    summary = screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert summary["settlements"] == 1  # S2 only: S1 reversed, X1/X2 in an area without rules
+    assert by_rule(store, "dup_same_drug") == []
+    # history is everyone's, whatever the area: P2's dispensing there makes P2's visit here a duplicate
+    ingest(store, chain, dispensing("S3", "2026-11-20", psn_no="P2"))
+    screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert [s["setl_ids"] for s in by_rule(store, "dup_same_drug")] == [["S3"]]
+
+
+def test_nothing_new_writes_nothing(store, repo, published) -> None:
+    assert screen_new(store, repo=repo)["settlements"] == 0
+    assert store.read(lambda c: c.execute("SELECT count(*) FROM screen_runs").fetchone()[0]) == 0
+
+
+def test_worker_processes_find_what_one_process_finds(store, repo, chain, published) -> None:
+    days = [f"2026-{m:02d}-{d:02d}" for m in (9, 10, 11) for d in (1, 9, 17, 25)]
+    ingest(store, chain, *(dispensing(f"W{i:02d}", d) for i, d in enumerate(days)))
+    one = screen(store, "2026-09-01", "2026-11-30", repo=repo, workers=1, chunk_visits=3)
+    two = screen(store, "2026-09-01", "2026-11-30", repo=repo, workers=2, chunk_visits=3)
+    assert one["per_rule"] == two["per_rule"] and one["settlements"] == two["settlements"] == 12
+    assert (two["new_suspicions"], two["again"]) == (0, one["new_suspicions"])
+
+
+def test_without_a_published_rules_bundle_nothing_is_screened(store, repo, chain) -> None:
+    ingest(store, chain, dispensing("S1", "2026-11-01"))
+    summary = screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
+    assert (summary["areas"], summary["settlements"], summary["hits"]) == ([], 0, 0)
