@@ -144,7 +144,13 @@ RULE_PARAMS: dict[str, dict[str, Any]] = {
     "impersonation_distance": {"max_minutes": 30, "min_km": 50},
     "care_after_death": {"grace_days": 0},
     "bed_hanging": {"min_idle_days": 3, "idle_codes": list(IDLE_CODES)},
-    "excessive_cost": {"peer_ratio": "8", "peer_days": 365, "min_peers": 20},
+    "excessive_cost": {
+        "max_fen": 50000,
+        "peer_ratio": "8",
+        "peer_days": 365,
+        "min_peers": 20,
+        "med_types": ["11"],
+    },
     "peer_outlier": {"measure": "visits_per_patient", "ratio": "2", "days": 90, "min_visits": 20},
 }
 
@@ -215,11 +221,12 @@ ROSUVASTATIN = "XC10AAR124A001010100786"
 DANSHEN = "ZA12GAD0402010101553"
 CEFUROXIME = "XJ01DCF064A001010100553"
 #: Items that are not in the catalogue: what a hospital bills when it claims something the fund
-#: does not list (an imported dressing, a self-priced "health assessment").
+#: does not list (an imported dressing, a self-priced therapy, an unlisted supplement). Cheap
+#: enough that the visit is not also an excessive cost.
 NOT_LISTED: tuple[tuple[str, str, str, str], ...] = (
     ("C9999010100000009901", "silver ion antibacterial dressing 10cm x 10cm", "301", "86.00"),
-    ("009999000090000", "comprehensive health assessment", "201", "380.00"),
-    ("XL03AXT999B002010109999", "thymalfasin for injection 1.6mg", "101", "215.00"),
+    ("009999000090000", "acupoint application therapy (self-priced)", "201", "38.00"),
+    ("XA11DBV999A001010109999", "compound vitamin B1 tablets x 100 (imported)", "101", "28.50"),
 )
 #: Tests an over-examining doctor adds, dearest first (each at most once a visit; none restricted).
 WORKUP = (
@@ -807,8 +814,10 @@ class _Gen:
             hospital = self.rng.choices(self.hospitals, weights[: len(self.hospitals)])[0]
             if self.rng.random() < 0.08:
                 body = self.honest_inpatient(hospital)
-            else:
-                body = self.honest_outpatient(hospital)
+            else:  # the week's clinics (the cases happen today: their peers came before)
+                body = self.honest_outpatient(
+                    hospital, day=self.today - timedelta(days=self.rng.randint(0, 6))
+                )
             self.plan(hospital, body)
 
     # -- cases --
@@ -856,8 +865,12 @@ def _outpatient_body(
     day: date | None = None,
     dr: str | None = None,
     dept: str | None = None,
+    end: datetime | None = None,
 ) -> dict[str, Any]:
-    begin, end = g.clinic_time(day)
+    if end is None:
+        begin, end = g.clinic_time(day)
+    else:
+        begin = end - timedelta(minutes=g.rng.randint(3, 30))
     return g.body(
         hospital,
         psn,
@@ -1199,8 +1212,8 @@ def _readmission(g: _Gen, k: int, fraud: bool) -> Case:
     psn = g.people.make(g.h1.admdvs, older=True)
     cond1 = STROKE if k % 2 == 0 else PNEUMONIA
     unrelated = not fraud and k % 2 == 1
-    if fraud:
-        gap = g.rng.randint(0, d)
+    if fraud:  # (not the same day: the daily limits would count the first stay's bed days too)
+        gap = g.rng.randint(1, d)
     else:
         gap = 5 if unrelated else d + 2  # a related stay two days after the window, or an unrelated one
     cond2 = APPENDICITIS if unrelated else cond1
@@ -1234,7 +1247,11 @@ def _impersonation(g: _Gen, k: int, fraud: bool) -> Case:
     psn = g.people.make(g.h1.admdvs)
     other = g.h3 if fraud else g.h2
     b1 = _outpatient_body(g, g.h1, psn, _consult(g, (CBC, 1)), URTI)
-    b2 = _outpatient_body(g, other, psn, _consult(g, ("002503010010000", 1)), GASTRITIS)
+    # the second visit ends minutes after the first (an agent settling at the visit's end stamps that)
+    then = datetime.fromisoformat(b1["mdtrt"]["endtime"]) + timedelta(
+        minutes=g.rng.randint(5, p["max_minutes"] // 2)
+    )
+    b2 = _outpatient_body(g, other, psn, _consult(g, ("002503010010000", 1)), GASTRITIS, end=then)
     return g.case(
         "impersonation_distance",
         ["impersonation_distance"],
@@ -1327,16 +1344,22 @@ def _workup(g: _Gen, low: Decimal, high: Decimal, hosp_lv: str) -> list[dict[str
 
 
 def _excessive(g: _Gen, k: int, fraud: bool) -> Case:
-    ratio = Decimal(RULE_PARAMS["excessive_cost"]["peer_ratio"])
+    """A general outpatient visit over both limits of the rule (the cap and the peer ratio), or under both.
+
+    Two limits because the peers are visits settled on earlier days: when every settlement of a
+    run is stamped the same day (the benchmark's agents), only the cap can judge; when they are
+    stamped at the visit's end, both do.
+    """
+    p = RULE_PARAMS["excessive_cost"]
+    ratio, cap = Decimal(p["peer_ratio"]), Decimal(p["max_fen"]) / 100
     hospital = (g.h1, g.h2)[k % 2]
     cond = (URTI, GASTRITIS)[k // 2 % 2]
     median, peers = _peer_median(g, hospital, cond.dise_codg[:3], "11")
-    if fraud:  # over-examination: a work-up at ≥ 1.25 × the limit
-        lines = _workup(g, ratio * median * Decimal("1.25"), Decimal(10**6), hospital.hosp_lv)
-    else:  # a thorough but honest work-up at about 0.8 × the limit
-        lines = _workup(
-            g, ratio * median * Decimal("0.75"), ratio * median * Decimal("0.85"), hospital.hosp_lv
-        )
+    if fraud:  # over-examination: a work-up at ≥ 1.2 × the higher limit
+        lines = _workup(g, max(ratio * median, cap) * Decimal("1.2"), Decimal(10**6), hospital.hosp_lv)
+    else:  # a thorough but honest work-up at about 0.8 × the lower limit
+        low = min(ratio * median, cap)
+        lines = _workup(g, low * Decimal("0.75"), low * Decimal("0.85"), hospital.hosp_lv)
     psn = g.people.make(hospital.admdvs)
     body = _outpatient_body(g, hospital, psn, lines, cond)
     cost = Decimal(body["medfee_sumamt"])
@@ -1351,6 +1374,7 @@ def _excessive(g: _Gen, k: int, fraud: bool) -> Case:
         peers=peers,
         ratio=str((cost / median).quantize(Decimal("0.01"))) if median else None,
         peer_ratio=str(ratio),
+        max_fen=p["max_fen"],
     )
 
 
