@@ -25,7 +25,9 @@ Routes (``protocol.wire`` names the paths and the header):
   ``request_unsigned`` / ``request_stale``, 403 ``agent_unknown`` / ``agent_revoked``, 422
   ``signature_invalid``, 400 ``decode_malformed``. The access log of ``serve`` never shows a psn_no.
 
-In the background the server re-signs the snapshot and timestamp before they expire.
+In the background the server re-signs the snapshot and timestamp before they expire, recomputes new
+settlements' splits (``central.split_audit``) and screens them (``central.screening.screen_new``)
+seconds after their batch is ingested.
 
 Every request may carry ``Yibao-Protocol``; answers carry the version chosen. No handler
 touches SQLite on the event loop: reads, verification and writes run on the store's threads.
@@ -403,6 +405,7 @@ def create_app(config: CentralConfig) -> web.Application:
             asyncio.create_task(_watch(watcher, config.changes_check_s), name="tuf-watch"),
             asyncio.create_task(_resign(repo, config, watcher), name="tuf-resign"),
             asyncio.create_task(_audit_splits(store, repo), name="split-audit"),
+            asyncio.create_task(_screen_new(store, repo, SCREEN_INTERVAL_S), name="screen-new"),
         ]
         try:
             yield
@@ -457,6 +460,27 @@ async def _audit_splits(store: Store, repo: TufRepository, interval: float = 5.0
                 log.warning("%d settlement(s) with a split that differs from the centre's", counts["flagged"])
         except Exception:
             log.exception("the split audit failed; retrying in %.0f s", interval)
+
+
+#: Seconds between incremental screens (each one screens everything ingested since the last).
+SCREEN_INTERVAL_S = 5.0
+
+
+async def _screen_new(store: Store, repo: TufRepository, interval: float) -> None:
+    """Screen new settlements seconds after a batch is ingested (``central.screening.screen_new``):
+    the persons and hospitals it touched, off the event loop, until level with what is held."""
+    from .screening import screen_new
+
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while True:
+                summary = await loop.run_in_executor(None, lambda: screen_new(store, repo=repo))
+                if summary["cursor"][0] == summary["cursor"][1]:
+                    break
+        except Exception:
+            log.exception("the incremental screen failed; retrying in %.0f s", interval)
 
 
 async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWatcher) -> None:

@@ -27,9 +27,22 @@ changes something is recorded in the audit log with ``--operator`` (default ``$U
 
 Hospitals and personal-data access (``central.hospitals``, ``central.history``)::
 
-    hospitals set --hospital CODE --level 0|1|2|3 [--name N] [--admdvs 6DIGITS]   (audited)
+    hospitals set --hospital CODE [--level 0|1|2|3] [--name N] [--admdvs 6DIGITS] [--lat DEG --lon DEG]
+                                            (audited; a new hospital needs --level)
     hospitals list [--json]
     access-log [--psn-no P] [--agent A] [--limit N] [--json]   who looked up whose history
+
+Screening and analysis (issue 6, ``docs/MONITORING.md``; ``central.screening``, ``central.analysis``,
+``central.deaths``); the review workflow's verbs come from ``central.cli_monitor``::
+
+    screen --from D --to D [--workers N] [--quiet] [--json]   full screen, progress bar on stderr
+    screen --new [--json]                   incremental: what was ingested since the last screen
+    rules backtest FILE --from D --to D [--catalogue FILE] [--json]   nothing is stored
+    rules quality [--json]                  per rule: found, reviewed, confirmed, precision
+    deaths import FILE.csv                  psn_no,death_date[,source]; all rows or none (audited)
+    deaths list [--count] [--limit N] [--json]
+    analysis --by hospital|department|doctor --measure M --from D --to D [--area A] [--min-visits N]
+             [--limit N] [--json]
 """
 
 from __future__ import annotations
@@ -43,6 +56,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 
@@ -142,7 +156,58 @@ def build_parser() -> argparse.ArgumentParser:
     rec_p.add_argument("--json", action="store_true", help="JSON instead of a table")
     _policy_parsers(verbs)
     _hospital_parsers(verbs)
+    _screening_parsers(verbs)
     return parser
+
+
+def _rules_quality_parsers(sub: argparse._SubParsersAction) -> None:
+    bt_p = sub.add_parser("backtest", help="run a rules file over a date range beside the rules in force; "
+                          "nothing is stored")  # fmt: skip
+    bt_p.add_argument("file", help="a rules document (format 1)")
+    bt_p.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
+    bt_p.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
+    bt_p.add_argument("--catalogue", help="a catalogue document to use (default: the area's in force)")
+    bt_p.add_argument("--workers", type=int, help="worker processes (default: up to 2)")
+    bt_p.add_argument("--json", action="store_true")
+    q_p = sub.add_parser("quality", help="per rule: suspicions found, reviewed, confirmed and precision")
+    q_p.add_argument("--json", action="store_true")
+
+
+def _screening_parsers(verbs: argparse._SubParsersAction) -> None:
+    scr = verbs.add_parser("screen", help="run the rules in force over held settlements (suspicions)")
+    scr.add_argument("--from", dest="date_from", type=_date, help="first settlement date (YYYY-MM-DD)")
+    scr.add_argument("--to", dest="date_to", type=_date, help="last settlement date (YYYY-MM-DD)")
+    scr.add_argument(
+        "--new", action="store_true", help="incremental: what was ingested since the last screen"
+    )
+    scr.add_argument("--workers", type=int, help="worker processes for a full screen (default: up to 2)")
+    scr.add_argument("--quiet", action="store_true", help="no progress bar")
+    scr.add_argument("--json", action="store_true", help="the summary as JSON")
+
+    deaths = verbs.add_parser("deaths", help="dates of death from the civil registry (care after death)")
+    d_verbs = deaths.add_subparsers(dest="deaths_verb", required=True, metavar="ACTION")
+    imp = d_verbs.add_parser("import", help="import a CSV psn_no,death_date[,source]: all rows or none")
+    imp.add_argument("file")
+    imp.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
+    imp.add_argument("--reason", default="", help="why, for the audit log")
+    dls = d_verbs.add_parser("list", help="held dates of death")
+    dls.add_argument("--count", action="store_true", help="only how many are held")
+    dls.add_argument("--limit", type=int, default=100)
+    dls.add_argument("--json", action="store_true")
+
+    an = verbs.add_parser("analysis", help="rank hospitals, departments or doctors against their peers")
+    an.add_argument("--by", required=True, choices=["hospital", "department", "doctor"])
+    an.add_argument(
+        "--measure",
+        required=True,
+        choices=["cost_per_visit", "drug_share", "visits_per_patient", "growth", "cost_per_disease"],
+    )
+    an.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
+    an.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
+    an.add_argument("--area", help="only this pooling area's visits")
+    an.add_argument("--min-visits", type=int, default=1, help="leave out objects with fewer visits")
+    an.add_argument("--limit", type=int, default=30, help="rows to print (all are stored)")
+    an.add_argument("--json", action="store_true")  # fmt: skip
 
 
 def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
@@ -150,9 +215,12 @@ def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
     hosp_verbs = hosp_p.add_subparsers(dest="hospitals_verb", required=True, metavar="ACTION")
     set_p = hosp_verbs.add_parser("set", help="create or update a hospital (audited)")
     set_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
-    set_p.add_argument("--level", required=True, choices=["0", "1", "2", "3"], help="grade; 0: ungraded")
+    set_p.add_argument("--level", choices=["0", "1", "2", "3"],
+                       help="grade; 0: ungraded (required for a new hospital)")  # fmt: skip
     set_p.add_argument("--name", help="the hospital's name")
     set_p.add_argument("--admdvs", help="administrative division (6 digits)")
+    set_p.add_argument("--lat", type=float, help="latitude in degrees (with --lon)")
+    set_p.add_argument("--lon", type=float, help="longitude in degrees (with --lat)")
     set_p.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     set_p.add_argument("--reason", default="", help="why, for the audit log")
     hls_p = hosp_verbs.add_parser("list", help="the hospitals the centre knows")
@@ -202,6 +270,8 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
             verb, parents=[*signing, why], help=f"validate and publish a {kind} JSON document"
         )
         doc_p.add_argument("file")
+        if kind == "rules":
+            _rules_quality_parsers(sub)
 
     keys_p = verbs.add_parser("keys", help="e-voucher issuer keys bundle; operator key files")
     keys_verbs = keys_p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
@@ -433,9 +503,150 @@ def _hospitals(args: argparse.Namespace, store: Store) -> int:
                       f"{row['name'] or ''}")  # fmt: skip
         return 0
     actor = Actor.of(args.operator, args.reason)
-    held = set_hospital(store, actor, args.hospital, args.level, name=args.name, admdvs=args.admdvs)
-    print(f"hospital {held['fixmedins_code']} level {held['hosp_lv']} "
-          f"({held['lines_updated']} history lines updated)", file=sys.stderr)  # fmt: skip
+    held = set_hospital(store, actor, args.hospital, args.level, name=args.name, admdvs=args.admdvs,
+                        lat=args.lat, lon=args.lon)  # fmt: skip
+    where = f", at {held['lat']:.5f}, {held['lon']:.5f}" if held["lat"] is not None else ""
+    print(f"hospital {held['fixmedins_code']} level {held['hosp_lv']}{where} "
+          f"({held['lines_updated']} history lines updated, {held['visits_updated']} visits)",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _progress(quiet: bool) -> tuple[Any, Any, Any]:
+    """A tqdm bar on stderr (visits screened) when stderr is a terminal and not --quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None, None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, unit="visits", unit_scale=True, file=sys.stderr, desc="screening")
+
+    def total(n: int) -> None:
+        bar.total = n
+        bar.refresh()
+
+    return bar.update, total, bar.close
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2, default=str))
+
+
+def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
+    """screen, rules backtest|quality, deaths, analysis."""
+    from . import analysis, deaths, screening
+
+    if args.verb == "screen":
+        repo = TufRepository.open(config)
+        if args.new:
+            if args.date_from or args.date_to:
+                raise ConfigInvalid(
+                    "--new screens what was ingested since the last screen: leave out --from/--to"
+                )
+            total = {"settlements": 0, "new_suspicions": 0, "hits": 0}
+            while True:  # until level with what is held
+                summary = screening.screen_new(store, repo=repo)
+                for key in total:
+                    total[key] += summary[key]
+                if summary["cursor"][0] == summary["cursor"][1]:
+                    break
+            if args.json:
+                _print_json(total)
+            else:
+                print(f"screened {total['settlements']} new settlements: {total['hits']} hits, "
+                      f"{total['new_suspicions']} new suspicions")  # fmt: skip
+            return 0
+        if not (args.date_from and args.date_to):
+            raise ConfigInvalid("screen needs --from and --to (a full screen of that range), or --new")
+        update, total_cb, close = _progress(args.quiet)
+        try:
+            summary = screening.screen(store, args.date_from, args.date_to, repo=repo, progress=update,
+                                       total=total_cb, workers=args.workers)  # fmt: skip
+        except ValueError as exc:
+            raise ConfigInvalid(str(exc)) from None
+        finally:
+            close()
+        if args.json:
+            _print_json(summary)
+        else:
+            span = f"{summary['date_from']}..{summary['date_to']}"
+            print(f"run {summary['run_id']}: screened {summary['settlements']} settlements and "
+                  f"{summary['lines']} lines {span} in {summary['elapsed_s']:.1f} s: "
+                  f"{summary['hits']} hits, {summary['new_suspicions']} new suspicions, "
+                  f"{summary['again']} found again")  # fmt: skip
+            for rule_id, hits in sorted(summary["per_rule"].items()):
+                print(f"  {rule_id:<40} {hits:>8} hits")
+        if not summary["areas"]:
+            print("no area has a published rules bundle: nothing was screened "
+                  "(`yibao-central rules publish`)", file=sys.stderr)  # fmt: skip
+        return 0
+    if args.verb == "rules":
+        if args.rules_verb == "quality":
+            from .review import rule_quality
+
+            rows = store.read(rule_quality)
+            if args.json:
+                _print_json(rows)
+            for row in [] if args.json else rows:
+                precision = "-" if row["precision"] is None else f"{row['precision']:.2%}"
+                print(
+                    f"{row['rule_id']:<32} v{row['rule_version']:<4} found {row['found']:>7} "
+                    f"reviewed {row['reviewed']:>6} confirmed {row['confirmed']:>6} precision {precision}"
+                )
+            return 0
+        from .documents import load_json_document
+
+        doc = load_json_document(args.file)
+        catalogue = load_json_document(args.catalogue) if args.catalogue else None
+        try:
+            report = screening.backtest(store, doc, catalogue, args.date_from, args.date_to,
+                                        repo=TufRepository.open(config), workers=args.workers)  # fmt: skip
+        except ValueError as exc:
+            raise ConfigInvalid(str(exc)) from None
+        if args.json:
+            _print_json(report)
+            return 0
+        print(f"area {report['area']} {report['date_from']}..{report['date_to']}: {report['visits']} visits; "
+              f"{report['totals']['candidate']} hits with {Path(args.file).name}, "
+              f"{report['totals']['in_force']} with the rules in force")  # fmt: skip
+        print(f"  {'rule':<32} {'file':>8} {'in force':>9} {'new':>7} {'removed':>8} {'changed':>8}")
+        for r in report["rules"]:
+            print(f"  {r['rule_id']:<32} {r['candidate']:>8} {r['in_force']:>9} {r['new']:>7} "
+                  f"{r['removed']:>8} {r['changed']:>8}")  # fmt: skip
+        hospitals = report["hospitals"]
+        print("  per hospital (file / in force):")
+        for code in sorted(set(hospitals["candidate"]) | set(hospitals["in_force"])):
+            new, old = hospitals["candidate"].get(code, 0), hospitals["in_force"].get(code, 0)
+            print(f"    {code:<16} {new:>8} {old:>9}")
+        return 0
+    if args.verb == "deaths":
+        if args.deaths_verb == "import":
+            counts = deaths.import_deaths(store, Actor.of(args.operator, args.reason), args.file)
+            print(f"imported {counts['rows']} dates of death from {counts['file']}: {counts['new']} new, "
+                  f"{counts['updated']} updated; {counts['held']} held", file=sys.stderr)  # fmt: skip
+            return 0
+        if args.count:
+            n = store.read(deaths.count_deaths)
+            print(json.dumps({"count": n}) if args.json else n)
+            return 0
+        for row in store.read(lambda c: deaths.list_deaths(c, limit=args.limit)):
+            print(json.dumps(row, ensure_ascii=False) if args.json else
+                  f"{row['psn_no']:<24} {row['death_date']}  {row['source']}")  # fmt: skip
+        return 0
+    result = analysis.analyse(store, by=args.by, measure=args.measure, date_from=args.date_from,
+                              date_to=args.date_to, area=args.area, min_visits=args.min_visits)  # fmt: skip
+    if args.json:
+        _print_json({**result, "results": result["results"][: args.limit]})
+        return 0
+    print(
+        f"run {result['run_id']}: {result['measure']} by {result['by']}, {result['date_from']}.."
+        f"{result['date_to']}, {result['objects']} objects (top {min(args.limit, result['objects'])})"
+    )
+    print(f"  {'rank':>4} {'object':<28} {'visits':>7} {'value':>12} {'peers':>12} {'ratio':>7}")
+    for r in result["results"][: args.limit]:
+        value = "-" if r["value"] is None else f"{r['value']:.4g}"
+        median = "-" if r["peer_median"] is None else f"{r['peer_median']:.4g}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        print(f"  {r['rank']:>4} {r['object_id']:<28} {r['visits']:>7} {value:>12} {median:>12} {ratio:>7}")
     return 0
 
 
@@ -509,6 +720,10 @@ def _run(args: argparse.Namespace) -> int:
             return _hospitals(args, store)
         elif args.verb == "splits":
             return _splits(args, config, store)
+        elif args.verb in ("screen", "deaths", "analysis") or (
+            args.verb == "rules" and args.rules_verb in ("backtest", "quality")
+        ):
+            return _screening(args, config, store)
         elif args.verb in cli_monitor.VERBS:
             return cli_monitor.run(args, config, store)
         else:

@@ -177,14 +177,32 @@ def _default_repo(store: Store) -> Any:
     return TufRepository.open(CentralConfig(home=store.path.parent))
 
 
+#: The rules in force last loaded per database, with the bundle seqs they came from: the incremental
+#: screen asks every few seconds, and a catalogue of 500,000 items takes seconds to validate.
+_IN_FORCE: dict[str, tuple[tuple, dict[str, AreaRules]]] = {}
+
+
 def rules_in_force(store: Store, repo: Any = None) -> dict[str, AreaRules]:
-    """Per area with a published ``rules`` bundle: its rules and catalogue in force.
+    """Per area with a published ``rules`` bundle: its rules and catalogue in force (loaded again only
+    when a newer ``rules`` or ``catalogue`` bundle was published).
 
     An area whose published documents no longer load is left out, with an error in the log (the
     publish path validates them, so this means a damaged repository).
     """
     from .split_audit import current_document
 
+    seqs = store.read(
+        lambda c: tuple(
+            c.execute(
+                "SELECT area, kind, max(seq) FROM bundles WHERE kind IN ('rules', 'catalogue') "
+                "AND path != '' GROUP BY area, kind ORDER BY area, kind"
+            ).fetchall()
+        )
+    )
+    key = (str(store.path.resolve()), seqs)
+    cached = _IN_FORCE.get(key[0])
+    if cached is not None and cached[0] == seqs:
+        return dict(cached[1])
     repo = repo if repo is not None else _default_repo(store)
 
     def read(conn: sqlite3.Connection) -> dict[str, tuple[Any, Any]]:
@@ -210,7 +228,8 @@ def rules_in_force(store: Store, repo: Any = None) -> dict[str, AreaRules]:
             found[area] = load_area_rules(rules_doc, catalogue_doc, area=area)
         except ProtocolError as exc:
             log.error("area %s: the published rules or catalogue do not load: %s", area, exc)
-    return found
+    _IN_FORCE[key[0]] = (seqs, found)
+    return dict(found)
 
 
 # -- the screening connection ----------------------------------------------------------------------

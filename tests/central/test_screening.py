@@ -252,3 +252,38 @@ def test_without_a_published_rules_bundle_nothing_is_screened(store, repo, chain
     ingest(store, chain, dispensing("S1", "2026-11-01"))
     summary = screen(store, "2026-11-01", "2026-11-30", repo=repo, workers=1)
     assert (summary["areas"], summary["settlements"], summary["hits"]) == ([], 0, 0)
+
+
+def test_the_server_screens_a_batch_seconds_after_it_is_ingested(config, monkeypatch) -> None:
+    import time
+
+    import central.api
+    from central.tuf_repo import TufRepository
+
+    from .conftest import start_server
+
+    monkeypatch.setattr(central.api, "SCREEN_INTERVAL_S", 0.2)
+    server, stop = start_server(config)
+    try:
+        store = server.store
+        Policy(store, TufRepository.open(config), config).publish_document(
+            ACTOR, _signers(config), "rules", RULES
+        )
+        chain = enrol(store)
+        chain.append(dispensing("S1", "2026-11-01"))
+        chain.append(dispensing("S2", "2026-11-10"))
+        assert server.post_batch(chain.batch(1, 2)).status == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not by_rule(store, "dup_same_drug"):
+            time.sleep(0.1)
+        assert [s["setl_ids"] for s in by_rule(store, "dup_same_drug")] == [["S2"]]
+        runs = store.read(lambda c: c.execute("SELECT kind FROM screen_runs").fetchall())
+        assert runs == [("incremental",)]
+    finally:
+        stop()
+
+
+def _signers(config):
+    from central.cli import operator_signers
+
+    return operator_signers(config, None)

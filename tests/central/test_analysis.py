@@ -1,0 +1,111 @@
+"""Analysis rankings: each object against its peers' median, stored under a run id."""
+
+from __future__ import annotations
+
+import pytest
+
+from central.analysis import analyse, list_results
+from central.errors import ConfigInvalid
+from central.hospitals import set_hospital
+from central.ingest import Ingestor
+from central.store import Store
+
+from .conftest import ACTOR, enrol, settlement
+
+HOSPITALS = ("H11010100001", "H11010100002", "H11010100003")
+
+
+def _visit(setl_id: str, hospital: str, day: str, cost_lines: tuple, psn_no: str, dr: str, dept: str = "A03"):
+    s = settlement(
+        setl_id,
+        hospital=hospital,
+        setl_time=f"{day}T10:00:00+08:00",
+        lines=cost_lines,
+        split=None,
+        psn_no=psn_no,
+    )
+    s.mdtrt.dr_codg, s.mdtrt.dept_codg, s.mdtrt.dise_codg = dr, dept, "I10.x00"
+    return s
+
+
+@pytest.fixture
+def held(store: Store) -> Store:
+    """Three level-2 hospitals: H1 and H2 bill 10 yuan a visit, H3 40 yuan (all drugs); in November H3
+    had two visits, in October one."""
+    ingestor = Ingestor(store)
+    for n, hospital in enumerate(HOSPITALS, start=1):
+        set_hospital(store, ACTOR, hospital, "2")
+        chain = enrol(store, hospital)
+        price = (("1", "40", 4000),) if n == 3 else (("1", "10", 1000),)
+        for i, day in enumerate(("2026-11-02", "2026-11-03")):
+            chain.append(_visit(f"S{n}{i}", hospital, day, price, f"P{n}{i % (1 if n == 3 else 2)}", f"D{n}"))
+        chain.append(_visit(f"O{n}", hospital, "2026-10-20", price, f"P{n}0", f"D{n}"))
+        assert ingestor.ingest(chain.batch(1, 3)).rejected == []
+    return store
+
+
+def test_cost_per_visit_ranks_the_expensive_hospital_first(held: Store) -> None:
+    result = analyse(
+        held, by="hospital", measure="cost_per_visit", date_from="2026-11-01", date_to="2026-11-30"
+    )
+    top = result["results"][0]
+    assert (top["object_id"], top["value"], top["peer_median"], top["rank"]) == (
+        "H11010100003",
+        4000,
+        1000,
+        1,
+    )
+    assert top["ratio"] == pytest.approx(4.0)
+    assert [r["rank"] for r in result["results"]] == [1, 2, 3]
+    stored = held.read(lambda c: list_results(c, result["run_id"]))
+    assert stored[0]["object_id"] == "H11010100003" and len(stored) == 3
+    again = analyse(
+        held, by="hospital", measure="cost_per_visit", date_from="2026-11-01", date_to="2026-11-30"
+    )
+    assert again["run_id"] == result["run_id"] + 1
+
+
+def test_the_other_measures(held: Store) -> None:
+    window = {"date_from": "2026-11-01", "date_to": "2026-11-30"}
+    vpp = {
+        r["object_id"]: r["value"]
+        for r in analyse(held, by="doctor", measure="visits_per_patient", **window)["results"]
+    }
+    assert vpp == {"D1": 1.0, "D2": 1.0, "D3": 2.0}  # D3 saw one person twice
+    share = analyse(held, by="department", measure="drug_share", **window)["results"]
+    assert {r["object_id"]: r["value"] for r in share}["H11010100001/A03"] == 1.0
+    growth = {
+        r["object_id"]: r["value"]
+        for r in analyse(held, by="hospital", measure="growth", **window)["results"]
+    }
+    assert growth == {"H11010100001": 2.0, "H11010100002": 2.0, "H11010100003": 2.0}  # 2 visits vs 1 before
+    disease = analyse(held, by="hospital", measure="cost_per_disease", **window)["results"]
+    assert disease[0]["object_id"] == "H11010100003|I10" and disease[0]["ratio"] == pytest.approx(4.0)
+
+
+def test_bad_arguments_are_refused(held: Store) -> None:
+    with pytest.raises(ConfigInvalid):
+        analyse(held, by="ward", measure="cost_per_visit", date_from="2026-11-01", date_to="2026-11-30")
+    with pytest.raises(ConfigInvalid):
+        analyse(held, by="doctor", measure="cost_per_visit", date_from="2026-12-01", date_to="2026-11-30")
+
+
+def test_the_cli_prints_the_ranking(config, held: Store, capsys) -> None:
+    from central.cli import main
+
+    argv = [
+        "--home",
+        str(config.home),
+        "analysis",
+        "--by",
+        "hospital",
+        "--measure",
+        "cost_per_visit",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-30",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "H11010100003" in out.splitlines()[2]
