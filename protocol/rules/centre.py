@@ -58,7 +58,7 @@ def _days(n: int) -> str:
 
 
 def _sql_readmission(rule: Rule, p: dict[str, Any], f: str) -> str:
-    p["p_within"] = rule.params["within_days"]
+    p["p_within_back"] = -rule.params["within_days"]  # negative numbers are bound, not written "-:p"
     same = "AND h.fixmedins_code = v.fixmedins_code" if rule.params["same_hospital"] else ""
     related = (
         "AND substr(h.dise_main, 1, 3) = substr(v.dise_main, 1, 3)"
@@ -74,7 +74,7 @@ SELECT v.psn_no, v.setl_id, v.setl_id AS hit_key, '' AS sn, v.fixmedins_code, v.
        substr(h.dise_main, 1, 3) AS category, {gap} AS gap
 FROM cur_visits AS v
 JOIN hist_visits AS h ON h.psn_no = v.psn_no AND h.setl_id <> v.setl_id
-     AND h.end_date <= v.begn_date AND h.end_date >= {date_add("v.begn_date", "-:p_within")}
+     AND h.end_date <= v.begn_date AND h.end_date >= {date_add("v.begn_date", ":p_within_back")}
 WHERE v.begn_date IS NOT NULL AND {f}
   AND {_inpatient(rule, p, "v", "p_mv")} AND {_inpatient(rule, p, "h", "p_mh")}
   AND (h.end_date < v.begn_date OR h.setl_time < v.setl_time
@@ -114,6 +114,7 @@ def _sql_impersonation(rule: Rule, p: dict[str, Any], f: str) -> str:
     p["p_max_seconds"] = minutes * 60
     p["p_min_km2"] = km * km
     p["p_days"] = minutes // 1440 + 1  # the settlement dates to look at (local dates, any offset)
+    p["p_days_back"] = -p["p_days"]
     seconds = seconds_between("o.setl_time", "v.setl_time")
     return f"""
 SELECT v.psn_no, v.setl_id, v.setl_id AS hit_key, '' AS sn, v.fixmedins_code, v.setl_time,
@@ -124,7 +125,7 @@ FROM cur_visits AS v
 JOIN hospitals AS hv ON hv.fixmedins_code = v.fixmedins_code
 JOIN hist_visits AS o ON o.psn_no = v.psn_no AND o.setl_id <> v.setl_id
      AND o.fixmedins_code <> v.fixmedins_code
-     AND o.setl_date >= {date_add("v.setl_date", "-:p_days")}
+     AND o.setl_date >= {date_add("v.setl_date", ":p_days_back")}
      AND o.setl_date <= {date_add("v.setl_date", ":p_days")}
 JOIN hospitals AS ho ON ho.fixmedins_code = o.fixmedins_code
 WHERE {f} AND hv.x_km IS NOT NULL AND hv.y_km IS NOT NULL AND ho.x_km IS NOT NULL AND ho.y_km IS NOT NULL
@@ -239,7 +240,7 @@ def _sql_excessive(rule: Rule, p: dict[str, Any], f: str) -> str:
     median = "NULL AS median, NULL AS peers"
     if prm["peer_ratio"] is not None:
         p["p_ratio_e4"] = ratio_e4(prm["peer_ratio"])
-        p["p_peer_days"] = prm["peer_days"]
+        p["p_peer_back"] = -prm["peer_days"]
         p["p_min_peers"] = prm["min_peers"]
         # peers: visits of the same diagnosis category, hospital level and medical type in the
         # peer_days before the visit's date (strictly before: the same answer whichever same-day
@@ -255,7 +256,7 @@ def _sql_excessive(rule: Rule, p: dict[str, Any], f: str) -> str:
          count(*) OVER (PARTITION BY g.cat, g.hosp_lv, g.med_type, g.setl_date) AS n
   FROM grp AS g
   JOIN hist_visits AS p ON p.med_type = g.med_type AND p.hosp_lv = g.hosp_lv
-       AND p.setl_date >= {date_add("g.setl_date", "-:p_peer_days")} AND p.setl_date < g.setl_date
+       AND p.setl_date >= {date_add("g.setl_date", ":p_peer_back")} AND p.setl_date < g.setl_date
        AND substr(p.dise_main, 1, 3) = g.cat
 ), md AS (
   SELECT cat, hosp_lv, med_type, setl_date, max(n) AS n, avg(cost) AS median FROM pr

@@ -195,6 +195,10 @@ def transpile(sql: str, dialect: str) -> str:
     for statement in sqlglot.parse(sql, read="sqlite", error_level=ErrorLevel.RAISE):
         if statement is None:
             continue
+        if statement.find(exp.TimeToStr) is not None:  # strftime(): its formats are SQLite's own
+            raise UnsupportedError(
+                f"strftime() is not carried to {dialect}: use a protocol.rules.dialect helper"
+            )
         tree = statement.transform(_rewrite_node)
         for call in tree.find_all(exp.Anonymous):
             raise UnsupportedError(
