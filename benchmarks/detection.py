@@ -172,13 +172,16 @@ def _has_screen_verb(centre: Centre) -> bool:
 
 
 def _screen(centre: Centre, day_from: date, day_to: date) -> dict[str, Any]:
+    """``yibao-central screen --json``: its summary, shortened to the counts."""
     out = central_cli(
         centre.home, "screen", "--from", day_from.isoformat(), "--to", day_to.isoformat(), "--json"
     ).strip()
     try:
-        return json.loads(out.splitlines()[-1]) if out else {}
+        summary = json.loads(out)
     except ValueError:
-        return {"output": out[-500:]}
+        return {"output": out[-300:]}
+    keys = ("run_id", "settlements", "lines", "hits", "new_suspicions", "workers")
+    return {k: summary[k] for k in keys if k in summary}
 
 
 def _screen_in_process(home: Path, day_from: date, day_to: date) -> dict[str, Any]:
