@@ -166,11 +166,6 @@ def _setup_centre(centre: Centre, traffic: Traffic, files: dict[str, Path]) -> d
     return notes
 
 
-def _has_screen_verb(centre: Centre) -> bool:
-    out = subprocess.run([str(BIN / "yibao-central"), "screen", "--help"], capture_output=True, text=True)
-    return out.returncode == 0
-
-
 def _screen(centre: Centre, day_from: date, day_to: date) -> dict[str, Any]:
     """``yibao-central screen --json``: its summary, shortened to the counts."""
     out = central_cli(
@@ -182,35 +177,6 @@ def _screen(centre: Centre, day_from: date, day_to: date) -> dict[str, Any]:
         return {"output": out[-300:]}
     keys = ("run_id", "settlements", "lines", "hits", "new_suspicions", "workers")
     return {k: summary[k] for k in keys if k in summary}
-
-
-def _screen_in_process(home: Path, day_from: date, day_to: date) -> dict[str, Any]:
-    """Until ``yibao-central screen`` exists: ``central.screening.screen`` on the stopped centre's
-    database, with the monitoring rules whose templates compile (the others are reported)."""
-    from central import screening
-    from central.store import Store
-    from protocol import rules as rl
-
-    doc = json.loads((SAMPLES / "monitoring_rules.json").read_text())
-    ready, missing = [], []
-    for raw, rule in zip(doc["rules"], rl.load_ruleset(doc).rules, strict=True):
-        try:
-            rl.compile_rule(rule)
-            ready.append(raw)
-        except (ValueError, KeyError, NotImplementedError):
-            missing.append(rule.template)
-    areas = {
-        AREA: screening.load_area_rules(
-            {**doc, "rules": ready}, json.loads((SAMPLES / "catalogue.json").read_text()), area=AREA
-        )
-    }
-    with Store(home / "central.db") as store:
-        summary = screening.screen(store, day_from, day_to, areas=areas, workers=1)
-    return {
-        "in_process": True,
-        "not_compiled": missing,
-        **{k: summary.get(k) for k in ("settlements", "hits")},
-    }
 
 
 def _suspicions(db: Path) -> list[dict[str, Any]]:
@@ -248,7 +214,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
     centre = Centre(tmp / "central", area=AREA)
     agents: list[Agent] = []
-    screened: dict[str, Any] | None = None
     try:
         notes = _setup_centre(centre, traffic, files)
         for h in traffic.hospitals:
@@ -279,13 +244,11 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
 
         t2 = time.perf_counter()
         day_from, day_to = today - timedelta(days=1), today + timedelta(days=1)
-        screened = _screen(centre, day_from, day_to) if _has_screen_verb(centre) else None
+        screened = _screen(centre, day_from, day_to)
     finally:
         for a in agents:
             a.stop()
         centre.stop()
-    if screened is None:
-        screened = _screen_in_process(centre.home, day_from, day_to)
     screen_s = time.perf_counter() - t2
     suspicions = _suspicions(centre.home / "central.db")
 
