@@ -18,12 +18,16 @@ together).
 
 **Time.** The agent stamps ``setl_time`` itself when the HIS posts (``agent.intake``), so every
 settlement of a run carries the run's date as ``setl_date``, whatever the visit's times say. The
-simulated days therefore live in the HIS times (``begntime``/``endtime``/``fee_ocur_time``):
-outpatient visits happen on ``today``, inpatient stays were admitted days or weeks earlier, a
-readmission follows a discharge by so many days, a death precedes the card's next use. The
-patterns whose rules compare ``setl_date``s (duplicate medication, frequency over a period,
-frequent visits, impersonation) are built so that they hold when all their settlements are
-settled the same day — which is what "several hospitals on one day" fraud looks like anyway.
+simulated days therefore live in the HIS times (``begntime``/``endtime``/``fee_ocur_time``): the
+cases' outpatient visits happen on ``today``, the background clinics over the week before, stays
+were admitted days or weeks earlier, a readmission follows a discharge by so many days, a death
+precedes the card's next use. Every pattern holds both ways a centre may see it: all settled the
+run's day (the benchmark's agents) or each settled at its visit's end (an agent that settles as
+the visit closes; ``tests/simulators/test_fraud.py`` screens both). That shapes a few of them: a
+multi-hospital case happens the same day (doctor shopping does), an impersonation pair is minutes
+apart, the excessive-cost rule has an absolute cap beside its peer ratio (its peers are the days
+*before* the visit's settlement, which a one-day run does not have), and a case's visits are
+posted in the order they happened (``Planned.wave``).
 
 **Honest background** must not trip the rules, or it would be noise in the precision figure:
 each background person is seen once (repeat patients are what the fraud cases and look-alikes
