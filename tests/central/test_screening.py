@@ -287,3 +287,20 @@ def _signers(config):
     from central.cli import operator_signers
 
     return operator_signers(config, None)
+
+
+def test_the_cli_screens_a_range_and_what_is_new(config, store, chain, published, capsys) -> None:
+    from central.cli import main
+
+    home = ["--home", str(config.home)]
+    ingest(store, chain, dispensing("S1", "2026-11-01"), dispensing("S2", "2026-11-10"))
+    assert main([*home, "screen", "--new", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"settlements": 2, "new_suspicions": 3, "hits": 3}
+    argv = [*home, "screen", "--from", "2026-11-01", "--to", "2026-11-30", "--workers", "1", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "screened 2 settlements" in out and "0 new suspicions, 3 found again" in out
+    assert main([*home, "screen", "--from", "2026-11-30", "--to", "2026-11-01"]) == 1
+    assert main([*home, "rules", "quality", "--json"]) == 0
+    quality = {r["rule_id"]: r["found"] for r in json.loads(capsys.readouterr().out)}
+    assert quality == {"dup_same_drug": 1, "price": 2}
