@@ -143,7 +143,7 @@ def test_kill_9_during_a_large_snapshot_leaves_the_old_list_whole(tmp_path, orde
     db = tmp_path / "policy.db"
     with PolicyStore(db) as store:
         store.apply_blacklist(header(1), [add("card", f"OLD{i}") for i in range(10)])
-    ids = [f"N{random.randrange(10**12):012d}" for _ in range(300_000)]
+    ids = [f"N{n:012d}" for n in random.sample(range(10**12), 300_000)]  # distinct ids
     if order == "sorted":
         ids.sort()
     big = bundle_file(tmp_path / "full.bin", header(2), (add("card", i) for i in ids))
