@@ -20,6 +20,13 @@ Routes:
   ``…/decisions`` ``{"kind", "target_type", "target_id", "reason", "amount"?: "1234.50", "until"?}`` → 201
 - ``GET  /v1/monitor/decisions?case=&hospital=&kind=&status=``
 - ``GET  /v1/monitor/rules/quality``
+- ``GET  /v1/monitor/runs?limit=`` screening runs, newest first (``screen_runs``)
+- ``POST /v1/monitor/screen`` ``{"from", "to"}`` (supervisor) → 202: a full screen starts in the
+  background (one at a time: 409 ``workflow_state`` while one runs); its row appears in ``runs``
+- ``POST /v1/monitor/rules/backtest`` ``{"rules": {…}, "catalogue"?: {…}, "from", "to"}`` (supervisor):
+  the candidate rules beside the rules in force over the range; nothing is stored or published
+- ``GET  /v1/monitor/analysis?by=&measure=&from=&to=&area=`` rankings of the operator's area
+  (``area`` default: the operator's main area)
 
 A blacklist decision is signed with the operator keys in ``HOME/operators/`` when the server has
 them (a demo or test home); a production server holds none, so the decision is ``pending_publish``
@@ -28,16 +35,28 @@ until ``yibao-central decisions publish`` signs it. Store work runs off the even
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import date
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from .errors import CentralError, InternalError, MalformedRequest, MonitorInputInvalid
-from .operators import Operator, home_signers, operator_by_token
+from protocol.errors import RulesInvalid
+
+from .analysis import analyse
+from .errors import (
+    CentralError,
+    ConfigInvalid,
+    InternalError,
+    MalformedRequest,
+    MonitorInputInvalid,
+    WorkflowState,
+)
+from .operators import Operator, home_signers, operator_by_token, require_area, require_supervisor
 from .policy import Policy
 from .review import (
     add_note,
@@ -62,6 +81,10 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/v1/monitor"
 MAX_BODY = 64 * 1024
+#: A backtest carries a whole rules document (and maybe a catalogue): the centre's document limit.
+MAX_DOCUMENT_BODY = 16 * 1024 * 1024
+#: The running full screen, if any (a mutable holder: the application is frozen once it serves).
+_SCREEN_TASK = web.AppKey("monitor_screen_task", dict)
 _json = msgspec.json.Encoder()
 
 Handler = Callable[[web.Request, Operator], Awaitable[Any]]
@@ -104,9 +127,9 @@ def _route(handler: Handler, status: int = 200) -> Callable[[web.Request], Await
     return wrapped
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise MalformedRequest(f"the body exceeds {MAX_BODY} bytes")
+async def _body(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise MalformedRequest(f"the body exceeds {limit} bytes")
     data = await request.read()
     try:
         obj = msgspec.json.decode(data) if data else {}
@@ -292,7 +315,97 @@ async def quality(request: web.Request, op: Operator) -> Any:
     return await _store(request).read_async(lambda c: rule_quality(c, op.scope))
 
 
+def _date_field(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise MonitorInputInvalid(f"{name} is required: a date like 2026-11-01")
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise MonitorInputInvalid(f"{name}={value!r} is not a date like 2026-11-01") from None
+
+
+def _range(source: Any) -> tuple[str, str]:
+    lo, hi = _date_field(source.get("from"), "from"), _date_field(source.get("to"), "to")
+    if lo > hi:
+        raise MonitorInputInvalid(f"from {lo} is after to {hi}")
+    return lo, hi
+
+
+async def runs(request: web.Request, op: Operator) -> Any:
+    limit = min(_int_query(request, "limit", 20) or 20, 500)
+    cols = ("id", "kind", "started_at", "finished_at", "date_from", "date_to", "settlements", "lines", "hits",
+            "new_suspicions")  # fmt: skip
+
+    def read(c: Any) -> list[dict[str, Any]]:
+        rows = c.execute(f"SELECT {', '.join(cols)} FROM screen_runs ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    return await _store(request).read_async(read)
+
+
+async def screen_start(request: web.Request, op: Operator) -> Any:
+    """A full screen runs for minutes: started here, watched through ``runs``; one at a time."""
+    from .api import REPO_KEY
+    from .screening import screen
+
+    require_supervisor(op, "start a full screen")
+    lo, hi = _range(await _body(request))
+    holder = request.app[_SCREEN_TASK]
+    running = holder.get("task")
+    if running is not None and not running.done():
+        raise WorkflowState("a full screen is already running; watch GET /v1/monitor/runs and retry after it")
+    store, repo = _store(request), request.app[REPO_KEY]
+    loop = asyncio.get_running_loop()
+
+    async def job() -> None:
+        try:
+            summary = await loop.run_in_executor(None, lambda: screen(store, lo, hi, repo=repo))
+            log.info("full screen %s..%s by %s: %d hits, %d new suspicions", lo, hi, op.name,
+                     summary["hits"], summary["new_suspicions"])  # fmt: skip
+        except Exception:
+            log.exception("the full screen %s..%s failed", lo, hi)
+
+    holder["task"] = asyncio.create_task(job(), name="monitor-screen")
+    return {"status": "started", "from": lo, "to": hi}
+
+
+async def backtest_run(request: web.Request, op: Operator) -> Any:
+    from .api import REPO_KEY
+    from .screening import backtest
+
+    require_supervisor(op, "backtest rules")
+    body = await _body(request, MAX_DOCUMENT_BODY)
+    lo, hi = _range(body)
+    if not isinstance(body.get("rules"), dict):
+        raise MonitorInputInvalid("rules is required: the rules document to try (docs/RULES.md)")
+    store, repo = _store(request), request.app[REPO_KEY]
+    try:
+        return await store.run_async(
+            lambda: backtest(store, body["rules"], body.get("catalogue"), lo, hi, repo=repo, workers=1)
+        )
+    except RulesInvalid as exc:
+        problems = "; ".join(exc.problems[:20]) if getattr(exc, "problems", None) else exc.message
+        raise MonitorInputInvalid(f"the rules or catalogue document is not valid: {problems}") from None
+
+
+async def analysis(request: web.Request, op: Operator) -> Any:
+    q = request.query
+    area = q.get("area") or op.main_area
+    require_area(op, area)
+    lo, hi = _range(q)
+    try:
+        return await _store(request).run_async(
+            lambda: analyse(
+                _store(request), by=q.get("by", "hospital"), measure=q.get("measure", "cost_per_visit"),
+                date_from=lo, date_to=hi, area=area,
+            )
+        )  # fmt: skip
+    except ConfigInvalid as exc:
+        raise MonitorInputInvalid(exc.message) from None
+
+
 def add_routes(app: web.Application) -> None:
+    app[_SCREEN_TASK] = {}
     """Register the monitoring routes on ``app``."""
     r = app.router
     r.add_get(f"{PREFIX}/operators/me", _route(me), allow_head=False)
@@ -309,3 +422,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post(PREFIX + "/cases/{id}/close", _route(case_close))
     r.add_get(f"{PREFIX}/decisions", _route(decisions), allow_head=False)
     r.add_get(f"{PREFIX}/rules/quality", _route(quality), allow_head=False)
+    r.add_get(f"{PREFIX}/runs", _route(runs), allow_head=False)
+    r.add_post(f"{PREFIX}/screen", _route(screen_start, 202))
+    r.add_post(f"{PREFIX}/rules/backtest", _route(backtest_run))
+    r.add_get(f"{PREFIX}/analysis", _route(analysis), allow_head=False)

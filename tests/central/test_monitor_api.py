@@ -179,3 +179,45 @@ def test_blacklist_decision_is_pending_without_keys(
     assert code == 0 and "1 pending decisions published" in err and "blacklist 110100 seq 1" in out
     status, decs = sup.get("/decisions?status=effective")
     assert [(x["id"], x["bundle_seq"]) for x in decs] == [(dec["id"], 1)]  # type: ignore[index,union-attr]
+
+
+def test_screening_backtest_and_analysis_over_http(server: Server, sup: Client, rev: Client) -> None:
+    """Supervisors start screens and backtests; bad input is refused with a reason and stores nothing."""
+    import json
+    import time
+    from pathlib import Path
+
+    today = date.today().isoformat()
+    assert _error(rev.post("/screen", {"from": today, "to": today})) == (403, "role_forbidden")
+    assert _error(sup.post("/screen", {"from": "2026-13-01", "to": today})) == (400, "input_invalid")
+    assert _error(sup.post("/screen", {"from": today, "to": "2020-01-01"})) == (400, "input_invalid")
+    assert _count(server, "screen_runs") == 0
+
+    status, body = sup.post("/screen", {"from": today, "to": today})
+    assert status == 202 and body == {"status": "started", "from": today, "to": today}
+    deadline = time.monotonic() + 30
+    while True:
+        status, listed = sup.get("/runs")
+        assert status == 200
+        if listed and listed[0]["finished_at"]:
+            break
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.1)
+    assert listed[0]["kind"] == "full" and listed[0]["date_from"] == today
+
+    rules = json.loads((Path(__file__).parents[2] / "docs/samples/monitoring_rules.json").read_text())
+    broken = {**rules, "rules": [{**rules["rules"][0], "template": "no_such_template"}]}
+    status, err = sup.post("/rules/backtest", {"rules": broken, "from": today, "to": today})
+    assert status == 400 and err["error"]["code"] == "input_invalid" and "template" in err["error"]["message"]
+    assert _error(rev.post("/rules/backtest", {"rules": rules, "from": today, "to": today})) == (
+        403, "role_forbidden",
+    )  # fmt: skip
+    status, report = sup.post("/rules/backtest", {"rules": rules, "from": today, "to": today})
+    assert status == 200, report
+    # a backtest stores nothing: no suspicion, no run
+    assert _count(server, "suspicions") == 0 and _count(server, "screen_runs") == 1
+
+    assert _error(sup.get(f"/analysis?area=370200&from={today}&to={today}")) == (403, "area_forbidden")
+    assert _error(sup.get(f"/analysis?measure=nonsense&from={today}&to={today}")) == (400, "input_invalid")
+    status, ranking = sup.get(f"/analysis?by=hospital&measure=cost_per_visit&from={today}&to={today}")
+    assert status == 200 and ranking["area"] == AREA and ranking["results"] == []
