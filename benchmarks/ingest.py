@@ -9,7 +9,8 @@ links, decoding and validating every body, building the rows, and one write tran
 per batch on the store's writer thread (WAL, ``synchronous=FULL``).
 
 The baseline inserts exactly the rows that ingestion wrote (read back from its database,
-prebuilt as tuples: records, settlements and each settlement's ``hist_lines``) into a fresh
+prebuilt as tuples: records, settlements, each settlement's ``hist_lines`` and its ``hist_visits``
+row) into a fresh
 database with the same schema (``central._schema``, indexes included), the same pragmas, the
 same statements, ``executemany``, one transaction per batch, and the same agent-row update per
 batch. The ratio is then the cost of verification, decoding and
@@ -36,6 +37,7 @@ from central.enrol import enrol_agent, issue_token
 from central.ingest import _INSERT_RECORD, _INSERT_SETTLEMENT, Ingestor
 from central.lines import INSERT_HIST_LINE
 from central.store import Store
+from central.visits import INSERT_VISIT, VISIT_COLUMNS
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry
 from protocol.rules import HIST_COLUMNS
@@ -99,7 +101,7 @@ def run_ingest(path: Path, key: KeyPair, hospital: str, batches: list[bytes], n:
     return rate, prepare_rate
 
 
-Rows = tuple[tuple, list[tuple], list[tuple], list[list[tuple]]]
+Rows = tuple[tuple, list[tuple], list[tuple], list[list[tuple]], list[tuple]]
 
 
 def written_rows(path: Path, agent_id: str, n: int) -> Rows:
@@ -122,19 +124,26 @@ def written_rows(path: Path, agent_id: str, n: int) -> Rows:
             (agent_id,),
         ):
             lines[row[0] - 1].append(row[1:])
+        visits = con.execute(
+            f"SELECT {', '.join(f'v.{c}' for c in VISIT_COLUMNS)} FROM hist_visits AS v "
+            "JOIN settlements AS s USING (setl_id) WHERE s.agent_id = ? ORDER BY s.seq",
+            (agent_id,),
+        ).fetchall()
     finally:
         con.close()
     if len(records) != n or len(settlements) != n:
         raise Failed(f"ingestion stored {len(records)} records and {len(settlements)} settlements, not {n}")
     if not all(lines):
         raise Failed("ingestion stored a settlement without its hist_lines")
+    if len(visits) != n:
+        raise Failed(f"ingestion stored {len(visits)} hist_visits rows, not {n}")
     agent = (*agent[:6], 0, bytes(32), None, None, *agent[10:])  # as enrolled: nothing acked yet
-    return agent, records, settlements, lines
+    return agent, records, settlements, lines, visits
 
 
 def run_raw(path: Path, rows: Rows, size: int) -> float:
     """The same rows, same schema, same pragmas, same statements, one transaction per batch."""
-    agent, records, settlements, lines = rows
+    agent, records, settlements, lines, visits = rows
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
@@ -157,6 +166,7 @@ def run_raw(path: Path, rows: Rows, size: int) -> float:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(_INSERT_SETTLEMENT, settlements[lo : lo + size])
             conn.executemany(INSERT_HIST_LINE, new_lines)
+            conn.executemany(INSERT_VISIT, visits[lo : lo + size])
             conn.executemany(_INSERT_RECORD, records[lo : lo + size])
             conn.execute(
                 "UPDATE agents SET acked_seq = ?, head_hash = ?, last_seen = ? WHERE agent_id = ?",
@@ -231,8 +241,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         "raw_insert_rows_per_s",
         m_raw,
         "per_s",
-        note="per record: its records row + settlements row + hist_lines rows, agent row updated per batch; "
-        "same schema, pragmas (WAL, synchronous=FULL), statements and transactions",
+        note="per record: its records row + settlements row + hist_lines rows + hist_visits row, agent row "
+        "updated per batch; same schema, pragmas (WAL, synchronous=FULL), statements and transactions",
     )
     m_prep = median(prepare)
     emit(
