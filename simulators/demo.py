@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from agent.config import load_config, save_config
 
 from .evoucher import Issuer
+from .fraud import generate_traffic, post_traffic, score_detection
 from .his import DEFAULT_HOSPITAL, generate_settlement, run_his
 from .pcscd import Pcscd, PcscdUnavailable
 from .vcard import PSAM_PORT, VirtualCard, VirtualPsam, VpcdSlot, card_for
@@ -222,6 +223,151 @@ def _operator(c_home: Path, a_url: str, token: str, hospital: str, n: int) -> li
     return []
 
 
+SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
+MONITOR_AREA = "370200"
+
+
+def _start_agent(
+    home: Path, c_home: Path, c_url: str, hospital: str, services: list[_Stoppable]
+) -> tuple[str, str]:
+    """Enrol and start one more agent (another hospital of the monitoring traffic); its URL and HIS token."""
+    a_home = home / f"agent-{hospital}"
+    token = _cli("yibao-central", "--home", str(c_home), "enroll-token", "--hospital", hospital).strip()
+    _cli(
+        "yibao-agent",
+        "--home",
+        str(a_home),
+        "init",
+        "--central",
+        c_url,
+        "--token",
+        token,
+        "--hospital",
+        hospital,
+    )
+    url = f"http://127.0.0.1:{_port(8711)}"
+    services.append(
+        _Service(
+            f"agent {hospital}",
+            [
+                str(BIN / "yibao-agent"),
+                "--home",
+                str(a_home),
+                "serve",
+                "--listen",
+                url.removeprefix("http://"),
+            ],
+            home / f"agent-{hospital}.log",
+            url + "/v1/health",
+        )
+    )
+    return url, (a_home / "his.token").read_text().strip()
+
+
+def _monitoring(
+    home: Path,
+    c_home: Path,
+    c_url: str,
+    hospital: str,
+    a_url: str,
+    his_token: str,
+    services: list[_Stoppable],
+) -> bool:
+    """Labelled fraud through three agents, screened at the centre; a reviewer takes one to a blacklist."""
+    print("monitoring:")
+    cli = ("yibao-central", "--home", str(c_home))
+    traffic = generate_traffic(20261125, size=300, fraud_rate=0.25)
+    files = traffic.write(home / "traffic")
+    for h in traffic.hospitals:
+        _cli(*cli, "hospitals", "set", "--hospital", h.code, "--level", h.hosp_lv, "--name", h.name,
+             "--lat", f"{h.lat}", "--lon", f"{h.lon}")  # fmt: skip
+    _cli(
+        *cli,
+        "catalogue",
+        "import",
+        str(SAMPLES / "catalogue.json"),
+        "--area",
+        MONITOR_AREA,
+        "--operator",
+        "demo",
+    )
+    _cli(*cli, "rules", "publish", str(SAMPLES / "monitoring_rules.json"), "--area", MONITOR_AREA,
+         "--operator", "demo")  # fmt: skip
+    _cli(*cli, "deaths", "import", str(files["deaths"]), "--operator", "demo")
+    _cli(*cli, "operators", "add", "li", "--area", MONITOR_AREA, "--role", "supervisor", "--operator", "demo",
+         "--reason", "demo reviewer")  # fmt: skip
+    agents = {h.code: _start_agent(home, c_home, c_url, h.code, services) for h in traffic.hospitals
+              if h.code != hospital}  # fmt: skip
+    agents[hospital] = (a_url, his_token)
+    if set(agents) != {h.code for h in traffic.hospitals}:
+        agents = {h.code: _start_agent(home, c_home, c_url, h.code, services) for h in traffic.hospitals}
+    started = time.monotonic()
+    ids = asyncio.run(post_traffic(traffic, agents))
+    for url, token in agents.values():
+        _wait_drained(url, token)
+    fraud = sum(c.label == "fraud" for c in traffic.cases)
+    print(f"  traffic       {len(ids)} settlements at {len(agents)} hospitals: {fraud} labelled fraud cases, "
+          f"{len(traffic.cases) - fraud} honest look-alikes (truth in {files['truth']})")  # fmt: skip
+
+    def queue() -> list[dict[str, Any]]:
+        out = _cli(
+            *cli, "suspicions", "list", "--operator", "li", "--status", "all", "--limit", "1000", "--json"
+        )
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    deadline = time.monotonic() + 30
+    while not (found := queue()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"  screened      {len(found)} suspicions from the centre's incremental screening, "
+          f"{time.monotonic() - started:.1f} s after the first settlement")  # fmt: skip
+    today = date.today()
+    summary = json.loads(_cli(*cli, "screen", "--from", (today - timedelta(days=1)).isoformat(), "--to",
+                              today.isoformat(), "--json", "--quiet"))  # fmt: skip
+    found = queue()
+    print(f"  full screen   {summary['hits']} hits over {summary['settlements']} settlements: "
+          f"{summary['new_suspicions']} new suspicions (a fact found twice is one suspicion)")  # fmt: skip
+    score = score_detection(traffic.cases, ids, found)
+    templates = score["templates"]
+    cases = sum(t["cases"] for t in templates.values())
+    hits = sum(t["found"] for t in templates.values())
+    lookalike = sum(t["fp_lookalike"] for t in templates.values())
+    other = sum(t["false_positives"] - t["fp_lookalike"] for t in templates.values())
+    print(f"  ground truth  {hits} of {cases} fraud cases found over {len(templates)} templates; "
+          f"{lookalike} suspicions on the {len(traffic.cases) - fraud} honest look-alikes; {other} on "
+          "other settlements (the plain HIS traffic above ignores the catalogue)")  # fmt: skip
+    reds = sorted((s for s in found if s["object_type"] == "person" and s["status"] == "new"),
+                  key=lambda s: (-s["score"], -s["amount_fen"]))  # fmt: skip
+    for s in reds[:3]:
+        print(f"    [{s['severity']:<6} {s['score']:>3}] {s['rule_id']}: {s['message'][:100]}")
+    if not reds:
+        print("  review        nothing to review")
+        return False
+    top = reds[0]
+    sid = str(top["id"])
+    _cli(*cli, "suspicions", "review", sid, "confirm", "--reason", "records checked", "--operator", "li")
+    title = f"{top['rule_id']} at {top['fixmedins_code']}"
+    case = json.loads(_cli(*cli, "cases", "open", sid, "--title", title, "--operator", "li", "--json"))
+    decision = json.loads(_cli(*cli, "decisions", "make", str(case["id"]), "--kind", "blacklist",
+                               "--target-type", "person", "--target-id", top["psn_no"],
+                               "--reason", "confirmed fraud", "--operator", "li", "--json"))  # fmt: skip
+    body = generate_settlement(random.Random(7), hospital, 7, run_tag=f"MON{int(time.time())}")
+    body["psn"] = {**body["psn"], "psn_no": top["psn_no"]}
+    deadline = time.monotonic() + 30
+    while True:
+        body["his_setl_no"] = f"MON-{int(time.monotonic() * 1000)}"
+        status, answer = _request("POST", a_url + "/v1/settlements", his_token, body)
+        if status == 403 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if status != 403:
+        print(f"  decision      blacklist NOT enforced within 30 s (last answer {status})")
+        return False
+    print(f"  reviewed      suspicion {sid} confirmed → case {case['id']} → decision {decision['id']} "
+          f"(blacklist, bundle seq {decision['bundle_seq']}): the agent refuses the person "
+          f"({answer['error']['code']})")  # fmt: skip
+    return True
+
+
 def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: list[_Stoppable]) -> bool:
     if home.exists():
         shutil.rmtree(home)
@@ -307,6 +453,8 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
         today,
     )
     ok = not missing and not twice and recon_rc == 0
+    print()
+    monitored = _monitoring(home, c_home, c_url, hospital, a_url, his_token, services)
 
     print()
     print(summary.format_text())
@@ -331,7 +479,10 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     print(recon.rstrip())
     print()
     print(f"  result                 {'every settlement made reached the centre' if ok else 'INCOMPLETE'}")
-    return ok
+    print(
+        f"  monitoring             {'suspicions screened, reviewed and decided' if monitored else 'FAILED'}"
+    )
+    return ok and monitored
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,8 @@ def test_every_line_of_a_settlement_becomes_a_row_with_the_contract_columns(
             "psn_no": "P0000000001", "fixmedins_code": HOSPITAL, "setl_id": "S1", "setl_date": "2026-11-24",
             "begn_date": "2026-11-24", "med_type": "11", "dise_codg": "J06.900", "dr_codg": "D370211000123",
             "dept_codg": "A03.01", "hosp_lv": None, "feedetl_sn": f"S1-{i}", "med_list_codg": f"XA01AAA0{i}",
-            "list_type": "101", "cnt": cnt, "pric_fen": pric, "amount_fen": amount, "days": days, "fee_date": None,
+            "list_type": "101", "cnt": cnt, "pric_fen": pric, "amount_fen": amount, "days": days,
+            "fee_date": None,
         }
         for i, (cnt, pric, amount, days) in enumerate(expected)
     ]  # fmt: skip
