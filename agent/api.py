@@ -67,8 +67,15 @@ BLACKLIST_ACTIONS = {
     "the social-insurance agency",
     "employer": "the employer's insurance is suspended: settle as self-pay and refer the patient to their "
     "employer or the social-insurance agency",
+    "doctor": "this doctor's medical-insurance service is suspended: the fund cannot pay for this visit; "
+    "have another doctor see the patient, or settle as self-pay",
+    "hospital": "this hospital's medical-insurance agreement is suspended: settle as self-pay; the "
+    "hospital's management must contact the medical-insurance bureau",
 }
-_LIST_NAMES = {"card": "card", "person": "insured person", "employer": "employer"}
+_LIST_NAMES = {
+    "card": "card", "person": "insured person", "employer": "employer", "doctor": "doctor",
+    "hospital": "hospital",
+}  # fmt: skip
 
 
 def blacklisted_error(hit: BlacklistHit) -> Blacklisted:
@@ -127,7 +134,10 @@ def create_app(
         if policy is None:
             return
         psn = record.psn
-        hit = policy.is_blacklisted(card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no)
+        hit = policy.is_blacklisted(
+            card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no, dr_codg=record.mdtrt.dr_codg,
+            fixmedins_code=record.fixmedins_code,
+        )
         if hit is not None:
             log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
             raise blacklisted_error(hit)

@@ -304,11 +304,18 @@ class PolicyStore:
         psn_no: str | None = None,
         emp_no: str | None = None,
         at: float | None = None,
+        *,
+        dr_codg: str | None = None,
+        fixmedins_code: str | None = None,
     ) -> BlacklistHit | None:
-        """The first entry in force at ``at`` (default now) for the card, the person or the employer."""
+        """The first entry in force at ``at`` (default now) for the card, the person, the employer, or a
+        suspension of the prescribing doctor or of the hospital itself."""
         now = time.time() if at is None else at
         with self._rlock:
-            for list_type, value in (("card", card_sn), ("person", psn_no), ("employer", emp_no)):
+            for list_type, value in (
+                ("card", card_sn), ("person", psn_no), ("employer", emp_no), ("doctor", dr_codg),
+                ("hospital", fixmedins_code),
+            ):  # fmt: skip
                 if not value:
                     continue
                 row = self._reader.execute(_LOOKUP, (list_type, value, now)).fetchone()

@@ -42,8 +42,10 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +408,7 @@ def create_app(config: CentralConfig) -> web.Application:
             asyncio.create_task(_resign(repo, config, watcher), name="tuf-resign"),
             asyncio.create_task(_audit_splits(store, repo), name="split-audit"),
             asyncio.create_task(_screen_new(store, repo, SCREEN_INTERVAL_S), name="screen-new"),
+            asyncio.create_task(_lift_suspensions(store, repo, config), name="lift-suspensions"),
         ]
         try:
             yield
@@ -481,6 +484,46 @@ async def _screen_new(store: Store, repo: TufRepository, interval: float) -> Non
                     break
         except Exception:
             log.exception("the incremental screen failed; retrying in %.0f s", interval)
+
+
+async def _lift_suspensions(
+    store: Store, repo: TufRepository, config: CentralConfig, interval: float = 600.0
+) -> None:
+    """Lift suspensions whose ``until`` day has passed (``central.review.lift_ended_suspensions``).
+
+    Lifting is a signed blacklist removal: the server does it itself only when it holds operator keys
+    (a demo or test home); a production server holds none, so it says, hourly, what an operator must run.
+    """
+    from .operators import home_signers
+    from .policy import Actor, Policy
+    from .review import lift_ended_suspensions
+
+    loop = asyncio.get_running_loop()
+    actor = Actor("centre", "the suspension ended")
+    warned = 0.0
+
+    def lift(signers: list[Any]) -> list[dict[str, Any]]:
+        return lift_ended_suspensions(store, actor, Policy(store, repo, config), signers)
+
+    def due(conn: sqlite3.Connection) -> int:
+        return conn.execute(
+            "SELECT count(*) FROM decisions WHERE kind = 'suspension' AND status = 'effective' AND until < ?",
+            (date.today().isoformat(),),
+        ).fetchone()[0]
+
+    while True:
+        try:
+            signers = await loop.run_in_executor(None, home_signers, config)
+            if signers:
+                for d in await loop.run_in_executor(None, lift, signers):
+                    log.info("suspension of a %s lifted (decision %d)", d["target_type"], d["id"])
+            elif time.monotonic() - warned > 3600 and (n := await store.read_async(due)):
+                log.warning("%d suspension(s) ended and are still enforced by the agents: run "
+                            "`yibao-central decisions publish` with the operator keys", n)  # fmt: skip
+                warned = time.monotonic()
+        except Exception:
+            log.exception("lifting ended suspensions failed; retrying in %.0f s", interval)
+        await asyncio.sleep(interval)
 
 
 async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWatcher) -> None:

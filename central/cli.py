@@ -12,7 +12,8 @@ changes something is recorded in the audit log with ``--operator`` (default ``$U
 
     init [--area AREA]                      prints the TUF root fingerprint
     enroll-token --hospital H [--area AREA] [--ttl-hours N] [--count N]
-    blacklist add --type card|person|employer --id ID --reason R [--source S] [--effective-at T] [--area A]
+    blacklist add --type card|person|employer|doctor|hospital --id ID --reason R [--source S]
+                  [--effective-at T] [--area A]
     blacklist remove --type T --id ID [--area A]
     blacklist import FILE.csv [--area A]
     blacklist list [--area A] [--type T] [--json]
@@ -59,6 +60,8 @@ from pathlib import Path
 from typing import Any
 
 from securesystemslib.signer import CryptoSigner
+
+from protocol.bundles import BLACKLIST_TYPES
 
 from . import cli_monitor
 from .api import serve
@@ -247,20 +250,20 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     bl = verbs.add_parser("blacklist", help="cards, persons and employers refused at every agent")
     bl_verbs = bl.add_subparsers(dest="bl_verb", required=True, metavar="ACTION")
     add_p = bl_verbs.add_parser("add", parents=signing, help="add or replace an entry and publish it")
-    add_p.add_argument("--type", dest="list_type", required=True, choices=["card", "person", "employer"])
+    add_p.add_argument("--type", dest="list_type", required=True, choices=list(BLACKLIST_TYPES))
     add_p.add_argument("--id", dest="entry_id", required=True, help="card_sn, psn_no or emp_no")
     add_p.add_argument("--reason", required=True, help="why the entry is refused (shown at the desk)")
     add_p.add_argument("--source", default="", help="where the order came from")
     add_p.add_argument("--effective-at", help="ISO-8601 time with offset it applies from (default: now)")
     rm_p = bl_verbs.add_parser("remove", parents=[*signing, why], help="remove an entry and publish it")
-    rm_p.add_argument("--type", dest="list_type", required=True, choices=["card", "person", "employer"])
+    rm_p.add_argument("--type", dest="list_type", required=True, choices=list(BLACKLIST_TYPES))
     rm_p.add_argument("--id", dest="entry_id", required=True)
     imp_p = bl_verbs.add_parser(
         "import", parents=[*signing, why], help="add every entry of a CSV, all or none"
     )
     imp_p.add_argument("file", help="CSV: list_type,id,reason,source,effective_at")
     ls_p = bl_verbs.add_parser("list", parents=[area], help="show the entries held")
-    ls_p.add_argument("--type", dest="list_type", choices=["card", "person", "employer"])
+    ls_p.add_argument("--type", dest="list_type", choices=list(BLACKLIST_TYPES))
     ls_p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     for kind, verb in _DOCUMENT_VERBS.items():

@@ -38,6 +38,7 @@ from securesystemslib.signer import CryptoSigner
 from .documents import check_blacklist_fields
 from .errors import (
     AreaForbidden,
+    BlacklistEntryUnknown,
     CaseAreaMismatch,
     CentralError,
     MonitorInputInvalid,
@@ -45,7 +46,7 @@ from .errors import (
     WorkflowState,
 )
 from .operators import Operator, get_operator, may_see, require_area, require_supervisor
-from .policy import Policy, area_of_hospital, audit_in
+from .policy import Actor, Policy, area_of_hospital, audit_in
 from .store import Store, now_iso
 from .suspicions import get_suspicion, list_suspicions
 
@@ -57,6 +58,7 @@ __all__ = [
     "assign_case",
     "close_case",
     "get_case",
+    "lift_ended_suspensions",
     "list_cases",
     "list_decisions",
     "make_decision",
@@ -80,6 +82,9 @@ DECISION_TARGETS: dict[str, tuple[str, ...]] = {
     "blacklist": ("card", "person", "employer"),
 }
 NOTE_KINDS = ("note", "evidence")
+#: Decisions whose effect is a signed blacklist bundle: a blacklist entry, or a suspension (list type
+#: ``doctor`` / ``hospital``) that agents enforce at settlement until it is lifted after ``until``.
+PUBLISHED_KINDS = ("blacklist", "suspension")
 _YUAN = re.compile(r"^[0-9]{1,10}(?:\.[0-9]{1,2})?$")
 _TARGET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,63}$")
 
@@ -510,9 +515,12 @@ def _publish(
     store: Store, op: Operator, policy: Policy, signers: Sequence[CryptoSigner], decision: dict[str, Any]
 ) -> dict[str, Any]:
     """The blacklist decision's effect: a signed bundle of the case's area; then ``effective``."""
+    reason = decision["reason"]
+    if decision["kind"] == "suspension":
+        reason = f"suspended until {decision['until']}: {reason}"
     published = policy.blacklist_add(
         op.actor(decision["reason"]), signers, list_type=decision["target_type"],
-        entry_id=decision["target_id"], reason=decision["reason"][:200], source=f"case {decision['case_id']}",
+        entry_id=decision["target_id"], reason=reason[:200], source=f"case {decision['case_id']}",
         area=decision["area"],
     )  # fmt: skip
 
@@ -554,7 +562,7 @@ def make_decision(
     """
     require_supervisor(op, "make a decision")
     fen, day, why = _check_decision(kind, target_type, target_id, amount, until, reason)
-    status = "pending_publish" if kind == "blacklist" else "effective"
+    status = "pending_publish" if kind in PUBLISHED_KINDS else "effective"
 
     def tx(conn: sqlite3.Connection) -> dict[str, Any]:
         case = _open_for(conn, op, case_id, ("open", "decided"), "a closed case takes no decisions")
@@ -588,7 +596,7 @@ def make_decision(
         }  # fmt: skip
 
     decision = store.write(tx)
-    if kind != "blacklist":
+    if kind not in PUBLISHED_KINDS:
         return decision
     if policy is None or not signers:
         return {
@@ -614,7 +622,51 @@ def publish_pending(
     done = []
     for decision in sorted(pending, key=lambda d: d["id"]):
         done.append(_publish(store, op, policy, signers, decision))
-    return done
+    return done + lift_ended_suspensions(store, op.actor("the suspension ended"), policy, signers, op.scope)
+
+
+def lift_ended_suspensions(
+    store: Store,
+    actor: Actor,
+    policy: Policy,
+    signers: Sequence[CryptoSigner],
+    areas: Collection[str] | None = None,
+    *,
+    today: date | None = None,
+) -> list[dict[str, Any]]:
+    """Remove the blacklist entry of every published suspension whose ``until`` day has passed.
+
+    A suspension runs to the end of its ``until`` day; the next ``decisions publish`` (or the server,
+    when it holds operator keys) lifts it, so agents settle for the doctor or hospital again. Each
+    lift is its own signed bundle, audited, and marks the decision ``ended``.
+    """
+    day = (today or date.today()).isoformat()
+    due = [
+        d for d in store.read(
+            lambda conn: list_decisions(conn, areas, kind="suspension", status="effective", limit=100_000)
+        )
+        if d["until"] is not None and d["until"] < day
+    ]  # fmt: skip
+    lifted = []
+    for decision in sorted(due, key=lambda d: d["id"]):
+        try:
+            policy.blacklist_remove(
+                actor, signers, list_type=decision["target_type"], entry_id=decision["target_id"],
+                area=decision["bundle_area"] or decision["area"],
+            )  # fmt: skip
+        except BlacklistEntryUnknown:  # an operator removed the entry by hand already: nothing left to lift
+            log.info("decision %d: its suspension entry was already removed", decision["id"])
+
+        def tx(conn: sqlite3.Connection, d: dict[str, Any] = decision) -> None:
+            conn.execute("UPDATE decisions SET status = 'ended' WHERE id = ?", (d["id"],))
+            audit_in(conn, actor, "decision.lift", {
+                "decision": d["id"], "case": d["case_id"], "target_type": d["target_type"],
+                "target_id": d["target_id"], "until": d["until"],
+            })  # fmt: skip
+
+        store.write(tx)
+        lifted.append({**decision, "status": "ended"})
+    return lifted
 
 
 def list_decisions(

@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 KINDS = ("blacklist", "rules", "policy", "catalogue", "keys")
-BLACKLIST_TYPES = ("card", "person", "employer")
+#: card (card_sn), person (psn_no), employer (emp_no): benefits refused; doctor (dr_codg), hospital
+#: (fixmedins_code): a suspension decided after a review (``docs/MONITORING.md``), lifted by removal.
+BLACKLIST_TYPES = ("card", "person", "employer", "doctor", "hospital")
 FORMAT = 1
 #: Largest decompressed header or document; a blacklist streams, so it has no such bound.
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024

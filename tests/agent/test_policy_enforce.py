@@ -122,6 +122,57 @@ def test_blacklisted_card_person_employer_are_refused_and_removal_reopens(tmp_pa
     asyncio.run(main())
 
 
+def test_a_suspended_doctor_or_hospital_is_refused_until_the_entry_is_lifted(tmp_path, repo, client, store):
+    """A review's suspension decision travels as a doctor / hospital entry; the agent refuses the visit."""
+    body = example_settlement()
+    doctor, hospital = body["mdtrt"]["dr_codg"], body["fixmedins_code"]
+    repo.blacklist(
+        1, [BlacklistEntry("+", "doctor", doctor, "suspended until 2027-01-31: case 7", "case 7", "")]
+    )
+    repo.publish()
+
+    async def main() -> None:
+        assert (await asyncio.to_thread(client.update)).ok
+        outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01")
+        server = TestServer(
+            create_app(client.config, outbox, None, TOKEN, policy=store, policy_client=client)
+        )
+        await server.start_server()
+        try:
+            async with aiohttp.ClientSession(
+                base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
+            ) as http:
+
+                async def post(no: str, dr_codg: str) -> tuple[int, dict]:
+                    sent = settlement(no)
+                    sent["mdtrt"]["dr_codg"] = dr_codg
+                    async with http.post("/v1/settlements", json=sent) as r:
+                        return r.status, await r.json()
+
+                status, answer = await post("D1", doctor)
+                assert status == 403 and answer["error"]["list_type"] == "doctor", answer
+                assert "doctor's medical-insurance service is suspended" in answer["error"]["action"]
+                assert outbox.last_seq == 0
+                assert (await post("D2", "D370211000999"))[0] == 201  # another doctor settles
+
+                suspended = BlacklistEntry("+", "hospital", hospital, "agreement suspended", "case 8", "")
+                repo.blacklist(2, [suspended], base=1)
+                repo.publish()
+                assert (await asyncio.to_thread(client.update)).ok
+                status, answer = await post("D3", "D370211000999")
+                assert status == 403 and answer["error"]["list_type"] == "hospital", answer
+
+                repo.blacklist(3, [unlist("doctor", doctor), unlist("hospital", hospital)], base=2)
+                repo.publish()
+                assert (await asyncio.to_thread(client.update)).ok
+                assert (await post("D4", doctor))[0] == 201  # lifted
+        finally:
+            await server.close()
+            outbox.close()
+
+    asyncio.run(main())
+
+
 def test_status_warns_when_the_blacklist_is_old_and_the_agent_keeps_serving(tmp_path, repo, client, store):
     repo.blacklist(1, [card("C1")])
     repo.publish()

@@ -168,7 +168,8 @@ def test_csv_import_is_all_or_nothing_with_lines_and_columns(policy: Policy, sig
     with pytest.raises(DocumentInvalid) as err:
         policy.blacklist_import(ACTOR, signers, bad, area=AREA)
     problems = err.value.problems
-    assert "line 3, column list_type: 'pet' is not one of card, person, employer" in problems
+    types = "card, person, employer, doctor, hospital"
+    assert f"line 3, column list_type: 'pet' is not one of {types}" in problems
     assert "line 4, column reason: is required, up to 200 characters" in problems
     assert any(p.startswith("line 5, column effective_at:") for p in problems)
     assert "line 7: 3 columns, expected 5" in problems

@@ -23,6 +23,7 @@ from central.review import (
     assign_case,
     close_case,
     get_case,
+    lift_ended_suspensions,
     list_cases,
     list_decisions,
     make_decision,
@@ -280,3 +281,33 @@ def test_rule_quality_counts_and_precision(store: Store, sup) -> None:
     assert rows[1]["precision"] is None
     assert [r["rule_id"] for r in store.read(lambda c: rule_quality(c, [OTHER]))] == ["Z"]
     assert store.read(lambda c: rule_quality(c, [])) == []
+
+
+def test_a_suspension_is_published_enforced_by_list_type_and_lifted_after_its_day(
+    store: Store, sup, confirmed, policy: Policy, signers
+) -> None:
+    """The suspension's effect travels like a blacklist entry (type doctor); it is removed after ``until``."""
+    case = open_case(store, sup, confirmed[:1], "a doctor far above peers")
+    until = (date.today() + timedelta(days=30)).isoformat()
+    d = make_decision(store, sup, case["id"], kind="suspension", target_type="doctor", target_id="D370211001",
+                      until=until, reason="prescriptions far above peers", policy=policy,
+                      signers=signers)  # fmt: skip
+    assert d["status"] == "effective" and d["bundle_seq"] >= 1
+    [entry] = policy.blacklist_list(AREA)
+    assert (entry["list_type"], entry["id"]) == ("doctor", "D370211001")
+    assert entry["reason"].startswith(f"suspended until {until}: ")
+
+    actor = sup.actor("the suspension ended")
+    assert lift_ended_suspensions(store, actor, policy, signers, today=date.fromisoformat(until)) == []
+    assert len(policy.blacklist_list(AREA)) == 1  # in force to the end of its until day
+    after = date.fromisoformat(until) + timedelta(days=1)
+    [lifted] = lift_ended_suspensions(store, actor, policy, signers, today=after)
+    assert (lifted["id"], lifted["status"]) == (d["id"], "ended")
+    assert policy.blacklist_list(AREA) == []
+    status = store.read(
+        lambda c: c.execute("SELECT status FROM decisions WHERE id = ?", (d["id"],)).fetchone()
+    )
+    assert status == ("ended",)
+    assert lift_ended_suspensions(store, actor, policy, signers, today=after) == []  # once
+    actions = store.read(lambda c: [r[0] for r in c.execute("SELECT action FROM audit_log ORDER BY id")])
+    assert actions[-2:] == ["blacklist.remove", "decision.lift"]
