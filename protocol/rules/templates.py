@@ -249,16 +249,20 @@ def _msg_frequency(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, s
 
 
 def _sql_repeated(rule: Rule, p: dict[str, Any], f: str) -> str:
+    # the join order is fixed (CROSS JOIN: SQLite keeps it): each checked line, the exclusive pairs it is
+    # the main item of (a primary-key seek), then the included item among the bill's lines (an index
+    # seek). Left to itself, SQLite without statistics pairs every line of a bill with every other.
     return f"""
 SELECT c.psn_no, c.setl_id, i.feedetl_sn AS hit_key, i.feedetl_sn AS sn,
        i.med_list_codg AS included_code, ki.name AS included_name,
        c.feedetl_sn AS main_sn, c.med_list_codg AS main_code, km.name AS main_name
 FROM cur_lines AS c
-JOIN kb_exclusive AS x ON x.main_code = c.med_list_codg
-JOIN cur_lines AS i ON i.psn_no = c.psn_no AND i.setl_id = c.setl_id AND i.med_list_codg = x.included_code
+CROSS JOIN kb_exclusive AS x
+CROSS JOIN cur_lines AS i
 LEFT JOIN kb_items AS km ON km.code = c.med_list_codg
 LEFT JOIN kb_items AS ki ON ki.code = i.med_list_codg
-WHERE {f}
+WHERE x.main_code = c.med_list_codg
+  AND i.psn_no = c.psn_no AND i.setl_id = c.setl_id AND i.med_list_codg = x.included_code AND {f}
 ORDER BY 1, 2, 3, c.feedetl_sn
 """
 
