@@ -50,6 +50,7 @@ from typing import Any
 
 from protocol import rules as rl
 from protocol.errors import ProtocolError
+from protocol.rules import centre as rc
 
 from .store import Store, now_iso
 from .suspicions import Finding, fact_key, record_findings
@@ -80,6 +81,9 @@ CHUNK_VISITS = 4000
 INCREMENTAL_LIMIT = 5000
 #: Templates whose object is a group (doctor, department, hospital) measured over many visits.
 GROUP_TEMPLATES = frozenset({"peer_outlier", "excessive_cost"})
+#: Templates whose hit is an object over a window of days (``rc.OBJECT_TEMPLATES``): a full screen runs
+#: them once per window of the range, not per chunk, and their fact is (object, window end).
+OBJECT_TEMPLATES = rc.OBJECT_TEMPLATES
 _DEFAULT_WEIGHTS = {"block": 90, "warn": 60, "info": 30}
 _IN_CHUNK = 500
 
@@ -252,6 +256,7 @@ def open_screening(db_path: Path | str) -> sqlite3.Connection:
         for statement in _CUR_VISITS_DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
+    conn.execute(rc.PEER_MEDIANS_DDL)
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS scope_psn (psn_no TEXT PRIMARY KEY) WITHOUT ROWID")
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS scope_obj (fixmedins_code TEXT PRIMARY KEY) WITHOUT ROWID")
     for statement in rl.KNOWLEDGE_DDL.split(";"):
@@ -301,9 +306,16 @@ def finding_of(
         amount = sum(amounts.get(sn, 0) for sn in hit.lines)
     else:
         amount = int((visit or {}).get("medfee_sumamt") or 0)
+    setl_ids, period = _setl_ids(hit), None
+    if rule.template in OBJECT_TEMPLATES:
+        # an object over a window: the hit's visit is only a representative (which one depends on the
+        # batch), so the fact is the object and the window's end, with no settlements
+        first = hit.evidence[0] if hit.evidence and isinstance(hit.evidence[0], Mapping) else {}
+        object_id = first.get("object_id") or object_id
+        setl_ids, period, amount = (), first.get("window_to"), 0
     return Finding(
         hit=hit, object_type=obj, object_id=object_id, area=(visit or {}).get("area") or area,
-        fixmedins_code=hospital, setl_ids=_setl_ids(hit), amount_fen=amount, weight=weight_of(rule),
+        fixmedins_code=hospital, setl_ids=setl_ids, amount_fen=amount, weight=weight_of(rule), period=period,
     )  # fmt: skip
 
 
@@ -315,10 +327,15 @@ def _chunks(items: list[str], size: int = _IN_CHUNK) -> Iterator[list[str]]:
 class Screener:
     """One screening connection and the area whose knowledge base it has installed."""
 
-    def __init__(self, db_path: Path | str) -> None:
+    def __init__(self, db_path: Path | str, span: tuple[str, str] | None = None) -> None:
+        """``span``: the whole range of a full screen this screener takes chunks of; template 17's peer
+        medians are then computed once for every date of it (``_prepare_medians``)."""
         self.db_path = Path(db_path)
         self.conn = open_screening(db_path)
         self._kb_area: tuple[str, int] | None = None
+        self.span = span
+        self._medians: dict[int, dict[str, list[tuple]]] = {}  # peer_days → date → rows
+        self._given = False  # cur_peer_medians holds every date of what cur_visits holds
 
     def close(self) -> None:
         self.conn.close()
@@ -329,9 +346,6 @@ class Screener:
             return
         if rules.knowledge is not None:
             rl.install_knowledge(self.conn, rules.knowledge)
-            # statistics for the tiny exclusive-pairs table make it drive the repeated-charge join
-            # (without them SQLite pairs every line of a visit with every other: 15 µs a visit)
-            self.conn.execute("ANALYZE main.kb_exclusive")
         else:  # kb_* empty: only rules that do not read them run (screened_rules)
             for table in ("kb_items", "kb_price", "kb_indications", "kb_frequency", "kb_exclusive",
                           "kb_interactions"):  # fmt: skip
@@ -353,9 +367,12 @@ class Screener:
     def _clear(self) -> None:
         self.conn.execute("DELETE FROM cur_lines")
         self.conn.execute("DELETE FROM cur_visits")
+        if self._given:
+            self.conn.execute("DELETE FROM cur_peer_medians")
+            self._given = False
 
-    def fill_range(self, area: str, date_from: str, date_to: str) -> tuple[int, int]:
-        """The area's visits settled in [date_from, date_to] and their lines."""
+    def fill_range(self, area: str, date_from: str, date_to: str, *, lines: bool = True) -> tuple[int, int]:
+        """The area's visits settled in [date_from, date_to] and (``lines``) their lines."""
         self._clear()
         cols = ", ".join(_VISIT_COLUMNS)
         n = self.conn.execute(
@@ -363,7 +380,53 @@ class Screener:
             "WHERE setl_date BETWEEN ? AND ? AND area = ? ORDER BY psn_no, setl_date",
             (date_from, date_to, area),
         ).rowcount
-        return n, self._fill_lines()
+        return n, self._fill_lines() if lines else 0
+
+    # -- template 17's peer medians, once per full screen ------------------------------------------
+
+    def _peer_rules(self, rules: AreaRules) -> list[rl.Rule]:
+        return [
+            r for r in rules.rules if r.template == "excessive_cost" and r.params["peer_ratio"] is not None
+        ]
+
+    def _compute_medians(self, peer_days: int) -> dict[str, list[tuple]]:
+        """Every group's peer median for every date of ``span`` (``rc.peer_medians``): one sorted read of the
+        visits from ``peer_days`` before the span to its end, where the rule's own SQL would re-read a
+        year of a group's visits for each (group, date) of each chunk."""
+        assert self.span is not None
+        lo, hi = self.span
+        start = (date.fromisoformat(lo) - timedelta(days=peer_days)).isoformat()
+        rows = self.conn.execute(
+            "SELECT substr(dise_main, 1, 3), hosp_lv, med_type, setl_date, medfee_sumamt FROM db.hist_visits "
+            "WHERE setl_date >= ? AND setl_date < ? AND dise_main IS NOT NULL AND hosp_lv IS NOT NULL "
+            "ORDER BY 1, 2, 3, 4",
+            (start, hi),
+        )
+        days, d = [], date.fromisoformat(lo)
+        while d.isoformat() <= hi:
+            days.append(d.isoformat())
+            d += timedelta(days=1)
+        by_date: dict[str, list[tuple]] = {}
+        for cat, lv, mt, day, n, median in rc.peer_medians(rows, days, peer_days):
+            by_date.setdefault(day, []).append((peer_days, cat, lv, mt, day, n, median))
+        return by_date
+
+    def _prepare_medians(self, rules: AreaRules, date_from: str, date_to: str) -> None:
+        """``cur_peer_medians`` for the chunk's dates (when this screener has a span covering them)."""
+        peer_rules = self._peer_rules(rules)
+        if not peer_rules or self.span is None or not (self.span[0] <= date_from <= date_to <= self.span[1]):
+            return
+        rows: list[tuple] = []
+        for peer_days in sorted({r.params["peer_days"] for r in peer_rules}):
+            if peer_days not in self._medians:
+                self._medians[peer_days] = self._compute_medians(peer_days)
+            by_date = self._medians[peer_days]
+            d, end = date.fromisoformat(date_from), date.fromisoformat(date_to)
+            while d <= end:
+                rows.extend(by_date.get(d.isoformat(), ()))
+                d += timedelta(days=1)
+        self.conn.executemany("INSERT INTO cur_peer_medians VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._given = True
 
     def fill_scope(
         self,
@@ -414,13 +477,17 @@ class Screener:
             if wanted is not None and rule.id not in wanted:
                 continue
             start = time.perf_counter()
-            hits = rl.run_rule(self.conn, rule)
+            if self._given and rule.template == "excessive_cost" and rule.params["peer_ratio"] is not None:
+                hits = _run_compiled(self.conn, rule, rc.compile_excessive_given(rule))
+            else:
+                hits = rl.run_rule(self.conn, rule)
             result.seconds[rule.id] += time.perf_counter() - start
             result.hits[rule.id] += len(hits)
             if hits:
                 by_rule.append((rule, hits))
         if not by_rule:
             return
+        start = time.perf_counter()
         setl_ids = sorted({h.setl_id for _, hits in by_rule for h in hits})
         visits = self._visits(setl_ids)
         with_lines = sorted({h.setl_id for _, hits in by_rule for h in hits if h.lines})
@@ -430,6 +497,7 @@ class Screener:
                 result.findings.append(
                     finding_of(rule, hit, visits.get(hit.setl_id), amounts.get(hit.setl_id, {}), rules.area)
                 )
+        result.seconds["findings"] += time.perf_counter() - start
 
     def _visits(self, setl_ids: list[str]) -> dict[str, dict[str, Any]]:
         cols = ("setl_id", "psn_no", "fixmedins_code", "area", "dr_codg", "dept_codg", "medfee_sumamt")
@@ -456,20 +524,59 @@ class Screener:
                 found.setdefault(setl_id, {})[sn] = amount
         return found
 
-    def screen_range(self, rules: AreaRules, date_from: str, date_to: str) -> ChunkResult:
-        """One chunk of a full screen, in one read transaction (a consistent snapshot)."""
+    def screen_range(
+        self, rules: AreaRules, date_from: str, date_to: str, *, objects: Iterable[str] | None = None
+    ) -> ChunkResult:
+        """One chunk of a full screen, in one read transaction (a consistent snapshot): every rule but
+        those of ``OBJECT_TEMPLATES``; or, given ``objects`` (rule ids), a window of those rules only
+        (its visits, no lines, not counted as screened settlements: a chunk counts them)."""
         result = ChunkResult(rules.area, date_from, date_to)
         self.conn.execute("BEGIN")
         try:
             start = time.perf_counter()
-            result.settlements, result.lines = self.fill_range(rules.area, date_from, date_to)
+            if objects is None:
+                result.settlements, result.lines = self.fill_range(rules.area, date_from, date_to)
+                self._prepare_medians(rules, date_from, date_to)
+                only = [r.id for r in rules.rules if r.template not in OBJECT_TEMPLATES]
+                n = result.settlements
+            else:
+                n, _ = self.fill_range(rules.area, date_from, date_to, lines=False)
+                only = list(objects)
             result.seconds["fill"] += time.perf_counter() - start
-            if result.settlements:
-                self.run(rules, result)
+            if n and only:
+                self.run(rules, result, only=only)
             self._clear()
         finally:
             self.conn.execute("COMMIT")
         return result
+
+
+def _run_compiled(conn: sqlite3.Connection, rule: rl.Rule, compiled: rl.Compiled) -> list[rl.Hit]:
+    """``rl.run_rule`` with another SQL text for the rule (same columns)."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    cur.execute(compiled.sql, compiled.params)
+    columns = [d[0] for d in cur.description]
+    rows = [dict(zip(columns, row, strict=True)) for row in cur.fetchall()]
+    return rl.hits_from_rows(rule, rows)
+
+
+def object_windows(rules: AreaRules, lo: str, hi: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """The windows a full screen of [lo, hi] runs the object templates over: per window length (the rule's
+    ``days``), consecutive windows back from ``hi`` until ``lo`` is covered. A window's visits are its own,
+    whatever the chunks, so the same range gives the same (object, window end) facts however it is cut."""
+    by_days: dict[int, list[str]] = {}
+    for r in rules.rules:
+        if r.template in OBJECT_TEMPLATES:
+            by_days.setdefault(int(r.params["days"]), []).append(r.id)
+    out = []
+    first = date.fromisoformat(lo)
+    for days, ids in sorted(by_days.items()):
+        end = date.fromisoformat(hi)
+        while end >= first:
+            out.append((max(first, end - timedelta(days=days - 1)).isoformat(), end.isoformat(), tuple(ids)))
+            end -= timedelta(days=days)
+    return out
 
 
 # -- worker processes ------------------------------------------------------------------------------
@@ -477,14 +584,16 @@ class Screener:
 _worker: dict[str, Any] = {}
 
 
-def _worker_init(db_path: str, docs: dict[str, tuple[Any, Any]]) -> None:
+def _worker_init(db_path: str, docs: dict[str, tuple[Any, Any]], span: tuple[str, str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
-    _worker["screener"] = Screener(db_path)
+    _worker["screener"] = Screener(db_path, span)
     _worker["areas"] = {area: load_area_rules(r, c, area=area) for area, (r, c) in docs.items()}
 
 
-def _worker_chunk(area: str, date_from: str, date_to: str) -> ChunkResult:
-    return _worker["screener"].screen_range(_worker["areas"][area], date_from, date_to)
+def _worker_chunk(
+    area: str, date_from: str, date_to: str, objects: tuple[str, ...] | None = None
+) -> ChunkResult:
+    return _worker["screener"].screen_range(_worker["areas"][area], date_from, date_to, objects=objects)
 
 
 def _date_chunks(
@@ -539,14 +648,21 @@ def run_chunks(
     lo, hi = _iso(date_from), _iso(date_to)
     per_day = _visits_per_day(store, lo.isoformat(), hi.isoformat())
     chunks = _date_chunks(per_day, lo, hi, chunk_days, chunk_visits)
-    tasks = [(area, a, b) for area in sorted(areas) if areas[area].rules for a, b in chunks]
+    span = (lo.isoformat(), hi.isoformat())
+    tasks: list[tuple[str, str, str, tuple[str, ...] | None]] = [
+        (area, a, b, None) for area in sorted(areas) if areas[area].rules for a, b in chunks
+    ]
+    # the object templates' windows first: each is one big task, so the queue stays balanced at the end
+    tasks[:0] = [
+        (area, a, b, ids) for area in sorted(areas) for a, b, ids in object_windows(areas[area], *span)
+    ]
     if not tasks:
         return
     if workers <= 1 or len(tasks) == 1:
-        screener = Screener(store.path)
+        screener = Screener(store.path, span)
         try:
-            for area, a, b in tasks:
-                on_result(screener.screen_range(areas[area], a, b))
+            for area, a, b, objects in tasks:
+                on_result(screener.screen_range(areas[area], a, b, objects=objects))
         finally:
             screener.close()
         return
@@ -555,7 +671,7 @@ def run_chunks(
         raise ValueError("worker processes need the rules documents (AreaRules.rules_doc)")
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(str(store.path), docs)
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(str(store.path), docs, span)
     ) as pool:
         pending = [pool.submit(_worker_chunk, *task) for task in tasks]
         try:
@@ -819,8 +935,9 @@ def screen_new(
 
 
 def _fact(f: Finding) -> tuple:
-    """A finding's identity across rule versions: object, settlements, lines."""
-    return (f.object_type, f.object_id, tuple(sorted(set(f.setl_ids))), tuple(sorted(set(f.hit.lines))))
+    """A finding's identity across rule versions: object, settlements, lines (and period)."""
+    return (f.object_type, f.object_id, tuple(sorted(set(f.setl_ids))), tuple(sorted(set(f.hit.lines))),
+            f.period)  # fmt: skip
 
 
 def _collect(

@@ -62,16 +62,22 @@ class Finding:
     setl_ids: tuple[str, ...]  # every settlement the fact involves (the checked one + evidence's)
     amount_fen: int  # money at stake
     weight: int  # the rule's weight (Rule.weight; 1-100)
+    #: For a fact about an object over a period rather than about settlements (template 18, a doctor's
+    #: measure over a window): the period's end. Such a finding has no ``setl_ids``, so the same object
+    #: over the same window is one fact whichever visits the screen happened to hold.
+    period: str | None = None
 
 
 def fact_key(f: Finding) -> str:
-    """SHA-256 hex of what makes a fact the same fact: rule version, object, settlements and lines.
+    """SHA-256 hex of what makes a fact the same fact: rule version, object, settlements and lines
+    (and the period, for a fact about an object over a period).
 
     Sorted and JSON-encoded so neither the order the engine found things in nor a separator
-    inside an id can make two facts collide or one fact split in two.
+    inside an id can make two facts collide or one fact split in two. Without a period the material
+    (and so every key already stored) is what it always was.
     """
     h = f.hit
-    material = [
+    material: list[Any] = [
         h.rule_id,
         h.rule_version,
         f.object_type,
@@ -79,6 +85,8 @@ def fact_key(f: Finding) -> str:
         sorted(set(f.setl_ids)),
         sorted(set(h.lines)),
     ]
+    if f.period is not None:
+        material.append({"period": f.period})
     blob = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -19,16 +19,32 @@ in the screened batch (its latest: greatest ``setl_date``, then ``setl_id``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import functools
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
 from ..records import fen_to_text
 from .definitions import Rule
 from .dialect import date_add, days_between, seconds_between
-from .templates import _TEMPLATES, _filters, _in, _num
+from .templates import _TEMPLATES, Compiled, _filters, _in, _num
 
-__all__ = ["CENTRE_SQL_TEMPLATES", "INPATIENT_MED_TYPES", "ratio_e4"]
+__all__ = [
+    "CENTRE_SQL_TEMPLATES",
+    "INPATIENT_MED_TYPES",
+    "OBJECT_TEMPLATES",
+    "PEER_MEDIANS_DDL",
+    "compile_excessive_given",
+    "peer_medians",
+    "ratio_e4",
+]
+
+#: Templates whose hit is an object (doctor, department, hospital) measured over a window of days,
+#: not a visit: its fact is (object, window), whatever visits the screened batch held.
+OBJECT_TEMPLATES = frozenset({"peer_outlier"})
 
 #: The inpatient medical types templates 13 and 16 look at when the rule names no ``med_types``.
 INPATIENT_MED_TYPES = ("21",)
@@ -230,7 +246,9 @@ def _msg_bed_hanging(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str,
 # -- 17 excessive cost -------------------------------------------------------------------------
 
 
-def _sql_excessive(rule: Rule, p: dict[str, Any], f: str) -> str:
+def _sql_excessive(rule: Rule, p: dict[str, Any], f: str, *, given: bool = False) -> str:
+    """``given``: the peer medians come from ``cur_peer_medians`` (``PEER_MEDIANS_DDL``), filled by the
+    caller with ``peer_medians`` for every date of the batch, instead of being computed here."""
     prm = rule.params
     conditions = []
     if prm["max_fen"] is not None:
@@ -261,6 +279,11 @@ def _sql_excessive(rule: Rule, p: dict[str, Any], f: str) -> str:
 ), md AS (
   SELECT cat, hosp_lv, med_type, setl_date, max(n) AS n, avg(cost) AS median FROM pr
   WHERE 2 * rn IN (n, n + 1, n + 2) GROUP BY cat, hosp_lv, med_type, setl_date
+)"""
+        if given:
+            p["p_peer_days"] = prm["peer_days"]
+            peers = """, md AS (
+  SELECT cat, hosp_lv, med_type, setl_date, n, median FROM cur_peer_medians WHERE peer_days = :p_peer_days
 )"""
         median = "md.median, md.n AS peers"
         conditions.append(
@@ -315,6 +338,65 @@ def _msg_excessive(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, s
         )  # fmt: skip
     text = f"This visit at {r['fixmedins_code']} on {r['setl_date']} cost {fen_to_text(cost)} yuan, "
     return text + "; ".join(parts) + ".", evidence
+
+
+#: Peer medians of template 17 computed by the caller (``peer_medians``): one row per (peer_days,
+#: diagnosis category, hospital level, medical type, date) with at least one peer. A screening engine
+#: that screens a long range in many batches computes them once (each batch recomputing them from
+#: ``hist_visits`` re-reads a year of visits per batch) and runs ``compile_excessive_given``.
+PEER_MEDIANS_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS cur_peer_medians (
+    peer_days INTEGER NOT NULL, cat TEXT NOT NULL, hosp_lv TEXT NOT NULL, med_type TEXT NOT NULL,
+    setl_date TEXT NOT NULL, n INTEGER NOT NULL, median REAL NOT NULL,
+    PRIMARY KEY (peer_days, cat, hosp_lv, med_type, setl_date)) WITHOUT ROWID
+"""
+
+
+@functools.lru_cache(maxsize=256)
+def compile_excessive_given(rule: Rule) -> Compiled:
+    """Template 17's SQL reading the peer medians from ``cur_peer_medians`` (same rows as ``compile_rule``'s
+    when that table holds ``peer_medians`` for every date of the batch)."""
+    if rule.template != "excessive_cost":
+        raise ValueError(f"{rule.template} is not excessive_cost")
+    params: dict[str, Any] = {}
+    f = _filters(rule, params, "v")
+    return Compiled(_sql_excessive(rule, params, f, given=True), params)
+
+
+def peer_medians(
+    rows: Iterable[tuple[str, str, str, str, int]], dates: Iterable[str], peer_days: int
+) -> Iterator[tuple[str, str, str, str, int, float]]:
+    """Template 17's peer medians, exactly as its SQL computes them, for every group and each of ``dates``.
+
+    ``rows``: ``(category, hosp_lv, med_type, setl_date, medfee_sumamt)`` of the held visits with
+    ``setl_date`` from ``peer_days`` before the first date up to the last, **sorted** by group then
+    date (category = first 3 characters of ``dise_main``; rows without category or level left out).
+    Yields ``(category, hosp_lv, med_type, date, n, median)`` for each group and date with at least one
+    peer: the visits of the group in [date - peer_days, date), median the middle one or the mean of
+    the middle two. One pass per group with a sorted window that slides over the dates: each visit
+    enters and leaves once, where the SQL re-reads the window for every (group, date).
+    """
+    wanted = sorted(set(dates))
+    if not wanted:
+        return
+    lows = {d: (date.fromisoformat(d) - timedelta(days=peer_days)).isoformat() for d in wanted}
+    for (cat, lv, mt), group in itertools.groupby(rows, key=lambda r: (r[0], r[1], r[2])):
+        items = [(r[3], r[4]) for r in group]
+        window: list[int] = []
+        enter = leave = 0
+        for d in wanted:
+            while enter < len(items) and items[enter][0] < d:
+                bisect.insort(window, items[enter][1])
+                enter += 1
+            low = lows[d]
+            while leave < enter and items[leave][0] < low:
+                del window[bisect.bisect_left(window, items[leave][1])]
+                leave += 1
+            n = len(window)
+            if n:
+                mid = n // 2
+                median = float(window[mid]) if n % 2 else (window[mid - 1] + window[mid]) / 2
+                yield cat, lv, mt, d, n, median
 
 
 # -- 18 peer outlier (doctor, department, hospital) --------------------------------------------

@@ -304,3 +304,46 @@ def test_the_cli_screens_a_range_and_what_is_new(config, store, chain, published
     assert main([*home, "rules", "quality", "--json"]) == 0
     quality = {r["rule_id"]: r["found"] for r in json.loads(capsys.readouterr().out)}
     assert quality == {"dup_same_drug": 1, "price": 2}
+
+
+# -- template 18: an object over a window is one fact, however the range is cut ---------------------------
+
+OUTLIER_RULES = RULES | {
+    "rules": [
+        rule(
+            id="doctor_visits_per_patient",
+            template="peer_outlier",
+            object="doctor",
+            params={"measure": "visits_per_patient", "ratio": "2", "days": 30, "min_visits": 4},
+        )
+    ]
+}
+
+
+def test_an_outlier_doctor_is_one_suspicion_whatever_the_chunks_and_incremental(store, chain) -> None:
+    from central.screening import load_area_rules
+
+    set_hospital(store, ACTOR, HOSPITAL, "2")
+    areas = {AREA: load_area_rules(OUTLIER_RULES, CATALOGUE, area=AREA)}
+    records = []
+    for d, dr in enumerate(("D1", "D2", "D3", "D4")):
+        for i in range(4):  # D1: 4 visits of 2 patients (2 per patient); the others 1 per patient
+            s = dispensing(
+                f"{dr}-{i}", f"2026-11-{1 + 5 * i + d:02d}", psn_no=f"{dr}-P{i // 2 if dr == 'D1' else i}"
+            )
+            s.mdtrt.dr_codg = dr
+            records.append(s)
+    ingest(store, chain, *records)
+    found = []
+    for chunk in (1, 3, 100):
+        summary = screen(store, "2026-11-01", "2026-11-20", areas=areas, workers=1, chunk_visits=chunk)
+        found.append(summary["per_rule"]["doctor_visits_per_patient"])
+    assert found == [1, 1, 1]
+    assert screen_new(store, areas=areas)["per_rule"]["doctor_visits_per_patient"] == 1
+    (one,) = suspicions(store)
+    assert (one["object_type"], one["object_id"], one["setl_ids"], one["times_found"]) == (
+        "doctor",
+        "D1",
+        [],
+        4,
+    )

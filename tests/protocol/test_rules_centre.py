@@ -364,6 +364,45 @@ def test_the_peer_median_of_an_even_count_and_the_fixed_limit() -> None:
     assert run_rule(conn, rule("excessive_cost", {"max_fen": 5000}, med_types=["21"])) == []
 
 
+def test_peer_medians_computed_once_give_the_sqls_hits() -> None:
+    """The screening engine's one-pass peer medians (``peer_medians`` into ``cur_peer_medians``) and the
+    rule's own SQL find the same visits with the same evidence, over many groups, dates and costs."""
+    import random
+    from datetime import date, timedelta
+
+    from protocol.rules.centre import PEER_MEDIANS_DDL, compile_excessive_given, peer_medians
+    from protocol.rules.templates import hits_from_rows
+
+    rnd = random.Random(3)
+    conn = centre()
+    conn.execute(PEER_MEDIANS_DDL)
+    start = date(2026, 1, 1)
+    for i in range(1500):
+        day = (start + timedelta(days=rnd.randrange(120))).isoformat()
+        v = visit(f"V{i}", psn_no=f"P{i}", setl_time=f"{day}T10:00:00+08:00", hosp_lv=rnd.choice("23"),
+                  med_type=rnd.choice(("11", "14")), dise_codg=rnd.choice(("I10.x00", "E11.900", "J06.900")),
+                  medfee_sumamt=int(rnd.lognormvariate(8, 1)))  # fmt: skip
+        add(conn, v, screened=day >= "2026-03-01")
+    for peer_days, min_peers in ((30, 5), (45, 20)):
+        r = rule("excessive_cost", {"peer_ratio": "2.5", "peer_days": peer_days, "min_peers": min_peers})
+        expected = run_rule(conn, r)
+        rows = conn.execute(
+            "SELECT substr(dise_main, 1, 3), hosp_lv, med_type, setl_date, medfee_sumamt FROM hist_visits "
+            "ORDER BY 1, 2, 3, 4"
+        ).fetchall()
+        dates = [d for (d,) in conn.execute("SELECT DISTINCT setl_date FROM cur_visits")]
+        conn.execute("DELETE FROM cur_peer_medians")
+        conn.executemany(
+            "INSERT INTO cur_peer_medians VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(peer_days, *m) for m in peer_medians(rows, dates, peer_days)],
+        )
+        compiled = compile_excessive_given(r)
+        cur = conn.execute(compiled.sql, compiled.params)
+        columns = [d[0] for d in cur.description]
+        given = hits_from_rows(r, [dict(zip(columns, row, strict=True)) for row in cur.fetchall()])
+        assert len(expected) > 10 and given == expected
+
+
 # -- 18 peer outlier ---------------------------------------------------------------------------
 
 
