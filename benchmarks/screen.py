@@ -72,7 +72,10 @@ DISEASES = (
     "R50.900",
     "K25.700",
 )
-MED_TYPES = ("11",) * 16 + ("14",) * 2 + ("21",) + ("41",)
+#: Medical types of a visit that is not a chronic-care refill (outpatient, inpatient, special outpatient).
+MED_TYPES = ("11",) * 18 + ("21",) + ("41",)
+#: Days of supply of a chronic-care prescription; a chronic patient comes back for a refill after it ran out.
+CHRONIC_SUPPLY = 14
 DEPTS = ("A03.01", "A03.02", "A04.01", "A05.01", "A07.01", "A12.01", "A50.01")
 
 # One rule per centre template (docs/MONITORING.md), run when protocol.rules knows the template.
@@ -164,7 +167,7 @@ def catalogue_document() -> dict:
 
 
 def _shape(visits: int, persons: int, hospitals: int) -> str:
-    text = f"v4:{visits}:{persons}:{hospitals}:{','.join(rl.HIST_COLUMNS)}"
+    text = f"v5:{visits}:{persons}:{hospitals}:{','.join(rl.HIST_COLUMNS)}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -215,7 +218,7 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
                 chronic,
             )
         )
-    weights = [2.0 if c else 0.5 for *_, c in people]
+    weights = [1.2 if c else 0.5 for *_, c in people]
     scale = visits / sum(weights)
     rows = []
     for (psn, gend, brdy, homes, chronic), w in zip(people, weights, strict=True):
@@ -227,13 +230,19 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
     rnd.shuffle(rows)
     rows = sorted(rows[:visits], key=lambda r: (r[0], r[1]))
     out = []
+    last_refill: dict[str, int] = {}
     for i, (day, minute, psn, gend, brdy, homes, chronic) in enumerate(rows):
         h = (
             homes[0]
             if rnd.random() < 0.7
             else (rnd.choice(homes) if rnd.random() < 0.9 else rnd.randrange(hospitals))
         )
-        med_type = "14" if chronic and rnd.random() < 0.4 else rnd.choice(MED_TYPES)
+        # a chronic patient's refill comes after the last one's supply ran out, never before
+        if chronic and day - last_refill.get(psn, -CHRONIC_SUPPLY) >= CHRONIC_SUPPLY and rnd.random() < 0.6:
+            med_type = "14"
+            last_refill[psn] = day
+        else:
+            med_type = rnd.choice(MED_TYPES)
         d = YEAR_START + timedelta(days=day)
         ipt = rnd.randint(2, 14) if med_type == "21" else None
         begn = d - timedelta(days=ipt) if ipt else d
@@ -241,7 +250,7 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
         dise = rnd.choice(DISEASES) + ("," + rnd.choice(DISEASES) if rnd.random() < 0.3 else "")
         dept = DEPTS[hash((h, dise[:3])) % len(DEPTS)]
         dr = f"D{h:04d}{rnd.randrange(12):02d}"
-        cost = int(rnd.lognormvariate(9.5 if med_type != "21" else 12.0, 0.8))
+        cost = int(rnd.lognormvariate(9.5 if med_type != "21" else 12.0, 0.55))
         out.append(
             (
                 f"S{i:09d}",
@@ -272,17 +281,22 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
             out.clear()
     conn.executemany(f"INSERT INTO hist_visits VALUES ({','.join('?' * 21)})", out)
     # items: plain drugs and plain services (class A/B, no restriction, frequency limit or exclusive
-    # pair), and the special ones (restricted, limited, exclusive, class C) plus two codes outside the
-    # catalogue, on 3 % of the lines. Each item's days of supply stay within its limits but for 0.3 %
-    # of the lines; a person's chronic drug comes back at every chronic-care visit.
+    # pair, no interaction), and the special ones (restricted, limited, exclusive, interacting, class C)
+    # plus two codes outside the catalogue, on 0.6 % of the lines. Each item's days of supply and price
+    # stay within their limits but for 0.1 % of the lines; a person's chronic drug comes back at every
+    # chronic-care refill. So hits are a few per cent of the visits, as in real data (most bills are
+    # clean), and recording them does not dominate the measure.
     cat = catalogue_document()
     paired = {c for pair in cat.get("exclusive_pairs", []) for c in pair}
+    interacting = {x[k] for x in cat.get("interactions", []) for k in ("a", "b")}
     kinds: dict[str, list[tuple]] = {"pd": [], "po": [], "sp": []}
     for item in cat["items"]:
         plain = (
             not item.get("restrictions")
             and not item.get("frequency")
             and item["code"] not in paired
+            and item["code"] not in interacting
+            and item.get("drug_class") not in interacting
             and item["class"] != "C"
         )
         kind = ("pd" if item["list_type"].startswith("10") else "po") if plain else "sp"
@@ -298,6 +312,9 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
         )
     kinds["sp"] += [("XZZ0000000000NOTIN01", "101", 500, 7, 30), ("XZZ0000000000NOTIN02", "201", 800, 7, 30)]
     npd, npo, nsp = (len(kinds[k]) for k in ("pd", "po", "sp"))
+    # the plain drugs' first half are chronic drugs (a chronic-care refill: the person's own drug, and
+    # services), the second half acute ones (other visits): a cold does not repeat the blood-pressure drug
+    nch = max(1, npd // 2)
     conn.execute(
         "CREATE TEMP TABLE items (i INTEGER PRIMARY KEY, code TEXT, list_type TEXT, pric INTEGER, "
         "da INTEGER, dc INTEGER)"
@@ -309,24 +326,25 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
     conn.execute("CREATE TEMP TABLE series (n INTEGER PRIMARY KEY)")
     conn.executemany("INSERT INTO series VALUES (?)", [(n,) for n in range(19)])
     pick = (
-        f"CASE WHEN s.n = 0 AND v.med_type = '14' THEN CAST(substr(v.psn_no, 2) AS INTEGER) * 13 % {npd} "
-        f"WHEN (v.rowid * 13 + s.n * 7) % 100 < 3 THEN {npd + npo} + (v.rowid * 31 + s.n * 17) % {nsp} "
-        f"WHEN s.n % 3 = 0 THEN (v.rowid * 31 + s.n * 17) % {npd} "
+        f"CASE WHEN s.n = 0 AND v.med_type = '14' THEN CAST(substr(v.psn_no, 2) AS INTEGER) * 13 % {nch} "
+        f"WHEN (v.rowid * 13 + s.n * 7) % 1000 < 6 THEN {npd + npo} + (v.rowid * 31 + s.n * 17) % {nsp} "
+        f"WHEN s.n IN (0, 3) AND v.med_type <> '14' THEN {nch} + (v.rowid * 31 + s.n * 17) % {npd - nch} "
         f"ELSE {npd} + (v.rowid * 31 + s.n * 17) % {npo} END"
     )
     fee = ", fee_date" if "fee_date" in rl.HIST_COLUMNS else ""
     fee_value = (
         ", CASE WHEN v.med_type = '21' "
-        "THEN date(v.begn_date, '+' || (s.n % max(1, v.ipt_days / 2)) || ' days') "
+        "THEN date(v.begn_date, '+' || (s.n % max(1, CASE WHEN v.rowid % 50 = 0 THEN v.ipt_days / 2 "
+        "ELSE v.ipt_days END)) || ' days') "
         "ELSE v.setl_date END"
         if fee
         else ""
     )
-    pric = "(CASE WHEN (v.rowid * 7 + s.n) % 331 = 0 THEN it.pric + 37 ELSE it.pric END)"
+    pric = "(CASE WHEN (v.rowid * 7 + s.n) % 997 = 0 THEN it.pric + 37 ELSE it.pric END)"
     days = (
         "CASE WHEN it.list_type IN ('101', '102', '103', '104') THEN "
         "(CASE WHEN v.med_type = '14' THEN min(it.dc, 14) ELSE min(it.da, 3 + v.rowid % 5) END) "
-        "+ CASE WHEN (v.rowid * 3 + s.n) % 307 = 0 THEN 30 ELSE 0 END END"
+        "+ CASE WHEN (v.rowid * 3 + s.n) % 997 = 0 THEN 30 ELSE 0 END END"
     )
     conn.execute(
         "INSERT INTO hist_lines (psn_no, fixmedins_code, setl_id, setl_date, begn_date, med_type, dise_codg, "
@@ -335,7 +353,8 @@ def build_data(path: Path, visits: int, persons: int, hospitals: int, seed: int 
         "SELECT v.psn_no, v.fixmedins_code, v.setl_id, v.setl_date, v.begn_date, v.med_type, v.dise_codg, "
         "v.dr_codg, v.dept_codg, v.hosp_lv, CAST(s.n + 1 AS TEXT), it.code, it.list_type, 1, "
         f"{pric}, {pric}, "
-        f"{days}{fee_value} FROM hist_visits AS v JOIN series AS s ON s.n < 1 + (v.rowid * 7919 + 3) % 19 "
+        f"{days}{fee_value} FROM hist_visits AS v JOIN series AS s ON s.n < "
+        "CASE WHEN v.med_type = '21' THEN 19 ELSE 1 + (v.rowid * 7919 + 3) % 19 END "
         f"JOIN items AS it ON it.i = {pick} ORDER BY v.rowid, s.n"
     )
     # the civil registry: 0.5 % of persons died during the year
