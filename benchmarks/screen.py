@@ -167,7 +167,7 @@ def catalogue_document() -> dict:
 
 
 def _shape(visits: int, persons: int, hospitals: int) -> str:
-    text = f"v5:{visits}:{persons}:{hospitals}:{','.join(rl.HIST_COLUMNS)}"
+    text = f"v6:{visits}:{persons}:{hospitals}:{','.join(rl.HIST_COLUMNS)}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -430,6 +430,15 @@ def _m008_monitoring(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _m009_peer_index(db: sqlite_utils.Database) -> None:
+    """Template 17's peer groups (medical type, hospital level, diagnosis category) over dates, with the cost:
+    an incremental screen reads each touched group's last year from this index alone (no table rows)."""
+    db.execute(
+        "CREATE INDEX hist_visits_peer ON hist_visits "
+        "(med_type, hosp_lv, substr(dise_main, 1, 3), setl_date, medfee_sumamt)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -439,6 +448,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m006_split_flags,
     _m007_screening_data,
     _m008_monitoring,
+    _m009_peer_index,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

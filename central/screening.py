@@ -411,6 +411,39 @@ class Screener:
             by_date.setdefault(day, []).append((peer_days, cat, lv, mt, day, n, median))
         return by_date
 
+    def _scope_medians(self, rules: AreaRules, setl_ids: Iterable[str]) -> None:
+        """``cur_peer_medians`` for the groups and dates of the settlements ``setl_ids`` (an incremental
+        batch): each group's visits of the year before its dates read once from the ``hist_visits_peer``
+        index (centre migration 9) and slid over its dates, where the rule's SQL re-reads them for each
+        date. Only the batch's own visits are judged: a visit is judged against the peers before its
+        date, so the new settlements change nothing a screen has not already found about the older
+        visits in the scope (they get no median, hence no peer hit)."""
+        peer_rules = self._peer_rules(rules)
+        if not peer_rules:
+            return
+        groups: dict[tuple[str, str, str], set[str]] = {}
+        for part in _chunks(sorted(set(setl_ids))):
+            marks = ",".join("?" * len(part))
+            for cat, lv, mt, day in self.conn.execute(
+                "SELECT DISTINCT substr(dise_main, 1, 3), hosp_lv, med_type, setl_date FROM cur_visits "
+                f"WHERE dise_main IS NOT NULL AND hosp_lv IS NOT NULL AND setl_id IN ({marks})",
+                part,
+            ):
+                groups.setdefault((cat, lv, mt), set()).add(day)
+        rows: list[tuple] = []
+        for peer_days in sorted({r.params["peer_days"] for r in peer_rules}):
+            for (cat, lv, mt), days in sorted(groups.items()):
+                lo = (date.fromisoformat(min(days)) - timedelta(days=peer_days)).isoformat()
+                peers = self.conn.execute(
+                    "SELECT ?, ?, ?, setl_date, medfee_sumamt FROM db.hist_visits "
+                    "WHERE med_type = ? AND hosp_lv = ? AND substr(dise_main, 1, 3) = ? "
+                    "AND setl_date >= ? AND setl_date < ? ORDER BY setl_date",
+                    (cat, lv, mt, mt, lv, cat, lo, max(days)),
+                )
+                rows.extend((peer_days, *m) for m in rc.peer_medians(peers, days, peer_days))
+        self.conn.executemany("INSERT INTO cur_peer_medians VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self._given = True
+
     def _prepare_medians(self, rules: AreaRules, date_from: str, date_to: str) -> None:
         """``cur_peer_medians`` for the chunk's dates (when this screener has a span covering them)."""
         peer_rules = self._peer_rules(rules)
@@ -536,13 +569,16 @@ class Screener:
             start = time.perf_counter()
             if objects is None:
                 result.settlements, result.lines = self.fill_range(rules.area, date_from, date_to)
+                result.seconds["fill"] += time.perf_counter() - start
+                start = time.perf_counter()
                 self._prepare_medians(rules, date_from, date_to)
+                result.seconds["medians"] += time.perf_counter() - start
                 only = [r.id for r in rules.rules if r.template not in OBJECT_TEMPLATES]
                 n = result.settlements
             else:
                 n, _ = self.fill_range(rules.area, date_from, date_to, lines=False)
                 only = list(objects)
-            result.seconds["fill"] += time.perf_counter() - start
+                result.seconds["fill_window"] += time.perf_counter() - start
             if n and only:
                 self.run(rules, result, only=only)
             self._clear()
@@ -816,26 +852,28 @@ class _Batch:
     hospitals: frozenset[str]
     date_from: str | None
     date_to: str | None
+    setl_ids: frozenset[str] = frozenset()
 
 
 def _new_batch(conn: sqlite3.Connection, limit: int) -> _Batch:
     cursor = _cursor(conn)
     rows = conn.execute(
-        "SELECT s.rowid, s.kind, s.psn_no, s.setl_date, v.fixmedins_code "
+        "SELECT s.rowid, s.kind, s.psn_no, s.setl_date, v.fixmedins_code, s.setl_id "
         "FROM settlements AS s LEFT JOIN hist_visits AS v ON v.setl_id = s.setl_id "
         "WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?",
         (cursor, limit),
     ).fetchall()
-    persons, hospitals, dates = set(), set(), []
-    for _rowid, kind, psn_no, setl_date, hospital in rows:
+    persons, hospitals, dates, setl_ids = set(), set(), [], set()
+    for _rowid, kind, psn_no, setl_date, hospital, setl_id in rows:
         if kind != "setl" or hospital is None:  # a reversal, or a settlement reversed since
             continue
         persons.add(psn_no)
+        setl_ids.add(setl_id)
         hospitals.add(hospital)
         dates.append(setl_date)
     return _Batch(
         cursor, rows[-1][0] if rows else cursor, len(dates), frozenset(persons), frozenset(hospitals),
-        min(dates) if dates else None, max(dates) if dates else None,
+        min(dates) if dates else None, max(dates) if dates else None, frozenset(setl_ids),
     )  # fmt: skip
 
 
@@ -874,7 +912,13 @@ def screen_new(
                 continue
             hi = (date.fromisoformat(batch.date_to) + timedelta(days=rules.window())).isoformat()
             result = ChunkResult(area, batch.date_from, hi)
-            group = [r for r in rules.rules if r.template in GROUP_TEMPLATES or r.object != "person"]
+            # template 17 judges each visit against the peers before its date, whatever its object: only the
+            # scope's own visits can have new answers, so it runs with the person rules
+            group = [
+                r
+                for r in rules.rules
+                if r.template != "excessive_cost" and (r.template in GROUP_TEMPLATES or r.object != "person")
+            ]
             screener.conn.execute("BEGIN")
             try:
                 start = time.perf_counter()
@@ -884,6 +928,9 @@ def screen_new(
                 result.seconds["fill"] += time.perf_counter() - start
                 person_rules = [r.id for r in rules.rules if r not in group]
                 if result.settlements and person_rules:
+                    start = time.perf_counter()
+                    screener._scope_medians(rules, batch.setl_ids)
+                    result.seconds["medians"] += time.perf_counter() - start
                     screener.run(rules, result, only=person_rules)
                 if group:
                     # group rules: also the touched objects' visits on the batch's dates
@@ -899,12 +946,15 @@ def screen_new(
     finally:
         screener.close()
     per_rule: Counter = Counter()
+    seconds: Counter = Counter()
     findings: list[Finding] = []
     for result in results:
         per_rule.update(result.hits)
+        seconds.update(result.seconds)
         findings.extend(result.findings)
         summary["lines"] += result.lines
     summary["per_rule"] = dict(per_rule)
+    summary["seconds"] = {k: round(v, 3) for k, v in seconds.most_common()}
     summary["hits"] = sum(per_rule.values())
     summary["screened_visits"] = sum(r.settlements for r in results)
 
