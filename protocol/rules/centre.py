@@ -402,9 +402,9 @@ def peer_medians(
 # -- 18 peer outlier (doctor, department, hospital) --------------------------------------------
 
 _MEASURES = {
-    "cost_per_visit": "sum(w.medfee_sumamt) * 1.0 / count(*)",
-    "drug_share": "sum(w.drug_fen) * 1.0 / sum(w.medfee_sumamt)",
-    "visits_per_patient": "count(*) * 1.0 / count(DISTINCT w.psn_no)",
+    "cost_per_visit": "sum(x.medfee_sumamt) * 1.0 / count(*)",
+    "drug_share": "sum(x.drug_fen) * 1.0 / sum(x.medfee_sumamt)",
+    "visits_per_patient": "count(*) * 1.0 / count(DISTINCT x.psn_no)",
 }
 #: object → (its id, its peer group's department part) over a visit ``x``
 _OBJECTS = {
@@ -425,10 +425,14 @@ def _sql_peer_outlier(rule: Rule, p: dict[str, Any], f: str) -> str:
     )
     if rule.object == "doctor":
         known += " AND {x}.dr_codg IS NOT NULL"
-    fw = _filters(rule, p, "w")
+    fw = _filters(rule, p, "x")
     # the window: the days up to the batch's last (filtered) settlement date; every object with
     # min_visits visits in it is measured; an object the batch touched is compared with the median
-    # of the others of its peer group (same department code and level; hospitals: same level)
+    # of the others of its peer group (same department code and level; hospitals: same level).
+    # r ranks each group's values once (rk of cnt); the median of the n = cnt - 1 others is at the
+    # others' positions j1, j2 (2j ∈ {n, n+1, n+2}), which are ranks j (before the object) or j + 1
+    # (after it) in r: two seeks per object, where pairing every object with every peer sorted
+    # groups² rows.
     return f"""
 WITH cv AS (
   SELECT v.psn_no, v.setl_id, v.setl_date, {obj.format(x="v")} AS obj, {dept.format(x="v")} AS g_dept,
@@ -436,37 +440,43 @@ WITH cv AS (
   FROM cur_visits AS v WHERE {f} AND {known.format(x="v")}
 ), d AS (
   SELECT max(setl_date) AS d_to, {date_add("max(setl_date)", "1 - :p_days")} AS d_from FROM cv
-), w AS (
-  SELECT x.*, {obj.format(x="x")} AS obj, {dept.format(x="x")} AS g_dept, x.hosp_lv AS g_lv
-  FROM hist_visits AS x JOIN d ON x.setl_date >= d.d_from AND x.setl_date <= d.d_to
-  WHERE {known.format(x="x")}
 ), m AS (
-  SELECT w.obj, w.g_dept, w.g_lv, count(*) AS visits, {_MEASURES[prm["measure"]]} AS value
-  FROM w WHERE {fw} GROUP BY w.obj, w.g_dept, w.g_lv HAVING count(*) >= :p_min_visits
-), pm AS (
-  SELECT m.obj, m.g_dept, m.g_lv, m.visits, m.value, o.value AS peer_value,
-         row_number() OVER (PARTITION BY m.obj, m.g_dept, m.g_lv ORDER BY o.value) AS rn,
-         count(*) OVER (PARTITION BY m.obj, m.g_dept, m.g_lv) AS n
-  FROM m JOIN m AS o ON o.g_dept = m.g_dept AND o.g_lv = m.g_lv AND o.obj <> m.obj
-  WHERE o.value IS NOT NULL
-    AND EXISTS (SELECT 1 FROM cv WHERE cv.obj = m.obj AND cv.g_dept = m.g_dept AND cv.g_lv = m.g_lv)
+  SELECT {obj.format(x="x")} AS obj, {dept.format(x="x")} AS g_dept, x.hosp_lv AS g_lv, count(*) AS visits,
+         {_MEASURES[prm["measure"]]} AS value
+  FROM d JOIN hist_visits AS x ON x.setl_date >= d.d_from AND x.setl_date <= d.d_to
+  WHERE {known.format(x="x")} AND {fw}
+  GROUP BY 1, 2, 3 HAVING count(*) >= :p_min_visits
+), r AS (
+  SELECT m.*, row_number() OVER (PARTITION BY m.g_dept, m.g_lv ORDER BY m.value) AS rk,
+         count(*) OVER (PARTITION BY m.g_dept, m.g_lv) AS cnt
+  FROM m WHERE m.value IS NOT NULL
+), t AS (
+  SELECT r.obj, r.g_dept, r.g_lv, r.visits, r.value, r.rk, r.cnt - 1 AS n,
+         CAST((r.cnt - 1 + 1) / 2 AS INTEGER) AS j1, CAST((r.cnt - 1) / 2 + 1 AS INTEGER) AS j2
+  FROM r WHERE r.cnt > 1
+    AND EXISTS (SELECT 1 FROM cv WHERE cv.obj = r.obj AND cv.g_dept = r.g_dept AND cv.g_lv = r.g_lv)
 ), md AS (
-  SELECT obj, g_dept, g_lv, max(visits) AS visits, max(value) AS value, max(n) AS peers,
-         avg(peer_value) AS median
-  FROM pm WHERE 2 * rn IN (n, n + 1, n + 2) GROUP BY obj, g_dept, g_lv
+  SELECT t.obj, t.g_dept, t.g_lv, max(t.visits) AS visits, max(t.value) AS value, max(t.n) AS peers,
+         avg(o.value) AS median
+  FROM t JOIN r AS o ON o.g_dept = t.g_dept AND o.g_lv = t.g_lv
+       AND o.rk IN (CASE WHEN t.j1 < t.rk THEN t.j1 ELSE t.j1 + 1 END,
+                    CASE WHEN t.j2 < t.rk THEN t.j2 ELSE t.j2 + 1 END)
+  GROUP BY t.obj, t.g_dept, t.g_lv
+), hit AS (
+  SELECT md.* FROM md WHERE md.median > 0 AND md.value * 10000 >= :p_ratio_e4 * md.median
 ), rep AS (
   SELECT cv.obj, cv.g_dept, cv.g_lv, cv.psn_no, cv.setl_id,
          row_number() OVER (PARTITION BY cv.obj, cv.g_dept, cv.g_lv
                             ORDER BY cv.setl_date DESC, cv.setl_id DESC) AS pick
-  FROM cv
+  FROM cv JOIN hit ON hit.obj = cv.obj AND hit.g_dept = cv.g_dept AND hit.g_lv = cv.g_lv
 )
-SELECT rep.psn_no, rep.setl_id, md.obj || '|' || md.g_dept || '|' || md.g_lv AS hit_key, '' AS sn,
-       md.obj AS object_id, md.g_dept, md.g_lv, md.visits, md.value, md.median, md.peers, d.d_from, d.d_to
-FROM md
-JOIN rep ON rep.obj = md.obj AND rep.g_dept = md.g_dept AND rep.g_lv = md.g_lv AND rep.pick = 1
+SELECT rep.psn_no, rep.setl_id, hit.obj || '|' || hit.g_dept || '|' || hit.g_lv AS hit_key, '' AS sn,
+       hit.obj AS object_id, hit.g_dept, hit.g_lv, hit.visits, hit.value, hit.median, hit.peers,
+       d.d_from, d.d_to
+FROM hit
+JOIN rep ON rep.obj = hit.obj AND rep.g_dept = hit.g_dept AND rep.g_lv = hit.g_lv AND rep.pick = 1
 CROSS JOIN d
-WHERE md.median > 0 AND md.value * 10000 >= :p_ratio_e4 * md.median
-ORDER BY rep.psn_no, rep.setl_id, md.obj
+ORDER BY rep.psn_no, rep.setl_id, hit.obj
 """
 
 
