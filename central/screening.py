@@ -437,7 +437,7 @@ class Screener:
                 peers = self.conn.execute(
                     "SELECT ?, ?, ?, setl_date, medfee_sumamt FROM db.hist_visits "
                     "WHERE med_type = ? AND hosp_lv = ? AND substr(dise_main, 1, 3) = ? "
-                    "AND setl_date >= ? AND setl_date < ? ORDER BY setl_date",
+                    "AND dise_main IS NOT NULL AND setl_date >= ? AND setl_date < ? ORDER BY setl_date",
                     (cat, lv, mt, mt, lv, cat, lo, max(days)),
                 )
                 rows.extend((peer_days, *m) for m in rc.peer_medians(peers, days, peer_days))
