@@ -84,6 +84,10 @@ GROUP_TEMPLATES = frozenset({"peer_outlier", "excessive_cost"})
 #: Templates whose hit is an object over a window of days (``rc.OBJECT_TEMPLATES``): a full screen runs
 #: them once per window of the range, not per chunk, and their fact is (object, window end).
 OBJECT_TEMPLATES = rc.OBJECT_TEMPLATES
+#: Templates whose hit is one visit of a run that passes a limit (visit 5, 6, 7… of a burst over 4):
+#: the fact is the person's run, keyed by the date its window starts, so a reviewer sees one
+#: suspicion per burst (found again with each later visit), not one per visit.
+RUN_TEMPLATES = frozenset({"frequent_visits"})
 _DEFAULT_WEIGHTS = {"block": 90, "warn": 60, "info": 30}
 _IN_CHUNK = 500
 
@@ -313,6 +317,11 @@ def finding_of(
         first = hit.evidence[0] if hit.evidence and isinstance(hit.evidence[0], Mapping) else {}
         object_id = first.get("object_id") or object_id
         setl_ids, period, amount = (), first.get("window_to"), 0
+    elif rule.template in RUN_TEMPLATES:
+        dates = [e["setl_date"] for e in hit.evidence if isinstance(e, Mapping) and e.get("setl_date")]
+        if visit and visit.get("setl_date"):
+            dates.append(visit["setl_date"])
+        period = f"run from {min(dates)}" if dates else None
     return Finding(
         hit=hit, object_type=obj, object_id=object_id, area=(visit or {}).get("area") or area,
         fixmedins_code=hospital, setl_ids=setl_ids, amount_fen=amount, weight=weight_of(rule), period=period,

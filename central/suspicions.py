@@ -62,9 +62,11 @@ class Finding:
     setl_ids: tuple[str, ...]  # every settlement the fact involves (the checked one + evidence's)
     amount_fen: int  # money at stake
     weight: int  # the rule's weight (Rule.weight; 1-100)
-    #: For a fact about an object over a period rather than about settlements (template 18, a doctor's
-    #: measure over a window): the period's end. Such a finding has no ``setl_ids``, so the same object
-    #: over the same window is one fact whichever visits the screen happened to hold.
+    #: For a fact about an object over a period rather than about settlements: template 18 (a
+    #: doctor's measure over a window, the window's end; no ``setl_ids``) and a run of visits over a
+    #: limit (template 11, the run's first day). The fact key is then the object and the period, not
+    #: the settlements, so the same object over the same period is one fact whichever visits a
+    #: screen happened to hold; the suspicion keeps the settlements of its first finding.
     period: str | None = None
 
 
@@ -77,16 +79,11 @@ def fact_key(f: Finding) -> str:
     (and so every key already stored) is what it always was.
     """
     h = f.hit
-    material: list[Any] = [
-        h.rule_id,
-        h.rule_version,
-        f.object_type,
-        f.object_id,
-        sorted(set(f.setl_ids)),
-        sorted(set(h.lines)),
-    ]
-    if f.period is not None:
-        material.append({"period": f.period})
+    material: list[Any] = [h.rule_id, h.rule_version, f.object_type, f.object_id]
+    if f.period is None:
+        material += [sorted(set(f.setl_ids)), sorted(set(h.lines))]
+    else:  # template 18's findings carry no settlements or lines: their keys are what they were
+        material += [[], [], {"period": f.period}]
     blob = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

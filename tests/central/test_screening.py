@@ -215,6 +215,29 @@ def test_a_shadow_rule_gives_shadow_suspicions_never_queued(store, repo, chain, 
     assert shadow[0]["amount_fen"] == 5120  # a visit-level hit: the visit's cost
 
 
+def test_a_run_of_visits_over_the_limit_is_one_suspicion_and_a_later_run_another(
+    store, repo, chain, published
+) -> None:
+    """Visits 3, 4 and 5 of a burst each pass the limit (2 in 30 days): one fact, the person's run."""
+    burst = ("2026-11-01", "2026-11-05", "2026-11-09", "2026-11-12", "2026-11-15")
+    ingest(store, chain, *(dispensing(f"V{i}", d, days=1) for i, d in enumerate(burst)))
+    summary = screen(store, "2026-11-01", "2026-12-31", repo=repo, workers=1)
+    assert summary["per_rule"]["visits_shadow"] == 3
+    [run] = by_rule(store, "visits_shadow")
+    assert run["setl_ids"] in (["V2"], ["V3"], ["V4"]) and run["object_id"] == "P0000000001"
+    screen_new(store, repo=repo)  # found again: still one
+    screen(store, "2026-11-01", "2026-12-31", repo=repo, workers=1)
+    assert (
+        len(by_rule(store, "visits_shadow")) == 1 and by_rule(store, "visits_shadow")[0]["times_found"] >= 2
+    )
+    # two months later, a new burst: a new run, a second suspicion
+    later = ("2027-01-20", "2027-01-22", "2027-01-24")
+    ingest(store, chain, *(dispensing(f"W{i}", d, days=1) for i, d in enumerate(later)))
+    screen(store, "2027-01-01", "2027-01-31", repo=repo, workers=1)
+    runs = by_rule(store, "visits_shadow")
+    assert len(runs) == 2 and runs[1]["setl_ids"] == ["W2"]
+
+
 def test_reversed_settlements_and_other_areas_are_not_screened(store, repo, chain, published) -> None:
     first = dispensing("S1", "2026-11-01")
     ingest(store, chain, first, dispensing("S2", "2026-11-10"), reversal(first, "R1"))
@@ -245,7 +268,9 @@ def test_worker_processes_find_what_one_process_finds(store, repo, chain, publis
     one = screen(store, "2026-09-01", "2026-11-30", repo=repo, workers=1, chunk_visits=3)
     two = screen(store, "2026-09-01", "2026-11-30", repo=repo, workers=2, chunk_visits=3)
     assert one["per_rule"] == two["per_rule"] and one["settlements"] == two["settlements"] == 12
-    assert (two["new_suspicions"], two["again"]) == (0, one["new_suspicions"])
+    # every finding of the second screen is a fact the first recorded (a run of visits is one fact
+    # found in several chunks, so findings can outnumber suspicions)
+    assert (two["new_suspicions"], two["again"]) == (0, one["new_suspicions"] + one["again"])
 
 
 def test_without_a_published_rules_bundle_nothing_is_screened(store, repo, chain) -> None:
