@@ -141,12 +141,6 @@ def _wait(what: str, predicate: Any, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _intake_takes_fee_times() -> bool:
-    from agent import intake
-
-    return "fee_ocur_time" in getattr(intake._LineIn, "__struct_fields__", ())
-
-
 def _setup_centre(centre: Centre, traffic: Traffic, files: dict[str, Path]) -> dict[str, Any]:
     """Grades, coordinates, bundles and deaths; what could not be done is returned, not hidden."""
     notes: dict[str, Any] = {}
@@ -204,11 +198,8 @@ def _suspicions(db: Path) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
     today = datetime.now().astimezone().date()
-    fee_times = _intake_takes_fee_times()
     t0 = time.perf_counter()
-    traffic = generate_traffic(
-        args.seed, size=args.size, fraud_rate=args.fraud_rate, today=today, fee_times=fee_times
-    )
+    traffic = generate_traffic(args.seed, size=args.size, fraud_rate=args.fraud_rate, today=today)
     files = traffic.write(tmp / "traffic")
     gen_s = time.perf_counter() - t0
 
@@ -307,7 +298,6 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         fraud_cases=sum(c.label == "fraud" for c in traffic.cases),
         lookalikes=sum(c.label != "fraud" for c in traffic.cases),
         deaths=len(traffic.deaths),
-        fee_ocur_time=fee_times,
         setup_notes=notes,
     )
     emit("detection_suspicions", len(suspicions), "count", screen=screened)
