@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.resources
 import logging
 from collections.abc import Awaitable, Callable
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
 from protocol.errors import ProtocolError, ValidationFailed
-from protocol.records import SPLIT_FIELDS, Settlement
+from protocol.records import SPLIT_FIELDS, Settlement, decimal_text
+from protocol.rules.model import Bill
 
 from .card import CardReader
 from .checks import DeskChecks, bill_from_request
@@ -36,7 +39,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("yibao.agent.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_OPEN_PATHS = {"/v1/health"}
+_OPEN_PATHS = {"/v1/health", "/openapi.json"}
 
 
 def _error(status: int, body: dict[str, Any]) -> web.Response:
@@ -89,6 +92,45 @@ def blacklisted_error(hit: BlacklistHit) -> Blacklisted:
         list_version=hit.list_version,
         action=action,
     )
+
+
+def prescription_bill(body: bytes, fixmedins_code: str, hosp_lv: str) -> Bill:
+    """The doctor's bill, or ``ValidationFailed``: the rule engine assumes real dates and decimals.
+
+    ``bill_from_request`` checks the shape only; a date that is not one, a repeated ``feedetl_sn``
+    or a quantity such as ``"abc"`` used to reach the rule engine and answer 500.
+    """
+    try:
+        bill = bill_from_request(body, fixmedins_code, hosp_lv)
+    except ValueError as exc:  # Bill refuses dates that are not ISO dates and repeated line numbers
+        raise ValidationFailed(
+            "the prescription does not validate; correct the listed field",
+            details=[
+                {
+                    "field": "$",
+                    "message": f"{exc}: psn.brdy must be a date such as 1958-04-02, mdtrt.begntime a "
+                    "date-time such as 2026-11-23T09:12:00+08:00, and each line needs its own feedetl_sn",
+                }
+            ],
+        ) from None
+    problems = []
+    for i, line in enumerate(bill.lines):
+        for name, places in (("cnt", 4), ("pric", 6)):
+            try:
+                decimal_text(Decimal(getattr(line, name)), places)
+            except (ValueError, InvalidOperation):
+                problems.append(
+                    {
+                        "field": f"lines[{i}].{name}",
+                        "message": f"a decimal string with at most {places} decimals and 12 digits before "
+                        "the point",
+                    }
+                )
+    if problems:
+        raise ValidationFailed(
+            "the prescription does not validate; correct the listed fields", details=problems
+        )
+    return bill
 
 
 def create_app(
@@ -183,7 +225,7 @@ def create_app(
     async def post_prescription(request: web.Request) -> web.Response:
         if desk is None:
             raise NotFound("this agent runs without the rule library")
-        bill = bill_from_request(await request.read(), config.fixmedins_code, config.hosp_lv)
+        bill = prescription_bill(await request.read(), config.fixmedins_code, config.hosp_lv)
         return web.json_response(await desk.prescription(bill))
 
     async def get_medications(request: web.Request) -> web.Response:
@@ -270,6 +312,12 @@ def create_app(
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    # The description of this API, read once: HIS vendors generate clients from it (no token needed).
+    openapi_doc = importlib.resources.files(__package__).joinpath("openapi.json").read_bytes()
+
+    async def get_openapi(request: web.Request) -> web.Response:
+        return web.Response(body=openapi_doc, content_type="application/json")
+
     app = web.Application(middlewares=[errors], client_max_size=config.max_body_bytes)
     app.router.add_post("/v1/settlements", post_settlement)
     app.router.add_post("/v1/settlements/{setl_id}/reversal", post_reversal)
@@ -280,4 +328,5 @@ def create_app(
     app.router.add_get("/v1/persons/{psn_no}/medications", get_medications)
     app.router.add_post("/v1/evoucher", post_evoucher)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/openapi.json", get_openapi)
     return app
