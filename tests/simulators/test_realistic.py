@@ -1,0 +1,324 @@
+"""The realistic generator: deterministic, every body valid for the agent's intake, shaped like a district's
+traffic (measured against plausible bands, not exact figures), honest refills that never overlap their
+previous supply by the duplicate-medication rule's minimum, and a month of it screened by the centre's
+monitoring rules in process (real SQLite) with few or no flags."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import statistics
+from collections import Counter, defaultdict
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from agent.intake import parse_settlement
+from simulators.fraud import RULE_PARAMS, default_knowledge
+from simulators.realistic import (
+    HOSPITALS,
+    REFILL_SLACK_DAYS,
+    RealisticTraffic,
+    generate_realistic,
+    post_realistic,
+    write_drop_folder,
+)
+
+from .standin import TOKEN, StandInAgent, serve
+
+SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
+KB = default_knowledge()
+START, END = date(2026, 11, 1), date(2026, 11, 30)
+LEVEL = {h.code: h.hosp_lv for h in HOSPITALS}
+
+
+@pytest.fixture(scope="module")
+def month() -> RealisticTraffic:
+    return generate_realistic(7, START, END, persons=3000)
+
+
+def day_of(text: str) -> date:
+    return datetime.fromisoformat(text).date()
+
+
+# --- determinism and validity ----------------------------------------------------------------
+
+
+def test_the_same_seed_gives_the_same_traffic():
+    a = generate_realistic(3, START, date(2026, 11, 10), persons=800)
+    b = generate_realistic(3, START, date(2026, 11, 10), persons=800)
+    assert [p.body for p in a.planned] == [p.body for p in b.planned]
+    assert json.dumps(a.summary()) == json.dumps(b.summary())
+    c = generate_realistic(4, START, date(2026, 11, 10), persons=800)
+    assert [p.body for p in a.planned] != [p.body for p in c.planned]
+
+
+def test_every_body_passes_the_agents_intake(month):
+    seen = set()
+    for p in month.planned:
+        record, _ = parse_settlement(json.dumps(p.body).encode(), fixmedins_code=p.hospital)
+        assert record.medfee_sumamt == sum(line.det_item_fee_sumamt for line in record.feedetl)
+        assert p.body["his_setl_no"] not in seen
+        seen.add(p.body["his_setl_no"])
+        assert START <= day_of(p.body["mdtrt"]["endtime"]) <= END
+    assert len(month.planned) > 1000
+
+
+def test_prices_are_the_hospitals_levels_and_within_the_catalogue(month):
+    for p in month.planned:
+        lv = LEVEL[p.hospital]
+        for ln in p.body["feedetl"]:
+            item = KB.items[ln["med_list_codg"]]
+            fen = int((Decimal(ln["pric"]) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+            assert fen <= item.price_ceiling[lv], (ln["med_list_codg"], lv)
+            if len(set(item.price_ceiling.values())) > 1:  # services: the level's own price
+                assert fen == item.price_ceiling[lv]
+            amount = (Decimal(ln["cnt"]) * Decimal(ln["pric"])).quantize(Decimal("0.01"), ROUND_HALF_UP)
+            assert Decimal(ln["det_item_fee_sumamt"]) == amount
+
+
+def test_hospitals_have_levels_departments_and_stable_doctors(month):
+    assert sorted({h.hosp_lv for h in HOSPITALS}) == ["1", "2", "3"]
+    doctors = {
+        d: h.code for h in HOSPITALS for dept in h.departments for d in (*dept.doctors, *dept.ward_doctors)
+    }
+    assert len(doctors) == sum(
+        len(dept.doctors) + len(dept.ward_doctors) for h in HOSPITALS for dept in h.departments
+    )
+    for p in month.planned:
+        assert doctors[p.body["mdtrt"]["dr_codg"]] == p.hospital
+        depts = {d.code for h in HOSPITALS if h.code == p.hospital for d in h.departments}
+        assert p.body["mdtrt"]["dept_codg"] in depts
+    assert generate_realistic(7, START, START, persons=50).hospitals_json() == month.hospitals_json()
+
+
+# --- distributions ---------------------------------------------------------------------------
+
+
+def test_population_ages_genders_insurance_and_chronic_conditions(month):
+    people = month.people
+    n = len(people)
+    ages = [p.age for p in people]
+    assert 0.47 < sum(p.insured.gend == "1" for p in people) / n < 0.53
+    assert 0.13 < sum(a < 15 for a in ages) / n < 0.21  # China 2020: ~18 %
+    assert 0.10 < sum(a >= 65 for a in ages) / n < 0.18  # ~13.5 %
+    assert 35 < statistics.mean(ages) < 43
+    assert 0.25 < sum(p.insured.insutype == "310" for p in people) / n < 0.50
+    for p in people:
+        assert (p.insured.insutype, p.insured.psn_type) in {("310", "11"), ("310", "12"), ("390", "21")}
+        if p.age < 18:
+            assert p.insured.insutype == "390" and not p.conditions
+    old = [p for p in people if p.age >= 65]
+    young = [p for p in people if 18 <= p.age < 45]
+    hypertension = lambda group: sum("I10.x00" in p.conditions for p in group) / len(group)  # noqa: E731
+    assert 0.35 < hypertension(old) < 0.65 and hypertension(young) < 0.12
+    assert 0.15 < sum(bool(p.conditions) for p in people) / n < 0.40
+
+
+def test_mix_of_visits_levels_and_stays(month):
+    s = month.summary()
+    n = s["settlements"]
+    assert 0.25 < s["refill_share"] < 0.60, s
+    assert 0.01 < s["inpatient_share"] < 0.05, s
+    assert 6 < s["mean_los"] < 12, s
+    assert s["kinds"]["acute"] / n > 0.2 and s["kinds"]["pharmacy"] / n > 0.03
+    assert all(s["hosp_lv"][lv] / n > 0.1 for lv in "123"), s
+    # visits a person a year: China ~6-9 outpatient visits
+    assert 4 < (n - s["med_types"]["21"]) * 365 / 30 / s["persons"] < 11
+
+
+def test_weekday_shape_monday_peak_weekend_dip(month):
+    by_day = month.summary()["outpatient_by_weekday"]
+    days_of = Counter((START + timedelta(days=i)).weekday() for i in range((END - START).days + 1))
+    per = [by_day[i] / days_of[i] for i in range(7)]
+    weekday_mean = statistics.mean(per[:5])
+    assert per[0] == max(per) and per[0] > 1.15 * weekday_mean
+    assert per[5] < 0.85 * weekday_mean and per[6] < 0.85 * weekday_mean
+
+
+def test_winter_respiratory_peak():
+    def respiratory_per_day(start: date, end: date) -> float:
+        t = generate_realistic(2, start, end, persons=2000)
+        acute = [p for p in t.planned if p.kind == "acute" and p.body["mdtrt"]["dise_codg"].startswith("J")]
+        return len(acute) / ((end - start).days + 1)
+
+    january = respiratory_per_day(date(2027, 1, 4), date(2027, 1, 31))
+    july = respiratory_per_day(date(2027, 7, 5), date(2027, 8, 1))
+    assert january > 2 * july
+
+
+def test_hours_of_the_day(month):
+    hours = Counter(datetime.fromisoformat(p.body["mdtrt"]["begntime"]).hour for p in month.planned
+                    if p.body["mdtrt"]["med_type"] in ("11", "14"))  # fmt: skip
+    total = sum(hours.values())
+    assert (hours[8] + hours[9] + hours[10]) / total > 0.35
+    assert hours[12] < hours[9] and sum(hours[h] for h in range(0, 7)) == 0
+
+
+def test_inpatient_stays_have_daily_lines_within_the_stay(month):
+    stays = [p.body for p in month.planned if p.body["mdtrt"]["med_type"] == "21"]
+    assert stays
+    idle_codes = set(RULE_PARAMS["bed_hanging"]["idle_codes"])
+    for body in stays:
+        md = body["mdtrt"]
+        begin, end = datetime.fromisoformat(md["begntime"]), datetime.fromisoformat(md["endtime"])
+        assert (end.date() - begin.date()).days == md["ipt_days"]
+        beds = [ln for ln in body["feedetl"] if ln["med_list_codg"] == "001109000010000"]
+        assert len(beds) == md["ipt_days"]
+        assert {day_of(ln["fee_ocur_time"]) for ln in beds} == {
+            begin.date() + timedelta(days=i) for i in range(md["ipt_days"])
+        }
+        for ln in body["feedetl"]:
+            assert begin <= datetime.fromisoformat(ln["fee_ocur_time"]) <= end
+        busy = {
+            day_of(ln["fee_ocur_time"]) for ln in body["feedetl"] if ln["med_list_codg"] not in idle_codes
+        }
+        idle = md["ipt_days"] - len(busy & {begin.date() + timedelta(days=i) for i in range(md["ipt_days"])})
+        assert idle < RULE_PARAMS["bed_hanging"]["min_idle_days"]
+
+
+# --- honest refills ----------------------------------------------------------------------------
+
+
+def test_chronic_patients_refill_when_the_supply_runs_out(month):
+    """Per person and drug class, in order: each dispensing starts at most REFILL_SLACK_DAYS before the
+    previous supply ends (so under the duplicate-medication rule's minimum), and refills come back."""
+    need = RULE_PARAMS["duplicate_medication"]["min_overlap_days"]
+    held: dict[tuple[str, str], list[tuple[date, int, str]]] = defaultdict(list)
+    for p in month.planned:
+        setl = day_of(p.body["mdtrt"]["endtime"])
+        for ln in p.body["feedetl"]:
+            if "days" in ln:
+                dclass = KB.items[ln["med_list_codg"]].drug_class or ln["med_list_codg"]
+                held[(p.body["psn"]["psn_no"], dclass)].append((setl, ln["days"], p.kind))
+    overlaps, repeats = [], 0
+    for rows in held.values():
+        rows.sort()
+        for (d1, days1, _k1), (d2, days2, _k2) in pairwise(rows):
+            if d1 == d2:  # one stay's day-by-day lines: one day each
+                assert days1 == 1 or days2 == 1
+                continue
+            overlap = min(days2, days1 - (d2 - d1).days)
+            overlaps.append(overlap)
+            repeats += 1
+    assert repeats > 50
+    assert max(overlaps) <= REFILL_SLACK_DAYS < need
+    refills = [p for p in month.planned if p.kind == "refill"]
+    assert refills and all(p.hospital == _usual(month, p.body["psn"]["psn_no"]) for p in refills)
+    for p in refills:  # the chronic limit for registered patients, the acute one otherwise
+        for ln in p.body["feedetl"]:
+            if "days" in ln:
+                item = KB.items[ln["med_list_codg"]]
+                chronic = p.body["mdtrt"]["med_type"] == "14"
+                assert ln["days"] <= (item.max_days_chronic if chronic else item.max_days_acute)
+
+
+def _usual(traffic: RealisticTraffic, psn_no: str) -> str:
+    return next(p.usual for p in traffic.people if p.insured.psn_no == psn_no)
+
+
+# --- drivers ---------------------------------------------------------------------------------
+
+
+def test_drop_folder_files_are_whole_json_bodies_in_order(month, tmp_path):
+    code = HOSPITALS[3].code
+    paths = write_drop_folder(month, tmp_path, code)
+    assert paths and sorted(tmp_path.iterdir()) == [tmp_path / "inbox"]
+    names = sorted(p.name for p in (tmp_path / "inbox").iterdir())
+    assert names == [p.name for p in paths] and all(n.endswith(".json") for n in names)
+    bodies = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    assert bodies == [p.body for p in month.for_hospital(code)]
+    for body, path in zip(bodies, paths, strict=True):
+        parse_settlement(path.read_bytes(), fixmedins_code=code)
+        assert body["his_setl_no"] in path.name
+
+
+def test_rest_driver_posts_every_hospitals_bodies_once():
+    traffic = generate_realistic(5, START, date(2026, 11, 3), persons=400)
+    agents = {h.code: StandInAgent(faults=False) for h in HOSPITALS[:2]}
+
+    async def scenario() -> dict[str, str]:
+        servers = {code: await serve(agent) for code, agent in agents.items()}
+        try:
+            targets = {code: (str(s.make_url("")), TOKEN) for code, s in servers.items()}
+            return await post_realistic(traffic, targets, concurrency=2)
+        finally:
+            for s in servers.values():
+                await s.close()
+
+    ids = asyncio.run(scenario())
+    expected = [p for p in traffic.planned if p.hospital in agents]
+    assert expected and len(ids) == len(expected)
+    for code, agent in agents.items():
+        assert set(agent.committed) == {p.body["his_setl_no"] for p in expected if p.hospital == code}
+
+
+# --- through the centre's screening engine ---------------------------------------------------
+
+
+def _screening_db(traffic: RealisticTraffic, path: Path) -> dict[str, str]:
+    """The centre's screening tables, filled as ingest fills them; each settlement stamped at visit end."""
+    from central.visits import INSERT_VISIT, visit_row
+    from protocol import rules as rl
+    from protocol.rules import tables
+
+    conn = sqlite3.connect(path)
+    for ddl in (rl.HISTORY_DDL, tables.VISITS_DDL, tables.DEATHS_DDL, tables.HOSPITALS_GEO_DDL):
+        conn.executescript(ddl)
+    kinds = {}
+    for i, p in enumerate(traffic.planned):
+        rec, _ = parse_settlement(json.dumps(p.body).encode())
+        rec.setl_id = f"S{i:06d}"
+        rec.setl_time = p.body["mdtrt"]["endtime"]
+        kinds[rec.setl_id] = p.kind
+        setl_date = day_of(rec.setl_time).isoformat()
+        lv = LEVEL[p.hospital]
+        conn.executemany(rl.HISTORY_INSERT, rl.history_rows_from_settlement(rec, lv, setl_date=setl_date))
+        conn.execute(INSERT_VISIT, visit_row(rec, area="370200", hosp_lv=lv, setl_date=setl_date))
+    for h in traffic.hospitals:
+        x, y = h.plane()
+        conn.execute(
+            "INSERT INTO hospitals (fixmedins_code, hosp_lv, name, lat, lon, x_km, y_km) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (h.code, h.hosp_lv, h.name, h.lat, h.lon, x, y),
+        )
+    conn.commit()
+    conn.close()
+    return kinds
+
+
+def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
+    pytest.importorskip("central.screening")
+    from central.screening import ChunkResult, Screener, load_area_rules
+
+    kinds = _screening_db(month, tmp_path / "central.db")
+    rules = load_area_rules(
+        json.loads((SAMPLES / "monitoring_rules.json").read_text()),
+        json.loads((SAMPLES / "catalogue.json").read_text()),
+    )
+    screener = Screener(tmp_path / "central.db")
+    result = ChunkResult("370200", START.isoformat(), END.isoformat())
+    screener.conn.execute("BEGIN")
+    screener.fill_range("370200", START.isoformat(), END.isoformat())
+    screener.run(rules, result)
+    screener.conn.execute("COMMIT")
+    screener.close()
+    flagged: dict[str, set[str]] = defaultdict(set)
+    objects: Counter[str] = Counter()
+    for f in result.findings:
+        for sid in f.setl_ids:
+            flagged[sid].add(f.hit.template)
+        if f.object_type != "person":
+            objects[f.hit.template] += 1
+    rate = len(flagged) / len(kinds)
+    by_template = Counter(t for ts in flagged.values() for t in ts)
+    print(
+        f"\nrealistic month: {len(kinds)} settlements, {len(flagged)} flagged ({rate:.2%}): "
+        f"{dict(by_template)}; object findings {dict(objects)}"
+    )
+    assert rate < 0.005, dict(by_template)
+    assert not objects
