@@ -34,7 +34,7 @@ from .policy_store import BlacklistHit, PolicyStore
 from .store import Outbox
 from .uploader import Uploader
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "error_answer", "settle_body"]
 
 log = logging.getLogger("yibao.agent.api")
 
@@ -92,6 +92,69 @@ def blacklisted_error(hit: BlacklistHit) -> Blacklisted:
         list_version=hit.list_version,
         action=action,
     )
+
+
+def error_answer(exc: AgentError | ProtocolError) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body of a refusal: one shape for the API and the drop folder's error files."""
+    if isinstance(exc, AgentError):
+        return exc.http_status, exc.to_wire()
+    return exc.http_status, {"error": exc.to_wire()}
+
+
+def _refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
+    if policy is None:
+        return
+    psn = record.psn
+    hit = policy.is_blacklisted(
+        card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no, dr_codg=record.mdtrt.dr_codg,
+        fixmedins_code=record.fixmedins_code,
+    )
+    if hit is not None:
+        log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
+        raise blacklisted_error(hit)
+
+
+async def settle_body(
+    body: bytes,
+    config: AgentConfig,
+    outbox: Outbox,
+    *,
+    vouchers: VoucherVerifier | None = None,
+    policy: PolicyStore | None = None,
+    desk: DeskChecks | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Settle one HIS settlement body: (201 or 200 for a held ``his_setl_no``, the answer), or raise.
+
+    The one settlement path: ``POST /v1/settlements`` and the drop folder both call it, so a file
+    is checked, refused and made durable exactly as a request is. Raises ``AgentError`` /
+    ``ProtocolError`` (see ``error_answer``) with nothing written.
+    """
+    record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
+    if record.mdtrt_cert_type == CERT_TYPE_EVOUCHER and not (
+        vouchers is not None and vouchers.ledger.seen(record.mdtrt_cert_no or "")
+    ):
+        raise ValidationFailed(
+            "settlement does not validate; correct the listed fields",
+            details=[
+                {
+                    "field": "mdtrt_cert_no",
+                    "message": "this agent has not accepted an e-voucher with this nonce: scan the "
+                    "patient's code first (POST /v1/evoucher) and send the mdtrt_cert_no it returns",
+                }
+            ],
+        )
+    # A retry of a settlement the agent already holds gets its first answer: no checks again.
+    held = outbox.has_settlement(record.his_setl_no)
+    if not held:
+        _refuse_blacklisted(policy, record)
+    outcome = None
+    if desk is not None and not held:
+        outcome = await desk.settle(record, acct_balance=account_balance(body))
+    receipt = await outbox.append_settlement(record, digest)
+    answer = receipt.to_json()
+    if outcome is not None and not receipt.duplicate:
+        answer["checks"] = outcome.to_json()
+    return (200 if receipt.duplicate else 201), answer
 
 
 def prescription_bill(body: bytes, fixmedins_code: str, hosp_lv: str) -> Bill:
@@ -167,51 +230,17 @@ def create_app(
         except web.HTTPRequestEntityTooLarge:
             err = BodyTooLarge(f"request body is larger than {config.max_body_bytes} bytes")
             return _error(err.http_status, err.to_wire())
-        except AgentError as exc:
-            return _error(exc.http_status, exc.to_wire())
-        except ProtocolError as exc:
-            return _error(exc.http_status, {"error": exc.to_wire()})
+        except (AgentError, ProtocolError) as exc:
+            return _error(*error_answer(exc))
 
     def refuse_blacklisted(record: Settlement) -> None:
-        if policy is None:
-            return
-        psn = record.psn
-        hit = policy.is_blacklisted(
-            card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no, dr_codg=record.mdtrt.dr_codg,
-            fixmedins_code=record.fixmedins_code,
-        )
-        if hit is not None:
-            log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
-            raise blacklisted_error(hit)
+        _refuse_blacklisted(policy, record)
 
     async def post_settlement(request: web.Request) -> web.Response:
-        body = await request.read()
-        record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
-        if record.mdtrt_cert_type == CERT_TYPE_EVOUCHER and not (
-            vouchers is not None and vouchers.ledger.seen(record.mdtrt_cert_no or "")
-        ):
-            raise ValidationFailed(
-                "settlement does not validate; correct the listed fields",
-                details=[
-                    {
-                        "field": "mdtrt_cert_no",
-                        "message": "this agent has not accepted an e-voucher with this nonce: scan the "
-                        "patient's code first (POST /v1/evoucher) and send the mdtrt_cert_no it returns",
-                    }
-                ],
-            )
-        # A retry of a settlement the agent already holds gets its first answer: no checks again.
-        held = outbox.has_settlement(record.his_setl_no)
-        if not held:
-            refuse_blacklisted(record)
-        outcome = None
-        if desk is not None and not held:
-            outcome = await desk.settle(record, acct_balance=account_balance(body))
-        receipt = await outbox.append_settlement(record, digest)
-        answer = receipt.to_json()
-        if outcome is not None and not receipt.duplicate:
-            answer["checks"] = outcome.to_json()
-        return web.json_response(answer, status=200 if receipt.duplicate else 201)
+        status, answer = await settle_body(
+            await request.read(), config, outbox, vouchers=vouchers, policy=policy, desk=desk
+        )
+        return web.json_response(answer, status=status)
 
     async def post_preview(request: web.Request) -> web.Response:
         body = await request.read()

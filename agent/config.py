@@ -78,6 +78,16 @@ class AgentConfig:
     history_timeout_s: float = 0.3
     #: Days of history the prescription checks look back.
     history_days: int = 90
+    #: Drop folder for HIS products that only exchange files (docs/DROPFOLDER.md): a directory holding
+    #: ``inbox/``, ``processing/``, ``results/``, ``done/``, ``rejected/``; relative to home. Empty: off.
+    dropfolder: str = ""
+    #: A file in ``inbox/`` is taken only once its size and mtime have not changed for this long
+    #: (milliseconds): a HIS writing in place is not read half-way. 0 trusts the rename contract alone.
+    dropfolder_stable_ms: int = 1000
+    #: Periodic scan of ``inbox/`` (seconds), beside the file events (which can be missed).
+    dropfolder_poll_s: float = 2.0
+    #: Files settled at once (bounded concurrency; concurrent settlements share a group commit).
+    dropfolder_workers: int = 8
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -113,6 +123,11 @@ class AgentConfig:
     def tuf_metadata_dir(self) -> Path:
         return self.tuf_dir / "metadata"
 
+    @property
+    def dropfolder_path(self) -> Path | None:
+        """The drop folder's root, or None when it is off."""
+        return (self.home / self.dropfolder) if self.dropfolder else None
+
     def validate(self) -> AgentConfig:
         problems = []
         for name in (
@@ -132,6 +147,10 @@ class AgentConfig:
         for name in ("blacklist_max_age_s", "policy_poll_s", "policy_changes_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if self.dropfolder_stable_ms < 0 or self.dropfolder_poll_s <= 0:
+            problems.append("dropfolder_stable_ms must be >= 0 and dropfolder_poll_s positive")
+        if not 1 <= self.dropfolder_workers <= 64:
+            problems.append("dropfolder_workers must be 1 to 64")
         if problems:
             raise ConfigError("invalid agent settings: " + "; ".join(problems))
         return self

@@ -1,9 +1,10 @@
-"""Wiring: one running agent = outbox + uploader + HIS API, stopped cleanly on a signal."""
+"""Wiring: one running agent = outbox + uploader + HIS API (+ drop folder), stopped cleanly on a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 
@@ -11,10 +12,11 @@ from aiohttp import web
 
 from protocol.batch import KeyPair
 
-from .api import create_app
+from .api import create_app, settle_body
 from .card import CardReader
 from .checks import DeskChecks
 from .config import AgentConfig
+from .dropfolder import DropFolder
 from .enrol import load_key
 from .errors import PolicyError
 from .evoucher import VoucherVerifier, open_verifier
@@ -110,11 +112,27 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     except PolicyError as exc:
         log.warning("policy bundles are off: %s", exc.message)
         policy_task = None
+    dropfolder: DropFolder | None = None
+    dropfolder_task: asyncio.Task | None = None
+    if config.dropfolder_path is not None:
+        # The same settlement path as POST /v1/settlements: same checks, same refusals, same outbox.
+        settle = functools.partial(
+            settle_body, config=config, outbox=outbox, vouchers=vouchers, policy=policy_store, desk=desk
+        )
+        dropfolder = DropFolder.from_config(config, settle)
+        dropfolder_task = asyncio.create_task(dropfolder.run())
+        log.info("drop folder on: %s", config.dropfolder_path)
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
+        if dropfolder is not None and dropfolder_task is not None:
+            # First, while the outbox is open: the files in hand finish or stay in processing/.
+            await dropfolder.stop()
+            dropfolder_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dropfolder_task
         uploader.stop()
         policy_client.stop()
         await runner.cleanup()
