@@ -1,6 +1,8 @@
 """``yibao-sim``: the outside world on the command line, one verb per simulator.
 
 ``traffic`` writes (and optionally posts) labelled fraud traffic: ``simulators.fraud``.
+``realistic`` writes, drops or posts a seeded district's honest traffic over a date range:
+``simulators.realistic``.
 
 Each verb is a thin shell over a library function (``his`` → ``simulators.his.run_his``) so
 tests and the demo call the same code the command runs.
@@ -186,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     traffic.set_defaults(run=_traffic)
 
+    add_realistic(verbs)
+
     fleet = verbs.add_parser(
         "fleet",
         help="run many lightweight agents (policy only) against one centre",
@@ -206,6 +210,98 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--duration", type=float, default=None, metavar="S", help="seconds to run")
     fleet.set_defaults(run=_fleet)
     return parser
+
+
+def add_realistic(verbs: Any) -> None:
+    """The ``realistic`` verb: ``simulators.realistic`` from the command line."""
+    real = verbs.add_parser(
+        "realistic",
+        help="a seeded district's honest traffic over a date range: files, a drop folder or agents",
+        description=(
+            "Simulate a population (ages, genders, chronic conditions, insurance) visiting seven hospitals "
+            "of levels 1-3 between --from and --to: refills when supplies run out, acute and pharmacy "
+            "visits, inpatient stays with daily lines (simulators.realistic). With --out, write "
+            "settlements.jsonl, hospitals.json and summary.json; with --drop-folder and --hospital, write "
+            "that hospital's bodies into DIR/inbox/ (tmp + rename); with --agent, POST each hospital's "
+            "bodies to its agent. The same --seed, --persons and dates give the same traffic."
+        ),
+    )
+    real.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="first visit day")
+    real.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD", help="last visit day")
+    real.add_argument("--seed", type=int, default=1, metavar="N", help="generator seed (default 1)")
+    real.add_argument("--persons", type=int, default=5000, metavar="N", help="population size (default 5000)")
+    real.add_argument("--out", type=Path, default=None, metavar="DIR", help="write the files here")
+    real.add_argument("--drop-folder", type=Path, default=None, metavar="DIR",
+                      help="an agent's drop folder: --hospital's bodies go to DIR/inbox/")  # fmt: skip
+    real.add_argument("--hospital", default=None, metavar="CODE",
+                      help="the drop folder's hospital (see hospitals.json)")  # fmt: skip
+    real.add_argument("--no-fee-times", action="store_true", help="leave fee_ocur_time out")
+    real.add_argument("--agent", action="append", default=[], metavar="CODE=URL=TOKENFILE",
+                      help="post CODE's bodies to the agent at URL, token in TOKENFILE (repeat)")  # fmt: skip
+    real.add_argument("--concurrency", type=int, default=4, metavar="C", help="requests in flight per agent")
+    real.set_defaults(run=_realistic)
+
+
+def _realistic(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from .realistic import HOSPITALS, generate_realistic, post_realistic, write_drop_folder
+
+    try:
+        start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    except ValueError:
+        print("yibao-sim: --from and --to must be dates such as 2026-11-01", file=sys.stderr)
+        return 2
+    if end < start or args.persons < 1:
+        print("yibao-sim: --to must not be before --from, and --persons must be positive", file=sys.stderr)
+        return 2
+    codes = {h.code for h in HOSPITALS}
+    if args.drop_folder is not None and args.hospital not in codes:
+        print(
+            f"yibao-sim: --drop-folder needs --hospital, one of {', '.join(sorted(codes))}", file=sys.stderr
+        )
+        return 2
+    if not (args.out or args.drop_folder or args.agent):
+        print("yibao-sim: say where the traffic goes: --out, --drop-folder or --agent", file=sys.stderr)
+        return 2
+    agents: dict[str, tuple[str, str]] = {}
+    for spec in args.agent:
+        code, _, rest = spec.partition("=")
+        url, _, token_file = rest.rpartition("=")
+        if code not in codes or not url:
+            print(
+                f"yibao-sim: --agent {spec}: CODE=URL=TOKENFILE with CODE one of the hospitals",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            agents[code] = (url, Path(token_file).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            print(f"yibao-sim: --agent {spec}: {exc}", file=sys.stderr)
+            return 2
+    traffic = generate_realistic(args.seed, start, end, persons=args.persons, fee_times=not args.no_fee_times)
+    summary = traffic.summary()
+    print(json.dumps(summary, ensure_ascii=False), file=sys.stderr)
+    if args.out:
+        traffic.write(args.out)
+        print(f"{summary['settlements']} settlements in {args.out}")
+    if args.drop_folder is not None:
+        files = write_drop_folder(traffic, args.drop_folder, args.hospital)
+        print(f"{len(files)} files in {args.drop_folder / 'inbox'}")
+    if agents:
+        refused: dict[str, int] = {}
+
+        def count(_p: Any, status: int, body: dict[str, Any] | None) -> None:
+            if status not in (200, 201):
+                err = (body or {}).get("error") or {}
+                code = err.get("code") if isinstance(err, dict) else None
+                refused[code or f"http_{status}"] = refused.get(code or f"http_{status}", 0) + 1
+
+        ids = asyncio.run(post_realistic(traffic, agents, concurrency=args.concurrency, on_answer=count))
+        wanted = sum(1 for p in traffic.planned if p.hospital in agents)
+        print(f"posted: {len(ids)} of {wanted} acknowledged" + (f"; refused {refused}" if refused else ""))
+        return 0 if len(ids) == wanted else 1
+    return 0
 
 
 def _hold(slot: VpcdSlot, what: str) -> int:

@@ -36,11 +36,13 @@ seeded: the same seed, persons and dates give byte-identical bodies.
 
 **Drivers.** ``RealisticTraffic.write`` (``settlements.jsonl``, ``hospitals.json``, ``summary.json``);
 ``write_drop_folder`` (one hospital's bodies as JSON files into a drop folder's ``inbox/``: each
-written as ``<name>.tmp`` beside ``inbox/`` and renamed in, so a watcher never sees a partial file;
-names sort in arrival order); ``post_realistic`` (``POST /v1/settlements`` per hospital's agent with
-``simulators.his``'s sender: the same bytes re-sent after a timeout or a 5xx). CLI: ``yibao-sim
-realistic --from 2026-11-01 --to 2026-11-30 [--persons N] [--seed S] [--out DIR] [--drop-folder DIR
---hospital CODE] [--agent CODE=URL=TOKENFILE …]``.
+written as ``inbox/.<name>.tmp`` and renamed to ``<name>``, the write-then-rename the drop folder's
+contract asks for (``agent.dropfolder`` never takes dot-files or ``.tmp``); names and write times
+follow the order the visits happened, which is the order the agent takes them); ``post_realistic``
+(``POST /v1/settlements`` per hospital's agent with ``simulators.his``'s sender: the same bytes
+re-sent after a timeout or a 5xx). CLI: ``yibao-sim realistic --from 2026-11-01 --to 2026-11-30
+[--persons N] [--seed S] [--out DIR] [--drop-folder DIR --hospital CODE] [--agent
+CODE=URL=TOKENFILE …]``.
 
 **Time at the agent.** The agent stamps ``setl_time`` when the HIS posts, so a month posted in a
 minute is settled "today" whatever the visits' times say; the history-based rules then see every
@@ -1169,16 +1171,17 @@ def generate_realistic(
 def write_drop_folder(traffic: RealisticTraffic, root: Path, hospital: str) -> list[Path]:
     """``hospital``'s bodies as ``root/inbox/<order>-<his_setl_no>.json``, in the order they happened.
 
-    Each is written whole to ``root/<name>.tmp`` (beside ``inbox/``, the same file system), flushed and
-    fsynced, then renamed into ``inbox/``: the rename is atomic, so the agent's watcher never sees a
-    half-written settlement, and the zero-padded order makes name order arrival order.
+    Each is written whole to ``inbox/.<name>.tmp`` (a dot-file ending ``.tmp``: never taken by the
+    agent), flushed and fsynced, then renamed to ``inbox/<name>``: the rename is atomic, so the
+    watcher never sees a half-written settlement. The agent takes files in order of modification
+    time, then name; both follow the order the visits happened.
     """
     inbox = root / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     written = []
     for i, p in enumerate(traffic.for_hospital(hospital), start=1):
         name = f"{i:08d}-{p.body['his_setl_no']}.json"
-        tmp = root / f"{name}.tmp"
+        tmp = inbox / f".{name}.tmp"
         with tmp.open("wb") as out:
             out.write(json.dumps(p.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
             out.flush()

@@ -22,6 +22,7 @@ from simulators.fraud import RULE_PARAMS, default_knowledge
 from simulators.realistic import (
     HOSPITALS,
     REFILL_SLACK_DAYS,
+    Planned,
     RealisticTraffic,
     generate_realistic,
     post_realistic,
@@ -257,6 +258,35 @@ def test_rest_driver_posts_every_hospitals_bodies_once():
         assert set(agent.committed) == {p.body["his_setl_no"] for p in expected if p.hospital == code}
 
 
+def test_cli_writes_files_and_a_drop_folder(tmp_path, capsys):
+    from simulators.cli import main
+
+    code = HOSPITALS[1].code
+    args = ["realistic", "--from", "2026-11-02", "--to", "2026-11-04", "--persons", "300", "--seed", "9"]
+    assert (
+        main(
+            [
+                *args,
+                "--out",
+                str(tmp_path / "out"),
+                "--drop-folder",
+                str(tmp_path / "drop"),
+                "--hospital",
+                code,
+            ]
+        )
+        == 0
+    )
+    expected = generate_realistic(9, date(2026, 11, 2), date(2026, 11, 4), persons=300)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "settlements.jsonl").read_text().splitlines()]
+    assert [r["body"] for r in rows] == [p.body for p in expected.planned]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == expected.summary()
+    assert len(list((tmp_path / "drop" / "inbox").iterdir())) == len(expected.for_hospital(code))
+    assert main([*args, "--drop-folder", str(tmp_path / "x")]) == 2
+    assert main(args) == 2
+    assert "--out, --drop-folder or --agent" in capsys.readouterr().err
+
+
 # --- through the centre's screening engine ---------------------------------------------------
 
 
@@ -291,19 +321,21 @@ def _screening_db(traffic: RealisticTraffic, path: Path) -> dict[str, str]:
     return kinds
 
 
-def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
-    pytest.importorskip("central.screening")
+def _screen(
+    traffic: RealisticTraffic, path: Path
+) -> tuple[dict[str, str], dict[str, set[str]], Counter[str]]:
+    """(setl_id → kind, setl_id → templates that flagged it, object findings by template)."""
     from central.screening import ChunkResult, Screener, load_area_rules
 
-    kinds = _screening_db(month, tmp_path / "central.db")
+    kinds = _screening_db(traffic, path)
     rules = load_area_rules(
         json.loads((SAMPLES / "monitoring_rules.json").read_text()),
         json.loads((SAMPLES / "catalogue.json").read_text()),
     )
-    screener = Screener(tmp_path / "central.db")
-    result = ChunkResult("370200", START.isoformat(), END.isoformat())
+    screener = Screener(path)
+    result = ChunkResult("370200", traffic.start.isoformat(), traffic.end.isoformat())
     screener.conn.execute("BEGIN")
-    screener.fill_range("370200", START.isoformat(), END.isoformat())
+    screener.fill_range("370200", traffic.start.isoformat(), traffic.end.isoformat())
     screener.run(rules, result)
     screener.conn.execute("COMMIT")
     screener.close()
@@ -314,6 +346,12 @@ def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
             flagged[sid].add(f.hit.template)
         if f.object_type != "person":
             objects[f.hit.template] += 1
+    return kinds, flagged, objects
+
+
+def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
+    pytest.importorskip("central.screening")
+    kinds, flagged, objects = _screen(month, tmp_path / "central.db")
     rate = len(flagged) / len(kinds)
     by_template = Counter(t for ts in flagged.values() for t in ts)
     print(
@@ -322,3 +360,29 @@ def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
     )
     assert rate < 0.005, dict(by_template)
     assert not objects
+
+
+def test_the_screening_harness_does_flag_a_planted_duplicate(tmp_path):
+    """The control for the test above: the same month with one refill bought again the same day at
+    another hospital (doctor shopping) is flagged, so "no flags" means honest, not blind."""
+    pytest.importorskip("central.screening")
+    traffic = generate_realistic(7, START, date(2026, 11, 15), persons=1200)
+    i, original = next(
+        (i, p) for i, p in enumerate(traffic.planned)
+        if p.kind == "refill" and any(ln.get("days", 0) >= 28 for ln in p.body["feedetl"])
+    )  # fmt: skip
+    other = next(
+        h for h in HOSPITALS if h.code != original.hospital and h.hosp_lv == LEVEL[original.hospital]
+    )
+    body = json.loads(json.dumps(original.body))
+    body["fixmedins_code"] = other.code
+    body["his_setl_no"] += "-X"
+    body["mdtrt"]["mdtrt_id"] += "-X"
+    body["mdtrt"]["dr_codg"] = other.departments[0].doctors[0]
+    end = datetime.fromisoformat(body["mdtrt"]["endtime"]) + timedelta(hours=2)
+    body["mdtrt"]["endtime"] = end.isoformat()
+    traffic.planned.insert(i + 1, Planned(other.code, "planted", body))
+    kinds, flagged, _ = _screen(traffic, tmp_path / "central.db")
+    planted = next(sid for sid, kind in kinds.items() if kind == "planted")
+    assert "duplicate_medication" in flagged[planted]
+    assert set(flagged) <= {planted, f"S{i:06d}"}, {kinds[s]: t for s, t in flagged.items()}
