@@ -8,10 +8,11 @@ seeded: the same seed, persons and dates give byte-identical bodies.
 
 - **People** (``Person``): ages from a Chinese-style population pyramid (2020 census shape, five-year
   bands), sex ratio by age, chronic conditions by age band (hypertension, diabetes, hyperlipidaemia,
-  coronary heart disease, COPD) each with a regimen of one drug per class, insurance type (employee
-  ``310`` for most working adults and retired employees, resident ``390`` for children, students and
-  the rest) and person type as the sample policy knows them (``11`` employed, ``12`` retired, ``21``
-  resident). Each lives in a district and has a home clinic and a home hospital.
+  coronary heart disease, COPD) each with a regimen of one drug per class (COPD none: the sample
+  catalogue has no maintenance inhaler, so COPD shows as more infections and winter exacerbations),
+  insurance type (employee ``310`` for most working adults and retired employees, resident ``390``
+  for children, students and the rest) and person type as the sample policy knows them (``11``
+  employed, ``12`` retired, ``21`` resident). Each lives in a district and has a home clinic and a home hospital.
 - **Hospitals** (``HOSPITALS``): a city tertiary hospital (level 3), two county hospitals (level 2),
   four community clinics (level 1), with departments and doctors whose codes are stable. A hospital's
   price for an item is the catalogue's ceiling for its level where the catalogue gives one per level
@@ -284,8 +285,8 @@ CHRONIC: tuple[Chronic, ...] = (
     Chronic(
         COPD,
         ((40, 0.02), (55, 0.06), (65, 0.10), (75, 0.13)),
-        ((0.8, ("XR05CBA149A001010102390",)), (0.5, ("ZA06AAS0224010101120",))),
-        ((0.05, "002102000010000"),),
+        (),  # no maintenance inhaler in the sample catalogue: seen for exacerbations and infections
+        (),
     ),
 )
 _CHRONIC_BY_CODE = {c.condition.dise_codg: c for c in CHRONIC}
@@ -478,7 +479,7 @@ def _make_people(rng: random.Random, size: int, on: date, kb: Knowledge) -> list
                 usual=usual,
                 usual_dept=dept,
                 usual_doctor=rng.choice(hosp.dept(dept).doctors),
-                acute_rate=acute,
+                acute_rate=acute * (1.5 if "J44.900" in conditions else 1.0),
                 admit_rate=admit * (1.6 if conditions else 1.0),
             )
         )
@@ -572,8 +573,15 @@ class _Bill:
         line["fee_ocur_time"] = when.isoformat()
         self.lines.append(line)
 
-    def supply(self, code: str, target_days: int, limit: int | None, *, when: datetime) -> None:
-        """Whole packs lasting about ``target_days``, never longer than ``limit`` (per-unit drugs: exact)."""
+    def supply(
+        self, code: str, target_days: int, limit: int | None, *, when: datetime, split: bool = False
+    ) -> None:
+        """Whole packs lasting about ``target_days``, never longer than ``limit`` (per-unit drugs: exact).
+
+        ``split``: when whole packs fall well short of the allowed days (metformin's 16-day box under a
+        30-day limit), the pharmacy splits a box (拆零) and dispenses the exact tablets, as long as the
+        fraction of a box is exact in four decimals; a chronic patient then comes monthly, not fortnightly.
+        """
         item = _DRUGS[code]
         cap = min(target_days, limit) if limit else target_days
         if item.pack_units == 1:
@@ -586,6 +594,11 @@ class _Bill:
         days = max(1, int(packs * per_pack))
         if days > cap:  # one pack lasts longer than allowed: dispensed for the allowed days
             days = cap
+        elif split and days < cap * 0.8:
+            cnt = Decimal(cap * item.units_per_day) / Decimal(item.pack_units)
+            if cnt == cnt.quantize(Decimal("0.0001")):
+                self.add(code, cnt, when=when, days=cap)
+                return
         self.add(code, packs, when=when, days=days)
 
     def total(self) -> Decimal:
@@ -834,7 +847,8 @@ class _Sim:
                 draws = sum(ln["med_list_codg"].startswith("0025") for ln in bill.lines)
                 bill.add(TUBE, draws, when=when)
         for code in person.regimen:
-            bill.supply(code, person.supply_target, _day_limit(self.kb, code, med_type), when=when)
+            limit = _day_limit(self.kb, code, med_type)
+            bill.supply(code, person.supply_target, limit, when=when, split=True)
         lines = self.honest(person, bill.lines, med_type, person.conditions, day, refill=True)
         if any("days" in ln for ln in lines):  # nothing due: the patient still has enough at home
             lines = [ln for ln in lines if ln["med_list_codg"] != TUBE or _draws(lines)]
