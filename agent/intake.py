@@ -155,11 +155,12 @@ def new_setl_id(fixmedins_code: str) -> str:
 def _timestamp(value: str, field: str, problems: list[dict[str, str]]) -> str:
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:  # the national interface sends local time without an offset
+            # in the agent's zone; 0001-01-01T00:00 east of UTC has no UTC instant (was a 500)
+            parsed = parsed.astimezone()
+    except (ValueError, OverflowError):
         problems.append({"field": field, "message": "not a date-time such as 2026-11-23T09:12:00+08:00"})
         return value
-    if parsed.tzinfo is None:  # the national interface sends local time without an offset
-        parsed = parsed.astimezone()
     return parsed.isoformat(timespec="seconds")
 
 

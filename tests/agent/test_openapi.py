@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,9 +35,12 @@ from agent.api import create_app
 from agent.checks import DeskChecks
 from agent.config import AgentConfig
 from agent.evoucher import open_verifier
+from agent.intake import parse_settlement
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
 from protocol.bundles import BundleHeader
+from protocol.errors import ValidationFailed
+from tests.conftest import example_settlement
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI_PATH = ROOT / "agent" / "openapi.json"
@@ -228,3 +232,33 @@ def test_a_good_prescription_still_gets_its_prompts(agent: _Agent) -> None:
     answer = _prescription(agent)
     assert answer.status_code == 200
     assert answer.json()["local_only"] is True
+
+
+@pytest.fixture
+def east_of_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The agent's zone where hospitals run it: local times without an offset are read in it."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        (("mdtrt", "begntime"), "mdtrt.begntime"),
+        (("feedetl", 0, "fee_ocur_time"), "feedetl[0].fee_ocur_time"),
+    ],
+)
+def test_a_local_time_with_no_utc_instant_is_a_400_not_a_500(
+    east_of_utc: None, where: tuple, field: str
+) -> None:
+    body = example_settlement()
+    target = body
+    for key in where[:-1]:
+        target = target[key]
+    target[where[-1]] = "0001-01-01T00:00:00"  # 8 hours before it is year 0: astimezone() raised ValueError
+    with pytest.raises(ValidationFailed) as refused:
+        parse_settlement(json.dumps(body).encode())
+    assert [d["field"] for d in refused.value.details] == [field]
