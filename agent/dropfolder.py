@@ -56,6 +56,10 @@ IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".swp", ".crdownload")
 ACCEPTED_SUFFIXES = (".json", ".csv")
 #: Longest wait before a file refused with a transient error (5xx: outbox full, disk) is retried.
 MAX_RETRY_S = 30.0
+#: Pause after a file event before scanning, so a burst of events costs one scan.
+SCAN_DEBOUNCE_S = 0.05
+#: File events that cannot mean a new file in ``inbox/`` (a claim is a deletion there).
+_QUIET_EVENTS = frozenset({"deleted", "opened", "closed_no_write"})
 
 
 # ---- durable file operations ----------------------------------------------------------------
@@ -332,10 +336,12 @@ class DropFolder:
                 self._known.add(item.name)
                 self._queue.put_nowait(item)
             while not self._stopping.is_set():
+                self._wake.clear()  # before the scan: an event during it brings the next one
                 next_in = await self._scan()
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=next_in)
+                    # A burst of events is one scan, not one per file: each scan stats the whole inbox.
+                    await asyncio.sleep(SCAN_DEBOUNCE_S)
         finally:
             self._stop_observer()
 
@@ -375,6 +381,8 @@ class DropFolder:
 
         class _Wake(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
+                if event.event_type in _QUIET_EVENTS:  # our own claims and reads: nothing new
+                    return
                 with contextlib.suppress(RuntimeError):  # loop closed at shutdown
                     loop.call_soon_threadsafe(wake.set)
 
@@ -492,7 +500,7 @@ class DropFolder:
             if size > self.max_bytes:
                 raise BodyTooLarge(f"the file is larger than {self.max_bytes} bytes")
             data = await asyncio.to_thread(path.read_bytes)
-            body = data
+            body = data.removeprefix(b"\xef\xbb\xbf")  # Windows tools put a UTF-8 BOM before JSON too
             if suffix == ".csv":
                 body, lines = csv_to_body(data)
             status, answer = await self.settle(body)

@@ -101,7 +101,7 @@ def _settled(tmp_path: Path) -> dict[str, str]:
 
 def test_json_and_csv_settle_into_results_and_done(tmp_path):
     async def scenario(folder, outbox, root):
-        _drop(root, "a.json", json.dumps(example_settlement("S-A")).encode())
+        _drop(root, "a.json", b"\xef\xbb\xbf" + json.dumps(example_settlement("S-A")).encode())
         _drop(root, "b.csv", EXAMPLE_CSV.format(his_setl_no="S-B").encode())
         await _until(lambda: _files(root, "done") == ["a.json", "b.csv"], what="both done")
         assert (
@@ -133,6 +133,18 @@ def test_csv_layout_maps_to_the_api_body():
     _record, digest = parse_settlement(body)
     assert digest == parse_settlement(json.dumps(expected).encode())[1]
     assert lines["psn.brdy"] == 11 and lines["feedetl[1]"] == 26
+    # List fields by index, in any row order; a gap in the indices is named.
+    with_overrides = EXAMPLE_CSV.format(his_setl_no="S-1").replace(
+        "opter,C0007",
+        "opter,C0007\noverrides[1].rule_id,R2\noverrides[0].rule_id,R1\noverrides[0].dr_codg,D1\n"
+        "overrides[0].reason,because\noverrides[1].dr_codg,D2\noverrides[1].reason,again",
+    )
+    doc, lines = csv_to_body(with_overrides.encode())
+    assert [o["rule_id"] for o in json.loads(doc)["overrides"]] == ["R1", "R2"]
+    assert lines["overrides[1].reason"] == 27
+    gap = EXAMPLE_CSV.format(his_setl_no="S-1").replace("opter,C0007", "opter,C0007\noverrides[1].rule_id,R2")
+    with pytest.raises(ValidationFailed, match="layout"):
+        csv_to_body(gap.encode())
     # GBK text from an older HIS is read too.
     gbk = EXAMPLE_CSV.format(his_setl_no="S-1").replace("cashier 7", "收费员七").encode("gbk")
     assert json.loads(csv_to_body(gbk)[0])["opter_name"] == "收费员七"
