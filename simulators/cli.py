@@ -236,6 +236,7 @@ def add_realistic(verbs: Any) -> None:
     real.add_argument("--hospital", default=None, metavar="CODE",
                       help="the drop folder's hospital (see hospitals.json)")  # fmt: skip
     real.add_argument("--no-fee-times", action="store_true", help="leave fee_ocur_time out")
+    real.add_argument("--csv", action="store_true", help="drop-folder files in the CSV layout, not JSON")
     real.add_argument("--agent", action="append", default=[], metavar="CODE=URL=TOKENFILE",
                       help="post CODE's bodies to the agent at URL, token in TOKENFILE (repeat)")  # fmt: skip
     real.add_argument("--concurrency", type=int, default=4, metavar="C", help="requests in flight per agent")
@@ -286,7 +287,8 @@ def _realistic(args: argparse.Namespace) -> int:
         traffic.write(args.out)
         print(f"{summary['settlements']} settlements in {args.out}")
     if args.drop_folder is not None:
-        files = write_drop_folder(traffic, args.drop_folder, args.hospital)
+        layout = "csv" if args.csv else "json"
+        files = write_drop_folder(traffic, args.drop_folder, args.hospital, layout=layout)
         print(f"{len(files)} files in {args.drop_folder / 'inbox'}")
     if agents:
         refused: dict[str, int] = {}

@@ -12,7 +12,7 @@ seeded: the same seed, persons and dates give byte-identical bodies.
   catalogue has no maintenance inhaler, so COPD shows as more infections and winter exacerbations),
   insurance type (employee ``310`` for most working adults and retired employees, resident ``390``
   for children, students and the rest) and person type as the sample policy knows them (``11``
-  employed, ``12`` retired, ``21`` resident). Each lives in a district and has a home clinic and a home hospital.
+  employed, ``12`` retired, ``21`` resident). Each lives in a district with a home clinic and hospital.
 - **Hospitals** (``HOSPITALS``): a city tertiary hospital (level 3), two county hospitals (level 2),
   four community clinics (level 1), with departments and doctors whose codes are stable. A hospital's
   price for an item is the catalogue's ceiling for its level where the catalogue gives one per level
@@ -39,7 +39,8 @@ seeded: the same seed, persons and dates give byte-identical bodies.
 ``write_drop_folder`` (one hospital's bodies as JSON files into a drop folder's ``inbox/``: each
 written as ``inbox/.<name>.tmp`` and renamed to ``<name>``, the write-then-rename the drop folder's
 contract asks for (``agent.dropfolder`` never takes dot-files or ``.tmp``); names and write times
-follow the order the visits happened, which is the order the agent takes them); ``post_realistic``
+follow the order the visits happened, which is the order the agent takes them; JSON bodies or the
+CSV layout 1 of docs/DROPFOLDER.md, ``body_to_csv``); ``post_realistic``
 (``POST /v1/settlements`` per hospital's agent with ``simulators.his``'s sender: the same bytes
 re-sent after a timeout or a 5xx). CLI: ``yibao-sim realistic --from 2026-11-01 --to 2026-11-30
 [--persons N] [--seed S] [--out DIR] [--drop-folder DIR --hospital CODE] [--agent
@@ -55,6 +56,8 @@ close would.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import math
 import os
@@ -83,6 +86,7 @@ __all__ = [
     "Person",
     "RealisticTraffic",
     "Visit",
+    "body_to_csv",
     "generate_realistic",
     "post_realistic",
     "write_drop_folder",
@@ -1182,22 +1186,73 @@ def generate_realistic(
 # --- drivers ----------------------------------------------------------------------------------
 
 
-def write_drop_folder(traffic: RealisticTraffic, root: Path, hospital: str) -> list[Path]:
-    """``hospital``'s bodies as ``root/inbox/<order>-<his_setl_no>.json``, in the order they happened.
+#: Fee-line columns of the drop folder's CSV layout 1 (docs/DROPFOLDER.md), in the order written.
+CSV_LINE_COLUMNS = (
+    "feedetl_sn",
+    "list_type",
+    "med_list_codg",
+    "medins_list_name",
+    "cnt",
+    "pric",
+    "det_item_fee_sumamt",
+    "days",
+    "dosage",
+    "chrgitm_lv",
+    "fee_ocur_time",
+)
+
+
+def body_to_csv(body: dict[str, Any]) -> bytes:
+    """The settlement in the drop folder's CSV layout 1: ``field,value`` rows (dotted paths), then the
+    fee-line table. For HIS products that export spreadsheets; the agent makes the same body of it."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(["# Yibao Edge settlement file, layout 1 (simulators.realistic)"])
+    writer.writerow(["field", "value"])
+
+    def header(prefix: str, node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            if key == "feedetl":
+                continue
+            if isinstance(value, dict):
+                header(f"{prefix}{key}.", value)
+            else:
+                writer.writerow([f"{prefix}{key}", value])
+
+    header("", body)
+    writer.writerow([])
+    columns = [c for c in CSV_LINE_COLUMNS if any(c in ln for ln in body["feedetl"])]
+    writer.writerow(columns)
+    for line in body["feedetl"]:
+        writer.writerow(["" if line.get(c) is None else line[c] for c in columns])
+    return out.getvalue().encode("utf-8")
+
+
+def write_drop_folder(
+    traffic: RealisticTraffic, root: Path, hospital: str, *, layout: str = "json"
+) -> list[Path]:
+    """``hospital``'s bodies as ``root/inbox/<order>-<his_setl_no>.json`` (or ``.csv``), in visit order.
 
     Each is written whole to ``inbox/.<name>.tmp`` (a dot-file ending ``.tmp``: never taken by the
     agent), flushed and fsynced, then renamed to ``inbox/<name>``: the rename is atomic, so the
     watcher never sees a half-written settlement. The agent takes files in order of modification
-    time, then name; both follow the order the visits happened.
+    time, then name; both follow the order the visits happened. ``layout``: ``json`` (the API body)
+    or ``csv`` (docs/DROPFOLDER.md layout 1).
     """
+    if layout not in ("json", "csv"):
+        raise ValueError("layout is json or csv")
     inbox = root / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     written = []
     for i, p in enumerate(traffic.for_hospital(hospital), start=1):
-        name = f"{i:08d}-{p.body['his_setl_no']}.json"
+        name = f"{i:08d}-{p.body['his_setl_no']}.{layout}"
         tmp = inbox / f".{name}.tmp"
+        if layout == "csv":
+            data = body_to_csv(p.body)
+        else:
+            data = json.dumps(p.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         with tmp.open("wb") as out:
-            out.write(json.dumps(p.body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, inbox / name)

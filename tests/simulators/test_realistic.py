@@ -238,6 +238,20 @@ def test_drop_folder_files_are_whole_json_bodies_in_order(month, tmp_path):
         assert body["his_setl_no"] in path.name
 
 
+def test_drop_folder_csv_files_are_the_same_settlements(month, tmp_path):
+    from agent.dropfolder import csv_to_body
+
+    code = HOSPITALS[0].code
+    paths = write_drop_folder(month, tmp_path, code, layout="csv")
+    expected = month.for_hospital(code)
+    assert len(paths) == len(expected) and all(p.suffix == ".csv" for p in paths)
+    for path, planned in zip(paths[:200], expected, strict=False):
+        body, _lines = csv_to_body(path.read_bytes())
+        _, digest = parse_settlement(body, fixmedins_code=code)
+        assert digest == parse_settlement(json.dumps(planned.body).encode(), fixmedins_code=code)[1]
+    assert not [p for p in (tmp_path / "inbox").iterdir() if p.name.startswith(".")]
+
+
 def test_rest_driver_posts_every_hospitals_bodies_once():
     traffic = generate_realistic(5, START, date(2026, 11, 3), persons=400)
     agents = {h.code: StandInAgent(faults=False) for h in HOSPITALS[:2]}
