@@ -252,6 +252,49 @@ def test_drop_folder_csv_files_are_the_same_settlements(month, tmp_path):
     assert not [p for p in (tmp_path / "inbox").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.parametrize("layout", ["json", "csv"])
+def test_a_real_agents_drop_folder_settles_every_file_in_visit_order(tmp_path, layout):
+    """Through ``agent.dropfolder`` and the agent's own settlement path into a real outbox: every file
+    is settled once, none refused, and (one worker) in the order the visits happened."""
+    import functools
+
+    from agent.api import settle_body
+    from agent.config import AgentConfig
+    from agent.dropfolder import DropFolder
+    from agent.store import Outbox
+
+    traffic = generate_realistic(8, START, date(2026, 11, 5), persons=600)
+    code = HOSPITALS[0].code
+    expected = [p.body["his_setl_no"] for p in traffic.for_hospital(code)]
+
+    async def main() -> list[str]:
+        config = AgentConfig(home=tmp_path, agent_id="A1", fixmedins_code=code)
+        outbox = Outbox(tmp_path / "agent.db", agent_id="A1")
+        root = tmp_path / "drop"
+        folder = DropFolder(root, functools.partial(settle_body, config=config, outbox=outbox),
+                            stable_s=0.0, poll_s=0.1, workers=1)  # fmt: skip
+        for d in folder.dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        write_drop_folder(traffic, root, code, layout=layout)
+        task = asyncio.create_task(folder.run())
+        try:
+            for _ in range(600):
+                if len(list((root / "done").iterdir())) + len(list((root / "rejected").iterdir())) >= len(
+                    expected
+                ):
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await folder.stop()
+            await asyncio.wait_for(task, 5)
+            outbox.close()
+        assert not list((root / "rejected").iterdir())
+        with sqlite3.connect(tmp_path / "agent.db") as db:
+            return [row[0] for row in db.execute("SELECT his_setl_no FROM settlements ORDER BY rowid")]
+
+    assert asyncio.run(main()) == expected
+
+
 def test_rest_driver_posts_every_hospitals_bodies_once():
     traffic = generate_realistic(5, START, date(2026, 11, 3), persons=400)
     agents = {h.code: StandInAgent(faults=False) for h in HOSPITALS[:2]}
