@@ -344,6 +344,64 @@ def test_cli_writes_files_and_a_drop_folder(tmp_path, capsys):
     assert "--out, --drop-folder or --agent" in capsys.readouterr().err
 
 
+@pytest.fixture(scope="module")
+def last_month() -> RealisticTraffic:
+    """The 30 days before today: the agent stamps ``setl_time`` with its clock, so what it settles must
+    have happened already (a stay discharged tomorrow, settled today, has more bed days than days)."""
+    today = date.today()
+    return generate_realistic(7, today - timedelta(days=30), today - timedelta(days=1), persons=2500)
+
+
+@pytest.mark.parametrize("index", [0, 1, 3])
+def test_a_real_desk_with_the_sample_bundles_accepts_every_settlement(last_month, tmp_path, index):
+    """The agent's own settlement path with the sample rules, catalogue and policy (offline: the hospital's
+    own history only): nothing refused, and the only rule outcome is the sample rule that moves class C
+    lines to self-pay; the split is computed wherever the sample policy has benefits (it has none for
+    chronic-disease ``14`` or pharmacy ``41`` visits, nor for retired employees' (310/12) outpatient
+    visits: reported, not hidden)."""
+    from agent.api import settle_body
+    from agent.checks import DeskChecks
+    from agent.config import AgentConfig
+    from agent.policy_store import PolicyStore
+    from agent.store import Outbox
+    from protocol.bundles import BundleHeader
+
+    h = HOSPITALS[index]
+
+    async def main() -> Counter[str]:
+        config = AgentConfig(home=tmp_path, agent_id="A1", fixmedins_code=h.code)
+        outbox = Outbox(tmp_path / "agent.db", agent_id="A1", hosp_lv=h.hosp_lv)
+        store = PolicyStore(tmp_path / "policy.db")
+        for seq, kind in enumerate(("rules", "catalogue", "policy"), start=1):
+            doc = json.loads((SAMPLES / f"{kind}.json").read_text())
+            store.apply_document(BundleHeader(kind, "370200", seq, None, "2026-11-25T00:00:00Z"), doc)
+        desk = DeskChecks(tmp_path / "agent.db", store, None, hosp_lv=h.hosp_lv)
+        uncovered: Counter[str] = Counter()
+        try:
+            for p in last_month.for_hospital(h.code):
+                status, answer = await settle_body(
+                    json.dumps(p.body).encode(), config, outbox, policy=store, desk=desk
+                )
+                assert status == 201
+                class_c = {ln["feedetl_sn"] for ln in p.body["feedetl"] if ln["chrgitm_lv"] == "C"}
+                for hit in answer["checks"]["hits"]:
+                    assert hit["rule_id"] == "class_c_not_covered" and hit["outcome"] == "self_pay", hit
+                    assert set(hit["lines"]) <= class_c
+                if not answer["checks"]["split"]["computed"]:
+                    uncovered[
+                        f"{p.body['psn']['insutype']}/{p.body['psn']['psn_type']}/{p.body['mdtrt']['med_type']}"
+                    ] += 1
+        finally:
+            desk.close()
+            store.close()
+            outbox.close()
+        return uncovered
+
+    uncovered = asyncio.run(main())
+    # what docs/samples/policy.json has no row for: 14 and 41 visits, retired employees' outpatient visits
+    assert all(k.endswith(("/14", "/41")) or k == "310/12/11" for k in uncovered), uncovered
+
+
 # --- through the centre's screening engine ---------------------------------------------------
 
 
