@@ -156,6 +156,11 @@ def test_the_running_agent_conforms_to_its_openapi_document(case: schemathesis.C
         assert response.json()["error"]["code"] == "no_reader"
 
 
+def test_the_document_is_valid_openapi_3_1() -> None:
+    assert SCHEMA.raw_schema["openapi"].startswith("3.1")
+    SCHEMA.validate()  # against the OpenAPI 3.1 meta-schema: code generators reject an invalid document
+
+
 def test_the_served_document_is_the_file(agent: _Agent) -> None:
     answer = requests.get(f"{agent.url}/openapi.json", timeout=10)  # no token: vendors fetch it freely
     assert answer.status_code == 200
