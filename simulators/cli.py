@@ -280,6 +280,12 @@ def _realistic(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"yibao-sim: --agent {spec}: {exc}", file=sys.stderr)
             return 2
+    if (args.drop_folder is not None or agents) and end >= date.today():
+        print(
+            "yibao-sim: warning: --to is not in the past; the agent stamps each settlement with its own "
+            "clock, so a visit that has not happened yet (a stay discharged later) is settled today",
+            file=sys.stderr,
+        )
     traffic = generate_realistic(args.seed, start, end, persons=args.persons, fee_times=not args.no_fee_times)
     summary = traffic.summary()
     print(json.dumps(summary, ensure_ascii=False), file=sys.stderr)

@@ -50,7 +50,9 @@ CODE=URL=TOKENFILE …]``.
 minute is settled "today" whatever the visits' times say; the history-based rules then see every
 refill on one day. The visit times (``begntime``/``endtime``/``fee_ocur_time``) carry the simulated
 dates; the screening test stamps each settlement at its visit's end, as an agent settling as visits
-close would.
+close would. Drive a live agent with a range that has passed (the CLI warns otherwise): a stay
+discharged after the agent's today, settled today, has more bed days than days since admission,
+which the frequency rule rightly prompts about.
 """
 
 from __future__ import annotations
