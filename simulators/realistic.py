@@ -18,7 +18,8 @@ seeded: the same seed, persons and dates give byte-identical bodies.
   price for an item is the catalogue's ceiling for its level where the catalogue gives one per level
   (services), else the list price (drugs: at or under every level's ceiling).
 - **Time**: respiratory illness peaks in winter (January) and troughs in summer, outpatient visits peak
-  on Monday and dip at the weekend, and visits have the day's morning and afternoon clinic peaks.
+  on Monday and dip at the weekend and on public holidays (``holiday``: Spring Festival, National Day
+  week…), and visits have the day's morning and afternoon clinic peaks.
 - **Visits**: chronic refills at the usual hospital and doctor when the earliest drug is about to run
   out (up to three days early, sometimes late; a drug with more than ``REFILL_SLACK_DAYS`` left is not
   dispensed again, so honest refills never overlap a supply by the duplicate-medication rule's
@@ -90,6 +91,7 @@ __all__ = [
     "Visit",
     "body_to_csv",
     "generate_realistic",
+    "holiday",
     "post_realistic",
     "write_drop_folder",
 ]
@@ -503,6 +505,30 @@ _HOURS = (0.2, 1.0, 1.3, 1.1, 0.7, 0.2, 0.4, 0.9, 0.9, 0.7, 0.3, 0.1, 0.1, 0.05)
 _PHARMACY_HOURS = (0.2, 0.7, 1.0, 1.0, 0.9, 0.7, 0.7, 0.8, 0.9, 0.9, 0.9, 0.8, 0.6, 0.3)
 
 
+#: Spring Festival (Lunar New Year's Day) by year: the week's holiday starts the day before.
+_SPRING_FESTIVAL = {
+    2024: date(2024, 2, 10),
+    2025: date(2025, 1, 29),
+    2026: date(2026, 2, 17),
+    2027: date(2027, 2, 6),
+    2028: date(2028, 1, 26),
+}
+
+
+def holiday(day: date) -> bool:
+    """A public holiday: New Year's Day, Spring Festival week, Labour Day (1-5 May), National Day week
+    (1-7 October). Outpatient clinics see Sunday traffic then (Qingming, Dragon Boat and Mid-Autumn,
+    a day or three on the lunar calendar, are left out)."""
+    if (
+        (day.month, day.day) == (1, 1)
+        or (day.month == 5 and day.day <= 5)
+        or (day.month == 10 and day.day <= 7)
+    ):
+        return True
+    festival = _SPRING_FESTIVAL.get(day.year)
+    return festival is not None and -1 <= (day - festival).days <= 6
+
+
 def season(day: date, respiratory: bool) -> float:
     """Relative incidence on ``day``: respiratory illness ×1.7 in mid-January, ×0.3 in mid-July."""
     phase = math.cos(2 * math.pi * (day.timetuple().tm_yday - 15) / 365.25)
@@ -887,6 +913,8 @@ class _Sim:
             day += timedelta(days=self.rng.choice((0, 0, -1, 2)))
         elif day.weekday() == 6:  # Sunday: mostly Monday
             day += timedelta(days=self.rng.choice((0, 0, -1, 1, 1, 1)))
+        while holiday(day) and self.rng.random() < 0.6:  # most wait for the holiday to end
+            day += timedelta(days=1)
         return day
 
     def acute(
@@ -1122,7 +1150,8 @@ class _Sim:
                     if self.free(person, day):
                         self.acute(person, day, cond, follow=True)
                 # acute visits: persons per year × rate, by weekday and season
-                lam = self.acute_cw[-1] / 365 * WEEKDAY[wd] / _WEEKDAY_MEAN * season(day, True) ** 0.55
+                shape = WEEKDAY[6] if holiday(day) else WEEKDAY[wd]
+                lam = self.acute_cw[-1] / 365 * shape / _WEEKDAY_MEAN * season(day, True) ** 0.55
                 for _ in range(_poisson(rng, lam)):
                     person = self.people[bisect_left(self.acute_cw, rng.random() * self.acute_cw[-1])]
                     if self.free(person, day):

@@ -25,6 +25,7 @@ from simulators.realistic import (
     Planned,
     RealisticTraffic,
     generate_realistic,
+    holiday,
     post_realistic,
     write_drop_folder,
 )
@@ -139,6 +140,15 @@ def test_weekday_shape_monday_peak_weekend_dip(month):
     weekday_mean = statistics.mean(per[:5])
     assert per[0] == max(per) and per[0] > 1.15 * weekday_mean
     assert per[5] < 0.85 * weekday_mean and per[6] < 0.85 * weekday_mean
+
+
+def test_national_day_week_is_quiet():
+    t = generate_realistic(2, date(2026, 10, 1), date(2026, 10, 30), persons=2000)
+    per_day = Counter(day_of(p.body["mdtrt"]["endtime"]) for p in t.planned if p.kind in ("acute", "refill"))
+    golden = [per_day[date(2026, 10, d)] for d in range(1, 8)]
+    working = [per_day[date(2026, 10, d)] for d in range(12, 31) if date(2026, 10, d).weekday() < 5]
+    assert holiday(date(2026, 10, 3)) and not holiday(date(2026, 10, 8)) and holiday(date(2027, 2, 5))
+    assert statistics.mean(golden) < 0.75 * statistics.mean(working)
 
 
 def test_winter_respiratory_peak():
