@@ -908,11 +908,14 @@ class _Sim:
         if not ends:
             return None
         shift = self.rng.choices((0, 1, 2, 3, -1, -2, -4), (35, 25, 15, 10, 6, 5, 4))[0]
-        day = min(ends) - timedelta(days=shift)
+        return self.clinic_day(min(ends) - timedelta(days=shift))
+
+    def clinic_day(self, day: date) -> date:
+        """The day a patient due on ``day`` comes: weekends and holidays move many to a working day."""
         if day.weekday() == 5:  # Saturday: often Friday or Monday instead
             day += timedelta(days=self.rng.choice((0, 0, -1, 2)))
         elif day.weekday() == 6:  # Sunday: mostly Monday
-            day += timedelta(days=self.rng.choice((0, 0, -1, 1, 1, 1)))
+            day += timedelta(days=self.rng.choice((0, -1, 1, 1, 1, 1)))
         while holiday(day) and self.rng.random() < 0.6:  # most wait for the holiday to end
             day += timedelta(days=1)
         return day
@@ -1135,7 +1138,8 @@ class _Sim:
         warmup = self.start - timedelta(days=21)  # stays in progress on the first day
         for person in self.people:  # steady state: supplies end anywhere in the next supply period
             if person.regimen:
-                person.next_refill = self.start + timedelta(days=rng.randrange(person.supply_target))
+                due = self.start + timedelta(days=rng.randrange(person.supply_target))
+                person.next_refill = self.clinic_day(due)
         day = warmup
         while day <= self.end:
             wd = day.weekday()
