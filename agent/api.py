@@ -358,4 +358,9 @@ def create_app(
     app.router.add_post("/v1/evoucher", post_evoucher)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/openapi.json", get_openapi)
+    from .national import add_national_routes  # the national envelope (docs/NATIONAL.md); imports api lazily
+
+    add_national_routes(
+        app, config, outbox, card_reader=card_reader, vouchers=vouchers, policy=policy, desk=desk
+    )
     return app
