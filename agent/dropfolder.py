@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from .api import error_answer
 from .config import AgentConfig
 from .errors import AgentError, BodyTooLarge
 
-__all__ = ["DIRS", "DropFolder", "Settle", "csv_to_body"]
+__all__ = ["DIRS", "DropFolder", "Settle", "csv_to_body", "prepare_dirs", "write_atomic"]
 
 log = logging.getLogger("yibao.agent.dropfolder")
 
@@ -268,6 +269,21 @@ def _with_lines(answer: dict[str, Any], lines: dict[str, int]) -> None:
             detail["line"] = lines[f"feedetl[{m.group(1)}]"]
 
 
+def prepare_dirs(root: Path) -> None:
+    """Create the five directories and drop result writes a crash cut; ``OSError`` when unusable.
+
+    Called before the agent opens anything else, so a drop folder that cannot be used stops the start.
+    """
+    for d in DIRS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for d in (RESULTS, REJECTED):
+        for stale in (root / d).glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+    probe = root / INBOX / f".yibao-probe-{os.getpid()}-{secrets.token_hex(4)}.tmp"  # must be writable
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 # ---- the folder ---------------------------------------------------------------------------------
 
 
@@ -328,7 +344,9 @@ class DropFolder:
 
     async def run(self) -> None:
         """Resume ``processing/``, then settle what arrives until ``stop``."""
-        await asyncio.to_thread(self._prepare)
+        await asyncio.to_thread(self.prepare)
+        if self._stopping.is_set():  # stopped before it started: no worker may start after stop()
+            return
         self._start_observer()
         self._workers = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
         try:
@@ -360,13 +378,8 @@ class DropFolder:
                     await task
         log.info("drop folder stopped: %s", self.counts)
 
-    def _prepare(self) -> None:
-        for path in self.dirs.values():
-            path.mkdir(parents=True, exist_ok=True)
-        for stale in self.dirs[RESULTS].glob(".*.tmp"):  # a result write a crash interrupted
-            stale.unlink(missing_ok=True)
-        for stale in self.dirs[REJECTED].glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
+    def prepare(self) -> None:
+        prepare_dirs(self.root)
 
     def _start_observer(self) -> None:
         """File events wake the scanner at once; the periodic scan covers events that were missed."""
@@ -468,6 +481,7 @@ class DropFolder:
         if (st.st_size, st.st_mtime_ns) != (item.size, item.mtime_ns):
             return False  # still being written: the next scan sees it again when stable
         if dst.exists():  # cannot happen while names are tracked; never overwrite a claimed file
+            log.warning("drop folder: %s is in inbox/ and processing/ at once; left in inbox/", item.name)
             return False
         os.rename(src, dst)
         return True

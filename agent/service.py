@@ -16,9 +16,9 @@ from .api import create_app, settle_body
 from .card import CardReader
 from .checks import DeskChecks
 from .config import AgentConfig
-from .dropfolder import DropFolder
+from .dropfolder import DropFolder, prepare_dirs
 from .enrol import load_key
-from .errors import PolicyError
+from .errors import ConfigError, PolicyError
 from .evoucher import VoucherVerifier, open_verifier
 from .history import CentralHistory
 from .policy import PolicyClient, issuers_from_keys_bundle
@@ -71,6 +71,11 @@ def open_policy(
 
 async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM. Settlements are durable as answered, so stopping is always safe."""
+    if config.dropfolder_path is not None:
+        try:  # before anything is opened: a folder that cannot be used stops the start, like a bad setting
+            prepare_dirs(config.dropfolder_path)
+        except OSError as exc:
+            raise ConfigError(f"dropfolder {config.dropfolder_path} cannot be used: {exc}") from exc
     key = load_key(config)
     his_token = config.token_path.read_text().strip()
     outbox = open_outbox(config)
@@ -83,6 +88,13 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     desk = DeskChecks(
         config.db_path, policy_store, history, hosp_lv=config.hosp_lv, history_days=config.history_days
     )
+    dropfolder: DropFolder | None = None
+    if config.dropfolder_path is not None:
+        # The same settlement path as POST /v1/settlements: same checks, same refusals, same outbox.
+        settle = functools.partial(
+            settle_body, config=config, outbox=outbox, vouchers=vouchers, policy=policy_store, desk=desk
+        )
+        dropfolder = DropFolder.from_config(config, settle)
     app = create_app(
         config,
         outbox,
@@ -112,14 +124,8 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     except PolicyError as exc:
         log.warning("policy bundles are off: %s", exc.message)
         policy_task = None
-    dropfolder: DropFolder | None = None
     dropfolder_task: asyncio.Task | None = None
-    if config.dropfolder_path is not None:
-        # The same settlement path as POST /v1/settlements: same checks, same refusals, same outbox.
-        settle = functools.partial(
-            settle_body, config=config, outbox=outbox, vouchers=vouchers, policy=policy_store, desk=desk
-        )
-        dropfolder = DropFolder.from_config(config, settle)
+    if dropfolder is not None:
         dropfolder_task = asyncio.create_task(dropfolder.run())
         log.info("drop folder on: %s", config.dropfolder_path)
     if ready is not None:
@@ -131,8 +137,12 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
             # First, while the outbox is open: the files in hand finish or stay in processing/.
             await dropfolder.stop()
             dropfolder_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await dropfolder_task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # logged, and the rest of the agent still stops cleanly
+                log.exception("the drop folder stopped with an error")
         uploader.stop()
         policy_client.stop()
         await runner.cleanup()

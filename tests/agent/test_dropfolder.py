@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from agent.api import settle_body
-from agent.config import AgentConfig
+from agent.config import AgentConfig, load_config
 from agent.dropfolder import DropFolder, csv_to_body, write_atomic
+from agent.errors import ConfigError
 from agent.intake import parse_settlement
+from agent.service import serve
 from agent.store import Outbox
 from protocol.errors import ValidationFailed
 from tests.conftest import example_settlement
@@ -293,3 +295,18 @@ def test_write_atomic_replaces_whole(tmp_path):
     write_atomic(target, b"one")
     write_atomic(target, b"two")
     assert target.read_bytes() == b"two" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_settings_and_an_unusable_folder_stop_the_start(tmp_path):
+    (tmp_path / "agent.json").write_text(
+        json.dumps({"dropfolder": "drop", "dropfolder_stable_ms": 250, "dropfolder_workers": 2})
+    )
+    config = load_config(tmp_path)
+    assert config.dropfolder_path == tmp_path / "drop" and config.dropfolder_workers == 2
+    assert AgentConfig(home=tmp_path).dropfolder_path is None  # off by default
+    with pytest.raises(ConfigError, match="dropfolder_workers"):
+        AgentConfig(home=tmp_path, dropfolder_workers=0).validate()
+    (tmp_path / "a-file").write_text("")
+    bad = AgentConfig(home=tmp_path, dropfolder="a-file/drop")
+    with pytest.raises(ConfigError, match="cannot be used"):
+        asyncio.run(serve(bad))
