@@ -223,7 +223,8 @@ def add_realistic(verbs: Any) -> None:
             "visits, inpatient stays with daily lines (simulators.realistic). With --out, write "
             "settlements.jsonl, hospitals.json and summary.json; with --drop-folder and --hospital, write "
             "that hospital's bodies into DIR/inbox/ (tmp + rename); with --agent, POST each hospital's "
-            "bodies to its agent. The same --seed, --persons and dates give the same traffic."
+            "bodies to its agent (--national: through the national envelope). The same --seed, --persons and "
+            "dates give the same traffic."
         ),
     )
     real.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD", help="first visit day")
@@ -240,6 +241,8 @@ def add_realistic(verbs: Any) -> None:
     real.add_argument("--agent", action="append", default=[], metavar="CODE=URL=TOKENFILE",
                       help="post CODE's bodies to the agent at URL, token in TOKENFILE (repeat)")  # fmt: skip
     real.add_argument("--concurrency", type=int, default=4, metavar="C", help="requests in flight per agent")
+    real.add_argument("--national", action="store_true",
+                      help="drive --agent through the national envelope (9001, 2201-2207)")  # fmt: skip
     real.set_defaults(run=_realistic)
 
 
@@ -305,7 +308,15 @@ def _realistic(args: argparse.Namespace) -> int:
                 code = err.get("code") if isinstance(err, dict) else None
                 refused[code or f"http_{status}"] = refused.get(code or f"http_{status}", 0) + 1
 
-        ids = asyncio.run(post_realistic(traffic, agents, concurrency=args.concurrency, on_answer=count))
+        if args.national:
+            from .realistic import post_national
+
+            def failed(_p: Any, infno: str, _msg: str) -> None:
+                refused[f"infno_{infno}"] = refused.get(f"infno_{infno}", 0) + 1
+
+            ids = asyncio.run(post_national(traffic, agents, on_error=failed))
+        else:
+            ids = asyncio.run(post_realistic(traffic, agents, concurrency=args.concurrency, on_answer=count))
         wanted = sum(1 for p in traffic.planned if p.hospital in agents)
         print(f"posted: {len(ids)} of {wanted} acknowledged" + (f"; refused {refused}" if refused else ""))
         return 0 if len(ids) == wanted else 1

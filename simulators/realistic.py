@@ -43,9 +43,12 @@ contract asks for (``agent.dropfolder`` never takes dot-files or ``.tmp``); name
 follow the order the visits happened, which is the order the agent takes them; JSON bodies or the
 CSV layout 1 of docs/DROPFOLDER.md, ``body_to_csv``); ``post_realistic``
 (``POST /v1/settlements`` per hospital's agent with ``simulators.his``'s sender: the same bytes
-re-sent after a timeout or a 5xx). CLI: ``yibao-sim realistic --from 2026-11-01 --to 2026-11-30
-[--persons N] [--seed S] [--out DIR] [--drop-folder DIR --hospital CODE] [--agent
-CODE=URL=TOKENFILE …]``.
+re-sent after a timeout or a 5xx); ``post_national`` (the national envelope on the agent's
+``/fsi/api/rsfComIfsService/callService``: 9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit,
+``national_visit``). CLI: ``yibao-sim realistic --from 2026-11-01 --to 2026-11-30 [--persons N]
+[--seed S] [--out DIR] [--drop-folder DIR --hospital CODE [--csv]] [--agent CODE=URL=TOKENFILE …
+[--national]]``. Through the envelope, 2207 must answer the split, so the visits the sample policy
+has no benefits for (``14``, ``41``, retired employees' outpatient visits) are refused there.
 
 **Time at the agent.** The agent stamps ``setl_time`` when the HIS posts, so a month posted in a
 minute is settled "today" whatever the visits' times say; the history-based rules then see every
@@ -92,6 +95,8 @@ __all__ = [
     "body_to_csv",
     "generate_realistic",
     "holiday",
+    "national_visit",
+    "post_national",
     "post_realistic",
     "write_drop_folder",
 ]
@@ -1332,6 +1337,211 @@ async def post_realistic(
                         on_answer(p, answer.status if answer is not None else 0, body)
 
             await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+
+    await asyncio.gather(*(run(code) for code in agents))
+    return ids
+
+
+# --- the national envelope --------------------------------------------------------------------
+
+#: The national platform's one endpoint, served by the agent too (docs/NATIONAL.md).
+NATIONAL_PATH = "/fsi/api/rsfComIfsService/callService"
+
+
+def _platform_time(iso: str) -> str:
+    return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def national_visit(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One settlement body as the national transactions a HIS sends for it, in order: 2201 registration,
+    2203 diagnoses (when there are several: 2201 carries only the main one), 2204 fee lines, 2207
+    settlement. ``${mdtrt_id}`` stands for the visit number the 2201 answer gives. The person is
+    identified by social-security card (``mdtrt_cert_type`` 03, the card number), read by the HIS."""
+    psn, md = body["psn"], body["mdtrt"]
+    dises = md["dise_codg"].split(",")
+    names = md["dise_name"].split("; ")
+    cert = {"mdtrt_cert_type": "03", "mdtrt_cert_no": psn["card_sn"]}
+    calls: list[tuple[str, dict[str, Any]]] = [
+        (
+            "2201",
+            {
+                "mdtrtinfo": {
+                    "psn_no": psn["psn_no"],
+                    "insutype": psn["insutype"],
+                    "begntime": _platform_time(md["begntime"]),
+                    **cert,
+                    "med_type": md["med_type"],
+                    "ipt_otp_no": md["mdtrt_id"],
+                    "atddr_no": md["dr_codg"],
+                    "dept_code": md["dept_codg"],
+                    "dise_codg": dises[0],
+                    "dise_name": names[0] if len(names) == len(dises) else md["dise_name"],
+                    "insuplc_admdvs": psn["insuplc_admdvs"],
+                    "gend": psn["gend"],
+                    "brdy": psn["brdy"],
+                    "psn_type": psn["psn_type"],
+                }
+            },
+        )
+    ]
+    if len(dises) > 1:
+        calls.append(
+            (
+                "2203",
+                {
+                    "mdtrtinfo": {
+                        "mdtrt_id": "${mdtrt_id}",
+                        "psn_no": psn["psn_no"],
+                        "med_type": md["med_type"],
+                        "begntime": _platform_time(md["begntime"]),
+                    },
+                    "diseinfo": [
+                        {
+                            "diag_type": "1",
+                            "diag_srt_no": i,
+                            "diag_code": code,
+                            "diag_name": names[i - 1] if len(names) == len(dises) else code,
+                            "diag_dept": md["dept_codg"],
+                            "dise_dor_no": md["dr_codg"],
+                            "diag_time": _platform_time(md["begntime"]),
+                            "vali_flag": "1",
+                        }
+                        for i, code in enumerate(dises, start=1)
+                    ],
+                },
+            )
+        )
+    batch = f"B{md['mdtrt_id'][-12:]}"
+    lines = []
+    for ln in body["feedetl"]:
+        line = {
+            "feedetl_sn": ln["feedetl_sn"],
+            "mdtrt_id": "${mdtrt_id}",
+            "psn_no": psn["psn_no"],
+            "chrg_bchno": batch,
+            "fee_ocur_time": _platform_time(ln.get("fee_ocur_time") or md["endtime"]),
+            "med_list_codg": ln["med_list_codg"],
+            "medins_list_codg": f"H-{ln['med_list_codg']}",
+            "medins_list_name": ln["medins_list_name"],
+            "det_item_fee_sumamt": ln["det_item_fee_sumamt"],
+            "cnt": ln["cnt"],
+            "pric": ln["pric"],
+            "list_type": ln["list_type"],
+            "bilg_dept_codg": md["dept_codg"],
+            "bilg_dr_codg": md["dr_codg"],
+        }
+        if "days" in ln:
+            line["prd_days"] = ln["days"]
+        lines.append(line)
+    calls.append(("2204", {"feedetail": lines}))
+    calls.append(
+        (
+            "2207",
+            {
+                "data": {
+                    "psn_no": psn["psn_no"],
+                    **cert,
+                    "med_type": md["med_type"],
+                    "medfee_sumamt": body["medfee_sumamt"],
+                    "psn_setlway": "01",
+                    "mdtrt_id": "${mdtrt_id}",
+                    "chrg_bchno": batch,
+                    "insutype": psn["insutype"],
+                    "acct_used_flag": "0",
+                }
+            },
+        )
+    )
+    return calls
+
+
+def _fill(value: Any, mdtrt_id: str) -> Any:
+    if value == "${mdtrt_id}":
+        return mdtrt_id
+    if isinstance(value, list):
+        return [_fill(v, mdtrt_id) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, mdtrt_id) for k, v in value.items()}
+    return value
+
+
+async def post_national(
+    traffic: RealisticTraffic,
+    agents: dict[str, tuple[str, str]],
+    *,
+    timeout: float = 30.0,
+    on_error: Callable[[Planned, str, str], None] | None = None,
+) -> dict[str, str]:
+    """Drive each hospital's agent through the national envelope, as a HIS built for the platform does:
+    9001 sign-in, then per visit 2201 / (2203) / 2204 / 2207, one visit after another in visit order.
+
+    Each envelope has its own ``msgid`` (institution code + time + 4-digit sequence) and is re-sent as
+    the same bytes after a dropped connection or a 5xx (the agent answers a repeated ``msgid`` with its
+    first answer). A transaction answered ``infcode`` -1 ends that visit (``on_error(planned, infno,
+    err_msg)``). Returns ``his_setl_no → setl_id`` of the visits settled (2207 ``setlinfo.setl_id``).
+    """
+    import aiohttp
+
+    from .his import _encode, _Sender
+
+    by_code = {h.code: h for h in traffic.hospitals}
+    ids: dict[str, str] = {}
+
+    async def run(code: str) -> None:
+        url, token = agents[code]
+        hospital = by_code[code]
+        seq = 0
+        headers = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            sender = _Sender(s, retries=5, backoff=0.2)
+            sign_no = ""
+
+            async def call(infno: str, input_: dict[str, Any], opter: str) -> dict[str, Any]:
+                nonlocal seq
+                seq = seq % 9999 + 1
+                now = datetime.now(CST)
+                envelope = {
+                    "infno": infno,
+                    "msgid": f"{code}{now:%Y%m%d%H%M%S}{seq:04d}",
+                    "mdtrtarea_admvs": hospital.admdvs,
+                    "insuplc_admdvs": hospital.admdvs,
+                    "recer_sys_code": "FSI_LOCAL",
+                    "dev_no": "",
+                    "dev_safe_info": "",
+                    "cainfo": "",
+                    "signtype": "",
+                    "infver": "V1.0",
+                    "opter_type": "1",
+                    "opter": opter,
+                    "opter_name": f"cashier {opter}",
+                    "inf_time": f"{now:%Y-%m-%d %H:%M:%S}",
+                    "fixmedins_code": code,
+                    "fixmedins_name": hospital.name,
+                    "sign_no": sign_no,
+                    "input": input_,
+                }
+                answer, _ = await sender.post(f"{url.rstrip('/')}{NATIONAL_PATH}", _encode(envelope))
+                if answer is None or answer.body is None:
+                    return {"infcode": -1, "err_msg": "no answer", "output": None}
+                return answer.body
+
+            signed = await call("9001", {"signIn": {"opter_no": "C0001", "mac": "", "ip": ""}}, "C0001")
+            if signed.get("infcode") != 0:
+                raise RuntimeError(f"{code}: 9001 sign-in refused: {signed.get('err_msg')}")
+            sign_no = signed["output"]["signinoutb"]["sign_no"]
+            for p in traffic.for_hospital(code):
+                mdtrt_id = ""
+                for infno, input_ in national_visit(p.body):
+                    answer = await call(infno, _fill(input_, mdtrt_id), p.body["opter"])
+                    if answer.get("infcode") != 0:
+                        if on_error is not None:
+                            on_error(p, infno, str(answer.get("err_msg")))
+                        break
+                    out = answer.get("output") or {}
+                    if infno == "2201":
+                        mdtrt_id = out["data"]["mdtrt_id"]
+                    elif infno == "2207":
+                        ids[p.body["his_setl_no"]] = out["setlinfo"]["setl_id"]
 
     await asyncio.gather(*(run(code) for code in agents))
     return ids

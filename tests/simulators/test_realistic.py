@@ -511,3 +511,62 @@ def test_the_screening_harness_does_flag_a_planted_duplicate(tmp_path):
     planted = next(sid for sid, kind in kinds.items() if kind == "planted")
     assert "duplicate_medication" in flagged[planted]
     assert set(flagged) <= {planted, f"S{i:06d}"}, {kinds[s]: t for s, t in flagged.items()}
+
+
+def test_national_envelope_driver_settles_every_visit(last_month, tmp_path):
+    """9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit through a real agent's national envelope
+    (with the sample rules, catalogue and policy): every visit settled, once, with its own number."""
+    pytest.importorskip("agent.national")
+    from aiohttp.test_utils import TestServer
+
+    from agent.api import create_app
+    from agent.checks import DeskChecks
+    from agent.config import AgentConfig
+    from agent.policy_store import PolicyStore
+    from agent.store import Outbox
+    from protocol.bundles import BundleHeader
+    from simulators.realistic import post_national
+
+    h = HOSPITALS[3]
+    wanted = last_month.for_hospital(h.code)[:60]
+    errors: list[tuple[Planned, str, str]] = []
+
+    async def main() -> dict[str, str]:
+        config = AgentConfig(home=tmp_path, agent_id="A1", fixmedins_code=h.code, hosp_lv=h.hosp_lv)
+        outbox = Outbox(tmp_path / "agent.db", agent_id="A1", hosp_lv=h.hosp_lv)
+        store = PolicyStore(tmp_path / "policy.db")
+        for seq, kind in enumerate(("rules", "catalogue", "policy"), start=1):
+            doc = json.loads((SAMPLES / f"{kind}.json").read_text())
+            store.apply_document(BundleHeader(kind, "370200", seq, None, "2026-11-25T00:00:00Z"), doc)
+        desk = DeskChecks(tmp_path / "agent.db", store, None, hosp_lv=h.hosp_lv)
+        server = TestServer(create_app(config, outbox, None, TOKEN, policy=store, desk=desk))
+        await server.start_server()
+        try:
+            subset = RealisticTraffic(
+                last_month.seed, last_month.start, last_month.end, HOSPITALS, last_month.people, wanted
+            )
+            return await post_national(
+                subset,
+                {h.code: (str(server.make_url("")), TOKEN)},
+                on_error=lambda p, infno, msg: errors.append((p, infno, msg)),
+            )
+        finally:
+            await server.close()
+            desk.close()
+            store.close()
+            outbox.close()
+
+    ids = asyncio.run(main())
+    # 2207 answers the split, so it refuses what docs/samples/policy.json has no benefits for
+    uncovered = {
+        p.body["his_setl_no"]
+        for p in wanted
+        if p.body["mdtrt"]["med_type"] in ("14", "41")
+        or (p.body["psn"]["psn_type"] == "12" and p.body["mdtrt"]["med_type"] == "11")
+    }
+    for p, infno, msg in errors:
+        assert infno == "2207" and "no benefit policy" in msg and p.body["his_setl_no"] in uncovered, msg
+    assert set(ids) == {p.body["his_setl_no"] for p in wanted} - uncovered
+    assert len(ids) > 20 and len(set(ids.values())) == len(ids)
+    with sqlite3.connect(tmp_path / "agent.db") as db:
+        assert db.execute("SELECT count(*) FROM settlements").fetchone()[0] == len(ids)
