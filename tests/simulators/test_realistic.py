@@ -59,6 +59,28 @@ def test_the_same_seed_gives_the_same_traffic():
     assert [p.body for p in a.planned] != [p.body for p in c.planned]
 
 
+def test_the_traffic_does_not_depend_on_the_processs_hash_seed():
+    """Nothing iterates a set or a dict of strings in hash order: two interpreters, two hash seeds."""
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, json; from datetime import date; "
+        "from simulators.realistic import generate_realistic; "
+        "t = generate_realistic(4, date(2026, 11, 1), date(2026, 11, 7), persons=500); "
+        "print(hashlib.sha256(json.dumps([p.body for p in t.planned]).encode()).hexdigest())"
+    )
+    root = Path(__file__).resolve().parents[2]
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=root, env={"PYTHONHASHSEED": seed, "PATH": ""},
+            capture_output=True, text=True, check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert len(digests) == 1
+
+
 def test_every_body_passes_the_agents_intake(month):
     seen = set()
     for p in month.planned:
@@ -168,6 +190,19 @@ def test_hours_of_the_day(month):
     total = sum(hours.values())
     assert (hours[8] + hours[9] + hours[10]) / total > 0.35
     assert hours[12] < hours[9] and sum(hours[h] for h in range(0, 7)) == 0
+
+
+def test_winter_stays_and_lengths_by_condition():
+    winter = generate_realistic(3, date(2026, 12, 1), date(2027, 2, 28), persons=5000)
+    stays: dict[str, list[int]] = defaultdict(list)
+    for p in winter.planned:
+        if p.body["mdtrt"]["med_type"] == "21":
+            stays[p.body["mdtrt"]["dise_codg"].split(",")[0][:3]].append(p.body["mdtrt"]["ipt_days"])
+    mean = {k: statistics.mean(v) for k, v in stays.items() if len(v) >= 5}
+    assert mean["I63"] > mean["J18"] > mean["K35"], mean  # stroke > pneumonia > appendicitis
+    assert 4 <= mean["K35"] <= 7 and 7 <= mean["J18"] <= 10 and 10 <= mean["I63"] <= 15, mean
+    respiratory = sum(len(v) for k, v in stays.items() if k.startswith("J"))
+    assert respiratory / sum(len(v) for v in stays.values()) > 0.4  # pneumonia and COPD in winter
 
 
 def test_inpatient_stays_have_daily_lines_within_the_stay(month):
