@@ -348,12 +348,12 @@ _ACUTE: tuple[tuple[cat.Condition, int, int, float], ...] = (
 
 #: Inpatient conditions: (condition, min age, weight, (low, mode, high) length of stay, who qualifies).
 _STAYS: tuple[tuple[cat.Condition, int, float, tuple[int, int, int], str | None], ...] = (
-    (_C["J18.900"], 0, 30, (5, 8, 13), None),
-    (_C["I63.900"], 45, 14, (9, 12, 18), None),
+    (_C["J18.900"], 0, 20, (5, 8, 13), None),
+    (_C["I63.900"], 45, 16, (9, 12, 18), None),
     (_C["K35.800"], 8, 8, (4, 5, 8), None),
-    (_C["E11.900"], 30, 10, (7, 9, 13), "E11.900"),
-    (_C["I25.103"], 45, 12, (6, 8, 11), "I25.103"),
-    (COPD_EXACERBATION, 40, 14, (7, 10, 15), "J44.900"),
+    (_C["E11.900"], 30, 30, (7, 9, 13), "E11.900"),  # weights of the last three: for those who have it
+    (_C["I25.103"], 45, 35, (6, 8, 11), "I25.103"),
+    (COPD_EXACERBATION, 40, 70, (7, 10, 15), "J44.900"),
 )
 
 # Items of a stay.
