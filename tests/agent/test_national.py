@@ -116,7 +116,7 @@ class Client:
         return answer["err_msg"]
 
     async def sign_in(self) -> str:
-        out = await self.ok("9001", {"signIn": {"opter_no": "C0007"}})
+        out = await self.ok("9001", step("9001")["input"], step("9001")["title"])
         self.vars["sign_no"] = out["signinoutb"]["sign_no"]
         return self.vars["sign_no"]
 
@@ -594,3 +594,16 @@ def test_3102_in_event_analysis_uses_the_in_event_rules(tmp_path):
         assert "price_over_ceiling" not in {h["rule_id"] for h in out["result"]}  # an in-event rule only
 
     run(tmp_path, scenario)
+
+
+def test_the_doc_shows_every_request_of_the_flow_with_its_answer():
+    """docs/NATIONAL.md's examples come from this module's flow (regenerate: YIBAO_NATIONAL_DOC=1)."""
+    text = DOC.read_text()
+    examples = text[text.index("<!-- examples:") : text.index("<!-- end of examples -->")]
+    for s in FLOW:
+        assert f"### {s['title']}\n" in examples, s["title"]
+        section = examples.split(f"### {s['title']}\n", 1)[1].split("\n### ", 1)[0]
+        request = json.loads(section.split("```json\n", 2)[1].split("\n```", 1)[0])
+        assert request["infno"] == s["infno"] and set(request["input"]) == set(s["input"])
+        answer = json.loads(section.split("```json\n", 2)[2].split("\n```", 1)[0])
+        assert answer["infcode"] == 0 and answer["output"] is not None
