@@ -21,10 +21,10 @@ seeded: the same seed, persons and dates give byte-identical bodies.
   on Monday and dip at the weekend and on public holidays (``holiday``: Spring Festival, National Day
   week…), and visits have the day's morning and afternoon clinic peaks.
 - **Visits**: chronic refills at the usual hospital and doctor when the earliest drug is about to run
-  out (up to three days early, sometimes late; a drug with more than ``REFILL_SLACK_DAYS`` left is not
-  dispensed again, so honest refills never overlap a supply by the duplicate-medication rule's
-  minimum); registered chronic-disease patients (门慢, ``14``) get up to twelve weeks, others (``11`` or
-  pharmacy ``41``) a month. Acute visits by age and season (children's formulations for children), a
+  out (at most ``REFILL_SLACK_DAYS`` early, sometimes late; a drug with more left is not dispensed
+  again, so honest refills never overlap a supply by any sample duplicate-medication rule's
+  minimum); registered chronic-disease patients (门慢, ``14``) get up to twelve weeks, others (``11``
+  or pharmacy ``41``) a month. Acute visits by age and season (children's formulations for children), a
   follow-up for some, pharmacy purchases. Inpatient stays (``21``) with daily bed, nursing, ward round
   and treatment lines carrying ``fee_ocur_time``, tests on the first day, surgery where the condition
   needs it, take-home drugs at discharge; lengths of stay by condition.
@@ -105,8 +105,9 @@ _FEN = Decimal("0.01")
 _ZERO = Decimal("0.00")
 
 #: A drug is dispensed again only when at most this many days of it are left: the overlap the
-#: duplicate-medication rule measures is then at most this, under its minimum of 7.
-REFILL_SLACK_DAYS = 4
+#: duplicate-medication rules measure is then at most this, under the strictest sample minimum (the
+#: desk's same-drug prompt, 3 days; the centre's class rule needs 7).
+REFILL_SLACK_DAYS = 2
 #: Days before an acute drug that a careful prescriber checks for interactions (the rule's window + 1).
 INTERACTION_DAYS = RULE_PARAMS["drug_interaction"]["window_days"] + 1
 #: No admission this soon after a discharge (the readmission rule looks 15 days back).
@@ -912,15 +913,19 @@ class _Sim:
         ends = [person.supply[self.dclass(c)] for c in person.regimen if self.dclass(c) in person.supply]
         if not ends:
             return None
-        shift = self.rng.choices((0, 1, 2, 3, -1, -2, -4), (35, 25, 15, 10, 6, 5, 4))[0]
-        return self.clinic_day(min(ends) - timedelta(days=shift))
+        shift = self.rng.choices((0, 1, 2, -1, -2, -4), (45, 25, 12, 8, 6, 4))[0]
+        return self.clinic_day(min(ends) - timedelta(days=shift), early=max(0, shift))
 
-    def clinic_day(self, day: date) -> date:
-        """The day a patient due on ``day`` comes: weekends and holidays move many to a working day."""
+    def clinic_day(self, day: date, early: int = 0) -> date:
+        """The day a patient due on ``day`` comes: weekends and holidays move many to a working day.
+
+        ``early``: days before the supply ends ``day`` already is; a move earlier keeps the total
+        within ``REFILL_SLACK_DAYS`` (otherwise the patient waits for Monday)."""
+        sooner = early < REFILL_SLACK_DAYS
         if day.weekday() == 5:  # Saturday: often Friday or Monday instead
-            day += timedelta(days=self.rng.choice((0, 0, -1, 2)))
+            day += timedelta(days=self.rng.choice((0, 0, -1 if sooner else 2, 2)))
         elif day.weekday() == 6:  # Sunday: mostly Monday
-            day += timedelta(days=self.rng.choice((0, -1, 1, 1, 1, 1)))
+            day += timedelta(days=self.rng.choice((0, -1 if sooner else 1, 1, 1, 1, 1)))
         while holiday(day) and self.rng.random() < 0.6:  # most wait for the holiday to end
             day += timedelta(days=1)
         return day
@@ -1144,7 +1149,7 @@ class _Sim:
         for person in self.people:  # steady state: supplies end anywhere in the next supply period
             if person.regimen:
                 due = self.start + timedelta(days=rng.randrange(person.supply_target))
-                person.next_refill = self.clinic_day(due)
+                person.next_refill = self.clinic_day(due, early=REFILL_SLACK_DAYS)
         day = warmup
         while day <= self.end:
             wd = day.weekday()

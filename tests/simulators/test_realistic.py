@@ -482,14 +482,14 @@ def _screening_db(traffic: RealisticTraffic, path: Path) -> dict[str, str]:
 
 
 def _screen(
-    traffic: RealisticTraffic, path: Path
+    traffic: RealisticTraffic, path: Path, rules_file: str = "monitoring_rules.json", *, by: str = "template"
 ) -> tuple[dict[str, str], dict[str, set[str]], Counter[str]]:
-    """(setl_id → kind, setl_id → templates that flagged it, object findings by template)."""
+    """(setl_id → kind, setl_id → templates (or rule ids) that flagged it, object findings)."""
     from central.screening import ChunkResult, Screener, load_area_rules
 
     kinds = _screening_db(traffic, path)
     rules = load_area_rules(
-        json.loads((SAMPLES / "monitoring_rules.json").read_text()),
+        json.loads((SAMPLES / rules_file).read_text()),
         json.loads((SAMPLES / "catalogue.json").read_text()),
     )
     screener = Screener(path)
@@ -502,10 +502,11 @@ def _screen(
     flagged: dict[str, set[str]] = defaultdict(set)
     objects: Counter[str] = Counter()
     for f in result.findings:
+        name = f.hit.template if by == "template" else f"{f.hit.rule_id}/{f.hit.mode}"
         for sid in f.setl_ids:
-            flagged[sid].add(f.hit.template)
+            flagged[sid].add(name)
         if f.object_type != "person":
-            objects[f.hit.template] += 1
+            objects[name] += 1
     return kinds, flagged, objects
 
 
@@ -520,6 +521,19 @@ def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
     )
     assert rate < 0.005, dict(by_template)
     assert not objects
+
+
+def test_screening_a_month_with_the_desks_stricter_sample_rules(month, tmp_path):
+    """docs/samples/rules.json (the agents' rules, run as the centre would): no enforced rule flags an honest
+    settlement but ``class_c_not_covered``, which is how those rules make class C lines self-paid, not a
+    suspicion. The shadow ``excessive_cost`` at 4 × the peers' median (the operators' candidate) flags
+    about one visit in a hundred: honest work-ups do cost several times a consultation."""
+    pytest.importorskip("central.screening")
+    kinds, flagged, _objects = _screen(month, tmp_path / "central.db", "rules.json", by="rule")
+    rules = Counter(r for names in flagged.values() for r in names)
+    print(f"\ndesk rules over the month: {len(kinds)} settlements, {dict(rules)}")
+    assert set(rules) <= {"class_c_not_covered/enforce", "excessive_cost/shadow"}, rules
+    assert rules["excessive_cost/shadow"] / len(kinds) < 0.03
 
 
 def test_the_screening_harness_does_flag_a_planted_duplicate(tmp_path):
