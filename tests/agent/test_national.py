@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -607,3 +608,35 @@ def test_the_doc_shows_every_request_of_the_flow_with_its_answer():
         assert request["infno"] == s["infno"] and set(request["input"]) == set(s["input"])
         answer = json.loads(section.split("```json\n", 2)[2].split("\n```", 1)[0])
         assert answer["infcode"] == 0 and answer["output"] is not None
+
+
+def test_a_2207_interrupted_after_the_outbox_is_answered_from_it_never_settled_twice(tmp_path):
+    async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
+        await register_visit(c)
+        first = await c.ok("2207", step("2207")["input"])
+        # as if the agent stopped after the outbox's commit and before national.db marked the visit
+        conn = sqlite3.connect(home / "national.db")
+        with conn:
+            conn.execute("UPDATE visits SET state = 'open', setl_id = NULL, setlinfo = NULL")
+            conn.execute("DELETE FROM msgs WHERE infno = '2207'")
+        conn.close()
+        again = await c.ok("2207", step("2207")["input"])
+        assert again["setlinfo"]["setl_id"] == first["setlinfo"]["setl_id"] and outbox.last_seq == 1
+        for name in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "psn_cash_pay"):
+            assert again["setlinfo"][name] == first["setlinfo"][name]
+        assert rows(home / "national.db", "SELECT state FROM visits") == [("settled",)]
+
+    run(tmp_path, scenario)
+
+
+def test_no_person_number_in_the_logs(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
+        await register_visit(c)
+        await c.error("2201", {"mdtrtinfo": {"psn_no": PSN, "insutype": "3"}}, "insutype")
+        await c.ok("2207", step("2207")["input"])
+        await c.error("2204", step("2204")["input"], "settled")
+
+    run(tmp_path, scenario)
+    assert caplog.records and PSN not in caplog.text
