@@ -571,6 +571,18 @@ class National:
             log.info("national %s refused: %s", env.infno if env else "?", wire.get("code"))
             message = f"{wire.get('code')}: {wire.get('message')}" + (f" ({detail})" if detail else "")
             return web.json_response(self.answer(env, None, error=message))
+        except Exception as exc:  # a bug must still answer the platform's way, and say how to go on
+            # where, not what: the exception's text may hold a value from the request (personal data)
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            place = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else "?"
+            log.error("national %s failed: %s at %s", env.infno if env else "?", type(exc).__name__, place)
+            message = (
+                f"internal error in the agent ({type(exc).__name__}); retry with the same msgid (a "
+                "settlement already made is answered, never made twice) and report it to IT if it persists"
+            )
+            return web.json_response(self.answer(env, None, error=message))
 
 
 @dataclass

@@ -640,3 +640,23 @@ def test_no_person_number_in_the_logs(tmp_path, caplog):
 
     run(tmp_path, scenario)
     assert caplog.records and PSN not in caplog.text
+
+
+def test_an_unexpected_failure_is_still_an_infcode_answer(tmp_path, monkeypatch, caplog):
+    import agent.national_rules as national_rules
+
+    def broken(*_args: Any) -> str:
+        raise KeyError(PSN)
+
+    monkeypatch.setattr(national_rules, "_local_date", broken)
+
+    async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
+        await register_visit(c)
+        await c.ok("2207", step("2207")["input"])
+        msg = await c.error(
+            "3201", step("3201")["input"], "internal error in the agent (KeyError)", "same msgid"
+        )
+        assert PSN not in msg
+
+    run(tmp_path, scenario)
+    assert "KeyError at" in caplog.text and PSN not in caplog.text
