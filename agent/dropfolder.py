@@ -355,13 +355,19 @@ class DropFolder:
                 self._queue.put_nowait(item)
             while not self._stopping.is_set():
                 self._wake.clear()  # before the scan: an event during it brings the next one
-                next_in = await self._scan()
+                try:
+                    next_in = await self._scan()
+                except OSError as exc:  # e.g. inbox/ removed by hand: say so, recreate, keep trying
+                    log.error("drop folder: cannot scan %s (%s); retrying", self.dirs[INBOX], exc)
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(self.prepare)
+                    next_in = self.poll_s
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=next_in)
                     # A burst of events is one scan, not one per file: each scan stats the whole inbox.
                     await asyncio.sleep(SCAN_DEBOUNCE_S)
         finally:
-            self._stop_observer()
+            await asyncio.to_thread(self._stop_observer)
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Finish the files in hand (or leave them in ``processing/`` for resume); take no new one."""

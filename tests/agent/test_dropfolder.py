@@ -18,6 +18,7 @@ from agent.config import AgentConfig, load_config
 from agent.dropfolder import DropFolder, csv_to_body, write_atomic
 from agent.errors import ConfigError
 from agent.intake import parse_settlement
+from agent.policy_store import BlacklistHit
 from agent.service import serve
 from agent.store import Outbox
 from protocol.errors import ValidationFailed
@@ -57,11 +58,19 @@ feedetl_sn,list_type,med_list_codg,medins_list_name,cnt,pric,det_item_fee_sumamt
 Scenario = Callable[[DropFolder, Outbox, Path], Awaitable[None]]
 
 
-def _run(tmp_path: Path, scenario: Scenario, *, stable_s: float = 0.0, workers: int = 4, **outbox_kw) -> None:
+def _run(
+    tmp_path: Path,
+    scenario: Scenario,
+    *,
+    stable_s: float = 0.0,
+    workers: int = 4,
+    policy: object = None,
+    **outbox_kw,
+) -> None:
     async def main() -> None:
         config = AgentConfig(home=tmp_path, agent_id="H1-01", fixmedins_code=HOSPITAL)
         outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", **outbox_kw)
-        settle = functools.partial(settle_body, config=config, outbox=outbox)
+        settle = functools.partial(settle_body, config=config, outbox=outbox, policy=policy)
         root = tmp_path / "drop"
         folder = DropFolder(root, settle, stable_s=stable_s, poll_s=0.2, workers=workers)
         for d in folder.dirs.values():
@@ -175,7 +184,7 @@ def test_half_written_file_waits_until_it_is_complete(tmp_path):
         with open(path, "wb") as f:
             f.write(body[:40])
             f.flush()
-            for _ in range(6):  # keeps writing a little for ~1.2 s, never pausing for 0.4 s
+            for _ in range(10):  # keeps writing a little for ~2 s, never pausing for 1 s
                 await asyncio.sleep(0.2)
                 assert _files(root, "inbox") == ["half.json"] and outbox.last_seq == 0
                 os.utime(path)
@@ -187,7 +196,7 @@ def test_half_written_file_waits_until_it_is_complete(tmp_path):
         await asyncio.sleep(0.6)
         assert _files(root, "inbox") == ["other.json.tmp"] and outbox.last_seq == 1
 
-    _run(tmp_path, scenario, stable_s=0.4)
+    _run(tmp_path, scenario, stable_s=1.0)
 
 
 def test_malformed_files_are_rejected_with_reasons_and_nothing_settles(tmp_path):
@@ -310,3 +319,46 @@ def test_settings_and_an_unusable_folder_stop_the_start(tmp_path):
     bad = AgentConfig(home=tmp_path, dropfolder="a-file/drop")
     with pytest.raises(ConfigError, match="cannot be used"):
         asyncio.run(serve(bad))
+
+
+class _CardBlacklist:
+    """A policy store whose blacklist holds the example's card (what ``settle_body`` asks)."""
+
+    def is_blacklisted(self, *, card_sn: str | None, **_ids: object) -> BlacklistHit | None:
+        if card_sn != "A12345678":
+            return None
+        return BlacklistHit("card", "reported stolen", "operator", 0, entry_seq=3, list_version=3)
+
+
+def test_refusals_beyond_validation_are_rejected_too(tmp_path):
+    """403 blacklisted and 409 his_setl_no conflict: the API's bodies, nothing (more) settled."""
+
+    async def scenario(folder, outbox, root):
+        other_card = example_settlement("S-OK")
+        other_card["psn"]["card_sn"] = "B0000001"
+        _drop(root, "ok.json", json.dumps(other_card).encode())
+        await _until(lambda: _files(root, "done") == ["ok.json"], what="first settled")
+        _drop(root, "blocked.json", json.dumps(example_settlement("S-BLOCKED")).encode())
+        changed = {**other_card, "opter": "C0099"}  # same his_setl_no, different content
+        _drop(root, "changed.json", json.dumps(changed).encode())
+        await _until(lambda: len(_files(root, "rejected")) == 4, what="both rejected")
+        blocked = json.loads((root / "rejected" / "blocked.json.error.json").read_text())
+        assert blocked["status"] == 403 and blocked["error"]["code"] == "blacklisted"
+        assert blocked["error"]["list_version"] == 3 and "A12345678" not in json.dumps(blocked)
+        conflict = json.loads((root / "rejected" / "changed.json.error.json").read_text())
+        assert conflict["status"] == 409 and conflict["error"]["code"] == "his_setl_no_conflict"
+        assert outbox.last_seq == 1 and list(_settled(tmp_path)) == ["S-OK"]
+
+    _run(tmp_path, scenario, policy=_CardBlacklist())
+
+
+def test_inbox_removed_by_hand_is_recreated_and_scanning_goes_on(tmp_path):
+    async def scenario(folder, outbox, root):
+        for p in (root / "inbox").iterdir():
+            p.unlink()
+        (root / "inbox").rmdir()
+        await _until(lambda: (root / "inbox").is_dir(), what="inbox recreated")
+        _drop(root, "late.json", json.dumps(example_settlement("S-LATE")).encode())
+        await _until(lambda: _files(root, "done") == ["late.json"], what="settled by the periodic scan")
+
+    _run(tmp_path, scenario)
