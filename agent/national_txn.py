@@ -810,9 +810,11 @@ async def _checked(
         )
     if record.fund_pay_sumamt is None:
         raise NationalError(
-            "no benefit policy has reached this agent yet, so the fund's share cannot be computed; "
-            "settle through POST /v1/settlements with the split from the platform, or wait for the "
-            "policy bundle (GET /v1/status shows it)"
+            "the fund's share cannot be computed: either no benefit policy has reached this agent yet "
+            "(GET /v1/status shows the policy bundle), or the policy has no row for this visit's year, "
+            f"insutype {record.psn.insutype}, psn_type {record.psn.psn_type}, hospital level and med_type "
+            f"{record.mdtrt.med_type} (ask the medical-insurance bureau to publish one); meanwhile settle "
+            "through POST /v1/settlements with the split from the platform"
         )
     return record, digest, outcome
 
