@@ -101,7 +101,8 @@ def error_answer(exc: AgentError | ProtocolError) -> tuple[int, dict[str, Any]]:
     return exc.http_status, {"error": exc.to_wire()}
 
 
-def _refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
+def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
+    """The one blacklist check before a settlement is written (API, drop folder, national envelope)."""
     if policy is None:
         return
     psn = record.psn
@@ -146,7 +147,7 @@ async def settle_body(
     # A retry of a settlement the agent already holds gets its first answer: no checks again.
     held = outbox.has_settlement(record.his_setl_no)
     if not held:
-        _refuse_blacklisted(policy, record)
+        refuse_blacklisted(policy, record)
     outcome = None
     if desk is not None and not held:
         outcome = await desk.settle(record, acct_balance=account_balance(body))
@@ -233,9 +234,6 @@ def create_app(
         except (AgentError, ProtocolError) as exc:
             return _error(*error_answer(exc))
 
-    def refuse_blacklisted(record: Settlement) -> None:
-        _refuse_blacklisted(policy, record)
-
     async def post_settlement(request: web.Request) -> web.Response:
         status, answer = await settle_body(
             await request.read(), config, outbox, vouchers=vouchers, policy=policy, desk=desk
@@ -245,7 +243,7 @@ def create_app(
     async def post_preview(request: web.Request) -> web.Response:
         body = await request.read()
         record, _digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
-        refuse_blacklisted(record)
+        refuse_blacklisted(policy, record)
         outcome = await desk.settle(record, acct_balance=account_balance(body)) if desk is not None else None
         checks = outcome.to_json() if outcome is not None else None
         amounts = {k: getattr(record, k) for k in ("medfee_sumamt", *SPLIT_FIELDS)}

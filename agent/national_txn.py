@@ -791,18 +791,9 @@ async def _checked(
     record, digest, _raw = _build(nat, env, d, got, visit, fees)
     if held:
         return record, digest, None
-    if nat.policy is not None:
-        hit = nat.policy.is_blacklisted(
-            card_sn=record.psn.card_sn,
-            psn_no=record.psn.psn_no,
-            emp_no=record.psn.emp_no,
-            dr_codg=record.mdtrt.dr_codg,
-            fixmedins_code=record.fixmedins_code,
-        )
-        if hit is not None:
-            from .api import blacklisted_error
+    from .api import refuse_blacklisted
 
-            raise blacklisted_error(hit)
+    refuse_blacklisted(nat.policy, record)
     outcome = None
     if nat.desk is not None:
         outcome = await nat.desk.settle(

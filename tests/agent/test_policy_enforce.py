@@ -151,6 +151,10 @@ def test_a_suspended_doctor_or_hospital_is_refused_until_the_entry_is_lifted(tmp
 
                 status, answer = await post("D1", doctor)
                 assert status == 403 and answer["error"]["list_type"] == "doctor", answer
+                preview = settlement("D1")
+                preview["mdtrt"]["dr_codg"] = doctor
+                async with http.post("/v1/settlements/preview", json=preview) as r:  # the same refusal
+                    assert r.status == 403 and (await r.json())["error"]["list_type"] == "doctor"
                 assert "doctor's medical-insurance service is suspended" in answer["error"]["action"]
                 assert outbox.last_seq == 0
                 assert (await post("D2", "D370211000999"))[0] == 201  # another doctor settles
