@@ -57,7 +57,7 @@ class Pcscd:
         self._log: BinaryIO | None = None
         self.readers = (f"{READER_NAME} 00 00", f"{READER_NAME} 00 01")
 
-    def start(self, timeout: float = 10.0) -> Pcscd:
+    def start(self, timeout: float = 30.0) -> Pcscd:
         exe = shutil.which(PCSCD) or ("/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None)
         if exe is None or not DRIVER.exists():
             raise PcscdUnavailable(
