@@ -46,6 +46,7 @@ from protocol.rules import (
     Hit,
     Knowledge,
     Line,
+    Rule,
     RuleSet,
     bill_from_settlement,
     ensure_tables,
@@ -200,12 +201,26 @@ class DeskChecks:
 
     # ---- pre-event ---------------------------------------------------------------------------
 
-    async def prescription(self, bill: Bill, today: dt.date | None = None) -> dict[str, Any]:
-        """Prompts for a doctor: every rule that applies before the fact, shadow ones marked."""
+    async def analyse(
+        self, bill: Bill, moment: str, today: dt.date | None = None
+    ) -> tuple[list[Hit], RemoteHistory]:
+        """Every hit of the rules in force for ``bill`` at ``moment`` (pre / in) over the merged history,
+        shadow ones included, and how the cross-hospital history went: the doctor's prompts and the
+        national 3101/3102 analysis are this one evaluation."""
         bundles = self._bundles()
         remote = await self._remote(bill.psn_no)
         today = today or dt.date.today()
-        hits = await asyncio.to_thread(self._evaluate, bundles, bill, remote, "pre", today, None)
+        hits = await asyncio.to_thread(self._evaluate, bundles, bill, remote, moment, today, None)
+        return hits, remote
+
+    def rule(self, rule_id: str) -> Rule | None:
+        """The rule in force with this id (None when unknown or no rules bundle is held)."""
+        rules = self._bundles().rules
+        return rules.get(rule_id) if rules is not None else None
+
+    async def prescription(self, bill: Bill, today: dt.date | None = None) -> dict[str, Any]:
+        """Prompts for a doctor: every rule that applies before the fact, shadow ones marked."""
+        hits, remote = await self.analyse(bill, "pre", today)
         return {
             "prompts": [h.to_dict() | {"shadow": h.shadow} for h in hits],
             "cross_hospital": remote.ok,

@@ -34,8 +34,7 @@ def sev_deg(severity: str) -> str:
 def rule_name(nat: National, rule_id: str) -> str:
     if nat.desk is None:
         return rule_id
-    rules = nat.desk._bundles().rules
-    rule = rules.get(rule_id) if rules is not None else None
+    rule = nat.desk.rule(rule_id)
     return (rule.name if rule is not None else "") or rule_id
 
 
@@ -133,9 +132,7 @@ async def _analyse(nat: National, env: Envelope, moment: str) -> dict[str, Any]:
     today = dt.date.today()
     result = []
     for psn_no, bill, meta in bills:
-        bundles = desk._bundles()
-        remote = await desk._remote(psn_no)
-        hits = await asyncio.to_thread(desk._evaluate, bundles, bill, remote, moment, today, None)
+        hits, _remote = await desk.analyse(bill, moment, today)
         for hit in hits:
             if hit.shadow:  # shadow rules are being tried out: recorded at settlement, never shown
                 continue

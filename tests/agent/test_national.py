@@ -549,7 +549,8 @@ def test_blacklisted_person_is_shown_at_1101_and_refused_at_2207(tmp_path):
 def test_without_a_benefit_policy_a_settlement_is_refused_clearly(tmp_path):
     async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
         await register_visit(c)
-        await c.error("2207", step("2207")["input"], "no benefit policy has reached this agent yet", "POST /v1/settlements")
+        no_policy = "no benefit policy has reached this agent yet"
+        await c.error("2207", step("2207")["input"], no_policy, "POST /v1/settlements")
         await c.error("3101", step("3101")["input"], "without the rule library")
         assert outbox.last_seq == 0
 
