@@ -208,11 +208,12 @@ def create_app(
     policy: PolicyStore | None = None,
     policy_client: PolicyClient | None = None,
     desk: DeskChecks | None = None,
+    dropfolder_status: Callable[[], dict[str, Any]] | None = None,
 ) -> web.Application:
     """The HIS API; the card reader, the voucher verifier and the policy store are optional (tests).
 
     ``policy``: the blacklist is checked at each settlement; ``policy_client`` adds its update state to
-    ``GET /v1/status``.
+    ``GET /v1/status``, and so does ``dropfolder_status`` (the drop folder's files and counts).
     """
     token_bytes = his_token.encode()
 
@@ -293,6 +294,7 @@ def create_app(
                 "central": uploader.status() if uploader else {"reachable": None, "last_upload_at": None},
                 "alarms": sorted(alarms, key=lambda a: a["code"]),
                 "policy": policy_state,
+                **({"dropfolder": dropfolder_status()} if dropfolder_status is not None else {}),
             }
         )
 

@@ -569,4 +569,19 @@ class DropFolder:
         asyncio.get_running_loop().call_later(delay, again)
 
     def status(self) -> dict[str, Any]:
-        return {"root": str(self.root), "queued": self._queue.qsize(), **self.counts}
+        """What ``GET /v1/status`` shows: files waiting and in hand, and refused files a person must
+        look at (their reasons are in ``rejected/*.error.json``); counts since the agent started."""
+
+        def files(d: str, skip: str = "") -> int:
+            try:
+                with os.scandir(self.dirs[d]) as it:
+                    names = (e.name for e in it if not e.name.startswith("."))
+                    return sum(1 for n in names if not (skip and n.endswith(skip)))
+            except OSError:
+                return 0
+
+        return {
+            "root": str(self.root), "queued": self._queue.qsize(), "inbox": files("inbox"),
+            "processing": files("processing"), "rejected_files": files("rejected", ".error.json"),
+            **self.counts,
+        }  # fmt: skip

@@ -105,6 +105,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         policy=policy_store,
         policy_client=policy_client,
         desk=desk,
+        dropfolder_status=dropfolder.status if dropfolder is not None else None,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -142,4 +142,8 @@ def test_burst_of_5000_files_all_settle_in_order_of_arrival(tmp_path, central):
           f"largest distance between arrival position and seq: {drift}")  # fmt: skip
     assert drift <= 4 * WORKERS, "files were not taken in order of arrival"
     assert elapsed < 60
+    shown = agent.status()["dropfolder"]  # what the hospital's IT sees in GET /v1/status
+    assert (shown["settled"], shown["inbox"], shown["processing"], shown["rejected_files"]) == (n, 0, 0, 0)
+    (root / "inbox" / "broken.json").write_text("{not json")
+    wait_until(lambda: agent.status()["dropfolder"]["rejected_files"] == 1, 30, 0.2, "broken file refused")
     agent.proc.stop()
