@@ -204,8 +204,23 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def agents(request: web.Request) -> web.Response:
-    views = await request.app[STORE_KEY].read_async(agent_views)
-    return web.json_response(views)
+    """Enrolled agents with their versions and how far behind they are: for operators, of their areas.
+
+    The list names every hospital's agent, its key and what it runs, so it answers only an operator's
+    bearer token (``yibao-central operators add``), narrowed to the pooling areas the operator manages.
+    """
+    from .operators import operator_by_token
+
+    store = request.app[STORE_KEY]
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    try:
+        op = await store.read_async(
+            lambda c: operator_by_token(c, token.strip() if scheme.lower() == "bearer" else None)
+        )
+    except CentralError as exc:
+        return _error(exc, as_msgpack=False)
+    views = await store.read_async(agent_views)
+    return web.json_response([v for v in views if v.get("pooling_area") in op.scope])
 
 
 def _not_found(what: str) -> web.Response:

@@ -202,6 +202,19 @@ class Server:
         except urllib.error.HTTPError as err:
             return Reply(err.code, dict(err.headers), err.read())
 
+    def agents(self) -> list[dict]:
+        """``GET /v1/agents`` as an operator who manages every area an agent is enrolled in."""
+        from central.operators import add_operator
+
+        areas = self.store.read(
+            lambda c: {r[0] for r in c.execute("SELECT pooling_area FROM agents") if r[0] is not None}
+        )
+        name = f"ops{len(self.store.read(lambda c: c.execute('SELECT name FROM operators').fetchall()))}"
+        _, token = add_operator(self.store, ACTOR, name, area=AREA, manage=sorted(areas - {AREA}))
+        reply = self.request("GET", "/v1/agents", headers={"Authorization": f"Bearer {token}"})
+        assert reply.status == 200, reply.body
+        return reply.json()  # type: ignore[return-value]
+
     def post_batch(self, data: bytes, **headers: str) -> Reply:
         return self.request(
             "POST", "/v1/batches", data, {"Content-Type": MSGPACK, PROTOCOL_HEADER: "1", **headers}

@@ -45,9 +45,25 @@ def test_enrol_registers_the_key_and_answers_with_its_fingerprint(server: Server
         "pooling_area": "110100",
     }
     assert reply.headers[PROTOCOL_HEADER] == "1"
-    agents = server.request("GET", "/v1/agents").json()
+    agents = server.agents()
     assert agents[0]["agent_id"] == f"{HOSPITAL}-01" and agents[0]["last_seq"] == 0
     assert agents[0]["chain_head"] == "00" * 32 and agents[0]["revoked"] is False
+
+
+def test_the_agent_list_answers_operators_and_only_of_their_areas(server: Server) -> None:
+    """Agents' keys, hospitals and versions are the operators' to see, each of their own areas."""
+    from central.operators import add_operator
+
+    from .conftest import ACTOR
+
+    server.post_json(ENROLL_PATH, _request(issue_token(server.store, HOSPITAL), KeyPair.generate()))
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic eDp5"}):
+        reply = server.request("GET", "/v1/agents", headers=headers)
+        assert reply.status == 401 and reply.json()["error"]["code"] == "operator_token_invalid"
+    _, far = add_operator(server.store, ACTOR, "far", area="370200")
+    reply = server.request("GET", "/v1/agents", headers={"Authorization": f"Bearer {far}"})
+    assert reply.status == 200 and reply.json() == []  # an agent of 110100 is not theirs to see
+    assert [a["fixmedins_code"] for a in server.agents()] == [HOSPITAL]
 
 
 def test_second_agent_of_a_hospital_gets_the_next_id(server: Server) -> None:
@@ -67,7 +83,7 @@ def test_replaying_the_same_enrolment_returns_the_same_agent(server: Server) -> 
     again = server.post_json(ENROLL_PATH, request)
     assert (first.status, again.status) == (201, 200)
     assert first.json() == again.json()
-    assert len(server.request("GET", "/v1/agents").json()) == 1
+    assert len(server.agents()) == 1
 
 
 def test_token_reused_with_another_key_is_refused(server: Server) -> None:
@@ -81,7 +97,7 @@ def test_expired_token_is_refused(server: Server) -> None:
     token = issue_token(server.store, HOSPITAL, 1, now=datetime.now(UTC) - timedelta(hours=2))
     reply = server.post_json(ENROLL_PATH, _request(token, KeyPair.generate()))
     assert reply.status == 401 and _error_code(reply) == "token_expired"
-    assert server.request("GET", "/v1/agents").json() == []
+    assert server.agents() == []
 
 
 def test_token_for_another_hospital_is_refused_and_stays_usable(server: Server) -> None:

@@ -46,7 +46,7 @@ def test_batch_is_stored_and_acked(server: Server, agent: Chain) -> None:
     ack = decode_ack(reply.body)
     assert (ack.code, ack.acked_seq, ack.stored, ack.duplicates, ack.rejected) == ("stored", 3, 3, 0, [])
     assert _counts(server) == (3, 3)
-    listed = server.request("GET", "/v1/agents").json()[0]
+    listed = server.agents()[0]
     assert listed["last_seq"] == 3 and listed["chain_head"] == agent.head.hex() and listed["last_seen"]
 
 
@@ -115,7 +115,7 @@ def test_revoked_agent_is_refused(server: Server, agent: Chain) -> None:
     reply = server.post_batch(agent.batch(2, 2))
     assert reply.status == 403 and _error(reply) == "agent_revoked"
     assert _counts(server) == (1, 1)
-    assert server.request("GET", "/v1/agents").json()[0]["revoked"] is True
+    assert server.agents()[0]["revoked"] is True
 
 
 def test_malformed_bodies_are_refused_and_the_server_keeps_serving(server: Server, agent: Chain) -> None:
@@ -282,4 +282,4 @@ def test_concurrent_uploads_and_racing_duplicates_store_everything_once(server: 
     flat = [code for codes in results for code in codes]
     assert flat.count("stored") == 9 and set(flat) == {"stored", "duplicate"}
     assert _counts(server) == (180, 180)
-    assert {a["last_seq"] for a in server.request("GET", "/v1/agents").json()} == {60}
+    assert {a["last_seq"] for a in server.agents()} == {60}

@@ -102,21 +102,21 @@ def test_reports_are_verified_and_agents_show_how_far_behind_they_are(server: Se
     policy.publish_document(
         ACTOR, signers, "rules", {"area": "370200", "format": 1, "rules": []}
     )  # another area
-    (view,) = server.request("GET", "/v1/agents").json()  # type: ignore[misc]
+    (view,) = server.agents()  # type: ignore[misc]
     assert view["pooling_area"] == AREA and view["policy"] is None
     assert view["behind"] == {"blacklist": 3, "rules": 1, "policy": 0, "catalogue": 0, "keys": 0}
 
     versions = {"root": 1, "timestamp": 4, "snapshot": 4, "targets": 4, "blacklist": 2, "rules": 1}
     reply = _post_report(server, _report(agent, versions, problems=["bundle_rollback"]))
     assert reply.status == 200 and reply.msgpack() == {"stored": True}
-    (view,) = server.request("GET", "/v1/agents").json()  # type: ignore[misc]
+    (view,) = server.agents()  # type: ignore[misc]
     assert view["policy"]["versions"] == versions and view["policy"]["problems"] == ["bundle_rollback"]
     assert view["policy"]["reported_at"] == "2026-11-24T10:00:00+08:00" and view["policy"]["received_at"]
     assert view["behind"] == {"blacklist": 1, "rules": 0, "policy": 0, "catalogue": 0, "keys": 0}
     # an older report (a replay) is accepted but does not roll the view back
     old = _report(agent, {"blacklist": 1}, at="2026-11-24T09:00:00+08:00")
     assert _post_report(server, old).msgpack() == {"stored": False}
-    (view,) = server.request("GET", "/v1/agents").json()  # type: ignore[misc]
+    (view,) = server.agents()  # type: ignore[misc]
     assert view["policy"]["versions"] == versions
     # a clock that ran ahead and was corrected does not pin the view
     assert (
@@ -133,7 +133,7 @@ def test_a_report_with_a_bad_signature_is_refused_and_recorded(server: Server, a
     assert reply.status == 422 and reply.msgpack()["error"]["code"] == "signature_invalid"
     events = server.store.read(lambda conn: security_events(conn, agent.agent_id))
     assert [e["code"] for e in events] == ["signature_invalid"]
-    (view,) = server.request("GET", "/v1/agents").json()  # type: ignore[misc]
+    (view,) = server.agents()  # type: ignore[misc]
     assert view["policy"] is None
     # a tampered version after signing
     report = msgspec.msgpack.decode(_report(agent, {"blacklist": 5}))
