@@ -1536,8 +1536,8 @@ def generate_traffic(
     Each template gets the same number of fraud cases (at least 2) and as many honest look-alikes;
     the peer-outlier template gets whole departments of doctors (fewer cases, many visits each).
     ``today`` is the day the agents will stamp (the run's local date); stays and deaths fall in
-    the weeks before it. ``fee_times=False`` drops ``fee_ocur_time`` from every line (for an agent
-    whose intake does not take it yet; the bed-hanging rule then judges nothing).
+    the weeks before it. ``fee_times=False`` drops ``fee_ocur_time`` from every line (for a HIS
+    that does not send it; the bed-hanging rule then judges nothing).
     """
     if len(hospitals) < 3:
         raise ValueError("the patterns need three hospitals: two close together and one far away")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from agent import intake
 from agent.intake import parse_settlement
 from protocol.rules import load_ruleset
 from simulators.fraud import (
@@ -33,14 +32,13 @@ from simulators.fraud import (
 
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 TODAY = date(2026, 11, 25)
-FEE_TIMES = "fee_ocur_time" in getattr(intake._LineIn, "__struct_fields__", ())
 KB = default_knowledge()
 RANK = {"minor": 0, "moderate": 1, "major": 2, "contraindicated": 3}
 
 
 @pytest.fixture(scope="module")
 def traffic() -> Traffic:
-    return generate_traffic(5, size=900, today=TODAY, fee_times=FEE_TIMES)
+    return generate_traffic(5, size=900, today=TODAY)
 
 
 def bodies_of(traffic: Traffic, case: Case) -> list[dict]:
@@ -298,7 +296,6 @@ def test_care_after_death(traffic):
             assert (after > grace) if label == "fraud" else (after == grace), c.case_id
 
 
-@pytest.mark.skipif(not FEE_TIMES, reason="the agent's intake does not take fee_ocur_time yet")
 def test_bed_hanging_idle_days(traffic):
     need = RULE_PARAMS["bed_hanging"]["min_idle_days"]
     for label in ("fraud", "honest_lookalike"):
@@ -423,20 +420,6 @@ def test_scoring_matches_by_settlement_and_object(traffic):
 # --- through the centre's screening engine ---------------------------------------------------
 
 
-def _centre_templates_ready() -> bool:
-    try:
-        from central import screening  # noqa: F401
-        from protocol import rules as rl
-    except ImportError:
-        return False
-    try:  # every monitoring rule compiles: templates 13-18 are in SQL
-        for rule in load_ruleset(json.loads((SAMPLES / "monitoring_rules.json").read_text())).rules:
-            rl.compile_rule(rule)
-    except (ValueError, KeyError, NotImplementedError):
-        return False
-    return hasattr(rl, "create_current_visits")
-
-
 def _screening_db(traffic: Traffic, path: Path, stamping: str) -> dict[str, str]:
     """A database with the centre's screening tables, filled from the traffic as ingest fills them.
 
@@ -480,12 +463,10 @@ def _screening_db(traffic: Traffic, path: Path, stamping: str) -> dict[str, str]
     return ids
 
 
-@pytest.mark.skipif(
-    not _centre_templates_ready(), reason="centre templates 13-18 and central.screening not landed"
-)
 @pytest.mark.parametrize("stamping", ["run", "visit_end"])
 def test_screening_finds_every_pattern_and_no_lookalike(traffic, tmp_path, stamping):
     from central.screening import ChunkResult, Screener, load_area_rules
+    from central.suspicions import fact_key
 
     ids = _screening_db(traffic, tmp_path / "central.db", stamping)
     rules = load_area_rules(
@@ -499,26 +480,16 @@ def test_screening_finds_every_pattern_and_no_lookalike(traffic, tmp_path, stamp
     screener.run(rules, result)
     screener.conn.execute("COMMIT")
     screener.close()
-    suspicions = {}
-    for f in result.findings:  # one suspicion per fact, as record_findings keeps them
-        key = (
-            f.hit.rule_id,
-            f.object_type,
-            f.object_id,
-            tuple(sorted(f.setl_ids)),
-            tuple(sorted(f.hit.lines)),
-        )
-        suspicions[key] = {
-            "template": f.hit.template,
-            "object_type": f.object_type,
-            "object_id": f.object_id,
+    suspicions = {  # one suspicion per fact, as record_findings keeps them
+        fact_key(f): {
+            "template": f.hit.template, "object_type": f.object_type, "object_id": f.object_id,
             "setl_ids": list(f.setl_ids),
         }
+        for f in result.findings
+    }  # fmt: skip
     got = score_detection(traffic.cases, ids, suspicions.values())["templates"]
     problems = []
     for template, st in got.items():
-        if template == "bed_hanging" and not FEE_TIMES:
-            continue
         if st["missed"]:
             problems.append(f"{template}: missed {st['missed']}")
         if st["false_positives"]:
