@@ -47,7 +47,7 @@ from .errors import (
 )
 from .operators import Operator, get_operator, may_see, require_area, require_supervisor
 from .policy import Actor, Policy, area_of_hospital, audit_in
-from .store import Store, now_iso
+from .store import Store, Where, now_iso
 from .suspicions import get_suspicion, list_suspicions
 
 __all__ = [
@@ -432,26 +432,17 @@ def list_cases(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Cases of ``areas`` (None: all) with their suspicions' count, money and top score; highest first."""
-    where, params = [], []
-    if areas is not None:
-        areas = sorted(set(areas))
-        if not areas:
-            return []
-        where.append(f"c.area IN ({','.join('?' * len(areas))})")
-        params += areas
-    for column, value in (("c.status", status), ("c.assignee", assignee)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
+    where = Where()
+    if not where.any_of("c.area", areas):
+        return []
+    where.equal(("c.status", status), ("c.assignee", assignee))
     sql = (
         "SELECT c.id, c.area, c.title, c.status, c.assignee, c.created_by, c.created_at, c.updated_at, "
         "count(s.id), coalesce(sum(s.amount_fen), 0), coalesce(max(s.score), 0) "
-        "FROM cases AS c LEFT JOIN suspicions AS s ON s.case_id = c.id"
+        f"FROM cases AS c LEFT JOIN suspicions AS s ON s.case_id = c.id{where.sql} "
+        "GROUP BY c.id ORDER BY 11 DESC, 10 DESC, c.id LIMIT ? OFFSET ?"
     )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " GROUP BY c.id ORDER BY 11 DESC, 10 DESC, c.id LIMIT ? OFFSET ?"
-    params += [max(0, int(limit)), max(0, int(offset))]
+    params = [*where.params, max(0, int(limit)), max(0, int(offset))]
     keys = ("id", "area", "title", "status", "assignee", "created_by", "created_at", "updated_at",
             "suspicions", "amount_fen", "score")  # fmt: skip
     return [dict(zip(keys, r, strict=True)) for r in conn.execute(sql, params)]
@@ -683,25 +674,18 @@ def list_decisions(
     offset: int = 0,
 ) -> list[dict[str, Any]]:
     """Decisions on cases of ``areas`` (None: all), newest first; ``hospital``: those targeting it."""
-    where, params = [], []
-    if areas is not None:
-        areas = sorted(set(areas))
-        if not areas:
-            return []
-        where.append(f"c.area IN ({','.join('?' * len(areas))})")
-        params += areas
+    where = Where()
+    if not where.any_of("c.area", areas):
+        return []
     if hospital is not None:
         target_type, target_id = "hospital", hospital
-    for column, value in (("d.case_id", case_id), ("d.kind", kind), ("d.status", status),
-                          ("d.target_type", target_type), ("d.target_id", target_id)):  # fmt: skip
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    sql = f"SELECT {_DECISION_COLUMNS} FROM decisions AS d JOIN cases AS c ON c.id = d.case_id"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY d.id DESC LIMIT ? OFFSET ?"
-    params += [max(0, int(limit)), max(0, int(offset))]
+    where.equal(("d.case_id", case_id), ("d.kind", kind), ("d.status", status),
+                ("d.target_type", target_type), ("d.target_id", target_id))  # fmt: skip
+    sql = (
+        f"SELECT {_DECISION_COLUMNS} FROM decisions AS d JOIN cases AS c ON c.id = d.case_id{where.sql} "
+        "ORDER BY d.id DESC LIMIT ? OFFSET ?"
+    )
+    params = [*where.params, max(0, int(limit)), max(0, int(offset))]
     return [_decision_dict(r) for r in conn.execute(sql, params)]
 
 
@@ -715,24 +699,20 @@ def rule_quality(conn: sqlite3.Connection, areas: Collection[str] | None = None)
     shadow suspicions reviewed for precision count like any other. ``areas`` narrows to those
     pooling areas (an operator's); None counts every area.
     """
-    where, params = "", []
-    if areas is not None:
-        areas = sorted(set(areas))
-        if not areas:
-            return []
-        where = f" WHERE s.area IN ({','.join('?' * len(areas))})"
-        params = areas
+    where = Where()
+    if not where.any_of("s.area", areas):
+        return []
     sql = (
         "SELECT s.rule_id, s.rule_version, min(s.template), count(*), sum(s.mode = 'shadow'), "
         "count(r.outcome), coalesce(sum(r.outcome = 'confirm'), 0), coalesce(sum(r.outcome = 'dismiss'), 0), "
         "sum(s.status = 'new') "
         "FROM suspicions AS s LEFT JOIN (SELECT suspicion_id, min(outcome) AS outcome FROM reviews "
-        f"GROUP BY suspicion_id) AS r ON r.suspicion_id = s.id{where} "
+        f"GROUP BY suspicion_id) AS r ON r.suspicion_id = s.id{where.sql} "
         "GROUP BY s.rule_id, s.rule_version ORDER BY s.rule_id, s.rule_version"
     )
     out = []
     for rule_id, version, template, found, shadow, reviewed, confirmed, dismissed, pending in conn.execute(
-        sql, params
+        sql, where.params
     ):
         out.append({
             "rule_id": rule_id, "rule_version": version, "template": template, "found": found,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,9 +26,53 @@ from typing import Any, TypeVar
 from ._schema import migrate
 from .errors import HomeNotInitialised
 
-__all__ = ["AgentRow", "Store", "get_agent", "list_agents", "now_iso", "record_security_event"]
+__all__ = ["AgentRow", "Store", "Where", "get_agent", "list_agents", "now_iso", "record_security_event"]
 
 T = TypeVar("T")
+
+
+class Where:
+    """A ``WHERE`` clause from the listing filters that were given; a filter left None adds nothing.
+
+    The operators' listings (suspicions, cases, decisions, rule quality) narrow by the operator's
+    areas and optional equalities; ``any_of`` with an empty collection means nothing can match,
+    which the caller answers with an empty list rather than a query.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: list[Any] = []
+
+    def any_of(self, column: str, values: Collection[Any] | None) -> bool:
+        """``column IN (values)`` (None: no filter); False when ``values`` is empty."""
+        if values is None:
+            return True
+        chosen = sorted(set(values))
+        if not chosen:
+            return False
+        self.parts.append(f"{column} IN ({','.join('?' * len(chosen))})")
+        self.params += chosen
+        return True
+
+    def equal(self, *pairs: tuple[str, Any]) -> Where:
+        """``column = value`` for each pair whose value is not None."""
+        for column, value in pairs:
+            if value is not None:
+                self.parts.append(f"{column} = ?")
+                self.params.append(value)
+        return self
+
+    def add(self, condition: str, *params: Any) -> Where:
+        self.parts.append(condition)
+        self.params += params
+        return self
+
+    @property
+    def sql(self) -> str:
+        """`` WHERE …`` (with its leading space), or nothing."""
+        return " WHERE " + " AND ".join(self.parts) if self.parts else ""
+
+
 BUSY_TIMEOUT_MS = 10_000
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from protocol import rules
 
+from .store import Where
+
 __all__ = [
     "OBJECT_TYPES",
     "SEVERITIES",
@@ -231,29 +233,16 @@ def list_suspicions(
     The default ``status`` is the review queue (``new``); pass None for every status. ``shadow``
     suspicions appear only when asked for by status.
     """
-    where: list[str] = []
-    params: list[Any] = []
-    if areas is not None:
-        areas = sorted(set(areas))
-        if not areas:
-            return []
-        where.append(f"area IN ({','.join('?' * len(areas))})")
-        params += areas
-    if status is not None:
-        statuses = [status] if isinstance(status, str) else sorted(set(status))
-        where.append(f"status IN ({','.join('?' * len(statuses))})")
-        params += statuses
-    for column, value in (("rule_id", rule_id), ("severity", severity), ("fixmedins_code", hospital),
-                          ("case_id", case_id)):  # fmt: skip
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
+    where = Where()
+    statuses = None if status is None else [status] if isinstance(status, str) else status
+    if not where.any_of("area", areas) or not where.any_of("status", statuses):
+        return []
+    where.equal(
+        ("rule_id", rule_id), ("severity", severity), ("fixmedins_code", hospital), ("case_id", case_id)
+    )
     if min_score is not None:
-        where.append("score >= ?")
-        params.append(int(min_score))
-    sql = f"SELECT {_COLUMNS} FROM suspicions"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY score DESC, amount_fen DESC, id LIMIT ? OFFSET ?"
-    params += [max(0, int(limit)), max(0, int(offset))]
+        where.add("score >= ?", int(min_score))
+    order = "ORDER BY score DESC, amount_fen DESC, id LIMIT ? OFFSET ?"
+    sql = f"SELECT {_COLUMNS} FROM suspicions{where.sql} {order}"
+    params = [*where.params, max(0, int(limit)), max(0, int(offset))]
     return [suspicion_dict(tuple(r)) for r in conn.execute(sql, params)]
