@@ -227,24 +227,19 @@ SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
 MONITOR_AREA = "370200"
 
 
+def _enrol_agent(c_home: Path, c_url: str, hospital: str, a_home: Path) -> None:
+    """A one-time token from the centre, then ``yibao-agent init`` with it, as an operator does."""
+    token = _cli("yibao-central", "--home", str(c_home), "enroll-token", "--hospital", hospital).strip()
+    _cli("yibao-agent", "--home", str(a_home), "init", "--central", c_url, "--token", token,
+         "--hospital", hospital)  # fmt: skip
+
+
 def _start_agent(
     home: Path, c_home: Path, c_url: str, hospital: str, services: list[_Stoppable]
 ) -> tuple[str, str]:
     """Enrol and start one more agent (another hospital of the monitoring traffic); its URL and HIS token."""
     a_home = home / f"agent-{hospital}"
-    token = _cli("yibao-central", "--home", str(c_home), "enroll-token", "--hospital", hospital).strip()
-    _cli(
-        "yibao-agent",
-        "--home",
-        str(a_home),
-        "init",
-        "--central",
-        c_url,
-        "--token",
-        token,
-        "--hospital",
-        hospital,
-    )
+    _enrol_agent(c_home, c_url, hospital, a_home)
     url = f"http://127.0.0.1:{_port(8711)}"
     services.append(
         _Service(
@@ -384,19 +379,7 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
         c_url + "/v1/health",
     )
     services.append(central)
-    token = _cli("yibao-central", "--home", str(c_home), "enroll-token", "--hospital", hospital).strip()
-    _cli(
-        "yibao-agent",
-        "--home",
-        str(a_home),
-        "init",
-        "--central",
-        c_url,
-        "--token",
-        token,
-        "--hospital",
-        hospital,
-    )
+    _enrol_agent(c_home, c_url, hospital, a_home)
     issuer = Issuer.load_or_create(home / "issuer")
     config = load_config(a_home)
     config.evoucher_issuers = issuer.issuers_config()
