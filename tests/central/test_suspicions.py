@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from typing import Any
 
 from central.store import Store
 from central.suspicions import (
@@ -17,41 +18,18 @@ from central.suspicions import (
 )
 from protocol.rules import Hit
 
-AREA = "110100"
-OTHER = "370200"
+from . import monitor_helpers as helpers
+from .monitor_helpers import AREA, OTHER
 
 
-def hit(
-    *,
-    rule_id: str = "R-DUP",
-    version: int = 1,
-    lines: tuple[str, ...] = ("1", "2"),
-    mode: str = "enforce",
-    evidence: tuple[dict, ...] = ({"value": 10, "threshold": 10},),
-    psn_no: str = "P0000000001",
-    setl_id: str = "S1",
-) -> Hit:
-    return Hit(
-        rule_id=rule_id, rule_version=version, template="duplicate_medication", severity="warn", mode=mode,
-        action="prompt", overridable=True, message="Drug X overlaps by 10 days.", lines=lines,
-        evidence=evidence, psn_no=psn_no, setl_id=setl_id,
-    )  # fmt: skip
+def hit(**kw: Any) -> Hit:
+    """The shared test hit (``monitor_helpers``) naming two lines."""
+    return helpers.hit(**{"lines": ("1", "2"), **kw})
 
 
-def finding(
-    h: Hit | None = None,
-    *,
-    area: str = AREA,
-    setl_ids: tuple[str, ...] = ("S1", "S0"),
-    amount_fen: int = 5120,
-    weight: int = 60,
-    object_id: str = "P0000000001",
-    hospital: str = "H11010100001",
-) -> Finding:
-    return Finding(
-        hit=h or hit(), object_type="person", object_id=object_id, area=area, fixmedins_code=hospital,
-        setl_ids=setl_ids, amount_fen=amount_fen, weight=weight,
-    )  # fmt: skip
+def finding(h: Hit | None = None, **kw: Any) -> Finding:
+    """The shared test finding about two settlements of one hospital, whatever the area."""
+    return helpers.finding(h or hit(), **{"setl_ids": ("S1", "S0"), "hospital": "H11010100001", **kw})
 
 
 def test_fact_key_ignores_order_and_separates_what_differs() -> None:
