@@ -23,7 +23,7 @@ from protocol.records import SPLIT_FIELDS, Settlement, decimal_text
 from protocol.rules.model import Bill
 
 from .card import CardReader
-from .checks import DeskChecks, bill_from_request
+from .checks import DeskChecks, DeskOutcome, bill_from_request
 from .config import AgentConfig
 from .errors import AgentError, Blacklisted, BodyTooLarge, NoReader, NotFound, Unauthorized, VoucherRejected
 from .evoucher import VoucherVerifier
@@ -31,7 +31,7 @@ from .identity import CERT_TYPE_EVOUCHER, Identity
 from .intake import account_balance, parse_reversal, parse_settlement
 from .policy import PolicyClient, policy_status
 from .policy_store import BlacklistHit, PolicyStore
-from .store import Outbox
+from .store import Outbox, Receipt
 from .uploader import Uploader
 
 __all__ = ["create_app", "error_answer", "settle_body"]
@@ -107,12 +107,41 @@ def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
         return
     psn = record.psn
     hit = policy.is_blacklisted(
-        card_sn=psn.card_sn, psn_no=psn.psn_no, emp_no=psn.emp_no, dr_codg=record.mdtrt.dr_codg,
+        card_sn=psn.card_sn,
+        psn_no=psn.psn_no,
+        emp_no=psn.emp_no,
+        dr_codg=record.mdtrt.dr_codg,
         fixmedins_code=record.fixmedins_code,
     )
     if hit is not None:
         log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
         raise blacklisted_error(hit)
+
+
+async def settle_record(
+    record: Settlement,
+    digest: bytes,
+    outbox: Outbox,
+    *,
+    policy: PolicyStore | None,
+    desk: DeskChecks | None,
+    acct_balance: int | None,
+    before_append: Callable[[Settlement], None] | None = None,
+) -> tuple[Receipt, DeskOutcome | None]:
+    """Check and durably append one parsed settlement: the blacklist, the in-event rules and the split
+    (``desk``), then the outbox. The REST body, the drop folder and the national 2207 all end here.
+
+    A retry of a settlement the agent already holds gets its first answer with no checks again.
+    ``before_append`` may refuse the checked record (the national envelope needs a computed split).
+    """
+    outcome = None
+    if not outbox.has_settlement(record.his_setl_no):
+        refuse_blacklisted(policy, record)
+        if desk is not None:
+            outcome = await desk.settle(record, acct_balance=acct_balance)
+        if before_append is not None:
+            before_append(record)
+    return await outbox.append_settlement(record, digest), outcome
 
 
 async def settle_body(
@@ -144,14 +173,9 @@ async def settle_body(
                 }
             ],
         )
-    # A retry of a settlement the agent already holds gets its first answer: no checks again.
-    held = outbox.has_settlement(record.his_setl_no)
-    if not held:
-        refuse_blacklisted(policy, record)
-    outcome = None
-    if desk is not None and not held:
-        outcome = await desk.settle(record, acct_balance=account_balance(body))
-    receipt = await outbox.append_settlement(record, digest)
+    receipt, outcome = await settle_record(
+        record, digest, outbox, policy=policy, desk=desk, acct_balance=account_balance(body)
+    )
     answer = receipt.to_json()
     if outcome is not None and not receipt.duplicate:
         answer["checks"] = outcome.to_json()

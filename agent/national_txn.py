@@ -784,21 +784,25 @@ async def _checked(
     got: dict[str, Any],
     visit: dict,
     fees: list,
-    *,
-    held: bool = False,
 ) -> tuple[Settlement, bytes, Any]:
-    """The record as POST /v1/settlements settles it: blacklist, in-event rules, split (``held``: none)."""
+    """The record as POST /v1/settlements/preview checks it: blacklist, in-event rules, split (2206)."""
     record, digest, _raw = _build(nat, env, d, got, visit, fees)
-    if held:
-        return record, digest, None
     from .api import refuse_blacklisted
 
     refuse_blacklisted(nat.policy, record)
     outcome = None
     if nat.desk is not None:
-        outcome = await nat.desk.settle(
-            record, acct_balance=got["acct_balance"] if got["acct_used_flag"] == "1" else None
-        )
+        outcome = await nat.desk.settle(record, acct_balance=_acct_balance(got))
+    _require_split(record)
+    return record, digest, outcome
+
+
+def _acct_balance(got: dict[str, Any]) -> int | None:
+    return got["acct_balance"] if got["acct_used_flag"] == "1" else None
+
+
+def _require_split(record: Settlement) -> None:
+    """The platform answers 2206/2207 with the fund's share; without a policy row there is none."""
     if record.fund_pay_sumamt is None:
         raise NationalError(
             "the fund's share cannot be computed: either no benefit policy has reached this agent yet "
@@ -807,7 +811,6 @@ async def _checked(
             f"{record.mdtrt.med_type} (ask the medical-insurance bureau to publish one); meanwhile settle "
             "through POST /v1/settlements with the split from the platform"
         )
-    return record, digest, outcome
 
 
 async def pre_settle(nat: National, env: Envelope) -> dict[str, Any]:
@@ -829,13 +832,15 @@ async def settle(nat: National, env: Envelope) -> Stored:
         held = visit["setlinfo"]
         return await _stored_write(nat, env, lambda conn: held)
     _must_be_open(visit, d)
-    his_setl_no = _his_setl_no(got["mdtrt_id"], visit["settle_round"])
-    # Held in the outbox but not marked here: the agent stopped between the two writes. Like a retry of
-    # POST /v1/settlements, it is answered from the outbox without checking again.
-    held_in_outbox = nat.outbox.has_settlement(his_setl_no)
-    record, digest, outcome = await _checked(nat, env, d, got, visit, fees, held=held_in_outbox)
-    # The REST path's durable append (intake-validated record, group commit, hash chain, history lines).
-    receipt = await nat.outbox.append_settlement(record, digest)
+    # The REST path's checks and durable append. Held in the outbox but not marked here (the agent
+    # stopped between the two writes): like a retry of POST /v1/settlements, answered from the outbox.
+    from .api import settle_record
+
+    record, digest, _raw = _build(nat, env, d, got, visit, fees)
+    receipt, outcome = await settle_record(
+        record, digest, nat.outbox, policy=nat.policy, desk=nat.desk, acct_balance=_acct_balance(got),
+        before_append=_require_split,
+    )  # fmt: skip
     if receipt.duplicate:
         (fund, acct, cash), *_ = nat.read_agent(
             "SELECT fund_pay_sumamt, acct_pay, psn_cash_pay FROM settlements WHERE setl_id = ?",
