@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -12,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import example_settlement  # noqa: E402
 
-__all__ = ["Bodies", "Failed", "emit", "example_settlement", "median"]
+__all__ = ["Bodies", "Failed", "emit", "example_settlement", "median", "parse_args"]
 
 
 class Failed(Exception):
@@ -26,6 +27,22 @@ def emit(name: str, value: float, unit: str, ratio: float | None = None, **extra
         row["ratio"] = round(ratio, 3)
     row.update(extra)
     print(json.dumps(row), flush=True)
+
+
+def parse_args(ap: argparse.ArgumentParser, **smoke: object) -> argparse.Namespace:
+    """Parse the command line; ``--smoke`` swaps the sizes for tiny ones.
+
+    Every benchmark runs in ``make test`` at its smoke size (``tests/benchmarks``), so one
+    that breaks fails CI instead of rotting until someone wants its figures. Sizes given on
+    the command line win over the smoke sizes.
+    """
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds: checks the benchmark runs")
+    args = ap.parse_args()
+    if args.smoke:
+        for name, value in smoke.items():
+            if getattr(args, name) == ap.get_default(name):
+                setattr(args, name, value)
+    return args
 
 
 def median(values: list[float]) -> float:

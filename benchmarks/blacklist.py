@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import emit, median
+from _common import emit, median, parse_args
 
 from agent.policy_store import PolicyStore
 from protocol.bundles import BlacklistEntry, BundleHeader, encode_blacklist
@@ -69,7 +69,7 @@ def main() -> int:
     ap.add_argument("--entries", type=int, default=10_000_000)
     ap.add_argument("--delta", type=int, default=100_000)
     ap.add_argument("--lookups", type=int, default=200_000)
-    args = ap.parse_args()
+    args = parse_args(ap, entries=20_000, delta=2_000, lookups=2_000)
     with tempfile.TemporaryDirectory(prefix="bench-blacklist-") as d:
         tmp = Path(d)
         full, delta = tmp / "full.bin", tmp / "delta.bin"

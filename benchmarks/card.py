@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Failed, emit, median
+from _common import Failed, emit, median, parse_args
 from evoucher import PSN as VOUCHER_PSN
 from evoucher import ledger_round
 
@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=30, help="card identifications")
     ap.add_argument("--vouchers", type=int, default=1000, help="e-vouchers per round")
     ap.add_argument("--rounds", type=int, default=3, help="e-voucher rounds; the median is reported")
-    args = ap.parse_args()
+    args = parse_args(ap, n=2, vouchers=50, rounds=1)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="bench-card-") as d,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from _centre import Centre
-from _common import ROOT, emit, median
+from _common import ROOT, emit, median, parse_args
 
 from agent.checks import DeskChecks, bill_from_request
 from agent.enrol import enrol, load_key
@@ -78,27 +78,28 @@ def _setup_history(db: Path, persons: int, per_person: int, codes: list[tuple[st
         for i in range(per_person):
             code, list_type, ceiling = codes[rng.randrange(len(codes))]
             day = f"2026-{rng.randrange(8, 12):02d}-{rng.randrange(1, 29):02d}"
-            rows.append(
-                (
-                    f"3702{p:014d}",
-                    "H37021100001",
-                    f"S{p}-{i // 5}",
-                    day,
-                    day,
-                    "11",
-                    "K21.9",
-                    "D1",
-                    "DEP1",
-                    "3",
-                    f"{i}",
-                    code,
-                    list_type,
-                    1.0,
-                    ceiling,
-                    ceiling,
-                    7,
-                )
-            )
+            line = {
+                "psn_no": f"3702{p:014d}",
+                "fixmedins_code": "H37021100001",
+                "setl_id": f"S{p}-{i // 5}",
+                "setl_date": day,
+                "begn_date": day,
+                "med_type": "11",
+                "dise_codg": "K21.9",
+                "dr_codg": "D1",
+                "dept_codg": "DEP1",
+                "hosp_lv": "3",
+                "feedetl_sn": f"{i}",
+                "med_list_codg": code,
+                "list_type": list_type,
+                "cnt": 1.0,
+                "pric_fen": ceiling,
+                "amount_fen": ceiling,
+                "days": 7,
+                "fee_date": day,
+            }
+            # by name: a column added to the rule library's history must not shift the others
+            rows.append(tuple(line[c] for c in HIST_COLUMNS))
         conn.executemany(f"INSERT INTO hist_lines ({', '.join(HIST_COLUMNS)}) VALUES ({marks})", rows)
     conn.execute("COMMIT")
     conn.close()
@@ -186,7 +187,7 @@ def main() -> int:
     ap.add_argument("--per-person", type=int, default=30)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--pre", type=int, default=200)
-    args = ap.parse_args()
+    args = parse_args(ap, blacklist=10_000, persons=200, per_person=5, n=50, pre=10)
     codes = _catalogue_codes()
     with tempfile.TemporaryDirectory(prefix="bench-checks-") as d:
         tmp = Path(d)

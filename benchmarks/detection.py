@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from _centre import BIN, Centre, Failed, central_cli, free_port
-from _common import ROOT, emit
+from _common import ROOT, emit, parse_args
 
 from simulators.fraud import PATTERNS, Traffic, generate_traffic, post_traffic, score_detection
 
@@ -327,7 +327,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight per agent")
     ap.add_argument("--small", action="store_true", help="a quick run: 800 settlements")
     ap.add_argument("--keep", metavar="DIR", help="copy the run (homes, traffic, truth) to DIR")
-    args = ap.parse_args()
+    args = parse_args(ap, size=300, concurrency=2)
     if args.small:
         args.size = 800
     with tempfile.TemporaryDirectory(prefix="bench-detection-") as d:

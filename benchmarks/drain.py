@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from _centre import Centre, Failed
-from _common import Bodies, emit, median
+from _common import Bodies, emit, median, parse_args
 
 from agent.config import AgentConfig
 from agent.enrol import enrol, load_key
@@ -234,7 +234,7 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=2000, help="uploader batch_max_records")
     ap.add_argument("--concurrency", type=int, default=256, help="concurrent appends while filling")
     ap.add_argument("--timeout", type=float, default=300, help="give up a drain after this many seconds")
-    args = ap.parse_args()
+    args = parse_args(ap, n=2_000, rounds=1, batch=500, concurrency=32, timeout=60)
     centres: list[Centre] = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-drain-") as d:

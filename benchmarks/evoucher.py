@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Failed, emit, median
+from _common import Failed, emit, median, parse_args
 
 from agent.config import AgentConfig
 from agent.errors import VoucherRejected
@@ -103,7 +103,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="vouchers verified per round")
     ap.add_argument("--rounds", type=int, default=5, help="rounds; the median is reported")
-    args = ap.parse_args()
+    args = parse_args(ap, n=100, rounds=1)
     if args.n < 1 or args.rounds < 1:
         ap.error("--n and --rounds must be at least 1")
     try:

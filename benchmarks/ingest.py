@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Bodies, Failed, emit, median
+from _common import Bodies, Failed, emit, median, parse_args
 
 from agent.intake import parse_settlement
 from central._schema import migrate
@@ -263,7 +263,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100_000, help="records per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1000, help="records per signed batch")
-    args = ap.parse_args()
+    args = parse_args(ap, n=2_000, rounds=1, batch=500)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as d:
             run(args, Path(d))

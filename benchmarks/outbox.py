@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from _common import emit, example_settlement, median
+from _common import emit, example_settlement, median, parse_args
 from aiohttp import web
 
 from agent.api import create_app
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--http-n", type=int, default=5000)
-    args = ap.parse_args()
+    args = parse_args(ap, n=500, rounds=1, concurrency=16, http_n=200)
     ours, single, grouped = [], [], []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

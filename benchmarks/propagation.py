@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from _centre import Centre, Failed, central_cli
-from _common import emit, median
+from _common import emit, median, parse_args
 
 from simulators.fleet import Fleet
 
@@ -91,7 +91,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--agents", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
-    args = ap.parse_args()
+    args = parse_args(ap, agents=10, rounds=1)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-propagation-") as d:
             asyncio.run(_run(args, Path(d)))

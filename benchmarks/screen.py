@@ -35,7 +35,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from _common import ROOT, Failed, emit
+from _common import ROOT, Failed, emit, parse_args
 
 from central.enrol import enrol_agent, issue_token
 from central.ingest import Ingestor
@@ -605,8 +605,13 @@ def main() -> int:
     )
     ap.add_argument("--rebuild", action="store_true", help="generate the data again")
     ap.add_argument("--edge-only", action="store_true", help="only the edge templates (1-11)")
-    args = ap.parse_args()
-    small = (20_000, 2_000, 20) if args.small else (1_000_000, 100_000, 200)
+    args = parse_args(ap, inc_rounds=1, inc_size=50, chunk_visits=1000)
+    sizes = (1_000_000, 100_000, 200)
+    if args.small:
+        sizes = (20_000, 2_000, 20)
+    if args.smoke:
+        sizes = (2_000, 300, 10)
+    small = sizes
     args.visits = args.visits or small[0]
     args.persons = args.persons or small[1]
     args.hospitals = args.hospitals or small[2]
