@@ -14,9 +14,10 @@ LINT_PATHS := $(wildcard agent central protocol simulators tests benchmarks)
 BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 
 # System packages the card stack needs: pcscd and the vpcd driver (the virtual reader the tests and
-# the demo use), and libpcsclite-dev + swig because pyscard is published as source only.
-SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig
-SYSDEPS_OK := command -v swig >/dev/null && test -x /usr/sbin/pcscd \
+# the demo use), and libpcsclite-dev + swig because pyscard is published as source only; systemd
+# for systemd-analyze, which checks the packaged units (tests/packaging).
+SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig systemd
+SYSDEPS_OK := command -v swig >/dev/null && command -v systemd-analyze >/dev/null && test -x /usr/sbin/pcscd \
 	&& test -f /usr/lib/pcsc/drivers/serial/libifdvpcd.so && test -f /usr/include/PCSC/winscard.h
 
 .PHONY: all test lint pytest demo bench venv clean-venv sysdeps
