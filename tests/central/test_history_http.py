@@ -19,6 +19,7 @@ from central.history import LINE_FIELDS, person_history
 from central.hospitals import set_hospital
 from central.ingest import Ingestor
 from protocol.batch import KeyPair
+from protocol.benefit import is_inpatient
 from protocol.records import Settlement
 from protocol.wire import (
     PERSON_HISTORY_PATH,
@@ -201,14 +202,13 @@ def test_year_to_date_totals_across_hospitals(server: Server, agent: Chain, othe
 
 
 def test_admissions_are_counted_as_the_benefit_split_counts_them(store, chain: Chain) -> None:
-    benefit = pytest.importorskip("protocol.benefit")
     today = date(2026, 6, 30)
     med_types = ["11", "14", "21", "2101", "22", "24", "28", "41", "51", "52", "9901", "2"]
     for i, med_type in enumerate(med_types):
         chain.append(visit(f"T{i}", today, med_type=med_type))
     assert Ingestor(store).ingest(chain.batch(1, len(med_types))).rejected == []
     ytd = store.read(lambda c: person_history(c, PSN, 1, today)).ytd
-    assert ytd["admissions"] == sum(map(benefit.is_inpatient, med_types)) == 7
+    assert ytd["admissions"] == sum(map(is_inpatient, med_types)) == 7
 
 
 def test_days_window_is_inclusive_of_today_minus_days(store, chain: Chain) -> None:

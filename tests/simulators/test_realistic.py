@@ -6,9 +6,12 @@ monitoring rules in process (real SQLite) with few or no flags."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 import statistics
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -16,8 +19,21 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestServer
 
+from agent.api import create_app, settle_body
+from agent.checks import DeskChecks
+from agent.config import AgentConfig
+from agent.dropfolder import DropFolder, csv_to_body
 from agent.intake import parse_settlement
+from agent.policy_store import PolicyStore
+from agent.store import Outbox
+from central.screening import ChunkResult, Screener, load_area_rules
+from central.visits import INSERT_VISIT, visit_row
+from protocol import rules as rl
+from protocol.bundles import BundleHeader
+from protocol.rules import tables
+from simulators import cli
 from simulators.fraud import RULE_PARAMS, default_knowledge
 from simulators.realistic import (
     HOSPITALS,
@@ -26,6 +42,7 @@ from simulators.realistic import (
     RealisticTraffic,
     generate_realistic,
     holiday,
+    post_national,
     post_realistic,
     write_drop_folder,
 )
@@ -61,9 +78,6 @@ def test_the_same_seed_gives_the_same_traffic():
 
 def test_the_traffic_does_not_depend_on_the_processs_hash_seed():
     """Nothing iterates a set or a dict of strings in hash order: two interpreters, two hash seeds."""
-    import subprocess
-    import sys
-
     code = (
         "import hashlib, json; from datetime import date; "
         "from simulators.realistic import generate_realistic; "
@@ -284,8 +298,6 @@ def test_drop_folder_files_are_whole_json_bodies_in_order(month, tmp_path):
 
 
 def test_drop_folder_csv_files_are_the_same_settlements(month, tmp_path):
-    from agent.dropfolder import csv_to_body
-
     code = HOSPITALS[0].code
     paths = write_drop_folder(month, tmp_path, code, layout="csv")
     expected = month.for_hospital(code)
@@ -301,13 +313,6 @@ def test_drop_folder_csv_files_are_the_same_settlements(month, tmp_path):
 def test_a_real_agents_drop_folder_settles_every_file_in_visit_order(tmp_path, layout):
     """Through ``agent.dropfolder`` and the agent's own settlement path into a real outbox: every file
     is settled once, none refused, and (one worker) in the order the visits happened."""
-    import functools
-
-    from agent.api import settle_body
-    from agent.config import AgentConfig
-    from agent.dropfolder import DropFolder
-    from agent.store import Outbox
-
     traffic = generate_realistic(8, START, date(2026, 11, 5), persons=600)
     code = HOSPITALS[0].code
     expected = [p.body["his_setl_no"] for p in traffic.for_hospital(code)]
@@ -361,12 +366,10 @@ def test_rest_driver_posts_every_hospitals_bodies_once():
 
 
 def test_cli_writes_files_and_a_drop_folder(tmp_path, capsys):
-    from simulators.cli import main
-
     code = HOSPITALS[1].code
     args = ["realistic", "--from", "2026-11-02", "--to", "2026-11-04", "--persons", "300", "--seed", "9"]
     assert (
-        main(
+        cli.main(
             [
                 *args,
                 "--out",
@@ -384,8 +387,8 @@ def test_cli_writes_files_and_a_drop_folder(tmp_path, capsys):
     assert [r["body"] for r in rows] == [p.body for p in expected.planned]
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == expected.summary()
     assert len(list((tmp_path / "drop" / "inbox").iterdir())) == len(expected.for_hospital(code))
-    assert main([*args, "--drop-folder", str(tmp_path / "x")]) == 2
-    assert main(args) == 2
+    assert cli.main([*args, "--drop-folder", str(tmp_path / "x")]) == 2
+    assert cli.main(args) == 2
     assert "--out, --drop-folder or --agent" in capsys.readouterr().err
 
 
@@ -404,13 +407,6 @@ def test_a_real_desk_with_the_sample_bundles_accepts_every_settlement(last_month
     lines to self-pay; the split is computed wherever the sample policy has benefits (it has none for
     chronic-disease ``14`` or pharmacy ``41`` visits, nor for retired employees' (310/12) outpatient
     visits: reported, not hidden)."""
-    from agent.api import settle_body
-    from agent.checks import DeskChecks
-    from agent.config import AgentConfig
-    from agent.policy_store import PolicyStore
-    from agent.store import Outbox
-    from protocol.bundles import BundleHeader
-
     h = HOSPITALS[index]
 
     async def main() -> Counter[str]:
@@ -452,10 +448,6 @@ def test_a_real_desk_with_the_sample_bundles_accepts_every_settlement(last_month
 
 def _screening_db(traffic: RealisticTraffic, path: Path) -> dict[str, str]:
     """The centre's screening tables, filled as ingest fills them; each settlement stamped at visit end."""
-    from central.visits import INSERT_VISIT, visit_row
-    from protocol import rules as rl
-    from protocol.rules import tables
-
     conn = sqlite3.connect(path)
     for ddl in (rl.HISTORY_DDL, tables.VISITS_DDL, tables.DEATHS_DDL, tables.HOSPITALS_GEO_DDL):
         conn.executescript(ddl)
@@ -485,8 +477,6 @@ def _screen(
     traffic: RealisticTraffic, path: Path, rules_file: str = "monitoring_rules.json", *, by: str = "template"
 ) -> tuple[dict[str, str], dict[str, set[str]], Counter[str]]:
     """(setl_id → kind, setl_id → templates (or rule ids) that flagged it, object findings)."""
-    from central.screening import ChunkResult, Screener, load_area_rules
-
     kinds = _screening_db(traffic, path)
     rules = load_area_rules(
         json.loads((SAMPLES / rules_file).read_text()),
@@ -511,7 +501,6 @@ def _screen(
 
 
 def test_screening_a_month_flags_few_honest_settlements(month, tmp_path):
-    pytest.importorskip("central.screening")
     kinds, flagged, objects = _screen(month, tmp_path / "central.db")
     rate = len(flagged) / len(kinds)
     by_template = Counter(t for ts in flagged.values() for t in ts)
@@ -528,7 +517,6 @@ def test_screening_a_month_with_the_desks_stricter_sample_rules(month, tmp_path)
     settlement but ``class_c_not_covered``, which is how those rules make class C lines self-paid, not a
     suspicion. The shadow ``excessive_cost`` at 4 × the peers' median (the operators' candidate) flags
     about one visit in a hundred: honest work-ups do cost several times a consultation."""
-    pytest.importorskip("central.screening")
     kinds, flagged, _objects = _screen(month, tmp_path / "central.db", "rules.json", by="rule")
     rules = Counter(r for names in flagged.values() for r in names)
     print(f"\ndesk rules over the month: {len(kinds)} settlements, {dict(rules)}")
@@ -539,7 +527,6 @@ def test_screening_a_month_with_the_desks_stricter_sample_rules(month, tmp_path)
 def test_the_screening_harness_does_flag_a_planted_duplicate(tmp_path):
     """The control for the test above: the same month with one refill bought again the same day at
     another hospital (doctor shopping) is flagged, so "no flags" means honest, not blind."""
-    pytest.importorskip("central.screening")
     traffic = generate_realistic(7, START, date(2026, 11, 15), persons=1200)
     i, original = next(
         (i, p) for i, p in enumerate(traffic.planned)
@@ -565,17 +552,6 @@ def test_the_screening_harness_does_flag_a_planted_duplicate(tmp_path):
 def test_national_envelope_driver_settles_every_visit(last_month, tmp_path):
     """9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit through a real agent's national envelope
     (with the sample rules, catalogue and policy): every visit settled, once, with its own number."""
-    pytest.importorskip("agent.national")
-    from aiohttp.test_utils import TestServer
-
-    from agent.api import create_app
-    from agent.checks import DeskChecks
-    from agent.config import AgentConfig
-    from agent.policy_store import PolicyStore
-    from agent.store import Outbox
-    from protocol.bundles import BundleHeader
-    from simulators.realistic import post_national
-
     h = HOSPITALS[3]
     wanted = last_month.for_hospital(h.code)[:60]
     errors: list[tuple[Planned, str, str]] = []
