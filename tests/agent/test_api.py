@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -127,13 +128,21 @@ def test_outbox_full_is_503_with_a_clear_message(tmp_path):
 
 def test_status_shape(tmp_path):
     async def scenario(http, outbox):
+        async with http.get("/v1/status") as r:
+            empty = (await r.json())["outbox"]
+        assert empty["pending"] == 0 and empty["bytes"] == 0 and empty["oldest_age_s"] is None
+        before = time.time()
         async with http.post("/v1/settlements", json=example_settlement()) as r:
             assert r.status == 201
+        await asyncio.sleep(0.05)
         async with http.get("/v1/status") as r:
             st = await r.json()
+        waited = time.time() - before
         assert st["agent_id"] == "H1-01"
         assert st["outbox"]["pending"] == 1 and st["outbox"]["acked_seq"] == 0
-        assert st["outbox"]["bytes"] > 0 and st["outbox"]["oldest_age_s"] >= 0
+        # the age of the one pending record: written after ``before``, read after the sleep
+        # (rounded to the millisecond by the status)
+        assert st["outbox"]["bytes"] > 0 and 0.049 <= st["outbox"]["oldest_age_s"] <= waited + 0.001
         assert set(st["central"]) >= {"reachable", "last_upload_at"}
 
     _run(tmp_path, scenario)

@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import logging
+import re
 import sqlite3
 import stat
 import struct
@@ -69,7 +70,10 @@ def test_valid_voucher_gives_the_identity(verifier: VoucherVerifier, issuer: Iss
     assert identity.method == "evoucher" and identity.mdtrt_cert_type == "01"
     assert identity.psn_no == PSN and identity.insuplc_admdvs == AREA
     assert identity.authenticated is True and identity.issuer_kid == issuer.kid
-    assert len(identity.mdtrt_cert_no) == 32 and int(identity.mdtrt_cert_no, 16) >= 0
+    # the voucher's 16-byte nonce as 32 lowercase hex digits, its own for each voucher
+    assert re.fullmatch("[0-9a-f]{32}", identity.mdtrt_cert_no), identity.mdtrt_cert_no
+    other = verifier.verify(issuer.issue(PSN, insuplc_admdvs=AREA, ttl_s=60))
+    assert other.mdtrt_cert_no != identity.mdtrt_cert_no
     assert (
         identity.issued.endswith("Z")
         and identity.expires.endswith("Z")

@@ -277,7 +277,10 @@ def test_full_flow_from_sign_in_to_reconciliation(tmp_path):
         assert gender["sev_deg"] == "1" and gender["vola_amt"] == "21.50" and gender["rule_name"]
         assert gender["patn_id"] == PSN and gender["mdtrt_id"] == "MZ20261125002"
         assert [d["rx_id"] for d in gender["judge_result_detail_dtos"]] == ["RX1"]
-        assert json.loads(gender["vola_evid"]) is not None
+        # a male patient (gend 1) given a female-only drug (catalogue gender 2)
+        assert json.loads(gender["vola_evid"]) == [
+            {"med_list_codg": "XG03DAP078B002010100156", "value": "1", "threshold": "2"}
+        ]
         await c.ok("9002", step("9002")["input"], step("9002")["title"])
         await c.error("1101", step("1101")["input"], "sign_no", "signed out")
 

@@ -13,6 +13,7 @@ import pytest
 import central._schema as schema
 from central.cli import init_home
 from central.config import CentralConfig
+from central.errors import InternalError
 from central.hospitals import set_hospital
 from central.ingest import Ingestor
 from central.store import Store
@@ -109,7 +110,7 @@ def test_a_batch_that_fails_to_store_leaves_no_visit(store: Store, chain: Chain)
             "CREATE TRIGGER boom BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'x'); END"
         )
     )
-    with pytest.raises(Exception):  # noqa: B017 - InternalError; what matters is what is left
+    with pytest.raises(InternalError, match="could not store the batch"):
         Ingestor(store).ingest(chain.batch(1, 1))
     assert _visits(store) == {}
 

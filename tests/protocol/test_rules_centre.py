@@ -13,6 +13,7 @@ import pytest
 
 from agent import store as agent_store
 from agent.intake import parse_settlement
+from protocol.errors import ValidationFailed
 from protocol.records import FeeDetail
 from protocol.rules import (
     CURRENT_COLUMNS,
@@ -502,9 +503,9 @@ def test_fee_ocur_time_becomes_the_lines_fee_date(settlement: dict) -> None:
     assert all(r[-1] is None for r in rows[1:])
     assert "fee_ocur_time" in FeeDetail.__struct_fields__
     settlement["feedetl"][0]["fee_ocur_time"] = "yesterday"
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ValidationFailed) as err:
         parse_settlement(json.dumps(settlement).encode())
-    assert "feedetl[0].fee_ocur_time" in json.dumps(err.value.details)  # type: ignore[attr-defined]
+    assert "feedetl[0].fee_ocur_time" in json.dumps(err.value.details)
     line = Line(feedetl_sn="1", med_list_codg=BED, cnt="1", fee_ocur_time="2026-11-24T08:00:00+08:00")
     assert bill(line).rows(TODAY)[0][CURRENT_COLUMNS.index("fee_date")] == "2026-11-24"
 
