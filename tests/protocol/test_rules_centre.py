@@ -31,7 +31,7 @@ from protocol.rules import (
     run_rule,
 )
 
-from .test_rules_kit import TODAY, bill, connect, one, rule_doc, ruleset
+from .rules_kit import TODAY, bill, connect, one, rule_doc, ruleset
 
 H_A, H_B, H_C, H_NOWHERE = "H37021100001", "H37021100002", "H37028300003", "H37020200009"
 BED, NURSING = "001109000010000", "001201000010000"

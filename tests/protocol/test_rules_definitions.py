@@ -10,7 +10,7 @@ import pytest
 from protocol.errors import ProtocolError, RulesInvalid
 from protocol.rules import TEMPLATES, RuleSet, load_ruleset
 
-from .test_rules_kit import AREA, rule_doc
+from .rules_kit import AREA, rule_doc
 
 
 def _problems(doc: Any) -> list[str]:

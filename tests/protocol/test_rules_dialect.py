@@ -21,7 +21,7 @@ from protocol.rules.dialect import (
     seconds_between,
 )
 
-from .test_rules_kit import rule_doc, ruleset, sample_rules
+from .rules_kit import rule_doc, ruleset, sample_rules
 
 _FILTERS = {
     "med_types": ["11", "21"],

@@ -20,7 +20,7 @@ from protocol.rules import (
     join_diagnoses,
 )
 
-from .test_rules_kit import (
+from .rules_kit import (
     AIRCON,
     AMLODIPINE,
     GENERAL_CONSULT,

@@ -11,7 +11,7 @@ import pytest
 from protocol.errors import KnowledgeInvalid, RulesInvalid
 from protocol.rules import install_knowledge, load_knowledge
 
-from .test_rules_kit import AREA, KB, PROGESTERONE, connect, sample_catalogue
+from .rules_kit import AREA, KB, PROGESTERONE, connect, sample_catalogue
 
 
 def _item(**fields: Any) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from protocol.rules import (
     run_rule,
 )
 
-from .test_rules_kit import (
+from .rules_kit import (
     AMLODIPINE,
     CELECOXIB,
     CLOPIDOGREL,

@@ -8,7 +8,7 @@ from protocol.rules import TEMPLATES, Blacklisted, load_knowledge, load_ruleset
 from protocol.rules.tables import pric_fen
 from simulators import _catalogue as sim
 
-from .test_rules_kit import (
+from .rules_kit import (
     AMLODIPINE,
     CELECOXIB,
     CLOPIDOGREL,

@@ -15,8 +15,8 @@ from datetime import timedelta
 from protocol.rules import CURRENT_COLUMNS, HIST_COLUMNS, Line, create_current, load_knowledge, run_rule
 from protocol.rules.evaluate import applicable
 
-from .test_rules_kit import TODAY, bill, check, connect, sample_catalogue, sample_rules
-from .test_rules_kit import ruleset as _ruleset
+from .rules_kit import TODAY, bill, check, connect, sample_catalogue, sample_rules
+from .rules_kit import ruleset as _ruleset
 
 PERSONS = 3000
 

@@ -10,7 +10,7 @@ import pytest
 
 from protocol.rules import Blacklisted, Line, blacklist_hit
 
-from .test_rules_kit import (
+from .rules_kit import (
     ACARBOSE,
     AIRCON,
     AMLODIPINE,
