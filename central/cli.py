@@ -2,8 +2,9 @@
 
 Exit codes: 0 success; 1 an error the message explains (bad arguments, uninitialised
 home, unknown agent, invalid input file, too few operator keys…; nothing was changed);
-2 ``reconcile`` found a chain that is not complete and verified (argparse also exits 2 on
-a malformed command line).
+2 ``reconcile`` found a chain that is not complete up to the last upload, or not verified
+(argparse also exits 2 on a malformed command line). No exit code means "complete for the
+period": the centre cannot know what an agent has not uploaded yet (no signed heartbeat).
 
 Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.documents``). Every verb that
 changes something is recorded in the audit log with ``--operator`` (default ``$USER``) and
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     setl_p = export_verbs.add_parser("settlements", help="settlements, without personal data")
     setl_p.add_argument("--hospital", help="only this fixmedins_code")
 
-    rec_p = verbs.add_parser("reconcile", help="daily totals and chain completeness for a hospital")
+    rec_p = verbs.add_parser("reconcile", help="daily totals and chain completeness up to the last upload")
     rec_p.add_argument("--hospital", required=True)
     rec_p.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
     rec_p.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")

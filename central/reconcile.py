@@ -1,6 +1,12 @@
-"""Reconciliation: per-day totals of a hospital, and proof that each agent's chain is whole.
+"""Reconciliation: a hospital's per-day totals, and proof each agent's chain is whole up to its last upload.
 
-What "complete and verified" means for an agent (``verify_stored_chain``):
+The centre knows an agent's chain only as far as the agent has uploaded it: settlements made
+since the last batch, or waiting at an agent that cannot reach the centre, are not here and
+nothing tells the centre about them (signed heartbeats, ``docs/ARCHITECTURE.md`` "Not yet", do
+not exist yet). So the best this module can say is "complete up to the last upload": the
+period's totals count what was uploaded, and each agent's check stops at its acked seq.
+
+What "complete up to the last upload and verified" means for an agent (``verify_stored_chain``):
 
 1. The records table holds every seq from 1 to the agent's acked seq, and nothing past it.
 2. Re-reading the raw entries in seq order, each recomputed hash equals the hash stored
@@ -10,7 +16,8 @@ What "complete and verified" means for an agent (``verify_stored_chain``):
    has exactly one settlement row.
 
 The first problem found is reported; nothing is repaired here. Days use the local date
-written in ``setl_time``; security events are counted by their UTC date.
+written in ``setl_time``; security events are counted by their UTC date. ``last_upload`` is when
+the centre last received a batch from the agent (``agents.last_seen``).
 """
 
 from __future__ import annotations
@@ -30,6 +37,9 @@ from .store import AgentRow, Store, list_agents
 __all__ = ["AgentCheck", "DayTotals", "Reconciliation", "reconcile", "render_table", "verify_stored_chain"]
 
 MAX_DAYS = 3660
+#: How far completeness reaches, in the JSON (``complete_up_to``) and the table: the agents' last uploads.
+#: Signed heartbeats would let it reach a signed head past the period's end; until then it is this.
+COMPLETE_UP_TO = "last_upload"
 _SUMS = ("medfee", "fund", "acct", "cash")
 
 
@@ -55,6 +65,8 @@ class AgentCheck:
     lost: int
     security_events: int
     revoked: bool
+    #: When the centre last received a batch from this agent (None: never); completeness reaches this far.
+    last_upload: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -87,6 +99,7 @@ class Reconciliation:
             "from": self.date_from,
             "to": self.date_to,
             "ok": self.ok,
+            "complete_up_to": COMPLETE_UP_TO,
             "days": days,
             "agents": agents,
         }
@@ -197,6 +210,7 @@ def reconcile(store: Store, hospital: str, date_from: date, date_to: date) -> Re
                     lost,
                     events,
                     agent.revoked,
+                    agent.last_seen,
                 )
             )
         days = _days(conn, hospital, date_from, date_to)
@@ -223,14 +237,14 @@ def render_table(rec: Reconciliation) -> str:
         lines.append(
             fmt.format(day.day, day.settlements, day.reversals, *net, fen_to_text(day.gross["medfee"]))
         )
-    lines += ["", "{:<24} {:>8} {:>9} {:>9} {:>9} {:>5} {:>9}  {}".format(
-        "agent", "acked", "complete", "verified", "rejected", "lost", "security", "problem"
+    lines += ["", "{:<24} {:>8} {:<25} {:>9} {:>9} {:>9} {:>5} {:>9}  {}".format(
+        "agent", "acked", "last upload", "1..acked", "verified", "rejected", "lost", "security", "problem"
     )]  # fmt: skip
     for a in rec.agents:
         name = a.agent_id + (" (revoked)" if a.revoked else "")
         complete, verified = ("yes" if a.complete else "NO"), ("yes" if a.verified else "NO")
         lines.append(
-            f"{name:<24} {a.acked_seq:>8} {complete:>9} {verified:>9} "
+            f"{name:<24} {a.acked_seq:>8} {a.last_upload or 'never':<25} {complete:>9} {verified:>9} "
             f"{a.rejected:>9} {a.lost:>5} {a.security_events:>9}  {a.problem or '-'}"
         )
     if not rec.agents:
@@ -238,12 +252,16 @@ def render_table(rec: Reconciliation) -> str:
     lines.append("")
     lost = sum(a.lost for a in rec.agents)
     if rec.ok:
-        lines.append("RESULT: complete and verified")
+        lines.append("RESULT: complete up to the last upload, and verified")
     elif lost:
         lines.append(
             f"RESULT: NOT complete: {lost} record(s) lost to corruption at the agent (quarantined there; "
             "recover them from the HIS and the agent's quarantine table); see problems"
         )
     else:
-        lines.append("RESULT: NOT complete and verified; see problems")
+        lines.append("RESULT: NOT complete up to the last upload, or NOT verified; see problems")
+    lines += [
+        "(the centre holds what each agent uploaded, up to its acked seq; settlements made since, or waiting",
+        " at an agent that cannot reach the centre, are not counted: there is no signed heartbeat yet)",
+    ]
     return "\n".join(lines)

@@ -37,7 +37,6 @@ __all__ = [
     "TIME_HEADER",
     "TUF_METADATA_PATH",
     "TUF_TARGETS_PATH",
-    "AgentStatusReport",
     "BatchAck",
     "EnrollRequest",
     "EnrollResponse",
@@ -219,12 +218,6 @@ class BatchAck(msgspec.Struct, kw_only=True):
     duplicates: int = 0
     resend_from: int | None = None
     rejected: list[Rejection] = []
-
-
-class AgentStatusReport(msgspec.Struct, kw_only=True):
-    agent_id: str
-    outbox_pending: int
-    acked_seq: int
 
 
 _ack_encoder = msgspec.msgpack.Encoder()

@@ -45,9 +45,10 @@ def test_reconcile_totals_per_day_gross_and_net(store: Store, chain: Chain) -> N
         True,
     )
     assert (agent.rejected, agent.lost, agent.security_events, agent.problem) == (1, 0, 0, None)
-    assert result.ok
+    assert result.ok and agent.last_upload is not None  # the batch arrived: completeness reaches that far
     js = result.to_json()
     assert js["ok"] is True and js["days"][1]["net"]["medfee"] == "51.20"
+    assert js["complete_up_to"] == "last_upload" and js["agents"][0]["last_upload"] == agent.last_upload
 
 
 def test_reconcile_finds_a_corrupted_raw_row(store: Store, chain: Chain, config, capsys) -> None:
@@ -88,7 +89,9 @@ def test_reconcile_exit_0_when_verified_and_counts_security_events(
     argv = ["--home", str(config.home), "reconcile", "--hospital", HOSPITAL, "--from", "2026-11-01", "--to"]
     assert main([*argv, "2026-11-30"]) == 0
     out = capsys.readouterr().out
-    assert "RESULT: complete and verified" in out and chain.agent_id in out and other.agent_id not in out
+    assert "RESULT: complete up to the last upload, and verified" in out
+    assert "complete and verified" not in out and "no signed heartbeat" in out
+    assert chain.agent_id in out and other.agent_id not in out
     assert main([*argv, "2026-10-01"]) == 1  # --from after --to
     assert "after" in capsys.readouterr().err
 
