@@ -638,8 +638,10 @@ def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) ->
         return 0
     result = analysis.analyse(store, by=args.by, measure=args.measure, date_from=args.date_from,
                               date_to=args.date_to, area=args.area, min_visits=args.min_visits)  # fmt: skip
-    if args.json:
-        _print_json({**result, "results": result["results"][: args.limit]})
+    if args.json:  # one object per ranked row, like every listing's --json; each row names its run
+        run = {key: result[key] for key in ("run_id", "by", "measure", "date_from", "date_to")}
+        for row in result["results"][: args.limit]:
+            print(json.dumps({**run, **row}, ensure_ascii=False))
         return 0
     print(
         f"run {result['run_id']}: {result['measure']} by {result['by']}, {result['date_from']}.."

@@ -5,6 +5,9 @@ operators add`` prints it) and answers within that operator's pooling areas. Err
 centre's JSON errors ``{"error": {"code", "message"}}``: 401 ``operator_token_invalid``, 403
 ``area_forbidden`` / ``role_forbidden``, 404 ``not_found`` (also for ids of another area), 409
 ``workflow_state`` / ``case_area_mismatch``, 400 ``input_invalid`` / ``decode_malformed``.
+Listings take ``limit`` (default 100, at most ``MAX_LIMIT``) and ``offset``; a ``limit`` over the
+maximum is refused (400 ``input_invalid``, naming the maximum), never cut to it silently, so a client
+cannot take a shortened list for the whole one.
 
 Routes:
 
@@ -20,7 +23,8 @@ Routes:
   ``…/decisions`` ``{"kind", "target_type", "target_id", "reason", "amount"?: "1234.50", "until"?}`` → 201
 - ``GET  /v1/monitor/decisions?case=&hospital=&kind=&status=``
 - ``GET  /v1/monitor/rules/quality``
-- ``GET  /v1/monitor/runs?limit=`` screening runs, newest first (``screen_runs``)
+- ``GET  /v1/monitor/runs?limit=`` screening runs, newest first (``screen_runs``; ``limit`` default 20,
+  at most ``MAX_RUNS``, no ``offset``)
 - ``POST /v1/monitor/screen`` ``{"from", "to"}`` (supervisor) → 202: a full screen starts in the
   background (one at a time: 409 ``workflow_state`` while one runs); its row appears in ``runs``
 - ``POST /v1/monitor/rules/backtest`` ``{"rules": {…}, "catalogue"?: {…}, "from", "to"}`` (supervisor):
@@ -75,12 +79,16 @@ from .review import (
 )
 from .suspicions import STATUSES
 
-__all__ = ["PREFIX", "add_routes"]
+__all__ = ["MAX_LIMIT", "MAX_RUNS", "PREFIX", "add_routes"]
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/v1/monitor"
 MAX_BODY = 64 * 1024
+#: Most rows a listing (suspicions, cases, decisions) answers at once; page past it with ``offset``.
+MAX_LIMIT = 1000
+#: Most screening runs ``runs`` answers (the newest).
+MAX_RUNS = 500
 #: A backtest carries a whole rules document (and maybe a catalogue): the centre's document limit.
 MAX_DOCUMENT_BODY = 16 * 1024 * 1024
 #: The running full screen, if any (a mutable holder: the application is frozen once it serves).
@@ -163,6 +171,15 @@ def _int_query(request: web.Request, name: str, default: int | None = None) -> i
         raise MonitorInputInvalid(f"{name}={text!r} is not an integer") from None
 
 
+def _limit(request: web.Request, default: int, maximum: int = MAX_LIMIT, *, paged: bool = True) -> int:
+    """The listing's ``limit``: over ``maximum`` is refused, so a cut list is never taken for the whole."""
+    limit = _int_query(request, "limit", default) or default
+    if limit > maximum:
+        more = "; page through the rest with offset" if paged else ""
+        raise MonitorInputInvalid(f"limit={limit} is more than the maximum, {maximum}{more}")
+    return limit
+
+
 def _id(request: web.Request) -> int:
     try:
         return int(request.match_info["id"])
@@ -193,7 +210,7 @@ async def suspicions(request: web.Request, op: Operator) -> Any:
     filters = {
         "area": q.get("area"), "status": status, "rule_id": q.get("rule"), "severity": q.get("severity"),
         "min_score": _int_query(request, "min_score"), "hospital": q.get("hospital"),
-        "limit": min(_int_query(request, "limit", 100) or 100, 1000),
+        "limit": _limit(request, 100),
         "offset": _int_query(request, "offset", 0) or 0,
     }  # fmt: skip
     return await _store(request).read_async(lambda c: scoped_suspicions(c, op, **filters))
@@ -236,7 +253,7 @@ async def case_open(request: web.Request, op: Operator) -> Any:
 
 async def cases(request: web.Request, op: Operator) -> Any:
     q = request.query
-    limit = min(_int_query(request, "limit", 100) or 100, 1000)
+    limit = _limit(request, 100)
     offset = _int_query(request, "offset", 0) or 0
     return await _store(request).read_async(
         lambda c: list_cases(
@@ -301,7 +318,7 @@ async def case_decide(request: web.Request, op: Operator) -> Any:
 
 async def decisions(request: web.Request, op: Operator) -> Any:
     q = request.query
-    limit = min(_int_query(request, "limit", 100) or 100, 1000)
+    limit = _limit(request, 100)
     case_id, offset = _int_query(request, "case"), _int_query(request, "offset", 0) or 0
     return await _store(request).read_async(
         lambda c: list_decisions(
@@ -332,7 +349,7 @@ def _range(source: Any) -> tuple[str, str]:
 
 
 async def runs(request: web.Request, op: Operator) -> Any:
-    limit = min(_int_query(request, "limit", 20) or 20, 500)
+    limit = _limit(request, 20, MAX_RUNS, paged=False)
     cols = ("id", "kind", "started_at", "finished_at", "date_from", "date_to", "settlements", "lines", "hits",
             "new_suspicions")  # fmt: skip
 

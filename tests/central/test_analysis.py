@@ -109,3 +109,25 @@ def test_the_cli_prints_the_ranking(config, held: Store, capsys) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "H11010100003" in out.splitlines()[2]
+
+
+def test_the_cli_json_is_one_ranked_row_per_line(config, held: Store, capsys) -> None:
+    """``--json`` prints one object per line, as every other listing does; each row names its run."""
+    import json
+
+    from central.cli import main
+
+    argv = ["--home", str(config.home), "analysis", "--by", "hospital", "--measure", "cost_per_visit",
+            "--from", "2026-11-01", "--to", "2026-11-30", "--json"]  # fmt: skip
+    assert main([*argv, "--limit", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 2 and [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["object_id"] == "H11010100003" and rows[0]["ratio"] == pytest.approx(4.0)
+    run = {"run_id": rows[0]["run_id"], "by": "hospital", "measure": "cost_per_visit",
+           "date_from": "2026-11-01", "date_to": "2026-11-30"}  # fmt: skip
+    assert all({k: r[k] for k in run} == run for r in rows)
+    row_keys = {"object_id", "area", "visits", "value", "peer_median", "ratio", "peer_group", "rank"}
+    assert set(rows[0]) == set(run) | row_keys
+    assert main(argv) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3  # every object, under the default --limit

@@ -221,3 +221,28 @@ def test_screening_backtest_and_analysis_over_http(server: Server, sup: Client, 
     assert _error(sup.get(f"/analysis?measure=nonsense&from={today}&to={today}")) == (400, "input_invalid")
     status, ranking = sup.get(f"/analysis?by=hospital&measure=cost_per_visit&from={today}&to={today}")
     assert status == 200 and ranking["area"] == AREA and ranking["results"] == []
+
+
+def test_a_limit_over_the_maximum_is_refused_not_cut(server: Server, sup: Client) -> None:
+    """limit past the maximum is a 400 naming it (a silently cut list looks like the whole one); at the
+    maximum and below, the listings answer as before."""
+    from central.monitor_api import MAX_LIMIT, MAX_RUNS
+
+    (s,) = suspect(server.store, finding())
+    sup.post(f"/suspicions/{s}/review", {"outcome": "confirm", "reason": "ok"})
+    assert sup.post("/cases", {"suspicions": [s], "title": "t"})[0] == 201
+    for path in ("/suspicions?status=all", "/cases?status=open", "/decisions?kind=deduction"):
+        status, body = sup.get(f"{path}&limit={MAX_LIMIT + 1}")
+        assert status == 400 and body == {"error": {  # the centre's error shape, nothing else
+            "code": "input_invalid",
+            "message": f"limit={MAX_LIMIT + 1} is more than the maximum, {MAX_LIMIT}; "
+                       "page through the rest with offset",
+        }}, (path, body)  # fmt: skip
+        at_max = sup.get(f"{path}&limit={MAX_LIMIT}")
+        assert at_max[0] == 200 and at_max == sup.get(path), path
+    assert len(sup.get(f"/suspicions?status=all&limit={MAX_LIMIT}")[1]) == 1  # type: ignore[arg-type]
+    assert len(sup.get("/cases?limit=1000&offset=1")[1]) == 0  # type: ignore[arg-type]
+    status, body = sup.get(f"/runs?limit={MAX_RUNS + 1}")
+    assert status == 400 and body["error"]["code"] == "input_invalid"  # type: ignore[index]
+    assert f"maximum, {MAX_RUNS}" in body["error"]["message"]  # type: ignore[index]
+    assert sup.get(f"/runs?limit={MAX_RUNS}") == (200, [])
