@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from smartcard import scard
@@ -127,6 +128,8 @@ class CardReader:
         self._ctx: int | None = None
         self._psam: tuple[int, int, str] | None = None  # (handle, protocol, reader)
         self.stats = ReadStats()
+        #: Called with the error code of every refused identification (the metrics count them).
+        self.on_error: Callable[[str], None] | None = None
 
     # ---- public ---------------------------------------------------------------------------
 
@@ -143,6 +146,8 @@ class CardReader:
                 return self._identify(wait_s)
             except CardError as exc:
                 log.info("card identification refused: %s", exc.code)
+                if self.on_error is not None:
+                    self.on_error(exc.code)
                 raise
             finally:
                 self.stats.seconds = time.perf_counter() - start

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from protocol.logging_json import JsonFormatter
+
 from .config import AgentConfig, load_config
 from .enrol import enrol, pinned_root_fingerprint
 from .errors import AgentError
@@ -26,9 +28,20 @@ def _parser() -> argparse.ArgumentParser:
         "--home", default=os.environ.get("YIBAO_HOME"), help="agent directory (default $YIBAO_HOME)"
     )
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--log-json", action="store_true", help="log one JSON object per line (for a log shipper)")
     sub = p.add_subparsers(dest="verb", required=True)
     init = sub.add_parser("init", help="create the key and database and enrol with the centre")
-    init.add_argument("--central", required=True, help="central collector URL, e.g. http://127.0.0.1:8720")
+    init.add_argument("--central", required=True, help="central collector URL, e.g. https://centre.example:8720")
+    init.add_argument(
+        "--ca-hash",
+        help="sha256:… of the centre's TLS trust bundle, from the operator with the token "
+        "(`yibao-central tls show`); required for https",
+    )
+    init.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="allow a plain http:// centre: a development machine only, never with real data",
+    )
     init.add_argument("--token", required=True, help="one-time enrolment token from the central operator")
     init.add_argument("--hospital", required=True, help="fixmedins_code of this institution")
     srv = sub.add_parser("serve", help="run the HIS API and the uploader")
@@ -82,12 +95,28 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter({"service": "agent"}))
     try:
         if args.verb == "init":
             if not args.home:
                 raise AgentError("no agent home: pass --home DIR or set YIBAO_HOME")
-            config = asyncio.run(enrol(Path(args.home), args.central, args.token, args.hospital))
+            config = asyncio.run(
+                enrol(
+                    Path(args.home),
+                    args.central,
+                    args.token,
+                    args.hospital,
+                    ca_hash=args.ca_hash,
+                    insecure_dev=args.insecure_dev,
+                )
+            )
             print(f"enrolled as {config.agent_id}; HIS token in {config.token_path}")
+            if config.insecure_dev:
+                print("INSECURE DEV: plain HTTP to the centre, no client certificate; not for real data")
+            else:
+                print(f"centre's TLS trust bundle pinned and client certificate in {config.tls_dir}")
             fingerprint = pinned_root_fingerprint(config)
             if fingerprint:
                 print(f"pooling area {config.pooling_area or '(none)'}; policy root pinned, fingerprint:")

@@ -20,8 +20,12 @@ __all__ = ["AgentConfig", "load_config", "save_config"]
 class AgentConfig:
     #: Directory holding the key, the database and the HIS token.
     home: Path
-    #: Base URL of the central collector, e.g. ``http://127.0.0.1:8720``.
+    #: Base URL of the central collector, e.g. ``https://centre.example:8720``; ``http://`` only with
+    #: ``insecure_dev``.
     central_url: str = ""
+    #: Enrolled with ``--insecure-dev``: plain HTTP to the centre and no client certificate. A
+    #: development machine only; the default is HTTPS, the centre's trust bundle pinned in ``HOME/tls``.
+    insecure_dev: bool = False
     #: Agent id assigned by the centre at enrolment.
     agent_id: str = ""
     #: The designated institution this agent serves (``fixmedins_code``).
@@ -95,6 +99,11 @@ class AgentConfig:
         return self.home / "agent.db"
 
     @property
+    def tls_dir(self) -> Path:
+        """The pinned trust bundle and this agent's TLS client key and certificate (``agent.tls``)."""
+        return self.home / "tls"
+
+    @property
     def key_path(self) -> Path:
         return self.home / "agent.key"
 
@@ -151,6 +160,11 @@ class AgentConfig:
             problems.append("dropfolder_stable_ms must be >= 0 and dropfolder_poll_s positive")
         if not 1 <= self.dropfolder_workers <= 64:
             problems.append("dropfolder_workers must be 1 to 64")
+        if self.central_url.startswith("http://") and not self.insecure_dev:
+            problems.append(
+                f"central_url {self.central_url} is plain HTTP: health data must travel over TLS; enrol "
+                "again with --central https://… --ca-hash sha256:… (or --insecure-dev on a development box)"
+            )
         if problems:
             raise ConfigError("invalid agent settings: " + "; ".join(problems))
         return self

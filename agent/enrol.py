@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +22,7 @@ from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER, root_fingerprint
 from .config import AgentConfig, save_config
 from .errors import ConfigError, EnrolFailed
 from .store import Outbox
+from .tls import ClientTls, fetch_trust, make_csr
 
 __all__ = ["check_tuf_root", "enrol", "load_key", "pin_tuf_root", "pinned_root_fingerprint"]
 
@@ -87,23 +89,61 @@ def pinned_root_fingerprint(config: AgentConfig) -> str | None:
         return None
 
 
-async def enrol(home: Path, central_url: str, token: str, hospital: str) -> AgentConfig:
-    """Create key, enrol, then write config, key, HIS token and database."""
+async def enrol(
+    home: Path,
+    central_url: str,
+    token: str,
+    hospital: str,
+    *,
+    ca_hash: str | None = None,
+    insecure_dev: bool = False,
+) -> AgentConfig:
+    """Create key, enrol, then write config, key, HIS token and database.
+
+    Over ``https://`` the centre's trust bundle is fetched and pinned only if its digest is ``ca_hash``
+    (``agent.tls`` rule 1), and the enrolment carries a CSR for the client certificate; ``http://``
+    is refused unless ``insecure_dev``.
+    """
     home = Path(home)
-    config = AgentConfig(home=home, central_url=central_url.rstrip("/"), fixmedins_code=hospital)
+    central_url = central_url.rstrip("/")
+    if central_url.startswith("https://"):
+        if not ca_hash:
+            raise ConfigError(
+                "enrolling over https needs --ca-hash sha256:… (the centre's `yibao-central tls show` prints "
+                "it; get it from the operator with the token)"
+            )
+    elif not central_url.startswith("http://"):
+        raise ConfigError(f"--central {central_url!r} must be an https:// URL")
+    elif not insecure_dev:
+        raise ConfigError(
+            f"--central {central_url} is plain HTTP: health data must travel over TLS; use https:// with "
+            "--ca-hash, or --insecure-dev on a development machine"
+        )
+    config = AgentConfig(
+        home=home, central_url=central_url, fixmedins_code=hospital, insecure_dev=insecure_dev and not ca_hash
+    )
     if config.config_path.exists():
         raise ConfigError(f"{home} already holds an enrolled agent; use another --home")
+    trust = await fetch_trust(central_url, ca_hash) if ca_hash else None
+    tls_key, csr = make_csr(hospital) if trust else (b"", "")
     key = KeyPair.generate()
     request = {
         "token": token,
         "fixmedins_code": hospital,
         "public_key": key.public_bytes.hex(),
         "agent_version": "0.1.0",
+        "csr": csr,
     }
+    ssl_context: ssl.SSLContext | bool = True
+    if trust is not None:
+        ssl_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trust.decode())
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             async with session.post(
-                config.central_url + ENROLL_PATH, json=request, headers={PROTOCOL_HEADER: "1"}
+                config.central_url + ENROLL_PATH,
+                json=request,
+                headers={PROTOCOL_HEADER: "1"},
+                ssl=ssl_context,
             ) as resp:
                 text = await resp.text()
                 status = resp.status
@@ -125,7 +165,14 @@ async def enrol(home: Path, central_url: str, token: str, hospital: str) -> Agen
     tuf_root = (answer.get("tuf_root") or "").encode()
     if tuf_root:
         check_tuf_root(tuf_root, answer.get("root_fingerprint") or "")
+    client_cert = answer.get("client_cert") or ""
+    if trust is not None and not client_cert:
+        raise EnrolFailed(
+            "the centre issued no client certificate for this agent; it cannot upload without one"
+        )
     home.mkdir(parents=True, exist_ok=True)
+    if trust is not None:
+        ClientTls.install(config.tls_dir, trust, tls_key, client_cert)
     config.agent_id = answer["agent_id"]
     config.pooling_area = answer.get("pooling_area") or ""
     if tuf_root:

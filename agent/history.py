@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -40,8 +41,17 @@ class RemoteHistory:
 
 
 class CentralHistory:
-    def __init__(self, central_url: str, agent_id: str, key: KeyPair, *, timeout_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        central_url: str,
+        agent_id: str,
+        key: KeyPair,
+        *,
+        timeout_s: float = 0.3,
+        ssl_context: ssl.SSLContext | bool = True,
+    ) -> None:
         self.central_url = central_url.rstrip("/")
+        self.ssl_context = ssl_context
         self.agent_id = agent_id
         self.key = key
         self.timeout_s = timeout_s
@@ -49,7 +59,7 @@ class CentralHistory:
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context))
         return self._session
 
     async def close(self) -> None:

@@ -88,6 +88,7 @@ from .errors import (
     TufTargetMismatch,
 )
 from .policy_store import Applied, PolicyStore
+from .tls import TlsFetcher, client_ssl, client_tls
 
 __all__ = [
     "OFFLINE_BASE",
@@ -451,6 +452,8 @@ class PolicyClient:
         # The pinned root the first time; afterwards the newest root this client verified.
         bootstrap = None if history.is_dir() else (self.metadata_dir / "root.json").read_bytes()
         base = base_url.rstrip("/")
+        if fetcher is None and (tls := client_tls(self.config.home, base)) is not None:
+            fetcher = TlsFetcher(tls.context, app_user_agent="yibao-agent/0.1")
         return Updater(
             str(self.metadata_dir),
             base + TUF_METADATA_PATH,
@@ -772,7 +775,8 @@ class PolicyClient:
         """Update at start, on every change signal and at least every ``policy_poll_s``; report each time."""
         poll_s = self.config.policy_poll_s
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=client_ssl(self.config.home, self.config.central_url))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             next_update = 0.0
             next_report = time.monotonic() + REPORT_EVERY_S
             signal = 0

@@ -8,6 +8,7 @@ import functools
 import logging
 import signal
 
+import aiohttp
 from aiohttp import web
 
 from protocol.batch import KeyPair
@@ -18,12 +19,15 @@ from .checks import DeskChecks
 from .config import AgentConfig
 from .dropfolder import DropFolder, prepare_dirs
 from .enrol import load_key
-from .errors import ConfigError, PolicyError
+from .errors import AgentError, ConfigError, PolicyError
 from .evoucher import VoucherVerifier, open_verifier
 from .history import CentralHistory
+from .metrics import AgentMetrics
+from .metrics import install as install_metrics
 from .policy import PolicyClient, issuers_from_keys_bundle
 from .policy_store import Applied, PolicyStore
 from .store import Outbox
+from .tls import ClientTls, client_tls
 from .uploader import Uploader
 
 __all__ = ["open_outbox", "open_policy", "serve"]
@@ -69,6 +73,35 @@ def open_policy(
     return store, PolicyClient(config, store, key=key, on_applied=on_applied)
 
 
+#: How often the agent looks at its client certificate (renewal at two thirds of its life, alarm near expiry).
+CERT_CHECK_S = 3600.0
+CERT_ALARM = "tls_cert_expiring"
+
+
+async def keep_certificate(tls: ClientTls, config: AgentConfig, outbox: Outbox) -> None:
+    """Renew the client certificate when due, and keep the expiry alarm true; never stops the agent."""
+    while True:
+        try:
+            if tls.renewal_due():
+                timeout = aiohttp.ClientTimeout(total=config.upload_timeout_s)
+                async with aiohttp.ClientSession(timeout=timeout) as session:
+                    until = await tls.renew(session, config.central_url, config.agent_id)
+                log.info("client certificate renewed, valid until %s", until)
+            state = tls.status()
+            if state["expiring"]:
+                await asyncio.wrap_future(outbox.raise_alarm(
+                    CERT_ALARM,
+                    f"the TLS client certificate expires at {state['client_cert_not_after']}; the agent "
+                    "renews it when the centre is reachable, else enrol the agent again before then",
+                ))  # fmt: skip
+            else:
+                await asyncio.wrap_future(outbox.clear_alarm(CERT_ALARM))
+        except (AgentError, aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            log.warning("client certificate renewal failed (%s); retrying in %.0f s", type(exc).__name__,
+                        CERT_CHECK_S)  # fmt: skip
+        await asyncio.sleep(CERT_CHECK_S)
+
+
 async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM. Settlements are durable as answered, so stopping is always safe."""
     if config.dropfolder_path is not None:
@@ -84,7 +117,14 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
     policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)
-    history = CentralHistory(config.central_url, config.agent_id, key, timeout_s=config.history_timeout_s)
+    tls = client_tls(config.home, config.central_url)
+    history = CentralHistory(
+        config.central_url,
+        config.agent_id,
+        key,
+        timeout_s=config.history_timeout_s,
+        ssl_context=tls.context if tls is not None else True,
+    )
     desk = DeskChecks(
         config.db_path, policy_store, history, hosp_lv=config.hosp_lv, history_days=config.history_days
     )
@@ -107,6 +147,17 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         desk=desk,
         dropfolder_status=dropfolder.status if dropfolder is not None else None,
     )
+    metrics = AgentMetrics(
+        config=config,
+        outbox=outbox,
+        uploader=uploader,
+        policy=policy_store,
+        policy_client=policy_client,
+        card_errors_from_api=False,
+    )
+    install_metrics(app, metrics)
+    uploader.on_attempt = metrics.observe_upload
+    card_reader.on_error = metrics.count_card_error
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
@@ -119,6 +170,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     upload_task = asyncio.create_task(uploader.run())
+    cert_task = asyncio.create_task(keep_certificate(tls, config, outbox)) if tls is not None else None
     try:
         policy_client.check_configured()
         policy_task: asyncio.Task | None = asyncio.create_task(policy_client.run())
@@ -147,7 +199,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         uploader.stop()
         policy_client.stop()
         await runner.cleanup()
-        for task in (upload_task, policy_task):
+        for task in (upload_task, policy_task, cert_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

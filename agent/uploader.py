@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from protocol.wire import BATCH_PATH, MSGPACK, PROTOCOL_HEADER, BatchAck, decode
 
 from .config import AgentConfig
 from .store import Outbox
+from .tls import client_ssl, client_tls
 
 __all__ = ["Uploader"]
 
@@ -69,6 +71,8 @@ class Uploader:
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Called with (seconds, outcome code) after every upload attempt (the metrics' latency histogram).
+        self.on_attempt: Callable[[float, str], None] | None = None
 
     def wake(self) -> None:
         """Called from the outbox writer thread when records are appended: upload at once."""
@@ -83,12 +87,14 @@ class Uploader:
             "last_attempt_at": _iso(self.last_attempt_at),
             "last_error": self.last_error,
             "batches_sent": self.batches_sent,
+            "tls": tls.status() if (tls := client_tls(self.config.home, self.config.central_url)) else None,
         }
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=self.config.upload_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        connector = aiohttp.TCPConnector(ssl=client_ssl(self.config.home, self.config.central_url))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
             self._session = session
             next_prune = time.monotonic() + 60
             while not self._stop.is_set():
@@ -144,7 +150,18 @@ class Uploader:
             if self._stop.is_set():
                 return None
             with attempt:
-                return await self._post(body, first, last)
+                started, outcome = time.perf_counter(), "ok"
+                try:
+                    return await self._post(body, first, last)
+                except _Retry as exc:
+                    outcome = exc.code
+                    raise
+                except _Shrink:
+                    outcome = "batch_too_large"
+                    raise
+                finally:
+                    if self.on_attempt is not None:
+                        self.on_attempt(time.perf_counter() - started, outcome)
         return None  # pragma: no cover - tenacity never stops without a stop condition
 
     async def _post(self, body: bytes, first: int, last: int) -> BatchAck:

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from _common import Failed
 
+from agent.tls import ClientTls, make_csr
+from central.tls import trust_digest
 from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER
 
 __all__ = ["BIN", "CLK_TCK", "Centre", "Failed", "central_cli", "free_port"]
@@ -45,16 +48,30 @@ def central_cli(home: Path, *args: str) -> str:
 class Centre:
     """``yibao-central serve`` in its own process on a free loopback port."""
 
-    def __init__(self, home: Path, hospital: str | None = None, *, area: str | None = None) -> None:
+    def __init__(
+        self, home: Path, hospital: str | None = None, *, area: str | None = None, tls: bool = True
+    ) -> None:
+        """``tls``: HTTPS with mutual TLS on agent routes, as deployed; False is ``--insecure-dev``."""
         self.home = home
         central_cli(home, "init", *(("--area", area) if area else ()))
         #: One enrolment token for ``hospital`` (when given).
         self.token = central_cli(home, "enroll-token", "--hospital", hospital).strip() if hospital else ""
         port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        #: What an agent enrols with (``--ca-hash``), and a context that verifies this centre.
+        self.ca_hash = trust_digest(home / "tls") if tls else None
+        self.context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem")) if tls else None
         log = open(home / "central.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}"],
+            [
+                str(BIN / "yibao-central"),
+                "--home",
+                str(home),
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                *(() if tls else ("--insecure-dev",)),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -64,7 +81,7 @@ class Centre:
             if self.proc.poll() is not None:
                 raise Failed(f"yibao-central serve exited with {self.proc.returncode}: {self.log()}")
             try:
-                with urllib.request.urlopen(self.url + "/v1/health", timeout=1) as resp:
+                with urllib.request.urlopen(self.url + "/v1/health", timeout=1, context=self.context) as resp:
                     if resp.status == 200:
                         break
             except OSError:
@@ -80,10 +97,15 @@ class Centre:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
-    def register(self, public_key: bytes, hospital: str) -> str:
-        """Register an existing agent key with this centre's token, as ``agent.enrol`` does."""
+    def register(self, public_key: bytes, hospital: str, tls_dir: Path | None = None) -> str:
+        """Register an existing agent key with this centre's token, as ``agent.enrol`` does.
+
+        ``tls_dir``: for a TLS centre, the agent's TLS directory, which gets this centre's trust bundle
+        and a client certificate for a new key (what enrolment writes).
+        """
+        key_pem, csr = make_csr(hospital) if self.ca_hash else (b"", "")
         body = json.dumps(
-            {"token": self.token, "fixmedins_code": hospital, "public_key": public_key.hex()}
+            {"token": self.token, "fixmedins_code": hospital, "public_key": public_key.hex(), "csr": csr}
         ).encode()
         req = urllib.request.Request(
             self.url + ENROLL_PATH,
@@ -92,10 +114,16 @@ class Centre:
             headers={"Content-Type": "application/json", PROTOCOL_HEADER: "1"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())["agent_id"]
+            with urllib.request.urlopen(req, timeout=30, context=self.context) as resp:
+                answer = json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             raise Failed(f"enrolment refused: {exc.code} {exc.read()[:300]!r}") from None
+        if self.ca_hash:
+            if tls_dir is None:
+                raise Failed("registering with a TLS centre needs the agent's tls_dir")
+            trust = (self.home / "tls" / "trust.pem").read_bytes()
+            ClientTls.install(tls_dir, trust, key_pem, answer["client_cert"])
+        return answer["agent_id"]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

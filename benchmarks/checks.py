@@ -32,6 +32,7 @@ from agent.history import CentralHistory
 from agent.intake import parse_settlement
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
+from agent.tls import client_tls
 from protocol.bundles import BlacklistEntry, BundleHeader, encode_blacklist
 from protocol.rules import HIST_COLUMNS
 from tests.conftest import example_settlement
@@ -149,8 +150,12 @@ async def _pre_event(tmp: Path, db: Path, store: PolicyStore, psn_no: str, n: in
     centre = Centre(tmp / "central", "H37021100001", area=AREA)
     url, token = centre.url, centre.token
     try:
-        config = await enrol(tmp / "agent", url, token, "H37021100001")
-        history = CentralHistory(url, config.agent_id, load_key(config), timeout_s=1.0)
+        config = await enrol(tmp / "agent", url, token, "H37021100001", ca_hash=centre.ca_hash)
+        tls = client_tls(config.home, url)
+        assert tls is not None
+        history = CentralHistory(
+            url, config.agent_id, load_key(config), timeout_s=1.0, ssl_context=tls.context
+        )
         desk = DeskChecks(db, store, history, hosp_lv="3")
         request = {
             "psn": {"psn_no": psn_no, "gend": "1", "brdy": "1958-04-02"},

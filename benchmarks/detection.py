@@ -67,6 +67,7 @@ class Agent:
                 token,
                 "--hospital",
                 hospital,
+                *(("--ca-hash", centre.ca_hash) if centre.ca_hash else ("--insecure-dev",)),
             ],
             capture_output=True,
             text=True,

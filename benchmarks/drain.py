@@ -40,6 +40,7 @@ from agent.store import Outbox
 from agent.uploader import Uploader
 from protocol.batch import BatchLimits
 
+AIM_TLS_RATIO = 0.8
 AIM_PER_S = 10_000
 
 
@@ -165,7 +166,9 @@ def run(args: argparse.Namespace, tmp: Path, centres: list[Centre]) -> None:
     bodies = Bodies("DRAIN")
     centre = Centre(tmp / "central-0", bodies.hospital)
     centres.append(centre)
-    config = asyncio.run(enrol(tmp / "agent", centre.url, centre.token, bodies.hospital))
+    config = asyncio.run(
+        enrol(tmp / "agent", centre.url, centre.token, bodies.hospital, ca_hash=centre.ca_hash)
+    )
     config.batch_max_records = args.batch
     config.batch_max_bytes = limits.max_bytes // 2  # well inside the centre's byte limit
 
@@ -186,11 +189,23 @@ def run(args: argparse.Namespace, tmp: Path, centres: list[Centre]) -> None:
         if r:
             centre = Centre(tmp / f"central-{r}", bodies.hospital)
             centres.append(centre)
-            agent_id = centre.register(load_key(config).public_bytes, bodies.hospital)
+            agent_id = centre.register(load_key(config).public_bytes, bodies.hospital, config.tls_dir)
             if agent_id != config.agent_id:
                 raise Failed(f"a fresh centre named the agent {agent_id}, not {config.agent_id}")
         config.central_url = centre.url
         rounds.append(drain_round(config, centre, pristine, args.n, args.timeout))
+        centre.stop()
+        shutil.rmtree(centre.home, ignore_errors=True)
+
+    # The same backlog into plain-HTTP centres (--insecure-dev): what TLS costs, measured in this run.
+    plain = []
+    for r in range(args.rounds):
+        centre = Centre(tmp / f"plain-{r}", bodies.hospital, tls=False)
+        centres.append(centre)
+        if centre.register(load_key(config).public_bytes, bodies.hospital) != config.agent_id:
+            raise Failed("a fresh plain centre named the agent differently")
+        config.central_url, config.insecure_dev = centre.url, True
+        plain.append(drain_round(config, centre, pristine, args.n, args.timeout))
         centre.stop()
         shutil.rmtree(centre.home, ignore_errors=True)
 
@@ -208,6 +223,16 @@ def run(args: argparse.Namespace, tmp: Path, centres: list[Centre]) -> None:
         rounds=args.rounds,
         per_round=[round(x["rate"]) for x in rounds],
         verified="centre holds exactly the backlog as settlements of the agent",
+    )
+    plain_rate = median([x["rate"] for x in plain])
+    emit(
+        "drain_tls_to_plain_ratio",
+        rate / plain_rate,
+        "count",
+        ratio=(rate / plain_rate) / AIM_TLS_RATIO,
+        ratio_to="aim_0.8",
+        plain_records_per_s=round(plain_rate),
+        note="mutual TLS (as deployed) vs --insecure-dev plain HTTP, same backlog, same machine, one run",
     )
     emit("drain_seconds", med("seconds"), "s", records=args.n)
     emit("drain_batch_records", args.batch, "count", batches=round(med("batches")))

@@ -40,7 +40,7 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
         central_cli(home, "blacklist", "add", "--type", "card", "--id", warm_card, "--reason", "warm-up")
         count = str(args.agents)
         tokens = central_cli(home, "enroll-token", "--hospital", HOSPITAL, "--count", count).split()
-        fleet = Fleet(url, tmp / "fleet", [HOSPITAL] * len(tokens))
+        fleet = Fleet(url, tmp / "fleet", [HOSPITAL] * len(tokens), ca_hash=centre.ca_hash)
         started = time.perf_counter()
         await fleet.enrol_all(tokens)
         fleet.open_all()

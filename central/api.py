@@ -54,13 +54,16 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from protocol.wire import (
+    AGENT_HEADER,
     BATCH_PATH,
+    CERT_RENEW_PATH,
     ENROLL_PATH,
     MSGPACK,
     PERSON_HISTORY_PATH,
     POLICY_CHANGES_PATH,
     POLICY_REPORT_PATH,
     PROTOCOL_HEADER,
+    TLS_TRUST_PATH,
     TUF_METADATA_PATH,
     TUF_TARGETS_PATH,
     PolicyChanges,
@@ -71,7 +74,11 @@ from protocol.wire import (
 from .config import CentralConfig
 from .enrol import decode_enroll_request, enrol_agent
 from .errors import (
+    AgentMismatch,
+    AgentRevoked,
+    AgentUnknown,
     CentralError,
+    ClientCertRequired,
     InternalError,
     LimitExceededError,
     MalformedRequest,
@@ -81,9 +88,12 @@ from .errors import (
 )
 from .history import answer_history
 from .ingest import Ingestor
+from .metrics import CentralMetrics
+from .metrics import install as install_metrics
 from .monitor_api import add_routes as add_monitor_routes
 from .reports import MAX_REPORT_BYTES, agent_views, record_report
-from .store import Store
+from .store import Store, get_agent
+from .tls import ServerTls, TlsFiles, issue_client_cert, peer_agent_id
 from .tuf_repo import TufRepository
 
 __all__ = [
@@ -96,6 +106,7 @@ __all__ = [
     "RedactingAccessLogger",
     "app_runner",
     "create_app",
+    "is_agent_route",
     "serve",
 ]
 
@@ -298,7 +309,10 @@ async def agent_report(request: web.Request) -> web.Response:
             )
         data = await _body(request, MAX_REPORT_BYTES)
         store = request.app[STORE_KEY]
-        stored = await store.run_async(lambda: record_report(store, data, remote=request.remote))
+        peer = request.get(PEER_KEY)
+        stored = await store.run_async(
+            lambda: record_report(store, data, remote=request.remote, peer_agent=peer)
+        )
     except CentralError as exc:
         log.info("policy report refused (%s) from %s: %s", exc.code, request.remote, exc.message)
         return _error(exc, as_msgpack=True, version=version)
@@ -318,11 +332,26 @@ async def enroll(request: web.Request) -> web.Response:
         version = _version(request)
         data = await _body(request, request.app[CONFIG_KEY].client_max_size)
         enrol_request = decode_enroll_request(data)
+        config = request.app[CONFIG_KEY]
+        if not enrol_request.csr and not config.insecure_dev:
+            # Checked before the token is spent: the agent can enrol again with a CSR.
+            raise MalformedRequest(
+                "this centre serves mutual TLS and the enrolment carries no certificate signing request: "
+                "enrol with `yibao-agent init --central https://… --ca-hash sha256:…`"
+            )
         store = request.app[STORE_KEY]
         root = await asyncio.get_running_loop().run_in_executor(
             None, request.app[REPO_KEY].current_root_bytes
         )
         response, created = await store.run_async(lambda: enrol_agent(store, enrol_request, tuf_root=root))
+        if enrol_request.csr and TlsFiles(config.tls_dir).exists():
+            cert = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: issue_client_cert(
+                    config.tls_dir, enrol_request.csr, response.agent_id, days=config.client_cert_days
+                ),
+            )
+            response = msgspec.structs.replace(response, client_cert=cert)
     except CentralError as exc:
         log.info("enrolment refused (%s) from %s", exc.code, request.remote)
         return _error(exc, as_msgpack=False, version=version)
@@ -345,7 +374,9 @@ async def batches(request: web.Request) -> web.Response:
         if request.content_type != MSGPACK:
             raise UnsupportedMediaType(f"batches are {MSGPACK}, not {request.content_type or 'untyped'}")
         data = await _body(request, request.app[CONFIG_KEY].client_max_size)
-        ack = await request.app[INGESTOR_KEY].ingest_async(data, remote=request.remote)
+        ack = await request.app[INGESTOR_KEY].ingest_async(
+            data, remote=request.remote, peer_agent=request.get(PEER_KEY)
+        )
     except CentralError as exc:
         log.info("batch refused (%s) from %s: %s", exc.code, request.remote, exc.message)
         return _error(exc, as_msgpack=True, version=version)
@@ -389,6 +420,83 @@ async def person_history(request: web.Request) -> web.Response:
     )
 
 
+#: Routes only an enrolled agent uses: with TLS they need its client certificate (``central.tls`` rule 3).
+_AGENT_EXACT = frozenset({BATCH_PATH, POLICY_REPORT_PATH, POLICY_CHANGES_PATH, CERT_RENEW_PATH})
+_AGENT_PREFIXES = ("/tuf/", "/v1/persons/")
+_MSGPACK_ROUTES = frozenset({BATCH_PATH, POLICY_REPORT_PATH})
+PEER_KEY = "peer_agent"
+
+
+def is_agent_route(path: str) -> bool:
+    return path in _AGENT_EXACT or path.startswith(_AGENT_PREFIXES)
+
+
+def _mutual_tls(config: CentralConfig) -> Any:
+    """Agent routes answer only a client certificate of an enrolled, unrevoked agent (unless insecure dev)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if config.insecure_dev or not is_agent_route(request.path):
+            return await handler(request)
+        as_msgpack = request.path in _MSGPACK_ROUTES
+        transport = request.transport
+        peer = peer_agent_id(transport.get_extra_info("peercert") if transport is not None else None)
+        try:
+            if peer is None:
+                raise ClientCertRequired(
+                    "this route needs the agent's TLS client certificate from enrolment; connect over "
+                    "https with HOME/tls/client.crt (enrol again if the agent has none)"
+                )
+            agent = await request.app[STORE_KEY].read_async(lambda c: get_agent(c, peer))
+            if agent is None:
+                raise AgentUnknown(f"the client certificate names agent {peer!r}, which is not enrolled")
+            if agent.revoked:
+                raise AgentRevoked(f"agent {peer} was revoked at {agent.revoked_at}; its certificate is void")
+            claimed = request.headers.get(AGENT_HEADER)
+            if claimed is not None and claimed != peer:
+                raise AgentMismatch(
+                    f"the request is signed for agent {claimed!r} but came with the certificate of {peer!r}"
+                )
+        except CentralError as exc:
+            log.info("agent route %s refused (%s) from %s", request.path, exc.code, request.remote)
+            return _error(exc, as_msgpack=as_msgpack)
+        request[PEER_KEY] = peer
+        return await handler(request)
+
+    return middleware
+
+
+async def tls_trust(request: web.Request) -> web.StreamResponse:
+    """The trust bundle agents pin at enrolment; its digest, not this answer, is what they trust."""
+    path = TlsFiles(request.app[CONFIG_KEY].tls_dir).trust
+    if not path.is_file():
+        return _not_found("a TLS trust bundle (the centre serves --insecure-dev)")
+    return web.Response(body=path.read_bytes(), content_type="application/x-pem-file")
+
+
+async def renew_cert(request: web.Request) -> web.Response:
+    """A new client certificate for the agent whose current one this request came with."""
+    config = request.app[CONFIG_KEY]
+    try:
+        peer = request.get(PEER_KEY)
+        if peer is None:
+            raise ClientCertRequired("certificate renewal needs the agent's current client certificate")
+        try:
+            csr = json.loads(await _body(request, 64 * 1024)).get("csr")
+        except (ValueError, AttributeError):
+            csr = None
+        if not isinstance(csr, str):
+            raise MalformedRequest('renewal body must be JSON {"csr": "<PEM certificate signing request>"}')
+        cert = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: issue_client_cert(config.tls_dir, csr, peer, days=config.client_cert_days)
+        )
+    except CentralError as exc:
+        log.info("certificate renewal refused (%s) from %s", exc.code, request.remote)
+        return _error(exc, as_msgpack=False)
+    log.info("client certificate renewed for agent %s", peer)
+    return web.json_response({"client_cert": cert})
+
+
 _PERSON_SEGMENT = re.compile(r"^(/v1/persons/)[^/?]*")
 
 
@@ -405,7 +513,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
 def create_app(config: CentralConfig) -> web.Application:
     """The application; it opens the store on startup and closes it on cleanup."""
-    app = web.Application(client_max_size=config.client_max_size)
+    app = web.Application(client_max_size=config.client_max_size, middlewares=[_mutual_tls(config)])
     app[CONFIG_KEY] = config
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -443,6 +551,8 @@ def create_app(config: CentralConfig) -> web.Application:
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/agents", agents)
     app.router.add_post(ENROLL_PATH, enroll)
+    app.router.add_get(TLS_TRUST_PATH, tls_trust)
+    app.router.add_post(CERT_RENEW_PATH, renew_cert)
     app.router.add_post(BATCH_PATH, batches)
     app.router.add_get(TUF_METADATA_PATH + "{name}", tuf_metadata)
     app.router.add_get(TUF_TARGETS_PATH + "{path:.+}", tuf_target)
@@ -450,6 +560,7 @@ def create_app(config: CentralConfig) -> web.Application:
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     add_monitor_routes(app)
+    install_metrics(app, CentralMetrics(open_access=config.insecure_dev))
     return app
 
 
@@ -562,16 +673,46 @@ async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWat
         await asyncio.sleep(interval)
 
 
+async def _watch_tls(tls: ServerTls, interval: float = 60.0) -> None:
+    """Pick up a rotated server certificate; warn daily while it is close to expiry."""
+    warned = 0.0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if tls.reload_if_changed():
+                log.info("loaded the new server certificate (until %s)", tls.server_cert_info().not_after)
+            info = tls.server_cert_info()
+            if info.expiring and time.monotonic() - warned > 86_400:
+                log.warning(
+                    "the server certificate expires in %.0f days (%s): run `yibao-central tls rotate`",
+                    info.days_left, info.not_after,
+                )  # fmt: skip
+                warned = time.monotonic()
+        except Exception:
+            log.exception("checking the server certificate failed; retrying in %.0f s", interval)
+
+
+def server_tls(config: CentralConfig) -> ServerTls | None:
+    """The server's TLS, or None with a loud warning under ``--insecure-dev``."""
+    if config.insecure_dev:
+        log.warning("INSECURE DEV MODE: plain HTTP, no client certificates on agent routes; not for use")
+        return None
+    return ServerTls(config.tls_dir)
+
+
 async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM (or cancellation), then close the store cleanly."""
     host, port = config.host_port
+    tls = server_tls(config)
     runner = app_runner(config)
     await runner.setup()
+    watch = asyncio.create_task(_watch_tls(tls, config.tls_check_s)) if tls is not None else None
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls else None)
         await site.start()
         addresses = list(runner.addresses)
-        log.info("yibao-central serving %s on %s", config.home, addresses)
+        scheme = "https" if tls else "http"
+        log.info("yibao-central serving %s on %s (%s)", config.home, addresses, scheme)
         if on_started is not None:
             on_started(addresses)
         stop = asyncio.Event()
@@ -584,4 +725,6 @@ async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
     finally:
+        if watch is not None:
+            watch.cancel()
         await runner.cleanup()

@@ -63,6 +63,7 @@ from typing import Any
 from securesystemslib.signer import CryptoSigner
 
 from protocol.bundles import BLACKLIST_TYPES
+from protocol.logging_json import JsonFormatter
 
 from . import cli_monitor
 from .api import serve
@@ -76,6 +77,7 @@ from .policy import Actor, Policy, default_area, set_default_area
 from .reconcile import reconcile, render_table
 from .reports import agent_views
 from .store import Store
+from .tls import TlsFiles, cert_info, create_tls, import_server_cert, rotate_server_cert, trust_digest
 from .tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
 
 __all__ = ["build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
@@ -100,6 +102,7 @@ def init_home(config: CentralConfig, *, area: str | None = None) -> list[str]:
         if area is not None:
             set_default_area(store, area)
     ensure_repository(config)
+    create_tls(config.tls_dir)
     return applied
 
 
@@ -120,12 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="yibao-central", description="Yibao Edge central collector")
     parser.add_argument("--home", help=f"directory holding central.db (default: ${HOME_ENV})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     init_p = verbs.add_parser("init", help="create the home directory, its database and its TUF repository")
     init_p.add_argument("--area", help="default pooling area for policy commands without --area (6 digits)")
-    serve_p = verbs.add_parser("serve", help="serve the HTTP API")
+    init_p.add_argument(
+        "--tls-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="host name or IP agents use to reach the centre, for its server certificate (repeatable; "
+        "localhost, 127.0.0.1 and ::1 are always included)",
+    )
+    serve_p = verbs.add_parser("serve", help="serve the HTTPS API (mutual TLS on agent routes)")
     serve_p.add_argument("--listen", default=DEFAULT_LISTEN, help=f"HOST:PORT (default {DEFAULT_LISTEN})")
+    serve_p.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="plain HTTP and no client certificates: a development machine only, never with real data",
+    )
+    serve_p.add_argument(
+        "--tls-check-s", type=float, help="how often to look for a rotated server certificate (default 60 s)"
+    )
+    tls_p = verbs.add_parser("tls", help="the centre's CA and server certificate").add_subparsers(
+        dest="tls_verb", required=True, metavar="ACTION"
+    )
+    show_p = tls_p.add_parser("show", help="the trust bundle's digest (for agents' --ca-hash) and expiries")
+    show_p.add_argument("--json", action="store_true")
+    rotate_p = tls_p.add_parser("rotate", help="a new server certificate from the centre's CA")
+    rotate_p.add_argument("--tls-name", action="append", metavar="NAME", help="names (default: the current)")
+    import_p = tls_p.add_parser("import", help="use the bureau's own server certificate (chain PEM) and key")
+    import_p.add_argument("--cert", required=True, help="PEM: the certificate, then its chain up to the root")
+    import_p.add_argument("--key", required=True, help="PEM private key of the certificate")
     serve_p.add_argument(
         "--policy-poll-s", type=float, help="longest wait of GET /v1/policy/changes in seconds (default 30)"
     )
@@ -328,6 +358,39 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     audit_p = verbs.add_parser("audit", help="the operators' audit log, newest first")
     audit_p.add_argument("--limit", type=int, default=50)
     audit_p.add_argument("--json", action="store_true")
+
+
+def _tls(args: argparse.Namespace, config: CentralConfig) -> int:
+    files = TlsFiles(config.tls_dir)
+    files.require()
+    if args.tls_verb == "rotate":
+        info = rotate_server_cert(config.tls_dir, args.tls_name)
+        print(f"new server certificate {info.subject} until {info.not_after}; a running server loads it "
+              "within a minute", file=sys.stderr)  # fmt: skip
+        return 0
+    if args.tls_verb == "import":
+        info = import_server_cert(config.tls_dir, Path(args.cert), Path(args.key))
+        print(f"installed {info.subject} until {info.not_after}; the trust bundle changed: agents enrolled "
+              "from now on use the new --ca-hash", file=sys.stderr)  # fmt: skip
+        print(f"TLS trust bundle {trust_digest(config.tls_dir)}")
+        return 0
+    from cryptography import x509
+
+    server = cert_info(x509.load_pem_x509_certificate(files.server_cert.read_bytes()))
+    ca = cert_info(x509.load_pem_x509_certificate(files.ca_cert.read_bytes()))
+    view = {
+        "trust_digest": trust_digest(config.tls_dir),
+        "server": dataclasses.asdict(server) | {"expiring": server.expiring},
+        "ca": dataclasses.asdict(ca) | {"expiring": ca.expiring},
+    }
+    if args.json:
+        print(json.dumps(view))
+    else:
+        print(f"trust bundle  {view['trust_digest']}")
+        for name, info in (("server", server), ("ca", ca)):
+            flag = "  EXPIRING: rotate it" if info.expiring else ""
+            print(f"{name:<13} {info.subject}  until {info.not_after} ({info.days_left:.0f} days){flag}")
+    return 0
 
 
 def _date(text: str) -> date:
@@ -664,12 +727,20 @@ def _run(args: argparse.Namespace) -> int:
               "`yibao-central root rotate --add-key`)", file=sys.stderr)  # fmt: skip
         return 0
     if args.verb == "serve":
-        extra = {"policy_poll_s": args.policy_poll_s} if args.policy_poll_s is not None else {}
+        extra: dict[str, Any] = {"insecure_dev": args.insecure_dev}
+        if args.policy_poll_s is not None:
+            extra["policy_poll_s"] = args.policy_poll_s
+        if args.tls_check_s is not None:
+            extra["tls_check_s"] = args.tls_check_s
         config = CentralConfig.from_home(args.home, listen=args.listen, **extra)
         Store(config.db_path).close()  # refuse an uninitialised home before binding the port
         TufRepository.open(config)  # a home from before policy bundles: `init` adds the repository
+        if not config.insecure_dev:
+            TlsFiles(config.tls_dir).require()  # a home from before TLS: `init` adds the CA
         asyncio.run(serve(config))
         return 0
+    if args.verb == "tls":
+        return _tls(args, CentralConfig.from_home(args.home))
     ttl = getattr(args, "ttl_hours", None)
     config = CentralConfig.from_home(args.home, **({"token_ttl_hours": ttl} if ttl is not None else {}))
     if args.verb == "init":
@@ -679,6 +750,7 @@ def _run(args: argparse.Namespace) -> int:
                 set_default_area(store, args.area)
             area = store.read(default_area)
         created = ensure_repository(config)
+        tls_created = create_tls(config.tls_dir, args.tls_name)
         repo = TufRepository.open(config)
         print(
             f"initialised {config.db_path}" if applied else f"{config.db_path} is up to date", file=sys.stderr
@@ -693,7 +765,10 @@ def _run(args: argparse.Namespace) -> int:
             )
         if area:
             print(f"default pooling area {area}", file=sys.stderr)
+        if tls_created:
+            print(f"created the centre's CA and server certificate in {config.tls_dir}", file=sys.stderr)
         print(f"TUF root v{repo.root_version()} fingerprint: {repo.root_fingerprint()}")
+        print(f"TLS trust bundle {trust_digest(config.tls_dir)} (agents enrol with --ca-hash this)")
         return 0
     with Store(config.db_path) as store:
         if args.verb == "enroll-token":
@@ -744,6 +819,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.log_json:
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter({"service": "central"}))
     try:
         return _run(args)
     except CentralError as exc:

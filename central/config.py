@@ -63,6 +63,11 @@ class CentralConfig:
       often the server looks for a new timestamp (publishes come from other processes, 0.2 s).
     - ``resign_check_s``: how often the server checks the online roles' expiry (at most this, and
       never less often than a quarter of the timestamp's life).
+    - ``insecure_dev``: serve plain HTTP and accept agent routes without a client certificate. Only for a
+      development machine (``serve --insecure-dev``); the default is HTTPS with mutual TLS on agent routes
+      (``central.tls``), from the CA ``init`` creates in ``home/tls``.
+    - ``client_cert_days``: life of an agent's client certificate (365 d); agents renew at two thirds.
+    - ``tls_check_s``: how often the server looks for a rotated server certificate (60 s).
     - ``keep_versions``: old ``N.snapshot.json`` / ``N.targets.json`` and target files still referenced
       by the last few targets versions stay on disk for clients in the middle of an update.
     """
@@ -84,6 +89,9 @@ class CentralConfig:
     changes_check_s: float = 0.2
     resign_check_s: float = 60.0
     keep_versions: int = 3
+    insecure_dev: bool = False
+    client_cert_days: int = 365
+    tls_check_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
@@ -103,6 +111,10 @@ class CentralConfig:
             raise ConfigInvalid("policy_poll_s, changes_check_s and resign_check_s must be positive")
         if self.keep_versions < 1:
             raise ConfigInvalid("keep_versions must be at least 1")
+        if not self.tls_check_s > 0:
+            raise ConfigInvalid("tls_check_s must be positive")
+        if self.client_cert_days < 1:
+            raise ConfigInvalid("client_cert_days must be at least 1")
 
     @classmethod
     def from_home(cls, home: str | os.PathLike[str] | None, **kwargs: object) -> CentralConfig:
@@ -120,6 +132,11 @@ class CentralConfig:
     def tuf_dir(self) -> Path:
         """The TUF repository: ``metadata/`` and ``targets/``, served as ``/tuf/...``."""
         return self.home / "tuf"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The centre's CA, server certificate and the trust bundle agents pin (``central.tls``)."""
+        return self.home / "tls"
 
     @property
     def keys_dir(self) -> Path:

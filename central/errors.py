@@ -13,6 +13,7 @@ from __future__ import annotations
 from protocol.errors import BadSignature, ChainBroken, LimitExceeded, ProtocolError
 
 __all__ = [
+    "AgentMismatch",
     "AgentRevoked",
     "AgentUnknown",
     "AreaForbidden",
@@ -20,8 +21,10 @@ __all__ = [
     "BlacklistEntryUnknown",
     "CaseAreaMismatch",
     "CentralError",
+    "CertificateInvalid",
     "ChainConflict",
     "ChainInvalid",
+    "ClientCertRequired",
     "ConfigInvalid",
     "DocumentInvalid",
     "HomeNotInitialised",
@@ -126,6 +129,27 @@ class AgentUnknown(CentralError):
 class AgentRevoked(CentralError):
     code = "agent_revoked"
     http_status = 403
+
+
+class ClientCertRequired(CentralError):
+    """An agent route reached without a client certificate from the centre's CA (mutual TLS)."""
+
+    code = "client_cert_required"
+    http_status = 401
+
+
+class AgentMismatch(CentralError):
+    """A signed message names another agent than the client certificate it came with."""
+
+    code = "agent_mismatch"
+    http_status = 403
+
+
+class CertificateInvalid(CentralError):
+    """A CSR, certificate or key an operator or agent handed in that cannot be used."""
+
+    code = "certificate_invalid"
+    http_status = 400
 
 
 class SignatureInvalid(CentralError):

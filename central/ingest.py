@@ -44,6 +44,7 @@ from protocol.rules import history_rows_from_settlement
 from protocol.wire import BatchAck, Rejection
 
 from .errors import (
+    AgentMismatch,
     AgentRevoked,
     AgentUnknown,
     CentralError,
@@ -180,24 +181,38 @@ class Ingestor:
         self.store = store
         self.limits = limits or BatchLimits()
 
-    def ingest(self, data: bytes, *, remote: str | None = None) -> BatchAck:
-        """Steps 1-5 for one batch; returns the ack or raises a ``CentralError``."""
-        return self.commit(self.prepare(data, remote=remote), remote=remote)
+    def ingest(self, data: bytes, *, remote: str | None = None, peer_agent: str | None = None) -> BatchAck:
+        """Steps 1-5 for one batch; returns the ack or raises a ``CentralError``.
 
-    async def ingest_async(self, data: bytes, *, remote: str | None = None) -> BatchAck:
+        ``peer_agent``: the agent id of the TLS client certificate the batch came with; a batch signed
+        by another agent is refused (``agent_mismatch``) — a stolen certificate does not let one agent
+        speak for another, nor a stolen signing key without its certificate.
+        """
+        return self.commit(self.prepare(data, remote=remote, peer_agent=peer_agent), remote=remote)
+
+    async def ingest_async(
+        self, data: bytes, *, remote: str | None = None, peer_agent: str | None = None
+    ) -> BatchAck:
         """``ingest`` off the event loop: CPU work on a reader thread, writes on the writer."""
-        return await self.store.run_async(lambda: self.ingest(data, remote=remote))
+        return await self.store.run_async(lambda: self.ingest(data, remote=remote, peer_agent=peer_agent))
 
     def _security_event(self, agent_id: str | None, exc: CentralError, remote: str | None) -> None:
         log.warning("security event from agent %s (%s): %s: %s", agent_id, remote, exc.code, exc.message)
         self.store.write(lambda conn: record_security_event(conn, agent_id, exc.code, exc.message, remote))
 
-    def prepare(self, data: bytes, *, remote: str | None = None) -> Prepared:
+    def prepare(self, data: bytes, *, remote: str | None = None, peer_agent: str | None = None) -> Prepared:
         """Steps 1-3 and the record rows; needs only reads."""
         try:
             batch = decode_batch(data, self.limits)
         except ProtocolError as exc:
             raise from_protocol(exc) from None
+        if peer_agent is not None and batch.agent_id != peer_agent:
+            error: CentralError = AgentMismatch(
+                f"the batch is signed by agent {batch.agent_id!r} but came with the client certificate of "
+                f"{peer_agent!r}; each agent uploads with its own certificate"
+            )
+            self._security_event(batch.agent_id, error, remote)
+            raise error
         agent = self.store.read(lambda conn: get_agent(conn, batch.agent_id))
         if agent is None:
             raise AgentUnknown(f"agent {batch.agent_id!r} is not enrolled; enrol it with a new token")
@@ -206,7 +221,7 @@ class Ingestor:
         try:
             linked = verify_batch(batch, agent.public_key, prev_hash=None)
         except BadSignature as exc:
-            error: CentralError = SignatureInvalid(exc.message)
+            error = SignatureInvalid(exc.message)
             self._security_event(batch.agent_id, error, remote)
             raise error from None
         except ProtocolError as exc:

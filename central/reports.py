@@ -25,7 +25,14 @@ from protocol.bundles import KINDS
 from protocol.errors import BadSignature, DecodeError
 from protocol.wire import PolicyReport, decode_report, verify_report
 
-from .errors import AgentRevoked, AgentUnknown, LimitExceededError, MalformedRequest, SignatureInvalid
+from .errors import (
+    AgentMismatch,
+    AgentRevoked,
+    AgentUnknown,
+    LimitExceededError,
+    MalformedRequest,
+    SignatureInvalid,
+)
 from .policy import newest_seqs
 from .store import AgentRow, Store, agent_summary, get_agent, list_agents, now_iso, record_security_event
 
@@ -59,8 +66,13 @@ def _check(report: PolicyReport) -> None:
         raise MalformedRequest("problems must be up to 64 codes of 1-64 letters, digits, '_', '.', ':', '-'")
 
 
-def record_report(store: Store, data: bytes, *, remote: str | None = None) -> bool:
-    """Verify and store an agent's report; True when it is now the agent's newest."""
+def record_report(
+    store: Store, data: bytes, *, remote: str | None = None, peer_agent: str | None = None
+) -> bool:
+    """Verify and store an agent's report; True when it is now the agent's newest.
+
+    ``peer_agent``: the agent id of the TLS client certificate; a report of another agent is refused.
+    """
     try:
         report = decode_report(data, MAX_REPORT_BYTES)
     except DecodeError as exc:
@@ -68,6 +80,11 @@ def record_report(store: Store, data: bytes, *, remote: str | None = None) -> bo
             raise LimitExceededError(exc.message) from None
         raise MalformedRequest(exc.message) from None
     _check(report)
+    if peer_agent is not None and report.agent_id != peer_agent:
+        raise AgentMismatch(
+            f"the report is signed by agent {report.agent_id!r} but came with the client certificate of "
+            f"{peer_agent!r}; each agent reports with its own certificate"
+        )
     agent = store.read(lambda conn: get_agent(conn, report.agent_id))
     if agent is None:
         raise AgentUnknown(f"agent {report.agent_id!r} is not enrolled; enrol it with a new token")

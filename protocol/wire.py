@@ -25,6 +25,7 @@ from .errors import BadSignature, DecodeError
 __all__ = [
     "AGENT_HEADER",
     "BATCH_PATH",
+    "CERT_RENEW_PATH",
     "ENROLL_PATH",
     "MSGPACK",
     "PERSON_HISTORY_PATH",
@@ -35,6 +36,7 @@ __all__ = [
     "SIGNATURE_HEADER",
     "SUPPORTED_VERSIONS",
     "TIME_HEADER",
+    "TLS_TRUST_PATH",
     "TUF_METADATA_PATH",
     "TUF_TARGETS_PATH",
     "BatchAck",
@@ -58,6 +60,10 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 PROTOCOL_HEADER = "Yibao-Protocol"
 MSGPACK = "application/msgpack"
 ENROLL_PATH = "/v1/agents/enroll"
+#: The centre's trust bundle (PEM), fetched once at enrolment and checked against ``--ca-hash``.
+TLS_TRUST_PATH = "/v1/tls/trust.pem"
+#: An agent's client-certificate renewal, over mTLS with its current certificate.
+CERT_RENEW_PATH = "/v1/agents/cert"
 BATCH_PATH = "/v1/batches"
 #: Long-poll change signal: ``GET ?have=<timestamp version>`` → ``PolicyChanges`` (JSON).
 POLICY_CHANGES_PATH = "/v1/policy/changes"
@@ -85,6 +91,9 @@ class EnrollRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     fixmedins_code: str
     public_key: str  # hex of the raw Ed25519 public key
     agent_version: str = ""
+    #: PEM certificate signing request for the agent's TLS client key; empty from an agent enrolled
+    #: with ``--insecure-dev`` (which then has no client certificate and cannot use a TLS centre).
+    csr: str = ""
 
 
 class EnrollResponse(msgspec.Struct, kw_only=True):
@@ -99,6 +108,8 @@ class EnrollResponse(msgspec.Struct, kw_only=True):
     root_fingerprint: str = ""
     #: Pooling area whose bundles this agent obeys (6-digit ``admdvs``).
     pooling_area: str = ""
+    #: The TLS client certificate (PEM) issued for the request's ``csr``; empty without one.
+    client_cert: str = ""
 
 
 def root_fingerprint(root_json: bytes) -> str:

@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     fleet.add_argument("--central", required=True, metavar="URL", help="central collector base URL")
+    fleet.add_argument("--ca-hash", metavar="sha256:HEX",
+                       help="the centre's TLS trust digest (https; `yibao-central tls show`)")  # fmt: skip
     fleet.add_argument("--tokens", required=True, type=Path, metavar="FILE",
                        help="one enrolment token per line")
     fleet.add_argument("--hospital", default=DEFAULT_HOSPITAL, metavar="CODE",
@@ -383,6 +385,7 @@ def _fleet(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await run_fleet(args.central, tokens, args.hospital, args.home, duration=args.duration, stop=stop,
+                        ca_hash=args.ca_hash,
                         say=lambda m: print(m, file=sys.stderr))
 
     asyncio.run(main())

@@ -17,6 +17,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import load_config, save_config
+from central.tls import trust_digest
 
 from .evoucher import Issuer
 from .fraud import generate_traffic, post_traffic, score_detection
@@ -48,11 +50,19 @@ def _port(preferred: int) -> int:
         return s.getsockname()[1]
 
 
+#: The demo centre's trust bundle, once ``init`` made it: the demo verifies the centre like an agent.
+_TRUST: ssl.SSLContext | None = None
+
+
+def _context(url: str) -> ssl.SSLContext | None:
+    return _TRUST if url.startswith("https://") else None
+
+
 def _get(url: str, token: str | None = None) -> Any:
     req = urllib.request.Request(url)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=5) as resp:
+    with urllib.request.urlopen(req, timeout=5, context=_context(url)) as resp:
         return json.loads(resp.read())
 
 
@@ -134,7 +144,7 @@ def _request(method: str, url: str, token: str, body: dict | None = None) -> tup
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(req, timeout=30, context=_context(url)) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
@@ -231,7 +241,7 @@ def _enrol_agent(c_home: Path, c_url: str, hospital: str, a_home: Path) -> None:
     """A one-time token from the centre, then ``yibao-agent init`` with it, as an operator does."""
     token = _cli("yibao-central", "--home", str(c_home), "enroll-token", "--hospital", hospital).strip()
     _cli("yibao-agent", "--home", str(a_home), "init", "--central", c_url, "--token", token,
-         "--hospital", hospital)  # fmt: skip
+         "--hospital", hospital, "--ca-hash", trust_digest(c_home / "tls"))  # fmt: skip
 
 
 def _start_agent(
@@ -369,9 +379,11 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     home.mkdir(parents=True)
     c_home, a_home = home / "central", home / "agent"
     c_port, a_port = _port(8720), _port(8710)
-    c_url, a_url = f"http://127.0.0.1:{c_port}", f"http://127.0.0.1:{a_port}"
+    c_url, a_url = f"https://127.0.0.1:{c_port}", f"http://127.0.0.1:{a_port}"
 
+    global _TRUST
     _cli("yibao-central", "--home", str(c_home), "init")
+    _TRUST = ssl.create_default_context(cafile=str(c_home / "tls" / "trust.pem"))
     central = _Service(
         "central",
         [str(BIN / "yibao-central"), "--home", str(c_home), "serve", "--listen", f"127.0.0.1:{c_port}"],
@@ -393,7 +405,7 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     )
     services.append(agent)
     his_token = (a_home / "his.token").read_text().strip()
-    print(f"centre  {c_url}   (home {c_home})")
+    print(f"centre  {c_url}   (home {c_home}; agents on mutual TLS, trust {trust_digest(c_home / 'tls')})")
     print(f"agent   {a_url}   (home {a_home}, HIS token in {a_home / 'his.token'})")
     made: dict[str, dict] = {}
     for r in _desk(a_url, his_token, hospital, issuer, card_slot):

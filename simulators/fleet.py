@@ -43,6 +43,8 @@ class Fleet:
     root: Path
     hospitals: list[str]
     members: list[Member] = field(default_factory=list)
+    #: The centre's ``--ca-hash`` for an https centre; an http centre is enrolled ``--insecure-dev``.
+    ca_hash: str | None = None
     #: PolicyClient.update runs in worker threads; the default pool (cores + 4) would queue
     #: two hundred agents' updates behind six threads.
     threads: int = 64
@@ -54,7 +56,14 @@ class Fleet:
         async def one(i: int, token: str) -> None:
             home = self.root / f"agent-{i:04d}"
             async with sem:
-                await enrol(home, self.central_url, token, self.hospitals[i])
+                await enrol(
+                    home,
+                    self.central_url,
+                    token,
+                    self.hospitals[i],
+                    ca_hash=self.ca_hash,
+                    insecure_dev=self.central_url.startswith("http://"),
+                )
 
         await asyncio.gather(*(one(i, t) for i, t in enumerate(tokens)))
 
@@ -115,9 +124,10 @@ async def run_fleet(
     duration: float | None = None,
     stop: asyncio.Event | None = None,
     say: Callable[[str], None] = print,
+    ca_hash: str | None = None,
 ) -> Fleet:
     """Enrol one agent per token under ``root``, run them all until ``duration`` or ``stop``."""
-    fleet = Fleet(central_url.rstrip("/"), root, [hospital] * len(tokens))
+    fleet = Fleet(central_url.rstrip("/"), root, [hospital] * len(tokens), ca_hash=ca_hash)
     root.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     await fleet.enrol_all(tokens)

@@ -143,7 +143,11 @@ class Chain:
 
 @pytest.fixture
 def config(tmp_path: Path) -> CentralConfig:
-    cfg = CentralConfig(home=tmp_path / "central", listen="127.0.0.1:0", batch_limits=BatchLimits())
+    # In-process server on plain loopback HTTP: these tests are about ingest, policy and history, and
+    # tests/integration/test_tls.py covers the same routes over mutual TLS with real processes.
+    cfg = CentralConfig(
+        home=tmp_path / "central", listen="127.0.0.1:0", batch_limits=BatchLimits(), insecure_dev=True
+    )
     init_home(cfg)
     return cfg
 

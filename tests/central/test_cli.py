@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ def _free_port() -> int:
 
 def test_serve_answers_health_and_stops_cleanly_on_sigterm(config) -> None:
     port = _free_port()
+    ca = ssl.create_default_context(cafile=str(config.tls_dir / "trust.pem"))  # serve is HTTPS by default
     proc = subprocess.Popen(
         [str(BIN), "--home", str(config.home), "serve", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
@@ -89,7 +91,8 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(config) -> None:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=2) as resp:
+                health = f"https://127.0.0.1:{port}/v1/health"
+                with urllib.request.urlopen(health, timeout=2, context=ca) as resp:
                     assert json.loads(resp.read()) == {"ok": True}
                     break
             except OSError:

@@ -2,6 +2,13 @@
 
 Every process is started through its console script exactly as an operator would, so the
 tests cover the CLI, the config files, the HTTP servers and the databases together.
+
+The centre serves HTTPS with mutual TLS on agent routes, as ``init`` sets it up: ``Central``
+remembers each centre's trust bundle, so ``http()`` verifies the centre like an agent does and
+``Agent`` enrols with the centre's ``--ca-hash``. ``Central(..., insecure_dev=True)`` is plain HTTP
+for the tests that put a faulty HTTP link between agent and centre (it rewrites bytes in transit,
+which is exactly what TLS forbids); an agent given an ``http://`` centre is enrolled with
+``--insecure-dev``.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +27,15 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
+#: base URL of each TLS centre started here → (its ``--ca-hash``, a context trusting its bundle)
+_CENTRES: dict[str, tuple[str, ssl.SSLContext]] = {}
+
+
+def _context(url: str) -> ssl.SSLContext | None:
+    for base, (_, context) in _CENTRES.items():
+        if url.startswith(base):
+            return context
+    return None
 
 
 def free_port() -> int:
@@ -37,7 +54,7 @@ def http(
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=_context(url)) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"null")
@@ -93,17 +110,22 @@ class Proc:
 
 
 class Central:
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, *, insecure_dev: bool = False) -> None:
+        from central.tls import trust_digest
+
         self.home = home
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'http' if insecure_dev else 'https'}://127.0.0.1:{self.port}"
         self.cli("init")
-        self.proc = Proc(
-            "central",
-            [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", f"127.0.0.1:{self.port}"],
-            home / "central.log",
-            self.url + "/v1/health",
-        )
+        listen = f"127.0.0.1:{self.port}"
+        args = [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", listen]
+        if insecure_dev:
+            args.append("--insecure-dev")
+        else:
+            context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem"))
+            _CENTRES[self.url] = (trust_digest(home / "tls"), context)
+        self.ca_hash = _CENTRES[self.url][0] if not insecure_dev else None
+        self.proc = Proc("central", args, home / "central.log", self.url + "/v1/health")
 
     def cli(self, *args: str) -> str:
         out = subprocess.run(
@@ -140,6 +162,7 @@ class Agent:
                 token,
                 "--hospital",
                 hospital,
+                *(["--ca-hash", _CENTRES[central_url][0]] if central_url in _CENTRES else ["--insecure-dev"]),
             ],
             capture_output=True,
             text=True,

@@ -31,7 +31,7 @@ def test_a_duplicate_from_another_hospital_is_prompted(tmp_path):
             agents.append(agent)
         a, b = agents
         for agent in agents:
-            wait_until(lambda agent=agent: agent.status()["policy"]["bundles"].get("rules", {}).get("seq"),
+            wait_until(lambda a=agent: (a.status()["policy"]["bundles"].get("rules") or {}).get("seq"),
                        timeout=30, what="the agent applying the rules bundle")  # fmt: skip
         body = example_settlement("XH-1")
         body["feedetl"] = [{"feedetl_sn": "1", "list_type": "101", "med_list_codg": OMEPRAZOLE,

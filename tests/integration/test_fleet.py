@@ -21,7 +21,8 @@ def test_fleet_agents_enrol_apply_and_report(tmp_path):
         tokens.write_text(central.cli("enroll-token", "--hospital", HOSPITAL, "--count", "3"))
         out = subprocess.run(
             [str(BIN / "yibao-sim"), "fleet", "--central", central.url, "--tokens", str(tokens),
-             "--hospital", HOSPITAL, "--home", str(tmp_path / "fleet"), "--duration", "4"],
+             "--hospital", HOSPITAL, "--home", str(tmp_path / "fleet"), "--duration", "4",
+             "--ca-hash", central.ca_hash],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr

@@ -27,7 +27,7 @@ HOSPITAL = "H37021100001"
 
 @pytest.fixture
 def central(tmp_path):
-    c = Central(tmp_path / "central")
+    c = Central(tmp_path / "central", insecure_dev=True)  # the faulty link rewrites plain HTTP
     c.proc.start()
     yield c
     c.proc.stop()

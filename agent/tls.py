@@ -1,0 +1,228 @@
+"""The agent's side of TLS: the centre's pinned trust bundle, the client certificate, its renewal.
+
+Rules (the centre's side is ``central.tls``):
+
+1. At enrolment the operator hands the hospital two things: the one-time token and the digest of
+   the centre's trust bundle (``--ca-hash sha256:…``, printed by ``yibao-central init`` and ``tls
+   show``). The agent fetches the bundle, refuses it unless its SHA-256 matches, and pins it in
+   ``HOME/tls/trust.pem``: from then on every connection to the centre verifies the server against
+   that bundle alone (and the host name), so a machine in the middle with any other CA is refused.
+2. The agent makes its own TLS key (``HOME/tls/client.key``, 0600, never sent) and a certificate
+   signing request; the centre answers the client certificate with the enrolment. Every connection to
+   the centre presents it (mutual TLS).
+3. One ``ClientTls`` per process holds the SSL context every client (uploader, policy, history,
+   heartbeat) shares; a renewed certificate is loaded into it in place, so open sessions use the new
+   one for their next connection.
+4. Renewal over mTLS once a third of the certificate's life is left; an alarm (``tls_cert_expiring``)
+   when fewer than ``EXPIRY_WARNING_DAYS`` are left, so an agent offline for months is noticed before
+   its certificate stops its uploads.
+5. ``http://`` only when the agent was enrolled with ``--insecure-dev``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import urllib3
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from tuf.ngclient import Urllib3Fetcher
+
+from protocol.wire import CERT_RENEW_PATH, PROTOCOL_HEADER, TLS_TRUST_PATH
+
+from .errors import ConfigError, EnrolFailed
+
+__all__ = [
+    "EXPIRY_WARNING_DAYS",
+    "ClientTls",
+    "TlsFetcher",
+    "client_ssl",
+    "fetch_trust",
+    "make_csr",
+    "parse_ca_hash",
+]
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def parse_ca_hash(text: str) -> str:
+    """``sha256:<64 hex>`` (or the bare hex) → the hex digest; anything else is a config error."""
+    value = text.strip().lower().removeprefix("sha256:")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(
+            f"--ca-hash {text!r} is not sha256:<64 hex digits>; copy it from `yibao-central tls show`"
+        )
+    return value
+
+
+async def fetch_trust(central_url: str, ca_hash: str, *, timeout_s: float = 30.0) -> bytes:
+    """The centre's trust bundle, accepted only if its SHA-256 is ``ca_hash`` (rule 1).
+
+    The download itself cannot verify the server (we have no anchor yet); the digest, carried out of
+    band with the token, is what makes the bundle trustworthy.
+    """
+    expected = parse_ca_hash(ca_hash)
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.get(central_url.rstrip("/") + TLS_TRUST_PATH, ssl=insecure) as resp:
+                body = await resp.read()
+                status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise EnrolFailed(
+            f"cannot reach the centre at {central_url}: {exc}; check the URL and network"
+        ) from exc
+    if status != 200:
+        raise EnrolFailed(f"the centre did not give its trust bundle ({status}); is {central_url} a centre?")
+    actual = hashlib.sha256(body).hexdigest()
+    if actual != expected:
+        raise EnrolFailed(
+            f"the centre's trust bundle has digest sha256:{actual}, not the sha256:{expected} given: "
+            "someone may be between you and the centre, or the hash is of another centre; do not enrol"
+        )
+    try:
+        certs = x509.load_pem_x509_certificates(body)
+    except ValueError:
+        raise EnrolFailed("the centre's trust bundle holds no PEM certificate") from None
+    if not certs:
+        raise EnrolFailed("the centre's trust bundle holds no PEM certificate")
+    return body
+
+
+def make_csr(agent_hint: str) -> tuple[bytes, str]:
+    """A new EC P-256 key (PEM) and a CSR for it; the centre puts the agent id in the certificate."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_hint or "yibao-agent")]))
+        .sign(key, hashes.SHA256())
+    )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+class ClientTls:
+    """The SSL context for every connection to the centre, from ``HOME/tls`` (rule 3)."""
+
+    def __init__(self, tls_dir: Path) -> None:
+        self.dir = Path(tls_dir)
+        for path in (self.trust_path, self.cert_path, self.key_path):
+            if not path.is_file():
+                raise ConfigError(
+                    f"{path} is missing: this agent was not enrolled over TLS; enrol it again with "
+                    "--central https://… --ca-hash sha256:…"
+                )
+        self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.trust_path))
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.load_cert_chain(str(self.cert_path), str(self.key_path))
+
+    @property
+    def trust_path(self) -> Path:
+        return self.dir / "trust.pem"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / "client.crt"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "client.key"
+
+    @staticmethod
+    def install(tls_dir: Path, trust: bytes, key_pem: bytes, cert_pem: str, *, renewal: bool = False) -> None:
+        """Write what enrolment or renewal got: the key first, then its certificate (each atomically)."""
+        tls_dir = Path(tls_dir)
+        tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write(tls_dir / "trust.pem", trust)
+        _write(tls_dir / "client.key.new", key_pem, 0o600)
+        _write(tls_dir / "client.crt.new", cert_pem.encode())
+        os.replace(tls_dir / "client.key.new", tls_dir / "client.key")
+        os.replace(tls_dir / "client.crt.new", tls_dir / "client.crt")
+        if not renewal:  # a new trust bundle needs a new context; a renewal reloads its own in place
+            _SHARED.pop(tls_dir.parent.resolve(), None)
+
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+
+    def status(self, now: datetime | None = None) -> dict[str, Any]:
+        cert = self.certificate()
+        now = now or datetime.now(UTC)
+        left = (cert.not_valid_after_utc - now).total_seconds() / 86_400
+        return {
+            "client_cert_not_after": cert.not_valid_after_utc.isoformat(),
+            "client_cert_days_left": round(left, 2),
+            "expiring": left < EXPIRY_WARNING_DAYS,
+        }
+
+    def renewal_due(self, now: datetime | None = None) -> bool:
+        cert = self.certificate()
+        now = now or datetime.now(UTC)
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        return cert.not_valid_after_utc - now < life / 3
+
+    async def renew(self, session: aiohttp.ClientSession, central_url: str, agent_id: str) -> str:
+        """A new key and certificate over mTLS with the current one; loaded in place. The new not-after."""
+        key_pem, csr = make_csr(agent_id)
+        url = central_url.rstrip("/") + CERT_RENEW_PATH
+        async with session.post(
+            url, json={"csr": csr}, ssl=self.context, headers={PROTOCOL_HEADER: "1"}
+        ) as resp:
+            answer = await resp.json(content_type=None)
+            if resp.status != 200 or not isinstance(answer, dict) or "client_cert" not in answer:
+                err = answer.get("error", {}) if isinstance(answer, dict) else {}
+                raise EnrolFailed(
+                    f"certificate renewal refused ({err.get('code', resp.status)}): {err.get('message')}"
+                )
+        trust = self.trust_path.read_bytes()
+        ClientTls.install(self.dir, trust, key_pem, answer["client_cert"], renewal=True)
+        self.context.load_cert_chain(str(self.cert_path), str(self.key_path))
+        return self.certificate().not_valid_after_utc.isoformat()
+
+
+_SHARED: dict[Path, ClientTls] = {}
+
+
+def client_tls(home: Path, central_url: str) -> ClientTls | None:
+    """The process's one ``ClientTls`` for this home (rule 3), or None for an ``http://`` centre."""
+    if not central_url.startswith("https://"):
+        return None
+    key = Path(home).resolve()
+    if key not in _SHARED:
+        _SHARED[key] = ClientTls(Path(home) / "tls")
+    return _SHARED[key]
+
+
+def client_ssl(home: Path, central_url: str) -> ssl.SSLContext | bool:
+    """What aiohttp's ``ssl=`` takes: our pinned mutual-TLS context, or True (plain HTTP ignores it)."""
+    tls = client_tls(home, central_url)
+    return tls.context if tls is not None else True
+
+
+class TlsFetcher(Urllib3Fetcher):
+    """python-tuf's urllib3 fetcher over our pinned, mutually authenticated context."""
+
+    def __init__(self, context: ssl.SSLContext, app_user_agent: str = "yibao-agent") -> None:
+        super().__init__(app_user_agent=app_user_agent)
+        self._proxy_env = urllib3.PoolManager(ssl_context=context, headers={"User-Agent": app_user_agent})
