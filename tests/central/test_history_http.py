@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-import statistics
-import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -373,11 +371,14 @@ def test_the_servers_access_log_hides_the_psn_no(caplog: pytest.LogCaptureFixtur
     assert '"GET /v1/health" 200' in lines[1]
 
 
-# -- speed ---------------------------------------------------------------------------------------
+# -- a person with a long history among many -------------------------------------------------------
 
 
-def test_a_person_with_hundreds_of_lines_is_answered_fast(server: Server, agent: Chain) -> None:
-    """300 lines of the person among 20,000 of others; the query walks the (psn_no, setl_date) index."""
+def test_a_person_with_hundreds_of_lines_gets_them_all_by_the_index(server: Server, agent: Chain) -> None:
+    """300 lines of the person among 20,000 of others; the query walks the (psn_no, setl_date) index.
+
+    How long the lookup takes is measured by ``benchmarks/history_lookup.py``, not here.
+    """
     today = _today()
     records = [visit(f"M{i:03d}", today - timedelta(days=i % 80)) for i in range(150)]
     records += [visit(f"N{i:05d}", today - timedelta(days=i % 80), psn_no=f"Q{i:09d}") for i in range(10_000)]
@@ -391,11 +392,7 @@ def test_a_person_with_hundreds_of_lines_is_answered_fast(server: Server, agent:
             )
         )
     assert "USING INDEX hist_lines_psn_no_setl_date" in plan
-    timings = []
-    for _ in range(20):
-        start = time.perf_counter()
-        reply = get(server, agent, _path())
-        timings.append(time.perf_counter() - start)
-        assert reply.status == 200 and len(reply.json()["lines"]) == 300  # type: ignore[index]
-    # The aim is < 20 ms; the bound here leaves room for a loaded CI machine.
-    assert statistics.median(timings) < 0.1, timings
+    reply = get(server, agent, _path())
+    assert reply.status == 200
+    lines = reply.json()["lines"]  # type: ignore[index]
+    assert len(lines) == 300 and {ln["setl_id"] for ln in lines} == {f"M{i:03d}" for i in range(150)}

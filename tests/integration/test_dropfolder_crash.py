@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -126,22 +125,18 @@ def test_sigterm_finishes_the_files_in_hand_and_the_rest_waits(tmp_path, central
 
 
 def test_burst_of_5000_files_all_settle_in_order_of_arrival(tmp_path, central):
+    """Every file of the burst settled exactly once, in about the order it arrived. How fast is
+    measured by ``benchmarks/dropfolder.py``; the wait here only stops a test that would hang."""
     n = 5000
     agent = _agent(tmp_path, central)
     root = agent.home / "drop"
     agent.proc.start()
-    t0 = time.monotonic()
     names = _drop_files(root, n, "B")
-    written = time.monotonic() - t0
-    wait_until(lambda: _count(root, "done") == n, 90, 0.2, f"{n} files done")
-    elapsed = time.monotonic() - t0
+    wait_until(lambda: _count(root, "done") == n, 180, 0.2, f"{n} files done")
     results = _assert_exactly_once(agent, root, names)
     seqs = [results[name]["seq"] for name in names]  # names are in the order they were dropped
     drift = max(abs(seq - (i + 1)) for i, seq in enumerate(seqs))
-    print(f"{n} files: written in {written:.1f} s, all settled after {elapsed:.1f} s ({n / elapsed:.0f}/s); "
-          f"largest distance between arrival position and seq: {drift}")  # fmt: skip
-    assert drift <= 4 * WORKERS, "files were not taken in order of arrival"
-    assert elapsed < 60
+    assert drift <= 4 * WORKERS, f"files were not taken in order of arrival (distance {drift})"
     shown = agent.status()["dropfolder"]  # what the hospital's IT sees in GET /v1/status
     assert (shown["settled"], shown["inbox"], shown["processing"], shown["rejected_files"]) == (n, 0, 0, 0)
     (root / "inbox" / "broken.json").write_text("{not json")

@@ -1,0 +1,220 @@
+"""The drop folder of a real ``yibao-agent serve``: a burst of N settlement files, time until all are settled.
+
+The setting of ``tests/integration/test_dropfolder_crash.py``'s burst, which used to assert the bound:
+``yibao-central serve`` and ``yibao-agent serve`` in their own processes, the agent enrolled with
+``yibao-agent init`` and a token from ``yibao-central enroll-token``, its drop folder with 8 workers,
+a 100 ms stable wait and a 0.5 s periodic scan, the uploader draining the outbox to the centre
+meanwhile. The HIS writes each file under a ``.tmp`` name and renames it into ``inbox/`` (the
+contract), as fast as it can; the clock starts before the first file is written and stops when
+``done/`` holds every file. Then every file is checked settled exactly once (one outbox settlement,
+one result naming it, the input in ``done/``, nothing rejected) and the outbox drained to the
+centre. Limit (the test's bound): 60 s for 5,000 files (scaled to N for other sizes).
+
+Plain HTTP between agent and centre: where they have TLS, both run in their development mode here
+(``--insecure-dev``), so the figure is the drop folder's, not the handshakes'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from _centre import BIN, Failed, free_port
+from _common import emit, example_settlement, parse_args
+
+LIMIT_S = 60.0
+LIMIT_FILES = 5_000
+HOSPITAL = "H37021100001"
+
+
+def _cli(program: str, home: Path, *args: str) -> str:
+    out = subprocess.run(
+        [str(BIN / program), "--home", str(home), *args], capture_output=True, text=True, timeout=120
+    )
+    if out.returncode != 0:
+        raise Failed(f"{program} {' '.join(args)} failed: {out.stderr.strip()[-2000:]}")
+    return out.stdout
+
+
+def _dev_flag(program: str, verb: str) -> list[str]:
+    """``--insecure-dev`` where the program has it (plain HTTP is then refused without it)."""
+    out = subprocess.run([str(BIN / program), verb, "--help"], capture_output=True, text=True, timeout=60)
+    return ["--insecure-dev"] if "--insecure-dev" in out.stdout else []
+
+
+class Process:
+    """A server started through its console script, answering ``GET /v1/health``."""
+
+    def __init__(self, program: str, home: Path, *extra: str) -> None:
+        self.name, self.home = program, home
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        log = open(home / f"{program}.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / program), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}", *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while not self._healthy():
+            if self.proc.poll() is not None:
+                raise Failed(f"{program} serve exited with {self.proc.returncode}: {self.log()}")
+            if time.monotonic() > deadline:
+                raise Failed(f"{program} serve did not answer within 30 s: {self.log()}")
+            time.sleep(0.05)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/v1/health", timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return (self.home / f"{self.name}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def start_agent(home: Path, centre: Process, workers: int) -> tuple[Process, str]:
+    token = _cli("yibao-central", centre.home, "enroll-token", "--hospital", HOSPITAL).strip()
+    init = ["init", "--central", centre.url, "--token", token, "--hospital", HOSPITAL]
+    _cli("yibao-agent", home, *init, *_dev_flag("yibao-agent", "init"))
+    config = json.loads((home / "agent.json").read_text())
+    config.update(
+        {
+            "backoff_initial_s": 0.05,
+            "backoff_max_s": 0.5,
+            "idle_poll_s": 0.2,
+            "dropfolder": "drop",
+            "dropfolder_stable_ms": 100,
+            "dropfolder_poll_s": 0.5,
+            "dropfolder_workers": workers,
+        }
+    )
+    (home / "agent.json").write_text(json.dumps(config))
+    return Process("yibao-agent", home), (home / "his.token").read_text().strip()
+
+
+def status(agent: Process, token: str) -> dict[str, Any]:
+    req = urllib.request.Request(agent.url + "/v1/status", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def count(root: Path, d: str) -> int:
+    try:
+        return sum(1 for n in os.listdir(root / d) if not n.startswith("."))
+    except FileNotFoundError:
+        return 0
+
+
+def drop(root: Path, n: int) -> list[str]:
+    """The HIS: each file under a .tmp name, then renamed into inbox/; returns the names in order."""
+    (root / "inbox").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        name = f"B-{i:06d}.json"
+        tmp = root / "inbox" / (name + ".tmp")
+        tmp.write_text(json.dumps(example_settlement(f"B-{i:06d}")))
+        os.rename(tmp, root / "inbox" / name)
+        names.append(name)
+    return names
+
+
+def wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise Failed(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def check_exactly_once(agent_home: Path, root: Path, names: list[str]) -> int:
+    """Each file settled once, its result naming the outbox's settlement; returns the seq drift."""
+    if count(root, "inbox") or count(root, "processing") or count(root, "rejected"):
+        raise Failed("files left in inbox/, processing/ or rejected/")
+    if sorted(os.listdir(root / "done")) != sorted(names):
+        raise Failed("done/ differs from the files dropped")
+    with sqlite3.connect(agent_home / "agent.db") as db:
+        held = dict(db.execute("SELECT his_setl_no, setl_id FROM settlements"))
+    if len(held) != len(names):
+        raise Failed(f"the outbox holds {len(held)} settlements for {len(names)} files")
+    drift = 0
+    for i, name in enumerate(names):
+        answer = json.loads((root / "results" / name).read_text())
+        if answer["setl_id"] != held[name.removesuffix(".json")]:
+            raise Failed(f"{name}: the result names another settlement")
+        drift = max(drift, abs(answer["seq"] - (i + 1)))
+    return drift
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=LIMIT_FILES)
+    ap.add_argument("--workers", type=int, default=8)
+    args = parse_args(ap, files=200)
+    with tempfile.TemporaryDirectory(prefix="bench-dropfolder-") as d:
+        tmp = Path(d)
+        (tmp / "central").mkdir()
+        _cli("yibao-central", tmp / "central", "init")
+        centre = Process("yibao-central", tmp / "central", *_dev_flag("yibao-central", "serve"))
+        agent = None
+        try:
+            (tmp / "agent").mkdir()
+            agent, token = start_agent(tmp / "agent", centre, args.workers)
+            root = tmp / "agent" / "drop"
+            t0 = time.perf_counter()
+            names = drop(root, args.files)
+            written_s = time.perf_counter() - t0
+            wait(lambda: count(root, "done") + count(root, "rejected") >= args.files, 600, "every file done")
+            settled_s = time.perf_counter() - t0
+            drift = check_exactly_once(tmp / "agent", root, names)
+            wait(lambda: status(agent, token)["outbox"]["pending"] == 0, 300, "the outbox drained")
+            drained_s = time.perf_counter() - t0
+            shown = status(agent, token)["dropfolder"]
+            if (shown["settled"], shown["rejected_files"]) != (args.files, 0):
+                raise Failed(f"GET /v1/status shows {shown}")
+        finally:
+            if agent is not None:
+                agent.stop()
+            centre.stop()
+    limit = LIMIT_S * args.files / LIMIT_FILES
+    emit(
+        "dropfolder_settle_all_s",
+        settled_s,
+        "s",
+        ratio=settled_s / limit,
+        ratio_to=f"test_bound_{LIMIT_S:g}_s_per_{LIMIT_FILES}_files",
+        files=args.files,
+        workers=args.workers,
+        note="first file written to every file in done/, yibao-agent serve, uploader running",
+    )
+    emit("dropfolder_files_per_s", args.files / settled_s, "per_s", files=args.files)
+    emit("dropfolder_write_s", written_s, "s", note="the HIS writing and renaming the files")
+    emit("dropfolder_drained_s", drained_s, "s", note="first file written to the outbox empty at the centre")
+    emit("dropfolder_seq_drift_count", drift, "count",
+         note="largest distance between a file's arrival position and its outbox seq")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
