@@ -1,17 +1,15 @@
 """The drop folder of a real ``yibao-agent serve``: a burst of N settlement files, time until all are settled.
 
 The setting of ``tests/integration/test_dropfolder_crash.py``'s burst, which used to assert the bound:
-``yibao-central serve`` and ``yibao-agent serve`` in their own processes, the agent enrolled with
-``yibao-agent init`` and a token from ``yibao-central enroll-token``, its drop folder with 8 workers,
-a 100 ms stable wait and a 0.5 s periodic scan, the uploader draining the outbox to the centre
-meanwhile. The HIS writes each file under a ``.tmp`` name and renames it into ``inbox/`` (the
-contract), as fast as it can; the clock starts before the first file is written and stops when
-``done/`` holds every file. Then every file is checked settled exactly once (one outbox settlement,
-one result naming it, the input in ``done/``, nothing rejected) and the outbox drained to the
-centre. Limit (the test's bound): 60 s for 5,000 files (scaled to N for other sizes).
-
-Plain HTTP between agent and centre: where they have TLS, both run in their development mode here
-(``--insecure-dev``), so the figure is the drop folder's, not the handshakes'.
+``yibao-central serve`` (``_centre.Centre``) and ``yibao-agent serve`` in their own processes, the
+agent enrolled with ``yibao-agent init`` and a token from ``yibao-central enroll-token``, its drop
+folder with 8 workers, a 100 ms stable wait and a 0.5 s periodic scan, the uploader draining the
+outbox to the centre meanwhile over mutual TLS, as deployed (``--plain``: both in their
+``--insecure-dev`` plain HTTP). The HIS writes each file under a ``.tmp`` name and renames it into
+``inbox/`` (the contract), as fast as it can; the clock starts before the first file is written and
+stops when ``done/`` holds every file. Then every file is checked settled exactly once (one outbox
+settlement, one result naming it, the input in ``done/``, nothing rejected) and the outbox drained to
+the centre. Limit (the test's bound): 60 s for 5,000 files (scaled to N for other sizes).
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _centre import BIN, Failed, free_port
+from _centre import BIN, Centre, Failed, free_port
 from _common import emit, example_settlement, parse_args
 
 LIMIT_S = 60.0
@@ -46,22 +44,17 @@ def _cli(program: str, home: Path, *args: str) -> str:
     return out.stdout
 
 
-def _dev_flag(program: str, verb: str) -> list[str]:
-    """``--insecure-dev`` where the program has it (plain HTTP is then refused without it)."""
-    out = subprocess.run([str(BIN / program), verb, "--help"], capture_output=True, text=True, timeout=60)
-    return ["--insecure-dev"] if "--insecure-dev" in out.stdout else []
+class AgentProcess:
+    """``yibao-agent serve``: its HIS API on a loopback port, answering ``GET /v1/health``."""
 
-
-class Process:
-    """A server started through its console script, answering ``GET /v1/health``."""
-
-    def __init__(self, program: str, home: Path, *extra: str) -> None:
+    def __init__(self, home: Path) -> None:
+        program = "yibao-agent"
         self.name, self.home = program, home
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         log = open(home / f"{program}.log", "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / program), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}", *extra],
+            [str(BIN / program), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}"],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -94,10 +87,10 @@ class Process:
                 self.proc.wait(10)
 
 
-def start_agent(home: Path, centre: Process, workers: int) -> tuple[Process, str]:
-    token = _cli("yibao-central", centre.home, "enroll-token", "--hospital", HOSPITAL).strip()
-    init = ["init", "--central", centre.url, "--token", token, "--hospital", HOSPITAL]
-    _cli("yibao-agent", home, *init, *_dev_flag("yibao-agent", "init"))
+def start_agent(home: Path, centre: Centre, workers: int) -> tuple[AgentProcess, str]:
+    init = ["init", "--central", centre.url, "--token", centre.token, "--hospital", HOSPITAL]
+    init += ["--ca-hash", centre.ca_hash] if centre.ca_hash else ["--insecure-dev"]
+    _cli("yibao-agent", home, *init)
     config = json.loads((home / "agent.json").read_text())
     config.update(
         {
@@ -111,10 +104,10 @@ def start_agent(home: Path, centre: Process, workers: int) -> tuple[Process, str
         }
     )
     (home / "agent.json").write_text(json.dumps(config))
-    return Process("yibao-agent", home), (home / "his.token").read_text().strip()
+    return AgentProcess(home), (home / "his.token").read_text().strip()
 
 
-def status(agent: Process, token: str) -> dict[str, Any]:
+def status(agent: AgentProcess, token: str) -> dict[str, Any]:
     req = urllib.request.Request(agent.url + "/v1/status", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
@@ -171,12 +164,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=LIMIT_FILES)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--plain", action="store_true", help="plain HTTP (--insecure-dev) instead of mutual TLS")
     args = parse_args(ap, files=200)
     with tempfile.TemporaryDirectory(prefix="bench-dropfolder-") as d:
         tmp = Path(d)
-        (tmp / "central").mkdir()
-        _cli("yibao-central", tmp / "central", "init")
-        centre = Process("yibao-central", tmp / "central", *_dev_flag("yibao-central", "serve"))
+        centre = Centre(tmp / "central", HOSPITAL, tls=not args.plain)
         agent = None
         try:
             (tmp / "agent").mkdir()
@@ -206,6 +198,7 @@ def main() -> int:
         ratio_to=f"test_bound_{LIMIT_S:g}_s_per_{LIMIT_FILES}_files",
         files=args.files,
         workers=args.workers,
+        transport="http (--insecure-dev)" if args.plain else "https, mutual TLS",
         note="first file written to every file in done/, yibao-agent serve, uploader running",
     )
     emit("dropfolder_files_per_s", args.files / settled_s, "per_s", files=args.files)
