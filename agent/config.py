@@ -160,11 +160,6 @@ class AgentConfig:
             problems.append("dropfolder_stable_ms must be >= 0 and dropfolder_poll_s positive")
         if not 1 <= self.dropfolder_workers <= 64:
             problems.append("dropfolder_workers must be 1 to 64")
-        if self.central_url.startswith("http://") and not self.insecure_dev:
-            problems.append(
-                f"central_url {self.central_url} is plain HTTP: health data must travel over TLS; enrol "
-                "again with --central https://… --ca-hash sha256:… (or --insecure-dev on a development box)"
-            )
         if problems:
             raise ConfigError("invalid agent settings: " + "; ".join(problems))
         return self

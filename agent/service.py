@@ -104,6 +104,11 @@ async def keep_certificate(tls: ClientTls, config: AgentConfig, outbox: Outbox) 
 
 async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM. Settlements are durable as answered, so stopping is always safe."""
+    if config.central_url.startswith("http://") and not config.insecure_dev:
+        raise ConfigError(
+            f"central_url {config.central_url} is plain HTTP: health data must travel over TLS; enrol again "
+            "with --central https://… --ca-hash sha256:… (or set insecure_dev on a development machine)"
+        )
     if config.dropfolder_path is not None:
         try:  # before anything is opened: a folder that cannot be used stops the start, like a bad setting
             prepare_dirs(config.dropfolder_path)

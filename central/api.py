@@ -511,8 +511,11 @@ class RedactingAccessLogger(AbstractAccessLogger):
         )  # fmt: skip
 
 
-def create_app(config: CentralConfig) -> web.Application:
-    """The application; it opens the store on startup and closes it on cleanup."""
+def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) -> web.Application:
+    """The application; it opens the store on startup and closes it on cleanup.
+
+    ``metrics``: the registry ``GET /metrics`` serves (default: a new one, open only under insecure dev).
+    """
     app = web.Application(client_max_size=config.client_max_size, middlewares=[_mutual_tls(config)])
     app[CONFIG_KEY] = config
 
@@ -560,7 +563,7 @@ def create_app(config: CentralConfig) -> web.Application:
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     add_monitor_routes(app)
-    install_metrics(app, CentralMetrics(open_access=config.insecure_dev))
+    install_metrics(app, metrics or CentralMetrics(open_access=config.insecure_dev))
     return app
 
 

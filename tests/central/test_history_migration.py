@@ -32,7 +32,9 @@ _V4_SETTLEMENT_COLUMNS = (
 
 def _held_at_schema_5(tmp_path: Path) -> Path:
     """A centre at schema 5 that ingested settlements, reversals, rejections and a lost marker."""
-    cfg = CentralConfig(home=tmp_path / "v5", listen="127.0.0.1:0", batch_limits=BatchLimits())
+    cfg = CentralConfig(
+        home=tmp_path / "v5", listen="127.0.0.1:0", batch_limits=BatchLimits(), insecure_dev=True
+    )
     init_home(cfg)
     with Store(cfg.db_path) as store:
         ingestor = Ingestor(store)

@@ -247,7 +247,9 @@ def test_first_batch_must_start_from_genesis(server: Server, agent: Chain) -> No
 
 
 def test_oversized_bodies_are_413(tmp_path) -> None:
-    config = CentralConfig(home=tmp_path / "small", batch_limits=BatchLimits(max_bytes=4096))
+    config = CentralConfig(
+        home=tmp_path / "small", batch_limits=BatchLimits(max_bytes=4096), insecure_dev=True
+    )
     init_home(config)
     srv, stop = start_server(config)
     try:

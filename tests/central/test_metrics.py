@@ -24,7 +24,7 @@ from central.api import REPO_KEY, RedactingAccessLogger, create_app
 from central.cli import init_home
 from central.config import CentralConfig
 from central.hospitals import set_hospital
-from central.metrics import CentralMetrics, install
+from central.metrics import CentralMetrics
 from central.operators import add_operator
 from central.policy import Policy
 from central.screening import screen
@@ -76,13 +76,12 @@ def plain_http(config: CentralConfig) -> CentralConfig:
 
 
 def serve_with_metrics(config: CentralConfig, metrics: CentralMetrics) -> tuple[Server, Any]:
-    """``conftest.start_server``, with ``install`` on the app ``create_app`` returned."""
+    """``conftest.start_server``, with the test's own ``CentralMetrics`` given to ``create_app``."""
     config = plain_http(config)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
     thread.start()
-    app = create_app(config)
-    install(app, metrics)
+    app = create_app(config, metrics=metrics)
     runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
 
     def run(coro: Any) -> Any:

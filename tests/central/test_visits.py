@@ -119,7 +119,9 @@ def test_a_batch_that_fails_to_store_leaves_no_visit(store: Store, chain: Chain)
 
 
 def _held_at_schema_8(tmp_path: Path) -> Path:
-    cfg = CentralConfig(home=tmp_path / "v8", listen="127.0.0.1:0", batch_limits=BatchLimits())
+    cfg = CentralConfig(
+        home=tmp_path / "v8", listen="127.0.0.1:0", batch_limits=BatchLimits(), insecure_dev=True
+    )
     init_home(cfg)
     with Store(cfg.db_path) as store:
         set_hospital(store, ACTOR, HOSPITAL, "2")
