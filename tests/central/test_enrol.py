@@ -43,6 +43,7 @@ def test_enrol_registers_the_key_and_answers_with_its_fingerprint(server: Server
         "tuf_root": root.decode(),
         "root_fingerprint": root_fingerprint(root),
         "pooling_area": "110100",
+        "client_cert": "",  # no CSR in this request (insecure-dev server): no client certificate
     }
     assert reply.headers[PROTOCOL_HEADER] == "1"
     agents = server.agents()

@@ -28,7 +28,7 @@ def test_the_command_end_to_end(tmp_path: Path) -> None:
     init = _run(home, "init", "--area", "370200")
     assert init.returncode == 0, init.stderr
     assert init.stdout.startswith("TUF root v1 fingerprint: ") and "operator keys" in init.stderr
-    fingerprint = init.stdout.split(": ", 1)[1].strip()
+    fingerprint = init.stdout.splitlines()[0].split(": ", 1)[1].strip()  # line 2: the TLS trust digest
     shown = _run(home, "root", "show")
     assert shown.returncode == 0 and f"fingerprint {fingerprint}" in shown.stdout
     assert "root      2 of 3" in shown.stdout

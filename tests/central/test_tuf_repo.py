@@ -25,7 +25,7 @@ from .conftest import ACTOR, AREA, Server, start_server, tuf_client
 
 
 def _fresh(tmp_path: Path, **kwargs: object) -> CentralConfig:
-    cfg = CentralConfig(home=tmp_path / "c2", listen="127.0.0.1:0", **kwargs)  # type: ignore[arg-type]
+    cfg = CentralConfig(home=tmp_path / "c2", listen="127.0.0.1:0", insecure_dev=True, **kwargs)  # type: ignore[arg-type]
     init_home(cfg, area=AREA)
     return cfg
 
