@@ -159,6 +159,7 @@ def test_init_pins_the_root_and_prints_its_fingerprint(repo: Repo, enrol_centre,
         "t",
         "--hospital",
         "H37021100001",
+        "--insecure-dev",  # a stand-in centre on plain HTTP: this test is about the TUF root
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
