@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -43,6 +41,17 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from protocol.bundles import KINDS
+from protocol.metrics import (
+    CONTENT_TYPE,
+    METRICS_PATH,
+    TUF_ROLES,
+    HttpMetrics,
+    answer_observed,
+    code_label,
+    epoch,
+    gauge,
+    read_sources,
+)
 
 from .errors import CardError
 
@@ -57,17 +66,8 @@ __all__ = ["CONTENT_TYPE", "METRICS_PATH", "AgentMetrics", "install"]
 
 log = logging.getLogger("yibao.agent.metrics")
 
-METRICS_PATH = "/metrics"
-#: The text format ``generate_latest`` writes (prometheus-client's own constant changed name across
-#: versions; the format did not).
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-#: An error or outcome code: anything else (a message, a value from a request) is folded into "other".
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-_TUF_ROLES = ("root", "timestamp", "snapshot", "targets")
 _UPLOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -82,34 +82,6 @@ def _card_codes() -> frozenset[str]:
 
 #: The codes a card identification can fail with (``agent.errors``); a card error counts under its code.
 CARD_ERROR_CODES = _card_codes()
-
-
-def _code(value: object) -> str:
-    text = str(value)
-    return text if _CODE.match(text) else "other"
-
-
-def route_label(request: web.Request) -> str:
-    """The route template that matched (``/v1/settlements/{setl_id}/reversal``), never the path itself."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def _gauge(name: str, doc: str, value: float | None, labels: dict[str, str] | None = None) -> Metric:
-    family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
-    if value is not None:
-        family.add_metric(list((labels or {}).values()), float(value))
-    return family
 
 
 class AgentMetrics:
@@ -138,17 +110,11 @@ class AgentMetrics:
         self.card_errors_from_api = card_errors_from_api
         self.clock = clock
         self.registry = CollectorRegistry()
-        self.http_requests = Counter(
-            "yibao_agent_http_requests",
-            "HIS API requests answered, by route template and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.http_duration = Histogram(
-            "yibao_agent_http_request_duration_seconds",
-            "Time to answer a HIS API request",
-            ["method", "route"],
-            registry=self.registry,
+        self.http = HttpMetrics(
+            "yibao_agent",
+            self.registry,
+            requests_doc="HIS API requests answered, by route template and status",
+            duration_doc="Time to answer a HIS API request",
         )
         self.card_errors = Counter(
             "yibao_agent_card_errors",
@@ -176,9 +142,7 @@ class AgentMetrics:
     # ---- what callers report ----------------------------------------------------------------------
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in _METHODS else "other"
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        self.http.observe(method, route, status, seconds)
 
     def count_card_error(self, code: str) -> None:
         """One failed identification; ``code`` is a ``CardError`` code (anything else counts as other)."""
@@ -186,7 +150,7 @@ class AgentMetrics:
 
     def observe_upload(self, seconds: float, outcome: str) -> None:
         """One upload attempt took ``seconds``; ``outcome`` is ``ok`` or the attempt's error code."""
-        self.upload_duration.labels(_code(outcome)).observe(max(0.0, seconds))
+        self.upload_duration.labels(code_label(outcome)).observe(max(0.0, seconds))
 
     def exposition(self) -> bytes:
         """The whole text page (reads the outbox and policy databases: call it off the event loop)."""
@@ -198,31 +162,31 @@ class AgentMetrics:
         if self.outbox is None:
             return
         st = self.outbox.status()
-        yield _gauge(
+        yield gauge(
             "yibao_agent_outbox_pending_records", "Records not yet accepted by the centre", st["pending"]
         )
-        yield _gauge("yibao_agent_outbox_pending_bytes", "Bytes of the records not yet accepted", st["bytes"])
-        yield _gauge(
+        yield gauge("yibao_agent_outbox_pending_bytes", "Bytes of the records not yet accepted", st["bytes"])
+        yield gauge(
             "yibao_agent_outbox_oldest_pending_age_seconds",
             "Age of the oldest record the centre has not accepted (0 when none is waiting)",
             st["oldest_age_s"] or 0.0,
         )
-        yield _gauge("yibao_agent_outbox_acked_seq", "Highest seq the centre acknowledged", st["acked_seq"])
-        yield _gauge("yibao_agent_outbox_last_seq", "Highest seq in the outbox", st["last_seq"])
-        yield _gauge(
+        yield gauge("yibao_agent_outbox_acked_seq", "Highest seq the centre acknowledged", st["acked_seq"])
+        yield gauge("yibao_agent_outbox_last_seq", "Highest seq in the outbox", st["last_seq"])
+        yield gauge(
             "yibao_agent_outbox_quarantined_records",
             "Records quarantined as corrupt on disk",
             st["quarantined"],
         )
-        yield _gauge(
+        yield gauge(
             "yibao_agent_outbox_dead_letter_records", "Records the centre refused for good", st["dead_letter"]
         )
-        yield _gauge(
+        yield gauge(
             "yibao_agent_outbox_limit_records",
             "Records the outbox holds before it refuses work",
             st["limit_records"],
         )
-        yield _gauge(
+        yield gauge(
             "yibao_agent_outbox_limit_bytes",
             "Bytes the outbox holds before it refuses work",
             st["limit_bytes"],
@@ -233,7 +197,7 @@ class AgentMetrics:
         if up is None:
             return
         if up.reachable is not None:
-            yield _gauge(
+            yield gauge(
                 "yibao_agent_central_reachable",
                 "1 when the last upload attempt reached the centre",
                 1.0 if up.reachable else 0.0,
@@ -244,12 +208,12 @@ class AgentMetrics:
         acked = CounterMetricFamily("yibao_agent_upload_records_acked", "Records the centre acknowledged")
         acked.add_metric([], up.records_acked)
         yield acked
-        yield _gauge(
+        yield gauge(
             "yibao_agent_upload_last_success_timestamp_seconds",
             "When a batch was last acknowledged (Unix time)",
             up.last_upload_at,
         )
-        yield _gauge(
+        yield gauge(
             "yibao_agent_upload_last_attempt_timestamp_seconds",
             "When an upload was last attempted (Unix time)",
             up.last_attempt_at,
@@ -259,7 +223,7 @@ class AgentMetrics:
         done, began = up.last_upload_at, up.last_attempt_at
         if done is not None and began is not None and done >= began:
             self._last_upload_s = done - began
-        yield _gauge(
+        yield gauge(
             "yibao_agent_upload_last_duration_seconds",
             "Latency of the last acknowledged upload attempt",
             self._last_upload_s,
@@ -270,7 +234,7 @@ class AgentMetrics:
             labels=["code"],
         )
         if up.last_error is not None:
-            failing.add_metric([_code(up.last_error)], 1.0)
+            failing.add_metric([code_label(up.last_error)], 1.0)
         yield failing
 
     def _policy(self) -> Iterator[Metric]:
@@ -297,7 +261,7 @@ class AgentMetrics:
             if h is None:
                 continue
             seq.add_metric([kind], h["seq"])
-            created = _epoch(h["created"])
+            created = epoch(h["created"])
             if created is not None:
                 age.add_metric([kind], max(0.0, now - created))
             applied.add_metric([kind], h["applied_at"])
@@ -315,17 +279,17 @@ class AgentMetrics:
             "When that metadata expires (Unix time)",
             labels=["role"],
         )
-        for role in _TUF_ROLES:
+        for role in TUF_ROLES:
             if isinstance(tuf.get(role), int):
                 version.add_metric([role], tuf[role])
-            exp = _epoch(tuf.get(f"{role}_expires"))
+            exp = epoch(tuf.get(f"{role}_expires"))
             if exp is not None:
                 expires.add_metric([role], exp)
         yield from (version, expires)
-        yield _gauge(
+        yield gauge(
             "yibao_agent_policy_last_success_timestamp_seconds",
             "When a policy update last succeeded (Unix time)",
-            _epoch(meta.get("last_success_at")),
+            epoch(meta.get("last_success_at")),
         )
 
     def _policy_client(self) -> Iterator[Metric]:
@@ -335,7 +299,7 @@ class AgentMetrics:
         reports = CounterMetricFamily("yibao_agent_policy_reports_sent", "Signed policy reports posted")
         reports.add_metric([], client.reports_sent)
         yield reports
-        yield _gauge(
+        yield gauge(
             "yibao_agent_policy_report_last_timestamp_seconds",
             "When a policy report was last accepted (Unix time)",
             client.last_report_at,
@@ -349,10 +313,10 @@ class AgentMetrics:
         )
         if self.outbox is not None:
             for code in sorted(dict(self.outbox.alarms)):
-                family.add_metric(["outbox", _code(code)], 1.0)
+                family.add_metric(["outbox", code_label(code)], 1.0)
         if self.policy is not None:
             for alarm in self.policy.alarms():
-                family.add_metric(["policy", _code(alarm["code"])], 1.0)
+                family.add_metric(["policy", code_label(alarm["code"])], 1.0)
         yield family
 
     def _info(self) -> Iterator[Metric]:
@@ -363,7 +327,7 @@ class AgentMetrics:
             "fixmedins_code": self.config.fixmedins_code,
             "pooling_area": self.config.pooling_area,
         }
-        yield _gauge("yibao_agent_info", "The agent this page describes (always 1)", 1.0, labels)
+        yield gauge("yibao_agent_info", "The agent this page describes (always 1)", 1.0, labels)
 
     def sources(self) -> Iterable[tuple[str, Callable[[], Iterator[Metric]]]]:
         return (
@@ -383,14 +347,7 @@ class _StateCollector:
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for name, read in self.metrics.sources():
-            try:
-                families = list(read())
-            except Exception as exc:  # a damaged database must not take the other metrics with it
-                log.warning("metrics: reading %s failed: %s", name, type(exc).__name__)
-                self.metrics.collect_errors.labels(name).inc()
-                continue
-            yield from families
+        yield from read_sources(self.metrics.sources(), self.metrics.collect_errors, log)
         yield from self.metrics.collect_errors.collect()
 
 
@@ -399,23 +356,7 @@ def install(app: web.Application, metrics: AgentMetrics) -> None:
 
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500  # an exception that is not an HTTP answer becomes aiohttp's 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:  # the client went away: nobody was given a status
-            status = 0
-            raise
-        finally:
-            if status:
-                metrics.observe_request(
-                    request.method, route_label(request), status, time.perf_counter() - start
-                )
+        return await answer_observed(request, handler, metrics.observe_request)
 
     @web.middleware
     async def count_card_errors(request: web.Request, handler: Handler) -> web.StreamResponse:

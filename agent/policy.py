@@ -56,6 +56,7 @@ from protocol import errors as perrors
 from protocol.batch import KeyPair
 from protocol.bundles import KINDS, BundleHeader, target_name
 from protocol.evoucher import load_issuers
+from protocol.metrics import epoch
 from protocol.wire import (
     MSGPACK,
     POLICY_CHANGES_PATH,
@@ -119,16 +120,6 @@ _ROLES = ("root", "timestamp", "snapshot", "targets")
 
 def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts else None
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def error_from_tuf(exc: BaseException) -> PolicyError:
@@ -311,7 +302,7 @@ def tuf_versions(metadata_dir: Path) -> dict[str, Any]:
         if signed is None:
             continue
         out[role] = int(signed.get("version", 0))
-        exp = _epoch(signed.get("expires"))
+        exp = epoch(signed.get("expires"))
         if exp is not None:
             out[f"{role}_expires"] = _iso(exp)
             expiries.append(exp)
@@ -326,7 +317,7 @@ def _alarm_conditions(config: AgentConfig, store: PolicyStore, now: float) -> di
     out: dict[str, str] = {}
     bl = held.get("blacklist")
     bl_text = f"blacklist seq {bl['seq']}" if bl else "no blacklist yet"
-    expires = _epoch((meta.get("tuf") or {}).get("expires"))
+    expires = epoch((meta.get("tuf") or {}).get("expires"))
     if expires is not None and now > expires:
         out[ALARM_EXPIRED] = (
             f"the last verified policy metadata expired at {_iso(expires)}; no current metadata could be "
@@ -360,7 +351,7 @@ def policy_status(config: AgentConfig, store: PolicyStore, *, now: float | None 
         if h is None:
             bundles[kind] = None
             continue
-        created = _epoch(h["created"])
+        created = epoch(h["created"])
         bundles[kind] = {
             "seq": h["seq"],
             "created": h["created"],

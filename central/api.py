@@ -88,7 +88,7 @@ from .errors import (
 )
 from .history import answer_history
 from .ingest import Ingestor
-from .metrics import CentralMetrics
+from .metrics import METRICS_KEY, CentralMetrics
 from .metrics import install as install_metrics
 from .monitor_api import add_routes as add_monitor_routes
 from .reports import MAX_REPORT_BYTES, agent_views, record_report
@@ -369,6 +369,7 @@ async def enroll(request: web.Request) -> web.Response:
 
 async def batches(request: web.Request) -> web.Response:
     version = None
+    metrics, started = request.app[METRICS_KEY], time.perf_counter()
     try:
         version = _version(request)
         if request.content_type != MSGPACK:
@@ -379,10 +380,16 @@ async def batches(request: web.Request) -> web.Response:
         )
     except CentralError as exc:
         log.info("batch refused (%s) from %s: %s", exc.code, request.remote, exc.message)
+        metrics.observe_ingest(0, time.perf_counter() - started, exc.code)
         return _error(exc, as_msgpack=True, version=version)
     except Exception:
         log.exception("batch ingestion failed")
+        metrics.observe_ingest(0, time.perf_counter() - started, InternalError.code)
         return _internal(as_msgpack=True)
+    seconds = time.perf_counter() - started
+    metrics.observe_ingest(
+        ack.stored, seconds, ack.code, duplicates=ack.duplicates, rejected=len(ack.rejected)
+    )
     return web.Response(
         status=409 if ack.code == "gap" else 200,
         body=encode_ack(ack),
@@ -563,13 +570,18 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     add_monitor_routes(app)
-    install_metrics(app, metrics or CentralMetrics(open_access=config.insecure_dev))
+    install_metrics(
+        app,
+        metrics or CentralMetrics(open_access=config.insecure_dev),
+        store=lambda: app[STORE_KEY],
+        repo=lambda: app.get(REPO_KEY),
+    )
     return app
 
 
-def app_runner(config: CentralConfig) -> web.AppRunner:
+def app_runner(config: CentralConfig, *, metrics: CentralMetrics | None = None) -> web.AppRunner:
     """The application's runner, with the access log that never shows a psn_no."""
-    return web.AppRunner(create_app(config), access_log_class=RedactingAccessLogger)
+    return web.AppRunner(create_app(config, metrics=metrics), access_log_class=RedactingAccessLogger)
 
 
 async def _watch(watcher: ChangeWatcher, interval: float) -> None:

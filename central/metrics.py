@@ -10,9 +10,8 @@ Why it is shaped this way:
   to keep a gauge up to date, and a restarted centre shows the truth at once. The page is built on a
   store reader thread (``Store.run_async``): no SQLite on the event loop.
 - **Counted as it happens**: requests by route template and status with their latency, and ingest
-  (batches by answer code, records stored / duplicate / rejected, seconds per batch). Ingest is read from
-  the batch route's own answer (the msgpack ``BatchAck`` or error the agent receives), so
-  ``central.api`` needs no call of its own; ``observe_ingest`` stays public for other callers.
+  (batches by answer code, records stored / duplicate / rejected, seconds per batch), which the batch
+  handler reports with ``observe_ingest`` from the ``BatchAck`` (or the error) it answers.
 - **No personal data, by construction.** Label values are codes only: route templates (never the path:
   ``/v1/persons/{psn_no}/history`` holds a psn_no), methods, statuses, answer and error codes checked
   against a pattern, agent ids, pooling areas, bundle kinds, TUF roles, screening kinds.
@@ -22,30 +21,38 @@ Why it is shaped this way:
   operator's pooling areas as ``/v1/agents`` is. ``open_access=True`` serves it to anyone: a
   development machine only.
 
-Wiring (``central.api.create_app``, before ``return app``)::
+Wiring (``central.api.create_app``): ``install(app, metrics, store=…, repo=…)`` with getters of the
+app's store and repository, so this module never imports ``central.api`` back.
 
-    install(app, CentralMetrics(open_access=config.insecure_dev))
+Label rules, the HTTP counters and the scrape loop are ``protocol.metrics``, shared with the agent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from protocol.bundles import KINDS
-from protocol.wire import BATCH_PATH, decode_ack
+from protocol.metrics import (
+    CONTENT_TYPE,
+    METRICS_PATH,
+    TUF_ROLES,
+    HttpMetrics,
+    answer_observed,
+    code_label,
+    epoch,
+    gauge,
+    read_sources,
+)
 
 from .errors import CentralError
 
@@ -57,89 +64,31 @@ __all__ = ["CONTENT_TYPE", "METRICS_KEY", "METRICS_PATH", "CentralMetrics", "ins
 
 log = logging.getLogger(__name__)
 
-METRICS_PATH = "/metrics"
-#: The text format ``generate_latest`` writes (prometheus-client's own constant changed name across
-#: versions; the format did not).
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-#: An answer or error code; anything else (a message, a value from a request) is folded into "other".
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 #: Agent ids and pooling areas are the centre's own codes; a value that is not one is not shown.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TUF_ROLES = ("root", "timestamp", "snapshot", "targets")
 _SCREEN_KINDS = ("incremental", "full")
 _INGEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-def _code(value: object) -> str:
-    text = str(value)
-    return text if _CODE.match(text) else "other"
-
-
-def route_label(request: web.Request) -> str:
-    """The route template that matched (``/v1/persons/{psn_no}/history``), never the path itself."""
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        dt = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def _family(name: str, doc: str, *labels: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=list(labels))
 
 
-def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc)
-    if value is not None:
-        family.add_metric([], float(value))
-    return family
-
-
 class CentralMetrics:
-    """Every metric of one centre. ``store`` and ``repo`` default to the app's (opened at startup).
+    """Every metric of one centre; the store and repository are handed to ``install`` and ``exposition``."""
 
-    ``ingest_from_answers``: count ingest from the batch route's answers. Turn it off if
-    ``observe_ingest`` is called from the batch handler instead, or each batch counts twice.
-    """
-
-    def __init__(
-        self,
-        *,
-        store: Store | None = None,
-        repo: TufRepository | None = None,
-        open_access: bool = False,
-        ingest_from_answers: bool = True,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.store = store
-        self.repo = repo
+    def __init__(self, *, open_access: bool = False, clock: Callable[[], float] = time.time) -> None:
         self.open_access = open_access
-        self.ingest_from_answers = ingest_from_answers
         self.clock = clock
         #: What is counted as it happens; the state read at scrape time is added by ``exposition``.
         self.registry = CollectorRegistry()
-        self.http_requests = Counter(
-            "yibao_central_http_requests",
-            "Requests answered, by route template and status",
-            ["method", "route", "status"],
-            registry=self.registry,
-        )
-        self.http_duration = Histogram(
-            "yibao_central_http_request_duration_seconds",
-            "Time to answer a request",
-            ["method", "route"],
-            registry=self.registry,
+        self.http = HttpMetrics(
+            "yibao_central",
+            self.registry,
+            requests_doc="Requests answered, by route template and status",
+            duration_doc="Time to answer a request",
         )
         self.ingest_batches = Counter(
             "yibao_central_ingest_batches",
@@ -169,37 +118,17 @@ class CentralMetrics:
     # ---- what callers report ----------------------------------------------------------------------
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        method = method if method in _METHODS else "other"
-        self.http_requests.labels(method, route, str(status)).inc()
-        self.http_duration.labels(method, route).observe(seconds)
+        self.http.observe(method, route, status, seconds)
 
     def observe_ingest(
         self, records: int, seconds: float, code: str = "stored", *, duplicates: int = 0, rejected: int = 0
     ) -> None:
         """One batch answered after ``seconds``: ``records`` newly stored, ``code`` the answer's code."""
-        self.ingest_batches.labels(_code(code)).inc()
+        self.ingest_batches.labels(code_label(code)).inc()
         for outcome, count in (("stored", records), ("duplicate", duplicates), ("rejected", rejected)):
             if count > 0:
                 self.ingest_records.labels(outcome).inc(count)
         self.ingest_duration.observe(max(0.0, seconds))
-
-    def observe_batch_answer(self, status: int, body: bytes, seconds: float) -> None:
-        """Ingest as the agent was told it: the ``BatchAck`` of a 200/409, else the error's code."""
-        if status in (200, 409):
-            try:
-                ack = decode_ack(body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                ack = None
-            if ack is not None:
-                self.observe_ingest(
-                    ack.stored, seconds, ack.code, duplicates=ack.duplicates, rejected=len(ack.rejected)
-                )
-                return
-        try:
-            code = msgspec.msgpack.decode(body)["error"]["code"]
-        except Exception:
-            code = f"http_{status}"
-        self.observe_ingest(0, seconds, code)
 
     def exposition(self, store: Store, repo: TufRepository | None, scope: frozenset[str] | None) -> bytes:
         """The page; agent and bundle series only of the areas in ``scope`` (None: every area).
@@ -240,17 +169,17 @@ class CentralMetrics:
                 continue
             acked.add_metric([agent_id], view["last_seq"])
             held += view["last_seq"]
-            if (last_seen := _epoch(view["last_seen"])) is not None:
+            if (last_seen := epoch(view["last_seen"])) is not None:
                 seen.add_metric([agent_id], last_seen)
             revoked.add_metric([agent_id], 1.0 if view["revoked"] else 0.0)
             policy = view.get("policy") or {}
-            if (received := _epoch(policy.get("received_at"))) is not None:
+            if (received := epoch(policy.get("received_at"))) is not None:
                 reported.add_metric([agent_id], received)
             for kind, lag in (view.get("behind") or {}).items():
                 if lag is not None and kind in KINDS:
                     behind.add_metric([agent_id, kind], lag)
         yield from (acked, seen, revoked, reported, behind)
-        yield _gauge(
+        yield gauge(
             "yibao_central_records_held",
             "Chain records held (stored, rejected or lost) of the agents shown: the sum of their acked seqs",
             held,
@@ -271,7 +200,7 @@ class CentralMetrics:
             if (scope is not None and area not in scope) or not _ID.match(str(area)) or kind not in KINDS:
                 continue
             seq.add_metric([area, kind], newest)
-            if (at := _epoch(created)) is not None:
+            if (at := epoch(created)) is not None:
                 age.add_metric([area, kind], max(0.0, now - at))
         yield from (seq, age)
 
@@ -308,17 +237,17 @@ class CentralMetrics:
             if row is None:
                 continue
             started_at, finished_at, n, h, s, detail = row
-            done = _epoch(finished_at)
+            done = epoch(finished_at)
             if done is not None:
                 finished.add_metric([kind], done)
-            duration.add_metric([kind], _run_seconds(_epoch(started_at), done, detail))
+            duration.add_metric([kind], _run_seconds(epoch(started_at), done, detail))
             settlements.add_metric([kind], n)
             hits.add_metric([kind], h)
             new.add_metric([kind], s)
         yield from (runs, duration, finished, settlements, hits, new)
         cursor = conn.execute("SELECT value FROM settings WHERE key = ?", (CURSOR_KEY,)).fetchone()
         newest = conn.execute("SELECT coalesce(max(rowid), 0) FROM settlements").fetchone()[0]
-        yield _gauge(
+        yield gauge(
             "yibao_central_screen_backlog_settlements",
             "Settlements and reversals ingested and not yet reached by incremental screening",
             max(0, newest - (int(cursor[0]) if cursor else 0)),
@@ -332,7 +261,7 @@ class CentralMetrics:
             "yibao_central_tuf_expires_timestamp_seconds", "When the published metadata expires", "role"
         )
         for role, md in zip(
-            _TUF_ROLES,
+            TUF_ROLES,
             (repo.root_md(), repo.timestamp_md(), repo.snapshot_md(), repo.targets_md()),
             strict=True,
         ):
@@ -371,13 +300,8 @@ class _Page:
         self.metrics, self.store, self.repo, self.scope = metrics, store, repo, scope
 
     def collect(self) -> Iterator[Metric]:
-        read: list[Metric] = []
-        for name, source in self.metrics.sources(self.store, self.repo, self.scope):
-            try:
-                read.extend(source())
-            except Exception as exc:  # a damaged file or table must not take the other metrics with it
-                log.warning("metrics: reading %s failed: %s", name, type(exc).__name__)
-                self.metrics.collect_errors.labels(name).inc()
+        sources = self.metrics.sources(self.store, self.repo, self.scope)
+        read = list(read_sources(sources, self.metrics.collect_errors, log))
         yield from self.metrics.registry.collect()
         yield from read
 
@@ -385,49 +309,33 @@ class _Page:
 METRICS_KEY = web.AppKey("metrics", CentralMetrics)
 
 
-def install(app: web.Application, metrics: CentralMetrics) -> None:
-    """Count every request of ``app`` (and ingest, from the batch answers) and serve ``GET /metrics``."""
+def install(
+    app: web.Application,
+    metrics: CentralMetrics,
+    *,
+    store: Callable[[], Store],
+    repo: Callable[[], TufRepository | None],
+) -> None:
+    """Count every request of ``app`` and serve ``GET /metrics``; ``store``/``repo`` give the app's own."""
 
     @web.middleware
     async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        status = 500  # an exception that is not an HTTP answer becomes aiohttp's 500
-        response: web.StreamResponse | None = None
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:  # the client went away: nobody was given a status
-            status = 0
-            raise
-        finally:
-            if status:
-                seconds = time.perf_counter() - start
-                route = route_label(request)
-                metrics.observe_request(request.method, route, status, seconds)
-                if metrics.ingest_from_answers and route == BATCH_PATH and request.method == "POST":
-                    body = response.body if isinstance(response, web.Response) else None
-                    metrics.observe_batch_answer(status, body if isinstance(body, bytes) else b"", seconds)
+        return await answer_observed(request, handler, metrics.observe_request)
 
     async def get_metrics(request: web.Request) -> web.Response:
-        from .api import REPO_KEY, STORE_KEY  # central.api may import this module: resolved at call time
         from .operators import operator_by_token
 
-        store = metrics.store if metrics.store is not None else request.app[STORE_KEY]
-        repo = metrics.repo if metrics.repo is not None else request.app.get(REPO_KEY)
+        held = store()
         scope: frozenset[str] | None = None
         if not metrics.open_access:
             scheme, _, token = request.headers.get("Authorization", "").partition(" ")
             bearer = token.strip() if scheme.lower() == "bearer" else None
             try:
-                operator = await store.read_async(lambda c: operator_by_token(c, bearer))
+                operator = await held.read_async(lambda c: operator_by_token(c, bearer))
             except CentralError as exc:
                 return web.json_response(exc.to_wire(), status=exc.http_status)
             scope = operator.scope
-        body = await store.run_async(metrics.exposition, store, repo, scope)
+        body = await held.run_async(metrics.exposition, held, repo(), scope)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
     app[METRICS_KEY] = metrics

@@ -24,6 +24,7 @@ from central.api import STORE_KEY, app_runner
 from central.cli import init_home, operator_signers
 from central.config import CentralConfig
 from central.enrol import enrol_agent, issue_token
+from central.metrics import CentralMetrics
 from central.policy import Actor, Policy
 from central.store import Store
 from central.tuf_repo import TufRepository
@@ -228,11 +229,13 @@ class Server:
         return self.request("POST", path, msgspec.json.encode(obj), {"Content-Type": "application/json"})
 
 
-def start_server(config: CentralConfig) -> tuple[Server, Callable[[], None]]:
+def start_server(
+    config: CentralConfig, *, metrics: CentralMetrics | None = None
+) -> tuple[Server, Callable[[], None]]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
     thread.start()
-    runner = app_runner(config)
+    runner = app_runner(config, metrics=metrics)
 
     def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)

@@ -1,26 +1,21 @@
 """The centre's ``/metrics``: real batches, a published bundle and a screening run, then ``curl`` and
 prometheus-client's parser.
 
-The app is ``create_app``'s with ``central.metrics.install`` called on it, on a loopback port. The page
+The app is ``create_app``'s, given the test's own ``CentralMetrics``, on a loopback port. The page
 must follow what was ingested, published and screened, answer only an operator's token (narrowed to the
 operator's areas), and hold no personal data.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from central.api import REPO_KEY, RedactingAccessLogger, create_app
+from central.api import REPO_KEY
 from central.cli import init_home
 from central.config import CentralConfig
 from central.hospitals import set_hospital
@@ -30,7 +25,7 @@ from central.policy import Policy
 from central.screening import screen
 from central.tuf_repo import TufRepository
 
-from .conftest import ACTOR, AREA, HOSPITAL, Server, enrol, settlement
+from .conftest import ACTOR, AREA, HOSPITAL, Server, enrol, settlement, start_server
 
 if shutil.which("curl") is None:  # make test installs it (Makefile SYSDEPS): fail, never skip
     raise RuntimeError("curl not found: apt-get install curl (make test does this)")
@@ -67,42 +62,10 @@ RULES = {
 }
 
 
-def plain_http(config: CentralConfig) -> CentralConfig:
-    """These tests post batches as plain HTTP on loopback: with mutual TLS, only a development centre
-    (``insecure_dev``) lets agent routes through without a client certificate."""
-    if "insecure_dev" in {f.name for f in dataclasses.fields(config)}:
-        return dataclasses.replace(config, insecure_dev=True)
-    return config
-
-
-def serve_with_metrics(config: CentralConfig, metrics: CentralMetrics) -> tuple[Server, Any]:
-    """``conftest.start_server``, with the test's own ``CentralMetrics`` given to ``create_app``."""
-    config = plain_http(config)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-server", daemon=True)
-    thread.start()
-    app = create_app(config, metrics=metrics)
-    runner = web.AppRunner(app, access_log_class=RedactingAccessLogger)
-
-    def run(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
-
-    run(runner.setup())
-    run(web.TCPSite(runner, "127.0.0.1", 0).start())
-
-    def stop() -> None:
-        run(runner.cleanup())
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
-
-    return Server(f"http://127.0.0.1:{runner.addresses[0][1]}", runner.app), stop
-
-
 @pytest.fixture
 def served(config: CentralConfig) -> Iterator[tuple[Server, CentralMetrics]]:
     metrics = CentralMetrics()
-    server, stop = serve_with_metrics(config, metrics)
+    server, stop = start_server(config, metrics=metrics)
     try:
         yield server, metrics
     finally:
@@ -217,10 +180,10 @@ def test_page_answers_an_operator_token_only_and_only_their_areas(served) -> Non
 
 
 def test_open_access_serves_anyone_and_two_centres_do_not_clash(config, tmp_path) -> None:
-    other = CentralConfig(home=tmp_path / "other", listen="127.0.0.1:0")
+    other = CentralConfig(home=tmp_path / "other", listen="127.0.0.1:0", insecure_dev=True)
     init_home(other)
-    first, stop_first = serve_with_metrics(config, CentralMetrics(open_access=True))
-    second, stop_second = serve_with_metrics(other, CentralMetrics(open_access=True))
+    first, stop_first = start_server(config, metrics=CentralMetrics(open_access=True))
+    second, stop_second = start_server(other, metrics=CentralMetrics(open_access=True))
     try:
         chain = enrol(first.store)
         chain.append(settlement("S1", psn_no=PSN_NO))
@@ -240,7 +203,6 @@ def test_codes_only_in_labels_and_a_failing_source_is_counted(store) -> None:
     metrics = CentralMetrics()
     metrics.observe_ingest(2, 0.05, "stored", rejected=1)
     metrics.observe_ingest(0, 0.01, f"refused for {PSN_NO}")
-    metrics.observe_batch_answer(500, b"not msgpack", 0.01)
 
     class Broken:
         def root_md(self) -> None:
@@ -249,7 +211,6 @@ def test_codes_only_in_labels_and_a_failing_source_is_counted(store) -> None:
     text = metrics.exposition(store, Broken(), None).decode()  # type: ignore[arg-type]
     page = samples(text)
     assert value(page, "yibao_central_ingest_batches_total", code="other") == 1
-    assert value(page, "yibao_central_ingest_batches_total", code="http_500") == 1
     assert value(page, "yibao_central_ingest_records_total", outcome="rejected") == 1
     assert value(page, "yibao_central_metrics_collect_errors_total", source="tuf") == 1
     assert value(page, "yibao_central_screen_runs_total", kind="full") == 0  # the other sources still read
