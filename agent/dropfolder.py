@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import secrets
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,6 +40,7 @@ from protocol.errors import ProtocolError, ValidationFailed
 
 from .api import error_answer
 from .config import AgentConfig
+from .durable import write_atomic
 from .errors import AgentError, BodyTooLarge
 
 __all__ = ["DIRS", "DropFolder", "Settle", "csv_to_body", "prepare_dirs", "write_atomic"]
@@ -64,32 +64,6 @@ _QUIET_EVENTS = frozenset({"deleted", "opened", "closed_no_write"})
 
 
 # ---- durable file operations ----------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``path`` so a reader sees nothing or all of it, durably (file and directory fsynced).
-
-    The temporary name starts with a dot, so a HIS listing ``results/*.json`` never sees it.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _free_name(directory: Path, name: str) -> Path:

@@ -7,7 +7,6 @@ a failed attempt (wrong token, centre down) can simply be repeated.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import ssl
 from pathlib import Path
@@ -20,19 +19,12 @@ from protocol.batch import KeyPair, key_fingerprint
 from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER, root_fingerprint
 
 from .config import AgentConfig, save_config
+from .durable import write_atomic
 from .errors import ConfigError, EnrolFailed
 from .store import Outbox
 from .tls import ClientTls, fetch_trust, make_csr
 
 __all__ = ["check_tuf_root", "enrol", "load_key", "pin_tuf_root", "pinned_root_fingerprint"]
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def load_key(config: AgentConfig) -> KeyPair:
@@ -65,12 +57,7 @@ def pin_tuf_root(config: AgentConfig, root_json: bytes) -> Path:
     """Write the trust anchor for policy bundles: ``HOME/tuf/metadata/root.json``."""
     config.tuf_metadata_dir.mkdir(parents=True, exist_ok=True)
     path = config.tuf_metadata_dir / "root.json"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(root_json)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, root_json)
     return path
 
 
@@ -177,8 +164,8 @@ async def enrol(
     config.pooling_area = answer.get("pooling_area") or ""
     if tuf_root:
         pin_tuf_root(config, tuf_root)
-    _write_secret(config.key_path, key.private_bytes())
-    _write_secret(config.token_path, (secrets.token_urlsafe(32) + "\n").encode())
+    write_atomic(config.key_path, key.private_bytes(), 0o600)
+    write_atomic(config.token_path, (secrets.token_urlsafe(32) + "\n").encode(), 0o600)
     Outbox(config.db_path, agent_id=config.agent_id).close()
     save_config(config)
     return config

@@ -22,7 +22,6 @@ Rules (the centre's side is ``central.tls``):
 from __future__ import annotations
 
 import hashlib
-import os
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +37,7 @@ from tuf.ngclient import Urllib3Fetcher
 
 from protocol.wire import CERT_RENEW_PATH, PROTOCOL_HEADER, TLS_TRUST_PATH
 
+from .durable import write_atomic
 from .errors import ConfigError, EnrolFailed
 
 __all__ = [
@@ -51,16 +51,6 @@ __all__ = [
 ]
 
 EXPIRY_WARNING_DAYS = 30
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def parse_ca_hash(text: str) -> str:
@@ -155,11 +145,9 @@ class ClientTls:
         """Write what enrolment or renewal got: the key first, then its certificate (each atomically)."""
         tls_dir = Path(tls_dir)
         tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write(tls_dir / "trust.pem", trust)
-        _write(tls_dir / "client.key.new", key_pem, 0o600)
-        _write(tls_dir / "client.crt.new", cert_pem.encode())
-        os.replace(tls_dir / "client.key.new", tls_dir / "client.key")
-        os.replace(tls_dir / "client.crt.new", tls_dir / "client.crt")
+        write_atomic(tls_dir / "trust.pem", trust)
+        write_atomic(tls_dir / "client.key", key_pem, 0o600)
+        write_atomic(tls_dir / "client.crt", cert_pem.encode())
         if not renewal:  # a new trust bundle needs a new context; a renewal reloads its own in place
             _SHARED.pop(tls_dir.parent.resolve(), None)
 

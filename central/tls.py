@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import CertificateInvalid, ConfigInvalid
+from .tuf_repo import atomic_write
 
 __all__ = [
     "EXPIRY_WARNING_DAYS",
@@ -61,17 +62,6 @@ EXPIRY_WARNING_DAYS = 30
 CA_DAYS = 3650
 SERVER_DAYS = 397
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """tmp + fsync + rename: a crash never leaves half a key or certificate in place."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -157,8 +147,8 @@ def _issue_server(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write(files.server_key, _key_pem(key), 0o600)
-    _write(files.server_cert, _cert_pem(cert) + _cert_pem(ca_cert))
+    atomic_write(files.server_key, _key_pem(key), 0o600)
+    atomic_write(files.server_cert, _cert_pem(cert) + _cert_pem(ca_cert))
     return cert
 
 
@@ -200,10 +190,10 @@ def create_tls(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(files.ca_key, _key_pem(key), 0o600)
-    _write(files.ca_cert, _cert_pem(ca))
+    atomic_write(files.ca_key, _key_pem(key), 0o600)
+    atomic_write(files.ca_cert, _cert_pem(ca))
     _issue_server(files, _names(names), now=now)
-    _write(files.trust, _cert_pem(ca))
+    atomic_write(files.trust, _cert_pem(ca))
     return True
 
 
@@ -269,9 +259,9 @@ def import_server_cert(tls_dir: Path, cert_file: Path, key_file: Path) -> CertIn
     probe.load_verify_locations(cadata=_cert_pem(root).decode())
     probe.load_cert_chain(str(cert_file), str(key_file))
     ca_cert, _ = files.load_ca()
-    _write(files.server_key, _key_pem(key), 0o600)  # type: ignore[arg-type]
-    _write(files.server_cert, b"".join(_cert_pem(c) for c in chain))
-    _write(files.trust, _cert_pem(ca_cert) + _cert_pem(root))
+    atomic_write(files.server_key, _key_pem(key), 0o600)  # type: ignore[arg-type]
+    atomic_write(files.server_cert, b"".join(_cert_pem(c) for c in chain))
+    atomic_write(files.trust, _cert_pem(ca_cert) + _cert_pem(root))
     return cert_info(leaf)
 
 
