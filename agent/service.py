@@ -27,7 +27,7 @@ from .metrics import install as install_metrics
 from .policy import PolicyClient, issuers_from_keys_bundle
 from .policy_store import Applied, PolicyStore
 from .store import Outbox
-from .tls import ClientTls, client_tls
+from .tls import ClientTls, client_ssl, client_tls
 from .uploader import Uploader
 
 __all__ = ["open_outbox", "open_policy", "serve"]
@@ -128,7 +128,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         config.agent_id,
         key,
         timeout_s=config.history_timeout_s,
-        ssl_context=tls.context if tls is not None else True,
+        ssl_context=client_ssl(config.home, config.central_url),
     )
     desk = DeskChecks(
         config.db_path, policy_store, history, hosp_lv=config.hosp_lv, history_days=config.history_days

@@ -126,7 +126,12 @@ class ClientTls:
                 )
         self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.trust_path))
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._load_identity()
+
+    def _load_identity(self) -> None:
+        """The key and certificate into the context (connections from now on), and the certificate kept."""
         self.context.load_cert_chain(str(self.cert_path), str(self.key_path))
+        self._cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
 
     @property
     def trust_path(self) -> Path:
@@ -141,18 +146,16 @@ class ClientTls:
         return self.dir / "client.key"
 
     @staticmethod
-    def install(tls_dir: Path, trust: bytes, key_pem: bytes, cert_pem: str, *, renewal: bool = False) -> None:
-        """Write what enrolment or renewal got: the key first, then its certificate (each atomically)."""
+    def install(tls_dir: Path, trust: bytes, key_pem: bytes, cert_pem: str) -> None:
+        """Write what enrolment got; a context already made for this home is dropped (new trust bundle)."""
         tls_dir = Path(tls_dir)
         tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(tls_dir / "trust.pem", trust)
-        write_atomic(tls_dir / "client.key", key_pem, 0o600)
-        write_atomic(tls_dir / "client.crt", cert_pem.encode())
-        if not renewal:  # a new trust bundle needs a new context; a renewal reloads its own in place
-            _SHARED.pop(tls_dir.parent.resolve(), None)
+        _write_identity(tls_dir, key_pem, cert_pem)
+        _SHARED.pop(tls_dir.parent.resolve(), None)
 
     def certificate(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+        return self._cert
 
     def status(self, now: datetime | None = None) -> dict[str, Any]:
         cert = self.certificate()
@@ -183,10 +186,15 @@ class ClientTls:
                 raise EnrolFailed(
                     f"certificate renewal refused ({err.get('code', resp.status)}): {err.get('message')}"
                 )
-        trust = self.trust_path.read_bytes()
-        ClientTls.install(self.dir, trust, key_pem, answer["client_cert"], renewal=True)
-        self.context.load_cert_chain(str(self.cert_path), str(self.key_path))
-        return self.certificate().not_valid_after_utc.isoformat()
+        _write_identity(self.dir, key_pem, answer["client_cert"])
+        self._load_identity()
+        return self._cert.not_valid_after_utc.isoformat()
+
+
+def _write_identity(tls_dir: Path, key_pem: bytes, cert_pem: str) -> None:
+    """The key first, then its certificate, each atomically (the key never leaves this directory)."""
+    write_atomic(tls_dir / "client.key", key_pem, 0o600)
+    write_atomic(tls_dir / "client.crt", cert_pem.encode())
 
 
 _SHARED: dict[Path, ClientTls] = {}

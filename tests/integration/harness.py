@@ -110,21 +110,25 @@ class Proc:
 
 
 class Central:
-    def __init__(self, home: Path, *, insecure_dev: bool = False) -> None:
+    def __init__(self, home: Path, *, insecure_dev: bool = False, serve_args: tuple[str, ...] = ()) -> None:
         from central.tls import trust_digest
 
         self.home = home
         self.port = free_port()
         self.url = f"{'http' if insecure_dev else 'https'}://127.0.0.1:{self.port}"
-        self.cli("init")
+        #: What ``yibao-central init`` printed (the TUF root's and the trust bundle's fingerprints).
+        self.init_output = self.cli("init")
         listen = f"127.0.0.1:{self.port}"
-        args = [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", listen]
+        args = [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", listen, *serve_args]
+        #: The agents' ``--ca-hash`` and a context that verifies this centre (None: plain HTTP).
+        self.ca_hash: str | None = None
+        self.context: ssl.SSLContext | None = None
         if insecure_dev:
             args.append("--insecure-dev")
         else:
-            context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem"))
-            _CENTRES[self.url] = (trust_digest(home / "tls"), context)
-        self.ca_hash = _CENTRES[self.url][0] if not insecure_dev else None
+            self.ca_hash = trust_digest(home / "tls")
+            self.context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem"))
+            _CENTRES[self.url] = (self.ca_hash, self.context)
         self.proc = Proc("central", args, home / "central.log", self.url + "/v1/health")
 
     def cli(self, *args: str) -> str:

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -25,54 +26,23 @@ from agent.tls import ClientTls, make_csr
 from central.tls import trust_digest
 from tests.conftest import example_settlement
 
-from .harness import BIN, Proc, free_port, http, wait_until
+from .harness import BIN, Central, Proc, free_port, http, wait_until
 
 HOSPITAL = "H37021100001"
 
 
-class TlsCentral:
-    """A centre as ``init`` makes it: HTTPS, its own CA, mutual TLS on the agent routes."""
+class TlsCentral(Central):
+    """The harness's centre as ``init`` makes it (HTTPS, its own CA, mutual TLS on the agent routes), which
+    looks for a rotated server certificate every half second, and a raw GET with any client context."""
 
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.port = free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
-        init = self.cli("init")
-        assert "TLS trust bundle sha256:" in init
-        self.ca_hash = trust_digest(home / "tls")
-        assert self.ca_hash in init
-        self.context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem"))
-        self.proc = Proc(
-            "central",
-            [
-                str(BIN / "yibao-central"),
-                "--home",
-                str(home),
-                "serve",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--tls-check-s",
-                "0.5",
-            ],
-            home / "central.log",
-            "",
-        )
-
-    def cli(self, *args: str) -> str:
-        out = subprocess.run(
-            [str(BIN / "yibao-central"), "--home", str(self.home), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        super().__init__(home, serve_args=("--tls-check-s", "0.5"))
+        assert self.ca_hash is not None and self.context is not None
+        assert "TLS trust bundle sha256:" in self.init_output and self.ca_hash in self.init_output
+        assert self.ca_hash == trust_digest(home / "tls")
 
     def start(self) -> TlsCentral:
-        log = open(self.proc.log_path, "ab")
-        self.proc.proc = subprocess.Popen(self.proc.args, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        wait_until(lambda: self.get("/v1/health")[0] == 200, 30, what="the centre to serve https")
+        self.proc.start()
         return self
 
     def get(self, path: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
@@ -84,9 +54,6 @@ class TlsCentral:
         except (urllib.error.URLError, OSError):
             return 0, b""
 
-    def settlements(self) -> list[dict]:
-        return [json.loads(x) for x in self.cli("export", "settlements").splitlines() if x.strip()]
-
 
 def agent_init(home: Path, url: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -96,9 +63,8 @@ def agent_init(home: Path, url: str, token: str, *extra: str) -> subprocess.Comp
     )  # fmt: skip
 
 
-@pytest.fixture
-def centre(tmp_path: Path):
-    c = TlsCentral(tmp_path / "central").start()
+def running(home: Path) -> Iterator[TlsCentral]:
+    c = TlsCentral(home).start()
     try:
         yield c
     finally:
@@ -106,13 +72,14 @@ def centre(tmp_path: Path):
 
 
 @pytest.fixture
-def other_centre(tmp_path: Path):
+def centre(tmp_path: Path) -> Iterator[TlsCentral]:
+    yield from running(tmp_path / "central")
+
+
+@pytest.fixture
+def other_centre(tmp_path: Path) -> Iterator[TlsCentral]:
     """The machine in the middle: a real centre with a CA of its own."""
-    c = TlsCentral(tmp_path / "mitm").start()
-    try:
-        yield c
-    finally:
-        c.proc.stop()
+    yield from running(tmp_path / "mitm")
 
 
 def start_agent(home: Path) -> tuple[Proc, str, str]:
