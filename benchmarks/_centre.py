@@ -1,7 +1,7 @@
-"""The centre as the benchmarks run it: ``yibao-central serve`` in its own process, and its CLI.
+"""The centre and agents as the benchmarks run them: ``serve`` in its own process, and the CLIs.
 
-Shared by the benchmarks that need a real centre (drain, propagation, checks); a helper, not a
-benchmark (``make bench`` skips ``benchmarks/_*.py``).
+Shared by the benchmarks that need a real centre or agent (drain, propagation, checks, detection,
+drop folder, history lookup); a helper, not a benchmark (``make bench`` skips ``benchmarks/_*.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from agent.tls import ClientTls, make_csr
 from central.tls import trust_digest
 from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER
 
-__all__ = ["BIN", "CLK_TCK", "Centre", "Failed", "central_cli", "free_port"]
+__all__ = ["BIN", "CLK_TCK", "Centre", "Failed", "Served", "agent_init", "central_cli", "free_port"]
 
 BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -45,7 +45,47 @@ def central_cli(home: Path, *args: str) -> str:
     return out.stdout
 
 
-class Centre:
+class Served:
+    """``PROGRAM --home HOME serve …`` in its own process, up once ``GET URL/v1/health`` answers 200."""
+
+    def __init__(
+        self, program: str, home: Path, url: str, args: list[str], *, log_name: str,
+        context: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
+        self.program, self.home, self.url, self.log_path = program, home, url, home / log_name
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / program), "--home", str(home), "serve", *args], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise Failed(f"{program} serve exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/v1/health", timeout=1, context=context) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise Failed(f"{program} serve did not answer within 30 s: {self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+class Centre(Served):
     """``yibao-central serve`` in its own process on a free loopback port."""
 
     def __init__(
@@ -61,37 +101,8 @@ class Centre:
         #: What an agent enrols with (``--ca-hash``), and a context that verifies this centre.
         self.ca_hash = trust_digest(home / "tls") if tls else None
         self.context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem")) if tls else None
-        log = open(home / "central.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "yibao-central"),
-                "--home",
-                str(home),
-                "serve",
-                "--listen",
-                f"127.0.0.1:{port}",
-                *(() if tls else ("--insecure-dev",)),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise Failed(f"yibao-central serve exited with {self.proc.returncode}: {self.log()}")
-            try:
-                with urllib.request.urlopen(self.url + "/v1/health", timeout=1, context=self.context) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise Failed(f"yibao-central serve did not answer within 30 s: {self.log()}")
-            time.sleep(0.05)
-
-    def log(self) -> str:
-        return (self.home / "central.log").read_text(errors="replace")[-3000:]
+        args = ["--listen", f"127.0.0.1:{port}", *(() if tls else ("--insecure-dev",))]
+        super().__init__("yibao-central", home, self.url, args, log_name="central.log", context=self.context)
 
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
@@ -125,11 +136,15 @@ class Centre:
             ClientTls.install(tls_dir, trust, key_pem, answer["client_cert"])
         return answer["agent_id"]
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+
+def agent_init(home: Path, centre: Centre, hospital: str, token: str | None = None) -> None:
+    """``yibao-agent init`` with ``centre``: its ``--ca-hash`` (or ``--insecure-dev`` for a plain one)."""
+    token = token or central_cli(centre.home, "enroll-token", "--hospital", hospital).strip()
+    trust = ["--ca-hash", centre.ca_hash] if centre.ca_hash else ["--insecure-dev"]
+    out = subprocess.run(
+        [str(BIN / "yibao-agent"), "--home", str(home), "init", "--central", centre.url, "--token", token,
+         "--hospital", hospital, *trust],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise Failed(f"yibao-agent init for {hospital} failed: {out.stderr.strip()[-2000:]}")

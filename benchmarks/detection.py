@@ -28,7 +28,6 @@ import asyncio
 import json
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from _centre import BIN, Centre, Failed, central_cli, free_port
+from _centre import Centre, Failed, Served, agent_init, central_cli, free_port
 from _common import ROOT, emit, parse_args
 
 from simulators.fraud import PATTERNS, Traffic, generate_traffic, post_traffic, score_detection
@@ -49,67 +48,26 @@ AREA = "370200"
 SAMPLES = ROOT / "docs" / "samples"
 
 
-class Agent:
+class Agent(Served):
     """``yibao-agent init`` + ``serve`` for one hospital."""
 
     def __init__(self, home: Path, centre: Centre, hospital: str, hosp_lv: str) -> None:
-        self.home, self.hospital = home, hospital
-        token = central_cli(centre.home, "enroll-token", "--hospital", hospital).strip()
-        out = subprocess.run(
-            [
-                str(BIN / "yibao-agent"),
-                "--home",
-                str(home),
-                "init",
-                "--central",
-                centre.url,
-                "--token",
-                token,
-                "--hospital",
-                hospital,
-                *(("--ca-hash", centre.ca_hash) if centre.ca_hash else ("--insecure-dev",)),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if out.returncode != 0:
-            raise Failed(f"yibao-agent init for {hospital} failed: {out.stderr.strip()}")
+        self.hospital = hospital
+        agent_init(home, centre, hospital)
         config = json.loads((home / "agent.json").read_text())
         config.update(
             {"hosp_lv": hosp_lv, "backoff_initial_s": 0.05, "backoff_max_s": 0.5, "idle_poll_s": 0.2}
         )
         (home / "agent.json").write_text(json.dumps(config))
         self.token = (home / "his.token").read_text().strip()
-        self.url = f"http://127.0.0.1:{free_port()}"
-        log = open(home / "agent.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "yibao-agent"),
-                "--home",
-                str(home),
-                "serve",
-                "--listen",
-                self.url.removeprefix("http://"),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        port = free_port()
+        super().__init__(
+            "yibao-agent",
+            home,
+            f"http://127.0.0.1:{port}",
+            ["--listen", f"127.0.0.1:{port}"],
+            log_name="agent.log",
         )
-        log.close()
-        deadline = time.monotonic() + 30
-        while not self._healthy():
-            if self.proc.poll() is not None:
-                raise Failed(f"yibao-agent serve for {hospital} exited: {self.log()}")
-            if time.monotonic() > deadline:
-                raise Failed(f"yibao-agent serve for {hospital} did not answer within 30 s")
-            time.sleep(0.05)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/v1/health", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
 
     def status(self) -> dict[str, Any]:
         req = urllib.request.Request(
@@ -120,18 +78,6 @@ class Agent:
 
     def bundles(self) -> dict[str, Any]:
         return self.status().get("policy", {}).get("bundles", {})
-
-    def log(self) -> str:
-        return (self.home / "agent.log").read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def _wait(what: str, predicate: Any, timeout: float) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from _centre import BIN, Centre, Failed, free_port
+from _centre import Centre, Failed, Served, agent_init, free_port
 from _common import emit, example_settlement, parse_args
 
 LIMIT_S = 60.0
@@ -35,62 +33,8 @@ LIMIT_FILES = 5_000
 HOSPITAL = "H37021100001"
 
 
-def _cli(program: str, home: Path, *args: str) -> str:
-    out = subprocess.run(
-        [str(BIN / program), "--home", str(home), *args], capture_output=True, text=True, timeout=120
-    )
-    if out.returncode != 0:
-        raise Failed(f"{program} {' '.join(args)} failed: {out.stderr.strip()[-2000:]}")
-    return out.stdout
-
-
-class AgentProcess:
-    """``yibao-agent serve``: its HIS API on a loopback port, answering ``GET /v1/health``."""
-
-    def __init__(self, home: Path) -> None:
-        program = "yibao-agent"
-        self.name, self.home = program, home
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        log = open(home / f"{program}.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / program), "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + 30
-        while not self._healthy():
-            if self.proc.poll() is not None:
-                raise Failed(f"{program} serve exited with {self.proc.returncode}: {self.log()}")
-            if time.monotonic() > deadline:
-                raise Failed(f"{program} serve did not answer within 30 s: {self.log()}")
-            time.sleep(0.05)
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/v1/health", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    def log(self) -> str:
-        return (self.home / f"{self.name}.log").read_text(errors="replace")[-3000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-
-def start_agent(home: Path, centre: Centre, workers: int) -> tuple[AgentProcess, str]:
-    init = ["init", "--central", centre.url, "--token", centre.token, "--hospital", HOSPITAL]
-    init += ["--ca-hash", centre.ca_hash] if centre.ca_hash else ["--insecure-dev"]
-    _cli("yibao-agent", home, *init)
+def start_agent(home: Path, centre: Centre, workers: int) -> tuple[Served, str]:
+    agent_init(home, centre, HOSPITAL, centre.token)
     config = json.loads((home / "agent.json").read_text())
     config.update(
         {
@@ -104,10 +48,13 @@ def start_agent(home: Path, centre: Centre, workers: int) -> tuple[AgentProcess,
         }
     )
     (home / "agent.json").write_text(json.dumps(config))
-    return AgentProcess(home), (home / "his.token").read_text().strip()
+    port = free_port()
+    url, listen = f"http://127.0.0.1:{port}", ["--listen", f"127.0.0.1:{port}"]
+    agent = Served("yibao-agent", home, url, listen, log_name="yibao-agent.log")
+    return agent, (home / "his.token").read_text().strip()
 
 
-def status(agent: AgentProcess, token: str) -> dict[str, Any]:
+def status(agent: Served, token: str) -> dict[str, Any]:
     req = urllib.request.Request(agent.url + "/v1/status", headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
