@@ -8,14 +8,12 @@ acknowledges it. The page must reflect the traffic and hold none of the personal
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from prometheus_client.parser import text_string_to_metric_families
 
 from agent.api import create_app
 from agent.config import AgentConfig
@@ -27,9 +25,8 @@ from protocol.batch import KeyPair, decode_batch, verify_batch
 from protocol.bundles import BlacklistEntry, BundleHeader
 from protocol.wire import BATCH_PATH, MSGPACK, BatchAck, encode_ack
 from tests.conftest import example_settlement
-
-if shutil.which("curl") is None:  # make test installs it (Makefile SYSDEPS): fail, never skip
-    raise RuntimeError("curl not found: apt-get install curl (make test does this)")
+from tests.metrics_page import curl as page_curl
+from tests.metrics_page import samples, value
 
 TOKEN = "his-secret-token"
 HOSPITAL = "H37021100001"
@@ -49,30 +46,8 @@ def settlement_body(his_setl_no: str, card_sn: str = CARD_SN) -> dict:
 
 
 async def curl(url: str, token: str | None) -> tuple[int, str]:
-    """``curl`` as a scrape job runs it (a subprocess; the server shares this event loop, so no blocking)."""
-    args = ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"]
-    if token is not None:
-        args += ["-H", f"Authorization: Bearer {token}"]
-    proc = await asyncio.create_subprocess_exec(
-        *args, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    text, _, status = out.decode().rpartition("\n")
-    return int(status), text
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the page by (name, sorted labels), as prometheus-client's parser reads it."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(page: dict, name: str, **labels: str) -> float | None:
-    return page.get((name, tuple(sorted(labels.items()))))
+    """The page as a scrape job fetches it, on a thread: the server shares this event loop."""
+    return await asyncio.to_thread(page_curl, url, token)
 
 
 def stand_in_centre(key: KeyPair) -> web.Application:

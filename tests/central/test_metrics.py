@@ -8,12 +8,9 @@ operator's areas), and hold no personal data.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from central.api import REPO_KEY
 from central.cli import init_home
@@ -24,11 +21,9 @@ from central.operators import add_operator
 from central.policy import Policy
 from central.screening import screen
 from central.tuf_repo import TufRepository
+from tests.metrics_page import curl, samples, value
 
 from .conftest import ACTOR, AREA, HOSPITAL, Server, enrol, settlement, start_server
-
-if shutil.which("curl") is None:  # make test installs it (Makefile SYSDEPS): fail, never skip
-    raise RuntimeError("curl not found: apt-get install curl (make test does this)")
 
 #: Personal data in what the centre holds: none of it may appear anywhere on the page.
 PSN_NO = "11010000000007654321"
@@ -70,28 +65,6 @@ def served(config: CentralConfig) -> Iterator[tuple[Server, CentralMetrics]]:
         yield server, metrics
     finally:
         stop()
-
-
-def curl(url: str, token: str | None) -> tuple[int, str]:
-    """``curl`` as a scrape job runs it; the server runs on its own thread's loop."""
-    args = ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}"]
-    if token is not None:
-        args += ["-H", f"Authorization: Bearer {token}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=30, check=True).stdout
-    text, _, status = out.rpartition("\n")
-    return int(status), text
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(page: dict, name: str, **labels: str) -> float | None:
-    return page.get((name, tuple(sorted(labels.items()))))
 
 
 def test_page_follows_ingest_publishing_and_screening_and_names_no_person(served, config, signers) -> None:
