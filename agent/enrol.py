@@ -11,7 +11,6 @@ import secrets
 import ssl
 from pathlib import Path
 
-import aiohttp
 from tuf.api.exceptions import RepositoryError
 from tuf.api.metadata import Metadata, Root
 
@@ -22,7 +21,7 @@ from .config import AgentConfig, save_config
 from .durable import write_atomic
 from .errors import ConfigError, EnrolFailed
 from .store import Outbox
-from .tls import ClientTls, fetch_trust, make_csr
+from .tls import ClientTls, enrolment_call, fetch_trust, make_csr
 
 __all__ = ["check_tuf_root", "enrol", "load_key", "pin_tuf_root", "pinned_root_fingerprint"]
 
@@ -124,20 +123,15 @@ async def enrol(
     ssl_context: ssl.SSLContext | bool = True
     if trust is not None:
         ssl_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=trust.decode())
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with session.post(
-                config.central_url + ENROLL_PATH,
-                json=request,
-                headers={PROTOCOL_HEADER: "1"},
-                ssl=ssl_context,
-            ) as resp:
-                text = await resp.text()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise EnrolFailed(
-            f"cannot reach the centre at {central_url}: {exc}; check the URL and network"
-        ) from exc
+    status, body = await enrolment_call(
+        "POST",
+        central_url,
+        ENROLL_PATH,
+        ssl_context=ssl_context,
+        json=request,
+        headers={PROTOCOL_HEADER: "1"},
+    )
+    text = body.decode("utf-8", "replace")
     try:
         answer = json.loads(text)
     except json.JSONDecodeError:

@@ -45,6 +45,7 @@ __all__ = [
     "ClientTls",
     "TlsFetcher",
     "client_ssl",
+    "enrolment_call",
     "fetch_trust",
     "make_csr",
     "parse_ca_hash",
@@ -73,15 +74,9 @@ async def fetch_trust(central_url: str, ca_hash: str, *, timeout_s: float = 30.0
     insecure = ssl.create_default_context()
     insecure.check_hostname = False
     insecure.verify_mode = ssl.CERT_NONE
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-            async with session.get(central_url.rstrip("/") + TLS_TRUST_PATH, ssl=insecure) as resp:
-                body = await resp.read()
-                status = resp.status
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise EnrolFailed(
-            f"cannot reach the centre at {central_url}: {exc}; check the URL and network"
-        ) from exc
+    status, body = await enrolment_call(
+        "GET", central_url, TLS_TRUST_PATH, ssl_context=insecure, timeout_s=timeout_s
+    )
     if status != 200:
         raise EnrolFailed(f"the centre did not give its trust bundle ({status}); is {central_url} a centre?")
     actual = hashlib.sha256(body).hexdigest()
@@ -97,6 +92,26 @@ async def fetch_trust(central_url: str, ca_hash: str, *, timeout_s: float = 30.0
     if not certs:
         raise EnrolFailed("the centre's trust bundle holds no PEM certificate")
     return body
+
+
+async def enrolment_call(
+    method: str,
+    central_url: str,
+    path: str,
+    *,
+    ssl_context: ssl.SSLContext | bool,
+    timeout_s: float = 30.0,
+    **kw: Any,
+) -> tuple[int, bytes]:
+    """One request of enrolment, on a session of its own: (status, body), or ``EnrolFailed`` saying why."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.request(method, central_url.rstrip("/") + path, ssl=ssl_context, **kw) as resp:
+                return resp.status, await resp.read()
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise EnrolFailed(
+            f"cannot reach the centre at {central_url}: {exc}; check the URL and network"
+        ) from exc
 
 
 def make_csr(agent_hint: str) -> tuple[bytes, str]:
