@@ -77,7 +77,7 @@ from .policy import Actor, Policy, default_area, set_default_area
 from .reconcile import reconcile, render_table
 from .reports import agent_views
 from .store import Store
-from .tls import TlsFiles, cert_info, create_tls, import_server_cert, rotate_server_cert, trust_digest
+from .tls import TlsFiles, create_tls, import_server_cert, rotate_server_cert, trust_digest
 from .tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
 
 __all__ = ["build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
@@ -374,15 +374,8 @@ def _tls(args: argparse.Namespace, config: CentralConfig) -> int:
               "from now on use the new --ca-hash", file=sys.stderr)  # fmt: skip
         print(f"TLS trust bundle {trust_digest(config.tls_dir)}")
         return 0
-    from cryptography import x509
-
-    server = cert_info(x509.load_pem_x509_certificate(files.server_cert.read_bytes()))
-    ca = cert_info(x509.load_pem_x509_certificate(files.ca_cert.read_bytes()))
-    view = {
-        "trust_digest": trust_digest(config.tls_dir),
-        "server": dataclasses.asdict(server) | {"expiring": server.expiring},
-        "ca": dataclasses.asdict(ca) | {"expiring": ca.expiring},
-    }
+    server, ca = files.server_info(), files.ca_info()
+    view = {"trust_digest": trust_digest(config.tls_dir), "server": server.to_json(), "ca": ca.to_json()}
     if args.json:
         print(json.dumps(view))
     else:

@@ -28,6 +28,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -120,6 +121,12 @@ class TlsFiles:
                 f"no TLS material in {self.dir}: run `yibao-central init` (it creates the centre's CA), or "
                 "serve with --insecure-dev on a development machine only"
             )
+
+    def server_info(self) -> CertInfo:
+        return cert_info(x509.load_pem_x509_certificate(self.server_cert.read_bytes()))
+
+    def ca_info(self) -> CertInfo:
+        return cert_info(x509.load_pem_x509_certificate(self.ca_cert.read_bytes()))
 
     def load_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
@@ -312,6 +319,9 @@ class CertInfo:
     def expiring(self) -> bool:
         return self.days_left < EXPIRY_WARNING_DAYS
 
+    def to_json(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "expiring": self.expiring}
+
 
 def cert_info(cert: x509.Certificate, *, now: datetime | None = None) -> CertInfo:
     now = now or datetime.now(UTC)
@@ -347,7 +357,7 @@ class ServerTls:
         return True
 
     def server_cert_info(self) -> CertInfo:
-        return cert_info(x509.load_pem_x509_certificate(self.files.server_cert.read_bytes()))
+        return self.files.server_info()
 
 
 def peer_agent_id(peercert: dict | None) -> str | None:

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
-#: base URL of each TLS centre started here → (its ``--ca-hash``, a context trusting its bundle)
-_CENTRES: dict[str, tuple[str, ssl.SSLContext]] = {}
+#: base URL of each TLS centre started here → that centre (its ``ca_hash`` and ``context``)
+_CENTRES: dict[str, Central] = {}
 
 
 def _context(url: str) -> ssl.SSLContext | None:
-    for base, (_, context) in _CENTRES.items():
+    for base, centre in _CENTRES.items():
         if url.startswith(base):
-            return context
+            return centre.context
     return None
 
 
@@ -128,7 +128,7 @@ class Central:
         else:
             self.ca_hash = trust_digest(home / "tls")
             self.context = ssl.create_default_context(cafile=str(home / "tls" / "trust.pem"))
-            _CENTRES[self.url] = (self.ca_hash, self.context)
+            _CENTRES[self.url] = self
         self.proc = Proc("central", args, home / "central.log", self.url + "/v1/health")
 
     def cli(self, *args: str) -> str:
@@ -154,6 +154,8 @@ class Agent:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        centre = _CENTRES.get(central_url)
+        trust = ["--ca-hash", str(centre.ca_hash)] if centre is not None else ["--insecure-dev"]
         out = subprocess.run(
             [
                 str(BIN / "yibao-agent"),
@@ -166,7 +168,7 @@ class Agent:
                 token,
                 "--hospital",
                 hospital,
-                *(["--ca-hash", _CENTRES[central_url][0]] if central_url in _CENTRES else ["--insecure-dev"]),
+                *trust,
             ],
             capture_output=True,
             text=True,
