@@ -26,7 +26,7 @@ from agent.card import CardReader
 from agent.errors import CardCounterfeit
 from simulators.evoucher import Issuer
 from simulators.pcscd import Pcscd, PcscdUnavailable
-from simulators.vcard import PSAM_PORT, VirtualCard, VirtualPsam, VpcdSlot, card_for
+from simulators.vcard import VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 AIM_APDUS = 4
 PSN = "370202198001011234"
@@ -34,7 +34,7 @@ PSN = "370202198001011234"
 
 def card_rounds(pcscd: Pcscd, n: int) -> tuple[list[int], list[int], list[float]]:
     card_apdus, psam_apdus, seconds = [], [], []
-    with VpcdSlot(VirtualCard(card_for(PSN))) as slot:
+    with VpcdSlot(VirtualCard(card_for(PSN)), port=pcscd.card_port) as slot:
         slot.wait_inserted()
         pcscd.wait_card(0)
         reader = CardReader()
@@ -50,7 +50,7 @@ def card_rounds(pcscd: Pcscd, n: int) -> tuple[list[int], list[int], list[float]
         finally:
             reader.close()
     pcscd.wait_card(0, present=False)
-    with VpcdSlot(VirtualCard(card_for(PSN, state="cloned"), state="cloned")) as slot:
+    with VpcdSlot(VirtualCard(card_for(PSN, state="cloned"), state="cloned"), port=pcscd.card_port) as slot:
         slot.wait_inserted()
         pcscd.wait_card(0)
         reader = CardReader()
@@ -76,7 +76,7 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="bench-card-") as d,
             Pcscd(log_path=Path(d) / "pcscd.log") as daemon,
         ):
-            with VpcdSlot(VirtualPsam(), port=PSAM_PORT) as psam:
+            with VpcdSlot(VirtualPsam(), port=daemon.psam_port) as psam:
                 psam.wait_inserted()
                 daemon.wait_card(1)
                 card_apdus, psam_apdus, seconds = card_rounds(daemon, args.n)

@@ -34,7 +34,7 @@ from .evoucher import Issuer
 from .fraud import generate_traffic, post_traffic, score_detection
 from .his import DEFAULT_HOSPITAL, generate_settlement, run_his
 from .pcscd import Pcscd, PcscdUnavailable
-from .vcard import PSAM_PORT, VirtualCard, VirtualPsam, VpcdSlot, card_for
+from .vcard import VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 __all__ = ["main"]
 
@@ -111,9 +111,9 @@ def _start_card_stack(home: Path, services: list[_Stoppable]) -> VpcdSlot | None
         print(f"card reading off: {exc}")
         return None
     services.append(daemon)
-    psam = VpcdSlot(VirtualPsam(), port=PSAM_PORT).start()
+    psam = VpcdSlot(VirtualPsam(), port=daemon.psam_port).start()
     services.append(psam)
-    card = VpcdSlot(VirtualCard(card_for(CARD_HOLDER))).start()
+    card = VpcdSlot(VirtualCard(card_for(CARD_HOLDER)), port=daemon.card_port).start()
     services.append(card)
     daemon.wait_card(0)
     daemon.wait_card(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,10 @@ DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 PCSCD = "pcscd"
 READER_NAME = "Yibao Virtual Reader"
 SOCKET = Path("/run/pcscd/pcscd.comm")
+DEFAULT_PORT = 35963
+# Where to look when vpcd's default pair is taken. Below the kernel's ephemeral range
+# (32768-60999 on Debian), so no client connection or ``bind(0)`` server takes it meanwhile.
+FALLBACK_PORTS = range(24000, 32000, 2)
 
 
 class PcscdUnavailable(RuntimeError):
@@ -42,20 +47,55 @@ def _running_pcscd() -> list[int]:
     return pids
 
 
-class Pcscd:
-    """``with Pcscd(port=35963) as p:`` — readers ``p.readers`` exist inside the block.
+def _bindable(port: int) -> bool:
+    """Whether vpcd could listen on ``port`` (it binds every address, as this does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
 
-    vpcd makes two slots from one configuration line: the first listens on ``port`` (the
-    patient's card), the second on ``port + 1`` (the PSAM).
+
+def _free_pair() -> int:
+    for port in (DEFAULT_PORT, *FALLBACK_PORTS):
+        if _bindable(port) and _bindable(port + 1):
+            return port
+    raise PcscdUnavailable(
+        f"no free pair of ports for vpcd (tried {DEFAULT_PORT} and "
+        f"{FALLBACK_PORTS.start}-{FALLBACK_PORTS.stop})"
+    )
+
+
+class Pcscd:
+    """``with Pcscd() as p:`` — readers ``p.readers`` exist inside the block.
+
+    vpcd makes two slots from one configuration line: the first listens on ``p.card_port``
+    (the patient's card), the second on ``p.psam_port``. Without ``port`` it takes vpcd's
+    default pair (35963/35964) when both are free, and another free pair when not: the default
+    lies in the ephemeral range, where any server bound to port 0 may hold it, and vpcd then
+    fails to listen without a word to its clients.
     """
 
-    def __init__(self, port: int = 35963, *, log_path: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, *, log_path: Path | None = None) -> None:
         self.port = port
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._log: BinaryIO | None = None
         self.readers = (f"{READER_NAME} 00 00", f"{READER_NAME} 00 01")
+
+    @property
+    def card_port(self) -> int:
+        """The vpcd port a virtual card connects to (known once started)."""
+        if self.port is None:
+            raise PcscdUnavailable("pcscd is not started: no vpcd port chosen yet")
+        return self.port
+
+    @property
+    def psam_port(self) -> int:
+        return self.card_port + 1
 
     def start(self, timeout: float = 30.0) -> Pcscd:
         exe = shutil.which(PCSCD) or ("/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None)
@@ -69,6 +109,13 @@ class Pcscd:
             raise PcscdUnavailable(
                 f"another pcscd is running (pid {', '.join(map(str, others))}); only one can run on a "
                 "machine: stop it (systemctl stop pcscd.socket pcscd, or kill it) and try again"
+            )
+        if self.port is None:
+            self.port = _free_pair()
+        elif not (_bindable(self.port) and _bindable(self.port + 1)):
+            raise PcscdUnavailable(
+                f"vpcd's ports {self.port} and {self.port + 1} are not both free: "
+                "stop what listens there (ss -ltnp) or start pcscd on another port"
             )
         self._dir = tempfile.TemporaryDirectory(prefix="yibao-pcscd-")
         conf = Path(self._dir.name) / "reader.conf.d"
@@ -98,18 +145,30 @@ class Pcscd:
             if SOCKET.exists() and self._listening():
                 return self
             time.sleep(0.05)
+        listed = self._readers_listed()
         self.stop()
-        raise PcscdUnavailable(f"pcscd did not come up within {timeout:.0f} s")
+        log = ""
+        if self.log_path is not None and self.log_path.exists():
+            tail = self.log_path.read_text(errors="replace").splitlines()[-8:]
+            log = "; pcscd's last log lines: " + " | ".join(tail)
+        raise PcscdUnavailable(
+            f"pcscd did not come up within {timeout:.0f} s with readers {', '.join(self.readers)} "
+            f"(vpcd ports {self.card_port}/{self.psam_port}; pcscd lists {listed or 'none'}){log}"
+        )
 
     def _listening(self) -> bool:
+        readers = self._readers_listed()
+        return all(r in readers for r in self.readers)
+
+    def _readers_listed(self) -> list[str]:
         from smartcard import scard
 
         hresult, ctx = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
         if hresult != scard.SCARD_S_SUCCESS:
-            return False
+            return []
         try:
             hresult, readers = scard.SCardListReaders(ctx, [])
-            return hresult == scard.SCARD_S_SUCCESS and all(r in readers for r in self.readers)
+            return list(readers) if hresult == scard.SCARD_S_SUCCESS else []
         finally:
             scard.SCardReleaseContext(ctx)
 

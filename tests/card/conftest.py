@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from simulators.pcscd import Pcscd
-from simulators.vcard import PSAM_PORT, VirtualCard, VirtualPsam, VpcdSlot, card_for
+from simulators.vcard import VirtualCard, VirtualPsam, VpcdSlot, card_for
 
 PSN_NO = "370202198001011234"
 
@@ -27,7 +27,7 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
 
 @pytest.fixture(scope="module")
 def psam(pcscd: Pcscd) -> Iterator[VpcdSlot]:
-    slot = VpcdSlot(VirtualPsam(), port=PSAM_PORT).start()
+    slot = VpcdSlot(VirtualPsam(), port=pcscd.psam_port).start()
     assert slot.wait_inserted(10), "the PSAM did not reach pcscd's second vpcd slot"
     pcscd.wait_card(1)
     yield slot
@@ -41,6 +41,7 @@ def insert(pcscd: Pcscd, psam: VpcdSlot) -> Iterator[Callable[..., VpcdSlot]]:
 
     def _insert(state: str = "valid", psn_no: str = PSN_NO, wait: bool = True, **kw: object) -> VpcdSlot:
         card = VirtualCard(card_for(psn_no, state=state), state=state)
+        kw.setdefault("port", pcscd.card_port)
         slot = VpcdSlot(card, **kw).start()  # type: ignore[arg-type]
         slots.append(slot)
         if wait:

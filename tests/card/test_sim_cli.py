@@ -12,7 +12,7 @@ from agent.card import CardReader
 def test_sim_card_inserts_until_sigterm(pcscd, psam):
     psn = "370203199212120027"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulators.cli", "card", "--psn-no", psn],
+        [sys.executable, "-m", "simulators.cli", "card", "--psn-no", psn, "--port", str(pcscd.card_port)],
         stderr=subprocess.PIPE,
         text=True,
     )
