@@ -443,6 +443,18 @@ def _m009_peer_index(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m010_agent_heartbeats(db: sqlite_utils.Database) -> None:
+    """Each agent's newest signed heartbeat: what it had settled (seq, chain head), how old its oldest
+    unsent settlement was, by its clock, and when the centre got it. Reconcile reads it to say whether
+    the centre is behind the agent; the raw signed body is kept so the claim can be checked again."""
+    db.execute(
+        "CREATE TABLE agent_heartbeats (agent_id TEXT PRIMARY KEY REFERENCES agents(agent_id), "
+        "last_seq INTEGER NOT NULL, head TEXT NOT NULL, acked_seq INTEGER NOT NULL, "
+        "oldest_pending_s REAL, agent_at TEXT NOT NULL, received_at TEXT NOT NULL, "
+        "body BLOB NOT NULL) STRICT"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -453,6 +465,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m007_screening_data,
     _m008_monitoring,
     _m009_peer_index,
+    _m010_agent_heartbeats,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
