@@ -641,6 +641,22 @@ class Outbox:
 
     # ---- status -------------------------------------------------------------------------
 
+    def snapshot(self) -> tuple[int, bytes, int, float | None]:
+        """(last seq, chain head, acked seq, append time of the oldest unacked record) read in one
+        transaction, so a signed heartbeat never pairs a seq with another seq's head."""
+        with self._reader_lock:
+            self._reader.execute("BEGIN")
+            try:
+                last_seq, head, acked = self._reader.execute(
+                    "SELECT last_seq, head_hash, acked_seq FROM chain WHERE id=1"
+                ).fetchone()
+                oldest = self._reader.execute(
+                    "SELECT created_at FROM outbox WHERE seq > ? ORDER BY seq LIMIT 1", (acked,)
+                ).fetchone()
+            finally:
+                self._reader.execute("COMMIT")
+        return last_seq, bytes(head), acked, oldest[0] if oldest else None
+
     def status(self) -> dict[str, Any]:
         h = self._head
         with self._reader_lock:
