@@ -2,9 +2,9 @@
 
 Exit codes: 0 success; 1 an error the message explains (bad arguments, uninitialised
 home, unknown agent, invalid input file, too few operator keys…; nothing was changed);
-2 ``reconcile`` found a chain that is not complete up to the last upload, or not verified
-(argparse also exits 2 on a malformed command line). No exit code means "complete for the
-period": the centre cannot know what an agent has not uploaded yet (no signed heartbeat).
+2 ``reconcile`` found a stored chain that is not whole or not verified (argparse also exits 2
+on a malformed command line); 3 ``reconcile`` verified every chain but cannot prove the period
+complete: an agent is behind or silent by its signed heartbeats, or the period has not ended.
 
 Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.documents``). Every verb that
 changes something is recorded in the audit log with ``--operator`` (default ``$USER``) and
@@ -789,7 +789,7 @@ def _run(args: argparse.Namespace) -> int:
         elif args.verb == "reconcile":
             result = reconcile(store, args.hospital, args.date_from, args.date_to)
             print(json.dumps(result.to_json(), indent=2) if args.json else render_table(result))
-            return 0 if result.ok else 2
+            return result.exit_code
         elif args.verb in ("hospitals", "access-log"):
             return _hospitals(args, store)
         elif args.verb == "splits":
