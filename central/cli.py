@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     setl_p = export_verbs.add_parser("settlements", help="settlements, without personal data")
     setl_p.add_argument("--hospital", help="only this fixmedins_code")
 
-    rec_p = verbs.add_parser("reconcile", help="daily totals and chain completeness up to the last upload")
+    rec_p = verbs.add_parser("reconcile", help="daily totals, chain proofs, how far agents' heartbeats reach")
     rec_p.add_argument("--hospital", required=True)
     rec_p.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
     rec_p.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
