@@ -75,6 +75,9 @@ class AgentConfig:
     policy_poll_s: float = 300.0
     #: Client timeout of the long-poll change signal (seconds): a bit over the centre's ~30 s hold.
     policy_changes_timeout_s: float = 35.0
+    #: How often the agent sends its signed heartbeat (seconds); the contract is at least every 60 s,
+    #: since the centre calls an agent silent after three missed beats of the contract's minute.
+    heartbeat_s: float = 60.0
     #: The hospital's grade for benefit and price rules: "1", "2", "3" or "0" (ungraded); set by the
     #: operator at installation. Empty: unknown (level-specific rules and ceilings do not apply).
     hosp_lv: str = ""
@@ -156,6 +159,8 @@ class AgentConfig:
         for name in ("blacklist_max_age_s", "policy_poll_s", "policy_changes_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if not 0 < self.heartbeat_s <= 60:
+            problems.append("heartbeat_s must be above 0 and at most 60 (the centre expects one a minute)")
         if self.dropfolder_stable_ms < 0 or self.dropfolder_poll_s <= 0:
             problems.append("dropfolder_stable_ms must be >= 0 and dropfolder_poll_s positive")
         if not 1 <= self.dropfolder_workers <= 64:

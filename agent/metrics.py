@@ -57,6 +57,7 @@ from .errors import CardError
 
 if TYPE_CHECKING:
     from .config import AgentConfig
+    from .heartbeat import HeartbeatSender
     from .policy import PolicyClient
     from .policy_store import PolicyStore
     from .store import Outbox
@@ -99,6 +100,7 @@ class AgentMetrics:
         uploader: Uploader | None = None,
         policy: PolicyStore | None = None,
         policy_client: PolicyClient | None = None,
+        heartbeats: HeartbeatSender | None = None,
         card_errors_from_api: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -107,6 +109,7 @@ class AgentMetrics:
         self.uploader = uploader
         self.policy = policy if policy is not None else (policy_client.store if policy_client else None)
         self.policy_client = policy_client
+        self.heartbeats = heartbeats
         self.card_errors_from_api = card_errors_from_api
         self.clock = clock
         self.registry = CollectorRegistry()
@@ -237,6 +240,19 @@ class AgentMetrics:
             failing.add_metric([code_label(up.last_error)], 1.0)
         yield failing
 
+    def _heartbeat(self) -> Iterator[Metric]:
+        hb = self.heartbeats
+        if hb is None:
+            return
+        sent = CounterMetricFamily("yibao_agent_heartbeats", "Signed heartbeats the centre stored")
+        sent.add_metric([], hb.sent)
+        yield sent
+        yield gauge(
+            "yibao_agent_heartbeat_last_success_timestamp_seconds",
+            "When the centre last stored a heartbeat (Unix time); it calls the agent silent after 180 s",
+            hb.last_sent_at,
+        )
+
     def _policy(self) -> Iterator[Metric]:
         store = self.policy
         if store is None:
@@ -334,6 +350,7 @@ class AgentMetrics:
             ("info", self._info),
             ("outbox", self._outbox),
             ("uploader", self._uploader),
+            ("heartbeat", self._heartbeat),
             ("policy", self._policy),
             ("policy_client", self._policy_client),
             ("alarms", self._alarms),

@@ -1,4 +1,4 @@
-"""Wiring: one running agent = outbox + uploader + HIS API (+ drop folder), stopped cleanly on a signal."""
+"""Wiring: one running agent = outbox + uploader + heartbeat + HIS API (+ drop folder); stops cleanly."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .dropfolder import DropFolder, prepare_dirs
 from .enrol import load_key
 from .errors import AgentError, ConfigError, PolicyError
 from .evoucher import VoucherVerifier, open_verifier
+from .heartbeat import HeartbeatSender
 from .history import CentralHistory
 from .metrics import AgentMetrics
 from .metrics import install as install_metrics
@@ -119,6 +120,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     outbox = open_outbox(config)
     uploader = Uploader(config, outbox, key)
     outbox.on_append = uploader.wake
+    heartbeats = HeartbeatSender(config, outbox, key)
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
     policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)
@@ -158,6 +160,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         uploader=uploader,
         policy=policy_store,
         policy_client=policy_client,
+        heartbeats=heartbeats,
         card_errors_from_api=False,
     )
     install_metrics(app, metrics)
@@ -175,6 +178,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     upload_task = asyncio.create_task(uploader.run())
+    heartbeat_task = asyncio.create_task(heartbeats.run())
     cert_task = asyncio.create_task(keep_certificate(tls, config, outbox)) if tls is not None else None
     try:
         policy_client.check_configured()
@@ -202,9 +206,10 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
             except Exception:  # logged, and the rest of the agent still stops cleanly
                 log.exception("the drop folder stopped with an error")
         uploader.stop()
+        heartbeats.stop()
         policy_client.stop()
         await runner.cleanup()
-        for task in (upload_task, policy_task, cert_task):
+        for task in (upload_task, heartbeat_task, policy_task, cert_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

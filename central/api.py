@@ -20,6 +20,8 @@ Routes (``protocol.wire`` names the paths and the header):
 - ``POST /v1/agents/report`` msgpack signed ``PolicyReport`` → msgpack ``{"stored": bool}``; errors
   as for batches: 403 ``agent_unknown`` / ``agent_revoked``, 422 ``signature_invalid``, 400
   ``decode_malformed``, 413, 415.
+- ``POST /v1/agents/heartbeat`` msgpack signed ``Heartbeat`` (``central.heartbeats``) → msgpack
+  ``{"stored": bool}``; the same errors.
 - ``GET /v1/persons/{psn_no}/history?days=N`` signed by an enrolled agent (``protocol.wire.sign_request``
   headers) → JSON history and year-to-date totals (``central.history``); JSON errors 401
   ``request_unsigned`` / ``request_stale``, 403 ``agent_unknown`` / ``agent_revoked``, 422
@@ -44,7 +46,7 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,7 @@ from protocol.wire import (
     BATCH_PATH,
     CERT_RENEW_PATH,
     ENROLL_PATH,
+    HEARTBEAT_PATH,
     MSGPACK,
     PERSON_HISTORY_PATH,
     POLICY_CHANGES_PATH,
@@ -86,6 +89,7 @@ from .errors import (
     ProtocolUnsupported,
     UnsupportedMediaType,
 )
+from .heartbeats import MAX_HEARTBEAT_BYTES, record_heartbeat
 from .history import answer_history
 from .ingest import Ingestor
 from .metrics import METRICS_KEY, CentralMetrics
@@ -299,31 +303,40 @@ async def policy_changes(request: web.Request) -> web.Response:
     )
 
 
-async def agent_report(request: web.Request) -> web.Response:
-    version = None
-    try:
-        version = _version(request)
-        if request.content_type != MSGPACK:
-            raise UnsupportedMediaType(
-                f"policy reports are {MSGPACK}, not {request.content_type or 'untyped'}"
+def _signed_statement_route(
+    what: str, max_bytes: int, record: Callable[..., bool]
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A route taking an agent's signed msgpack statement (policy report, heartbeat): ``{"stored": bool}``."""
+
+    async def route(request: web.Request) -> web.Response:
+        version = None
+        try:
+            version = _version(request)
+            if request.content_type != MSGPACK:
+                raise UnsupportedMediaType(f"{what}s are {MSGPACK}, not {request.content_type or 'untyped'}")
+            data = await _body(request, max_bytes)
+            store = request.app[STORE_KEY]
+            peer = request.get(PEER_KEY)
+            stored = await store.run_async(
+                lambda: record(store, data, remote=request.remote, peer_agent=peer)
             )
-        data = await _body(request, MAX_REPORT_BYTES)
-        store = request.app[STORE_KEY]
-        peer = request.get(PEER_KEY)
-        stored = await store.run_async(
-            lambda: record_report(store, data, remote=request.remote, peer_agent=peer)
+        except CentralError as exc:
+            log.info("%s refused (%s) from %s: %s", what, exc.code, request.remote, exc.message)
+            return _error(exc, as_msgpack=True, version=version)
+        except Exception:
+            log.exception("storing a %s failed", what)
+            return _internal(as_msgpack=True)
+        return web.Response(
+            body=_msgpack.encode({"stored": stored}),
+            content_type=MSGPACK,
+            headers={PROTOCOL_HEADER: str(version)},
         )
-    except CentralError as exc:
-        log.info("policy report refused (%s) from %s: %s", exc.code, request.remote, exc.message)
-        return _error(exc, as_msgpack=True, version=version)
-    except Exception:
-        log.exception("storing a policy report failed")
-        return _internal(as_msgpack=True)
-    return web.Response(
-        body=_msgpack.encode({"stored": stored}),
-        content_type=MSGPACK,
-        headers={PROTOCOL_HEADER: str(version)},
-    )
+
+    return route
+
+
+agent_report = _signed_statement_route("policy report", MAX_REPORT_BYTES, record_report)
+agent_heartbeat = _signed_statement_route("heartbeat", MAX_HEARTBEAT_BYTES, record_heartbeat)
 
 
 async def enroll(request: web.Request) -> web.Response:
@@ -428,9 +441,11 @@ async def person_history(request: web.Request) -> web.Response:
 
 
 #: Routes only an enrolled agent uses: with TLS they need its client certificate (``central.tls`` rule 3).
-_AGENT_EXACT = frozenset({BATCH_PATH, POLICY_REPORT_PATH, POLICY_CHANGES_PATH, CERT_RENEW_PATH})
+_AGENT_EXACT = frozenset(
+    {BATCH_PATH, POLICY_REPORT_PATH, HEARTBEAT_PATH, POLICY_CHANGES_PATH, CERT_RENEW_PATH}
+)
 _AGENT_PREFIXES = ("/tuf/", "/v1/persons/")
-_MSGPACK_ROUTES = frozenset({BATCH_PATH, POLICY_REPORT_PATH})
+_MSGPACK_ROUTES = frozenset({BATCH_PATH, POLICY_REPORT_PATH, HEARTBEAT_PATH})
 PEER_KEY = "peer_agent"
 
 
@@ -568,6 +583,7 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     app.router.add_get(TUF_TARGETS_PATH + "{path:.+}", tuf_target)
     app.router.add_get(POLICY_CHANGES_PATH, policy_changes)
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
+    app.router.add_post(HEARTBEAT_PATH, agent_heartbeat)
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     add_monitor_routes(app)
     install_metrics(

@@ -1,12 +1,23 @@
-"""Reconciliation: a hospital's per-day totals, and proof each agent's chain is whole up to its last upload.
+"""Reconciliation: a hospital's per-day totals, each agent's chain proved whole, and how far that reaches.
 
-The centre knows an agent's chain only as far as the agent has uploaded it: settlements made
-since the last batch, or waiting at an agent that cannot reach the centre, are not here and
-nothing tells the centre about them (signed heartbeats, ``docs/ARCHITECTURE.md`` "Not yet", do
-not exist yet). So the best this module can say is "complete up to the last upload": the
-period's totals count what was uploaded, and each agent's check stops at its acked seq.
+The centre holds an agent's chain as far as the agent uploaded it. What the agent has settled
+since, the centre learns from its signed heartbeat (``central.heartbeats``): the agent's last seq
+and chain head at a time. Per agent, reconcile says one of:
 
-What "complete up to the last upload and verified" means for an agent (``verify_stored_chain``):
+- **complete up to T**: the newest heartbeat (made at T, by the agent's clock) names a last seq the
+  centre holds: everything the agent had settled at T is here;
+- **behind by N** (as of T): the agent had N records the centre does not hold yet;
+- **silent since T**: no heartbeat arrived for ``SILENT_AFTER_S`` (or ever); what it said last is
+  still shown, but nothing says what it settled since.
+
+A period (``--from`` .. ``--to``, local dates of ``setl_time``, China Standard Time) is
+**complete** for an agent only when its chain checks below pass and a heartbeat made after the
+period ended shows the centre holding everything settled before that end: either nothing was
+pending, or the oldest pending record was made after the period's end. An agent revoked before
+the period began counts as complete for it (the centre refuses its batches since). The period is
+complete when it is for every agent of the hospital.
+
+What "verified" means for an agent's stored chain (``verify_stored_chain``):
 
 1. The records table holds every seq from 1 to the agent's acked seq, and nothing past it.
 2. Re-reading the raw entries in seq order, each recomputed hash equals the hash stored
@@ -14,6 +25,8 @@ What "complete up to the last upload and verified" means for an agent (``verify_
    previous entry's hash (``GENESIS`` before seq 1). A lost marker is its own hash.
 3. The last hash equals the chain head the agent signed, and every record stored ``ok``
    has exactly one settlement row.
+4. Where the centre holds the seq a heartbeat names, the hash held there equals the heartbeat's
+   signed head: another hash means the agent and the centre hold different chains.
 
 The first problem found is reported; nothing is repaired here. Days use the local date
 written in ``setl_time``; security events are counted by their UTC date. ``last_upload`` is when
@@ -24,7 +37,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
 from protocol.chain import GENESIS, LOST_MARKER_LEN, decode_entry, record_hash
@@ -32,14 +45,14 @@ from protocol.errors import ProtocolError
 from protocol.records import fen_to_text
 
 from .errors import ConfigInvalid
+from .heartbeats import HeldHeartbeat, held_heartbeats
 from .store import AgentRow, Store, list_agents
 
 __all__ = ["AgentCheck", "DayTotals", "Reconciliation", "reconcile", "render_table", "verify_stored_chain"]
 
 MAX_DAYS = 3660
-#: How far completeness reaches, in the JSON (``complete_up_to``) and the table: the agents' last uploads.
-#: Signed heartbeats would let it reach a signed head past the period's end; until then it is this.
-COMPLETE_UP_TO = "last_upload"
+#: The zone of ``setl_time``'s local dates, in which a period ends.
+PERIOD_TZ = timezone(timedelta(hours=8))
 _SUMS = ("medfee", "fund", "acct", "cash")
 
 
@@ -65,13 +78,36 @@ class AgentCheck:
     lost: int
     security_events: int
     revoked: bool
-    #: When the centre last received a batch from this agent (None: never); completeness reaches this far.
+    #: When the centre last received a batch from this agent (None: never).
     last_upload: str | None = None
+    #: ``complete`` (up to ``since``), ``behind`` (by ``behind_by``, as of ``since``) or ``silent`` (since).
+    state: str = "silent"
+    since: str | None = None
+    behind_by: int | None = None
+    #: The newest heartbeat: the agent's last seq and when it made and the centre received it.
+    heartbeat_seq: int | None = None
+    heartbeat_at: str | None = None
+    heartbeat_received_at: str | None = None
+    #: Whether this agent's part of the period is provably all here (module rules).
+    period_complete: bool = False
+
+    @property
+    def chain_ok(self) -> bool:
+        # A lost record keeps the chain verifiable but its content is not here: not complete.
+        return self.complete and self.verified and self.lost == 0
 
     @property
     def ok(self) -> bool:
-        # A lost record keeps the chain verifiable but its content is not here: not complete.
-        return self.complete and self.verified and self.lost == 0
+        return self.chain_ok and self.period_complete
+
+    def describe(self) -> str:
+        """The per-agent state as the table says it."""
+        if self.state == "complete":
+            return f"complete up to {self.since}"
+        if self.state == "behind":
+            return f"behind by {self.behind_by} (as of {self.since})"
+        said = f"; last said behind by {self.behind_by}" if self.behind_by else ""
+        return f"silent since {self.since or 'enrolment (no heartbeat ever)'}{said}"
 
 
 @dataclass
@@ -81,10 +117,26 @@ class Reconciliation:
     date_to: str
     days: list[DayTotals]
     agents: list[AgentCheck]
+    #: False while the period's last day has not ended: nothing can prove it complete yet.
+    period_ended: bool = True
+
+    @property
+    def chain_ok(self) -> bool:
+        """Every stored chain is whole and verified (what was uploaded is right)."""
+        return all(agent.chain_ok for agent in self.agents)
 
     @property
     def ok(self) -> bool:
+        """The period is provably complete and verified for every agent."""
         return all(agent.ok for agent in self.agents)
+
+    @property
+    def exit_code(self) -> int:
+        """0 complete and verified; 2 a stored chain is not whole or not verified; 3 the chains verify
+        but the period is not provably complete (an agent behind or silent, or the period not over)."""
+        if not self.chain_ok:
+            return 2
+        return 0 if self.ok else 3
 
     def to_json(self) -> dict[str, Any]:
         """JSON form; money as decimal yuan text like the exports."""
@@ -93,13 +145,14 @@ class Reconciliation:
             return {k: fen_to_text(v) for k, v in d.items()}
 
         days = [{**asdict(d), "gross": money(d.gross), "net": money(d.net)} for d in self.days]
-        agents = [{**asdict(a), "ok": a.ok} for a in self.agents]
+        agents = [{**asdict(a), "ok": a.ok, "chain_ok": a.chain_ok} for a in self.agents]
         return {
             "hospital": self.hospital,
             "from": self.date_from,
             "to": self.date_to,
             "ok": self.ok,
-            "complete_up_to": COMPLETE_UP_TO,
+            "chain_ok": self.chain_ok,
+            "period_ended": self.period_ended,
             "days": days,
             "agents": agents,
         }
@@ -178,17 +231,76 @@ def _days(conn: sqlite3.Connection, hospital: str, first: date, last: date) -> l
     return list(days.values())
 
 
-def reconcile(store: Store, hospital: str, date_from: date, date_to: date) -> Reconciliation:
-    """Totals per day over [date_from, date_to] and the chain check of each agent of ``hospital``."""
+def _head_problem(conn: sqlite3.Connection, agent: AgentRow, hb: HeldHeartbeat) -> str | None:
+    """Rule 4: the chain the heartbeat signed is the chain the centre holds, where both reach."""
+    if hb.last_seq > agent.acked_seq:
+        return None
+    if hb.last_seq == 0:
+        held = GENESIS
+    else:
+        row = conn.execute(
+            "SELECT hash FROM records WHERE agent_id = ? AND seq = ?", (agent.agent_id, hb.last_seq)
+        ).fetchone()
+        if row is None:
+            return None  # the missing seq is already the chain's problem
+        held = bytes(row[0])
+    if held != hb.head:
+        return (
+            f"the agent's signed heartbeat names another chain head at seq {hb.last_seq} than the centre "
+            "holds: the agent and the centre hold different chains (investigate both databases)"
+        )
+    return None
+
+
+def _reach(
+    check: AgentCheck, agent: AgentRow, hb: HeldHeartbeat | None, start: datetime, end: datetime,
+    now: datetime,
+) -> None:  # fmt: skip
+    """Fill the state, and whether the period is provably complete for this agent (module rules)."""
+    if agent.revoked_at is not None and datetime.fromisoformat(agent.revoked_at) <= start:
+        check.state, check.since, check.period_complete = "silent", agent.revoked_at, True
+        return
+    if hb is None:
+        check.state = "silent"
+        return
+    behind = max(0, hb.last_seq - agent.acked_seq)
+    check.heartbeat_seq, check.heartbeat_at, check.heartbeat_received_at = hb.last_seq, hb.at, hb.received_at
+    check.behind_by = behind
+    if hb.silent(now):
+        check.state, check.since = "silent", hb.received_at
+    else:
+        check.state, check.since = ("behind" if behind else "complete"), hb.at
+    if datetime.fromisoformat(hb.at) < end:
+        return  # no signed word from after the period's end
+    if behind == 0:
+        check.period_complete = True
+    else:
+        # Pending records all made after the end do not belong to the period.
+        pending_since = hb.pending_since
+        check.period_complete = pending_since is not None and pending_since >= end
+
+
+def reconcile(
+    store: Store, hospital: str, date_from: date, date_to: date, *, now: datetime | None = None
+) -> Reconciliation:
+    """Totals per day over [date_from, date_to], each agent's chain check and how far it reaches."""
     if date_from > date_to:
         raise ConfigInvalid(f"--from {date_from} is after --to {date_to}")
     if (date_to - date_from).days >= MAX_DAYS:
         raise ConfigInvalid(f"reconcile at most {MAX_DAYS} days at once")
+    start = datetime.combine(date_from, time(0), PERIOD_TZ)
+    end = datetime.combine(date_to + timedelta(days=1), time(0), PERIOD_TZ)
+    now = now or datetime.now(UTC)
 
     def read(conn: sqlite3.Connection) -> Reconciliation:
         checks = []
+        heartbeats = held_heartbeats(conn)
         for agent in list_agents(conn, hospital):
             complete, verified, problem = verify_stored_chain(conn, agent)
+            hb = heartbeats.get(agent.agent_id)
+            if problem is None and hb is not None:
+                problem = _head_problem(conn, agent, hb)
+                verified = problem is None
             rejected, lost = conn.execute(
                 "SELECT count(*) FILTER (WHERE status = 'rejected'), count(*) FILTER (WHERE status = 'lost') "
                 "FROM records WHERE agent_id = ?",
@@ -199,22 +311,16 @@ def reconcile(store: Store, hospital: str, date_from: date, date_to: date) -> Re
                 "WHERE agent_id = ? AND substr(time, 1, 10) BETWEEN ? AND ?",
                 (agent.agent_id, date_from.isoformat(), date_to.isoformat()),
             ).fetchone()
-            checks.append(
-                AgentCheck(
-                    agent.agent_id,
-                    agent.acked_seq,
-                    complete,
-                    verified,
-                    problem,
-                    rejected,
-                    lost,
-                    events,
-                    agent.revoked,
-                    agent.last_seen,
-                )
-            )
+            check = AgentCheck(
+                agent.agent_id, agent.acked_seq, complete, verified, problem, rejected, lost, events,
+                agent.revoked, agent.last_seen,
+            )  # fmt: skip
+            _reach(check, agent, hb, start, end, now)
+            checks.append(check)
         days = _days(conn, hospital, date_from, date_to)
-        return Reconciliation(hospital, date_from.isoformat(), date_to.isoformat(), days, checks)
+        return Reconciliation(
+            hospital, date_from.isoformat(), date_to.isoformat(), days, checks, period_ended=now >= end
+        )
 
     return store.read(read)
 
@@ -237,31 +343,41 @@ def render_table(rec: Reconciliation) -> str:
         lines.append(
             fmt.format(day.day, day.settlements, day.reversals, *net, fen_to_text(day.gross["medfee"]))
         )
-    lines += ["", "{:<24} {:>8} {:<25} {:>9} {:>9} {:>9} {:>5} {:>9}  {}".format(
-        "agent", "acked", "last upload", "1..acked", "verified", "rejected", "lost", "security", "problem"
+    lines += ["", "{:<24} {:>8} {:>9} {:>9} {:>9} {:>5} {:>9}  {:<7}  {}".format(
+        "agent", "acked", "1..acked", "verified", "rejected", "lost", "security", "period", "reach / problem"
     )]  # fmt: skip
     for a in rec.agents:
         name = a.agent_id + (" (revoked)" if a.revoked else "")
         complete, verified = ("yes" if a.complete else "NO"), ("yes" if a.verified else "NO")
+        period = "whole" if a.period_complete else "OPEN"
         lines.append(
-            f"{name:<24} {a.acked_seq:>8} {a.last_upload or 'never':<25} {complete:>9} {verified:>9} "
-            f"{a.rejected:>9} {a.lost:>5} {a.security_events:>9}  {a.problem or '-'}"
+            f"{name:<24} {a.acked_seq:>8} {complete:>9} {verified:>9} {a.rejected:>9} {a.lost:>5} "
+            f"{a.security_events:>9}  {period:<7}  {a.describe()}"
+            + (f"; PROBLEM: {a.problem}" if a.problem else "")
         )
     if not rec.agents:
         lines.append(f"(no agent enrolled for {rec.hospital})")
     lines.append("")
     lost = sum(a.lost for a in rec.agents)
     if rec.ok:
-        lines.append("RESULT: complete up to the last upload, and verified")
+        lines.append("RESULT: complete and verified: every agent's signed heartbeat from after the period "
+                     "shows the centre holding all it settled in it")  # fmt: skip
     elif lost:
         lines.append(
             f"RESULT: NOT complete: {lost} record(s) lost to corruption at the agent (quarantined there; "
             "recover them from the HIS and the agent's quarantine table); see problems"
         )
+    elif not rec.chain_ok:
+        lines.append("RESULT: NOT verified: a stored chain is not whole or not right; see problems")
     else:
-        lines.append("RESULT: NOT complete up to the last upload, or NOT verified; see problems")
-    lines += [
-        "(the centre holds what each agent uploaded, up to its acked seq; settlements made since, or waiting",
-        " at an agent that cannot reach the centre, are not counted: there is no signed heartbeat yet)",
-    ]
+        why = (
+            "the period has not ended yet"
+            if not rec.period_ended
+            else "an agent is behind or silent: its settlements of the period may not all be here"
+        )
+        lines.append(f"RESULT: verified as far as uploaded, but NOT provably complete: {why}")
+        lines.append(
+            "(an agent behind sends the rest when it can reach the centre; a silent agent needs a look at "
+            "its machine: `yibao-agent status` there)"
+        )
     return "\n".join(lines)

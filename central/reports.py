@@ -18,12 +18,13 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol.bundles import KINDS
 from protocol.errors import BadSignature, DecodeError
-from protocol.wire import PolicyReport, decode_report, verify_report
+from protocol.wire import REPORT_CODEC, PolicyReport, SignedCodec
 
 from .errors import (
     AgentMismatch,
@@ -36,7 +37,9 @@ from .errors import (
 from .policy import newest_seqs
 from .store import AgentRow, Store, agent_summary, get_agent, list_agents, now_iso, record_security_event
 
-__all__ = ["MAX_REPORT_BYTES", "agent_views", "record_report"]
+__all__ = ["MAX_REPORT_BYTES", "agent_views", "newer_than_held", "record_report", "verified_statement"]
+
+_M = TypeVar("_M")
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,62 @@ def _check(report: PolicyReport) -> None:
         raise MalformedRequest("problems must be up to 64 codes of 1-64 letters, digits, '_', '.', ':', '-'")
 
 
+def verified_statement(
+    store: Store,
+    data: bytes,
+    codec: SignedCodec[_M],
+    *,
+    max_bytes: int,
+    check: Callable[[_M], None],
+    remote: str | None,
+    peer_agent: str | None,
+) -> tuple[_M, AgentRow]:
+    """Decode, check and verify an agent's signed statement (a policy report, a heartbeat).
+
+    Refused: malformed or oversized bytes; a statement of another agent than the client
+    certificate (``peer_agent``); an unknown or revoked agent; a bad signature, which is also
+    recorded as a security event because only a forger or a broken agent sends one.
+    """
+    try:
+        message = codec.decode(data, max_bytes)
+    except DecodeError as exc:
+        if len(data) > max_bytes:
+            raise LimitExceededError(exc.message) from None
+        raise MalformedRequest(exc.message) from None
+    check(message)
+    agent_id = message.agent_id  # type: ignore[attr-defined]
+    if peer_agent is not None and agent_id != peer_agent:
+        raise AgentMismatch(
+            f"the {codec.what} is signed by agent {agent_id!r} but came with the client certificate of "
+            f"{peer_agent!r}; each agent sends with its own certificate"
+        )
+    agent = store.read(lambda conn: get_agent(conn, agent_id))
+    if agent is None:
+        raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
+    if agent.revoked:
+        raise AgentRevoked(f"agent {agent_id} was revoked at {agent.revoked_at}; re-enrol it")
+    try:
+        codec.verify(message, agent.public_key)
+    except BadSignature as exc:
+        error = SignatureInvalid(exc.message)
+        log.warning("security event from agent %s (%s): %s", agent_id, remote, error.code)
+        store.write(lambda conn: record_security_event(conn, agent_id, error.code, error.message, remote))
+        raise error from None
+    return message, agent
+
+
+def newer_than_held(held_at: str | None, at: str) -> bool:
+    """Whether a statement made at ``at`` replaces one held from ``held_at`` (the newest is kept).
+
+    An older one replayed later is genuine but must not overwrite a newer one, unless the held one
+    claims a time in the future: an agent clock since corrected must not freeze the view.
+    """
+    if held_at is None:
+        return True
+    held = _aware(held_at)
+    return not (held > _aware(at) and held <= datetime.now(UTC) + _FUTURE_SLACK)
+
+
 def record_report(
     store: Store, data: bytes, *, remote: str | None = None, peer_agent: str | None = None
 ) -> bool:
@@ -73,42 +132,17 @@ def record_report(
 
     ``peer_agent``: the agent id of the TLS client certificate; a report of another agent is refused.
     """
-    try:
-        report = decode_report(data, MAX_REPORT_BYTES)
-    except DecodeError as exc:
-        if len(data) > MAX_REPORT_BYTES:
-            raise LimitExceededError(exc.message) from None
-        raise MalformedRequest(exc.message) from None
-    _check(report)
-    if peer_agent is not None and report.agent_id != peer_agent:
-        raise AgentMismatch(
-            f"the report is signed by agent {report.agent_id!r} but came with the client certificate of "
-            f"{peer_agent!r}; each agent reports with its own certificate"
-        )
-    agent = store.read(lambda conn: get_agent(conn, report.agent_id))
-    if agent is None:
-        raise AgentUnknown(f"agent {report.agent_id!r} is not enrolled; enrol it with a new token")
-    if agent.revoked:
-        raise AgentRevoked(f"agent {report.agent_id} was revoked at {agent.revoked_at}; re-enrol it")
-    try:
-        verify_report(report, agent.public_key)
-    except BadSignature as exc:
-        error = SignatureInvalid(exc.message)
-        log.warning("security event from agent %s (%s): %s", report.agent_id, remote, error.code)
-        store.write(
-            lambda conn: record_security_event(conn, report.agent_id, error.code, error.message, remote)
-        )
-        raise error from None
+    report, _ = verified_statement(
+        store, data, REPORT_CODEC, max_bytes=MAX_REPORT_BYTES, check=_check, remote=remote,
+        peer_agent=peer_agent,
+    )  # fmt: skip
 
     def tx(conn: sqlite3.Connection) -> bool:
         held = conn.execute(
             "SELECT reported_at FROM agent_reports WHERE agent_id = ?", (report.agent_id,)
         ).fetchone()
-        if held is not None:
-            held_at, at = _aware(held[0]), _aware(report.at)
-            # A held time in the future (an agent clock since corrected) must not freeze the view.
-            if held_at > at and held_at <= datetime.now(UTC) + _FUTURE_SLACK:
-                return False
+        if not newer_than_held(held[0] if held else None, report.at):
+            return False
         conn.execute(
             "INSERT INTO agent_reports (agent_id, reported_at, received_at, versions, problems) "
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET reported_at = excluded.reported_at, "

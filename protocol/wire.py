@@ -13,6 +13,8 @@ always the right and safe move.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import msgspec
 from cryptography.exceptions import InvalidSignature
@@ -27,11 +29,15 @@ __all__ = [
     "BATCH_PATH",
     "CERT_RENEW_PATH",
     "ENROLL_PATH",
+    "HEARTBEAT_CODEC",
+    "HEARTBEAT_INTERVAL_S",
+    "HEARTBEAT_PATH",
     "MSGPACK",
     "PERSON_HISTORY_PATH",
     "POLICY_CHANGES_PATH",
     "POLICY_REPORT_PATH",
     "PROTOCOL_HEADER",
+    "REPORT_CODEC",
     "REQUEST_SKEW_S",
     "SIGNATURE_HEADER",
     "SUPPORTED_VERSIONS",
@@ -42,16 +48,21 @@ __all__ = [
     "BatchAck",
     "EnrollRequest",
     "EnrollResponse",
+    "Heartbeat",
     "PolicyChanges",
     "PolicyReport",
     "Rejection",
+    "SignedCodec",
     "decode_ack",
+    "decode_heartbeat",
     "decode_report",
     "encode_ack",
     "negotiate",
     "root_fingerprint",
+    "sign_heartbeat",
     "sign_report",
     "sign_request",
+    "verify_heartbeat",
     "verify_report",
     "verify_request",
 ]
@@ -69,6 +80,10 @@ BATCH_PATH = "/v1/batches"
 POLICY_CHANGES_PATH = "/v1/policy/changes"
 #: Signed report of what an agent runs: ``POST`` msgpack ``PolicyReport``.
 POLICY_REPORT_PATH = "/v1/agents/report"
+#: Signed heartbeat: ``POST`` msgpack ``Heartbeat`` → msgpack ``{"stored": bool}``.
+HEARTBEAT_PATH = "/v1/agents/heartbeat"
+#: The contract: an agent sends a heartbeat at least this often (seconds), idle or not.
+HEARTBEAT_INTERVAL_S = 60.0
 #: The TUF repository: ``/tuf/metadata/<role files>`` and ``/tuf/targets/<hash>.<name>``.
 TUF_METADATA_PATH = "/tuf/metadata/"
 TUF_TARGETS_PATH = "/tuf/targets/"
@@ -175,35 +190,84 @@ def verify_request(
         raise BadSignature("the request's signature does not verify with the agent's key") from None
 
 
-_REPORT_DOMAIN = "yibao-policy-report/1"
-_report_encoder = msgspec.msgpack.Encoder()
-_report_decoder = msgspec.msgpack.Decoder(PolicyReport)
+_M = TypeVar("_M", bound=msgspec.Struct)
 
 
-def _report_signed_bytes(r: PolicyReport) -> bytes:
-    return encode_canonical([_REPORT_DOMAIN, r.agent_id, r.at, dict(r.versions), list(r.problems)])
+class SignedCodec(Generic[_M]):
+    """Sign, decode and verify one kind of agent statement: msgpack with an Ed25519 signature over
+    canonical bytes that start with the kind's domain, so a signature of one kind cannot pass as another."""
+
+    def __init__(self, what: str, kind: type[_M], signed_bytes: Callable[[_M], bytes]) -> None:
+        self.what = what
+        self.signed_bytes = signed_bytes
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(kind)
+
+    def sign(self, key: KeyPair, message: _M) -> bytes:
+        message.sig = key.sign(self.signed_bytes(message))  # type: ignore[attr-defined]
+        return self._encoder.encode(message)
+
+    def decode(self, data: bytes, max_bytes: int = 64 * 1024) -> _M:
+        if len(data) > max_bytes:
+            raise DecodeError(f"{self.what} is larger than {max_bytes} bytes")
+        try:
+            return self._decoder.decode(data)
+        except msgspec.MsgspecError as exc:
+            raise DecodeError(f"{self.what} is malformed: {exc}") from None
+
+    def verify(self, message: _M, public_key: bytes) -> None:
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(
+                message.sig,  # type: ignore[attr-defined]
+                self.signed_bytes(message),
+            )
+        except (InvalidSignature, ValueError):
+            raise BadSignature(f"the {self.what}'s signature does not verify with the agent's key") from None
 
 
-def sign_report(key: KeyPair, report: PolicyReport) -> bytes:
-    """The report as msgpack with its Ed25519 signature."""
-    report.sig = key.sign(_report_signed_bytes(report))
-    return _report_encoder.encode(report)
+REPORT_CODEC = SignedCodec(
+    "policy report",
+    PolicyReport,
+    lambda r: encode_canonical(
+        ["yibao-policy-report/1", r.agent_id, r.at, dict(r.versions), list(r.problems)]
+    ),
+)
+#: The report as msgpack with its Ed25519 signature.
+sign_report = REPORT_CODEC.sign
+decode_report = REPORT_CODEC.decode
+verify_report = REPORT_CODEC.verify
 
 
-def decode_report(data: bytes, max_bytes: int = 64 * 1024) -> PolicyReport:
-    if len(data) > max_bytes:
-        raise DecodeError(f"policy report is larger than {max_bytes} bytes")
-    try:
-        return _report_decoder.decode(data)
-    except msgspec.MsgspecError as exc:
-        raise DecodeError(f"policy report is malformed: {exc}") from None
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """An agent's signed statement of how far its chain reaches, sent every ``HEARTBEAT_INTERVAL_S``.
+
+    Uploads tell the centre what it holds; only the agent knows what it has not sent. With this the
+    centre can say "complete up to ``at``" (it holds ``last_seq``), "behind by N" or, when heartbeats
+    stop, "silent since". ``head`` is the chain hash at ``last_seq``, so a heartbeat also pins the
+    chain: a centre holding another hash at that seq holds a fork. ``oldest_pending_ms``: age at
+    ``at`` of the oldest record the centre has not acknowledged (None: nothing pending), which lets
+    a period that ended before that record be complete while newer ones still wait.
+    """
+
+    agent_id: str
+    at: str
+    last_seq: int
+    head: bytes
+    acked_seq: int
+    oldest_pending_ms: int | None = None
+    sig: bytes = b""
 
 
-def verify_report(report: PolicyReport, public_key: bytes) -> None:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(report.sig, _report_signed_bytes(report))
-    except (InvalidSignature, ValueError):
-        raise BadSignature("the policy report's signature does not verify with the agent's key") from None
+HEARTBEAT_CODEC = SignedCodec(
+    "heartbeat",
+    Heartbeat,
+    lambda h: encode_canonical(
+        ["yibao-heartbeat/1", h.agent_id, h.at, h.last_seq, h.head, h.acked_seq, h.oldest_pending_ms]
+    ),
+)
+sign_heartbeat = HEARTBEAT_CODEC.sign
+decode_heartbeat = HEARTBEAT_CODEC.decode
+verify_heartbeat = HEARTBEAT_CODEC.verify
 
 
 class Rejection(msgspec.Struct, kw_only=True):

@@ -3,7 +3,8 @@
 An HTTP proxy that forwards to the real centre and, on request, misbehaves the ways real
 links do: it loses the answer after the centre has acted on the request (a lost
 acknowledgement), delivers a request twice, flips a byte inside a record of a batch in
-transit, or refuses connections as if the link were down. It runs in its own thread with
+transit, refuses connections as if the link were down, or blocks only the batches (the
+agent's heartbeats still pass, so the centre learns it is behind). It runs in its own thread with
 its own event loop so a test can drive real agent and centre processes through it.
 """
 
@@ -27,6 +28,7 @@ class _Faults:
     lose_answers: int = 0  # forward, let the centre act, then drop the answer
     duplicate: int = 0  # forward the same request twice
     tamper: int = 0  # flip a byte in a batch record before forwarding
+    block_batches: bool = False  # answer every batch 503, as a proxy in the way does; the rest passes
     seen: dict[str, int] = field(default_factory=dict)
 
 
@@ -129,6 +131,9 @@ class FaultyLink:
             request.transport.close()
             raise ConnectionResetError("link down")
         is_batch = request.path == "/v1/batches"
+        if is_batch and self.faults.block_batches:
+            self._take_event("blocked")
+            return web.Response(status=503, text="blocked by the faulty link")
         if is_batch and self._take("tamper"):
             body = self._tampered(body)
         if is_batch and self._take("duplicate"):

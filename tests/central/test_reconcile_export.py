@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import date
+from datetime import UTC, date, datetime
 from io import StringIO
 
 from central.cli import main
 from central.export import export_settlements
+from central.heartbeats import record_heartbeat
 from central.ingest import Ingestor
 from central.reconcile import reconcile
 from central.store import Store
 
 from .conftest import HOSPITAL, Chain, enrol, reversal, settlement
+from .test_heartbeats import beat
 
 
 def _fill(store: Store, chain: Chain) -> None:
@@ -45,10 +47,12 @@ def test_reconcile_totals_per_day_gross_and_net(store: Store, chain: Chain) -> N
         True,
     )
     assert (agent.rejected, agent.lost, agent.security_events, agent.problem) == (1, 0, 0, None)
-    assert result.ok and agent.last_upload is not None  # the batch arrived: completeness reaches that far
+    # What arrived verifies, but no heartbeat says the agent sent everything: not provably complete.
+    assert result.chain_ok and agent.last_upload is not None
+    assert not result.ok and agent.state == "silent" and result.exit_code == 3
     js = result.to_json()
-    assert js["ok"] is True and js["days"][1]["net"]["medfee"] == "51.20"
-    assert js["complete_up_to"] == "last_upload" and js["agents"][0]["last_upload"] == agent.last_upload
+    assert js["chain_ok"] is True and js["ok"] is False and js["days"][1]["net"]["medfee"] == "51.20"
+    assert js["agents"][0]["last_upload"] == agent.last_upload and js["agents"][0]["state"] == "silent"
 
 
 def test_reconcile_finds_a_corrupted_raw_row(store: Store, chain: Chain, config, capsys) -> None:
@@ -65,7 +69,7 @@ def test_reconcile_finds_a_corrupted_raw_row(store: Store, chain: Chain, config,
     argv = ["--home", str(config.home), "reconcile", "--hospital", HOSPITAL, "--from", "2026-11-24"]
     assert main([*argv, "--to", "2026-11-24"]) == 2
     out = capsys.readouterr().out
-    assert "NOT complete" in out and "seq 2" in out
+    assert "NOT verified" in out and "seq 2" in out
     assert main([*argv, "--to", "2026-11-24", "--json"]) == 2
     assert json.loads(capsys.readouterr().out)["agents"][0]["verified"] is False
 
@@ -87,10 +91,13 @@ def test_reconcile_exit_0_when_verified_and_counts_security_events(
     other.extend(1)
     Ingestor(store).ingest(other.batch(1, 1))
     argv = ["--home", str(config.home), "reconcile", "--hospital", HOSPITAL, "--from", "2026-11-01", "--to"]
+    assert main([*argv, "2026-11-30"]) == 3  # verified, but nothing proves the agent sent all it had
+    out = capsys.readouterr().out
+    assert "NOT provably complete" in out and "no heartbeat ever" in out
+    record_heartbeat(store, beat(chain, acked=5, at=datetime.now(UTC)))
     assert main([*argv, "2026-11-30"]) == 0
     out = capsys.readouterr().out
-    assert "RESULT: complete up to the last upload, and verified" in out
-    assert "complete and verified" not in out and "no signed heartbeat" in out
+    assert "RESULT: complete and verified" in out and "complete up to " in out
     assert chain.agent_id in out and other.agent_id not in out
     assert main([*argv, "2026-10-01"]) == 1  # --from after --to
     assert "after" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import aiohttp
@@ -84,7 +85,7 @@ def other_centre(tmp_path: Path) -> Iterator[TlsCentral]:
 
 def start_agent(home: Path) -> tuple[Proc, str, str]:
     config = json.loads((home / "agent.json").read_text())
-    config.update({"backoff_initial_s": 0.05, "backoff_max_s": 0.5, "idle_poll_s": 0.2})
+    config.update({"backoff_initial_s": 0.05, "backoff_max_s": 0.5, "idle_poll_s": 0.2, "heartbeat_s": 0.5})
     (home / "agent.json").write_text(json.dumps(config))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -117,13 +118,28 @@ def test_enrolled_agent_uploads_over_mutual_tls(centre: TlsCentral, tmp_path: Pa
                    what="the settlement to reach the centre over mTLS")  # fmt: skip
         st = http("GET", url + "/v1/status", token=his)[1]
         assert st["central"]["reachable"] is True
+        # The signed heartbeat goes over the same mutual TLS: the centre knows the agent is caught up.
+        wait_until(lambda: _reach(centre)["heartbeat_seq"] == 1 and _reach(centre)["state"] == "complete", 30,
+                   what="a heartbeat over mTLS")  # fmt: skip
         assert st["central"]["tls"]["client_cert_days_left"] > 300 and not st["central"]["tls"]["expiring"]
     finally:
         proc.stop()
 
 
+def _reach(centre: TlsCentral) -> dict:
+    today = date.today().isoformat()
+    out = centre.cli("reconcile", "--hospital", HOSPITAL, "--from", today, "--to", today, "--json")
+    [agent] = json.loads(out)["agents"]
+    return agent
+
+
 def test_agent_routes_refuse_a_client_without_certificate(centre: TlsCentral) -> None:
     # The server is verified (the pinned bundle) but no client certificate is presented.
+    request = urllib.request.Request(centre.url + "/v1/agents/heartbeat", data=b"\x80", method="POST",
+                                     headers={"Content-Type": "application/msgpack"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5, context=centre.context)
+    assert refused.value.code == 401
     status, body = centre.get("/v1/policy/changes?have=0&wait=0")
     assert status == 401 and json.loads(body)["error"]["code"] == "client_cert_required"
     status, body = centre.get("/tuf/metadata/timestamp.json")
