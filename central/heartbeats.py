@@ -3,7 +3,7 @@
 Rules:
 
 1. A heartbeat is stored only when it verifies with the agent's enrolment key and comes with that
-   agent's client certificate (``central.reports.verified_statement``): nobody can claim an agent
+   agent's client certificate (``central.statements``): nobody can claim an agent
    is caught up, or silence it by sending stale heartbeats for it.
 2. Its claims must be coherent: ``0 <= acked_seq <= last_seq``, a 32-byte head, a non-negative
    pending age, and a time with an offset that is not ahead of the centre's clock by more than
@@ -22,7 +22,7 @@ from protocol.chain import GENESIS
 from protocol.wire import HEARTBEAT_CODEC, HEARTBEAT_INTERVAL_S, Heartbeat
 
 from .errors import MalformedRequest
-from .reports import newer_than_held, verified_statement
+from .statements import newer_than_held, verified_statement
 from .store import Store, now_iso
 
 __all__ = [

@@ -18,42 +18,27 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import Any
 
 from protocol.bundles import KINDS
-from protocol.errors import BadSignature, DecodeError
-from protocol.wire import REPORT_CODEC, PolicyReport, SignedCodec
+from protocol.wire import REPORT_CODEC, PolicyReport
 
 from .errors import (
-    AgentMismatch,
-    AgentRevoked,
-    AgentUnknown,
-    LimitExceededError,
     MalformedRequest,
-    SignatureInvalid,
 )
+from .heartbeats import held_heartbeats
 from .policy import newest_seqs
-from .store import AgentRow, Store, agent_summary, get_agent, list_agents, now_iso, record_security_event
+from .statements import newer_than_held, verified_statement
+from .store import AgentRow, Store, agent_summary, list_agents, now_iso
 
-__all__ = ["MAX_REPORT_BYTES", "agent_views", "newer_than_held", "record_report", "verified_statement"]
-
-_M = TypeVar("_M")
+__all__ = ["MAX_REPORT_BYTES", "agent_views", "record_report"]
 
 log = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 64 * 1024
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _CODE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-
-
-_FUTURE_SLACK = timedelta(minutes=5)
-
-
-def _aware(text: str) -> datetime:
-    when = datetime.fromisoformat(text)
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _check(report: PolicyReport) -> None:
@@ -67,62 +52,6 @@ def _check(report: PolicyReport) -> None:
         raise MalformedRequest("versions must map up to 32 lower-case names to non-negative integers")
     if len(report.problems) > 64 or not all(_CODE.match(p) for p in report.problems):
         raise MalformedRequest("problems must be up to 64 codes of 1-64 letters, digits, '_', '.', ':', '-'")
-
-
-def verified_statement(
-    store: Store,
-    data: bytes,
-    codec: SignedCodec[_M],
-    *,
-    max_bytes: int,
-    check: Callable[[_M], None],
-    remote: str | None,
-    peer_agent: str | None,
-) -> tuple[_M, AgentRow]:
-    """Decode, check and verify an agent's signed statement (a policy report, a heartbeat).
-
-    Refused: malformed or oversized bytes; a statement of another agent than the client
-    certificate (``peer_agent``); an unknown or revoked agent; a bad signature, which is also
-    recorded as a security event because only a forger or a broken agent sends one.
-    """
-    try:
-        message = codec.decode(data, max_bytes)
-    except DecodeError as exc:
-        if len(data) > max_bytes:
-            raise LimitExceededError(exc.message) from None
-        raise MalformedRequest(exc.message) from None
-    check(message)
-    agent_id = message.agent_id  # type: ignore[attr-defined]
-    if peer_agent is not None and agent_id != peer_agent:
-        raise AgentMismatch(
-            f"the {codec.what} is signed by agent {agent_id!r} but came with the client certificate of "
-            f"{peer_agent!r}; each agent sends with its own certificate"
-        )
-    agent = store.read(lambda conn: get_agent(conn, agent_id))
-    if agent is None:
-        raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
-    if agent.revoked:
-        raise AgentRevoked(f"agent {agent_id} was revoked at {agent.revoked_at}; re-enrol it")
-    try:
-        codec.verify(message, agent.public_key)
-    except BadSignature as exc:
-        error = SignatureInvalid(exc.message)
-        log.warning("security event from agent %s (%s): %s", agent_id, remote, error.code)
-        store.write(lambda conn: record_security_event(conn, agent_id, error.code, error.message, remote))
-        raise error from None
-    return message, agent
-
-
-def newer_than_held(held_at: str | None, at: str) -> bool:
-    """Whether a statement made at ``at`` replaces one held from ``held_at`` (the newest is kept).
-
-    An older one replayed later is genuine but must not overwrite a newer one, unless the held one
-    claims a time in the future: an agent clock since corrected must not freeze the view.
-    """
-    if held_at is None:
-        return True
-    held = _aware(held_at)
-    return not (held > _aware(at) and held <= datetime.now(UTC) + _FUTURE_SLACK)
 
 
 def record_report(
@@ -158,7 +87,8 @@ def record_report(
 
 
 def agent_views(conn: sqlite3.Connection, hospital: str | None = None) -> list[dict[str, Any]]:
-    """``GET /v1/agents``: each agent's summary, pooling area, last report and per-kind lag."""
+    """``GET /v1/agents``: each agent's summary, pooling area, last report, per-kind lag, and its newest
+    heartbeat with how many records the centre lacks (``silent``: none for ``SILENT_AFTER_S``)."""
     newest = newest_seqs(conn)
     reports = {
         r[0]: r[1:]
@@ -167,6 +97,7 @@ def agent_views(conn: sqlite3.Connection, hospital: str | None = None) -> list[d
         )
     }
     areas = dict(conn.execute("SELECT agent_id, pooling_area FROM agents"))
+    beats = held_heartbeats(conn)
     views = []
     agent: AgentRow
     for agent in list_agents(conn, hospital):
@@ -189,5 +120,18 @@ def agent_views(conn: sqlite3.Connection, hospital: str | None = None) -> list[d
             kind: max(0, newest.get((area, kind), 0) - versions.get(kind, 0)) if area else None
             for kind in KINDS
         }
+        hb = beats.get(agent.agent_id)
+        view["heartbeat"] = (
+            {
+                "at": hb.at,
+                "received_at": hb.received_at,
+                "last_seq": hb.last_seq,
+                "records_behind": max(0, hb.last_seq - agent.acked_seq),
+                "oldest_pending_s": hb.oldest_pending_s,
+                "silent": hb.silent(),
+            }
+            if hb
+            else None
+        )
         views.append(view)
     return views

@@ -176,6 +176,11 @@ def test_the_route_stores_a_heartbeat_and_answers_errors_in_msgpack(server: Serv
     reply = server.request("POST", HEARTBEAT_PATH, beat(agent, acked=0, at=datetime.now(UTC)), headers)
     assert (reply.status, reply.msgpack()) == (200, {"stored": True})
     assert server.store.read(held_heartbeats)[agent.agent_id].last_seq == 0
+    agent.extend(3)
+    reply = server.request("POST", HEARTBEAT_PATH, beat(agent, acked=0, at=datetime.now(UTC)), headers)
+    [view] = server.agents()  # the fleet view: how many records the centre lacks, and whether it hears
+    assert view["heartbeat"]["last_seq"] == 3 and view["heartbeat"]["records_behind"] == 3
+    assert view["heartbeat"]["silent"] is False
     forged = beat(agent, acked=0, at=datetime.now(UTC), key=KeyPair.generate())
     reply = server.request("POST", HEARTBEAT_PATH, forged, headers)
     assert reply.status == 422 and reply.msgpack()["error"]["code"] == "signature_invalid"
