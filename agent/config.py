@@ -30,8 +30,13 @@ class AgentConfig:
     agent_id: str = ""
     #: The designated institution this agent serves (``fixmedins_code``).
     fixmedins_code: str = ""
-    #: Where the HIS-facing API listens.
+    #: Where the HIS-facing API listens. Loopback by default: the HIS runs on this machine. Any other
+    #: address needs ``his_tls_cert``/``his_tls_key`` (or ``insecure_dev``), since the traffic leaves it.
     listen: str = "127.0.0.1:8710"
+    #: PEM certificate chain and key for serving the HIS API over HTTPS (relative paths are in the
+    #: home); the hospital's own CA usually issues them. Empty: plain HTTP, loopback only.
+    his_tls_cert: str = ""
+    his_tls_key: str = ""
     #: Largest HIS request body accepted (bytes); larger gets 413.
     max_body_bytes: int = 1024 * 1024
     #: Outbox limit in records not yet acknowledged; beyond it new settlements are refused.
@@ -159,6 +164,8 @@ class AgentConfig:
         for name in ("blacklist_max_age_s", "policy_poll_s", "policy_changes_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        if bool(self.his_tls_cert) != bool(self.his_tls_key):
+            problems.append("his_tls_cert and his_tls_key go together: set both (HTTPS) or neither")
         if not 0 < self.heartbeat_s <= 60:
             problems.append("heartbeat_s must be above 0 and at most 60 (the centre expects one a minute)")
         if self.dropfolder_stable_ms < 0 or self.dropfolder_poll_s <= 0:

@@ -28,7 +28,7 @@ from .metrics import install as install_metrics
 from .policy import PolicyClient, issuers_from_keys_bundle
 from .policy_store import Applied, PolicyStore
 from .store import Outbox
-from .tls import ClientTls, client_ssl, client_tls
+from .tls import ClientTls, client_ssl, client_tls, his_server_ssl
 from .uploader import Uploader
 
 __all__ = ["open_outbox", "open_policy", "serve"]
@@ -115,6 +115,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
             prepare_dirs(config.dropfolder_path)
         except OSError as exc:
             raise ConfigError(f"dropfolder {config.dropfolder_path} cannot be used: {exc}") from exc
+    his_ssl = his_server_ssl(config)  # before anything is opened: a bad certificate stops the start
     key = load_key(config)
     his_token = config.token_path.read_text().strip()
     outbox = open_outbox(config)
@@ -169,9 +170,10 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = config.listen.rpartition(":")
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+    site = web.TCPSite(runner, host or "127.0.0.1", int(port), ssl_context=his_ssl)
     await site.start()
-    log.info("agent %s listening on %s, uploading to %s", config.agent_id, config.listen, config.central_url)
+    log.info("agent %s listening on %s (%s), uploading to %s", config.agent_id, config.listen,
+             "https" if his_ssl else "http", config.central_url)  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

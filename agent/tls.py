@@ -22,6 +22,7 @@ Rules (the centre's side is ``central.tls``):
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ from tuf.ngclient import Urllib3Fetcher
 
 from protocol.wire import CERT_RENEW_PATH, PROTOCOL_HEADER, TLS_TRUST_PATH
 
+from .config import AgentConfig
 from .durable import write_atomic
 from .errors import ConfigError, EnrolFailed
 
@@ -229,6 +231,44 @@ def client_ssl(home: Path, central_url: str) -> ssl.SSLContext | bool:
     """What aiohttp's ``ssl=`` takes: our pinned mutual-TLS context, or True (plain HTTP ignores it)."""
     tls = client_tls(home, central_url)
     return tls.context if tls is not None else True
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):  # empty: the service binds 127.0.0.1
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
+def his_server_ssl(config: AgentConfig) -> ssl.SSLContext | None:
+    """The HIS API's server context when ``his_tls_cert``/``his_tls_key`` are set, else None.
+
+    Refuses a listen address off this machine without TLS (unless ``insecure_dev``): the HIS API
+    carries settlements and identities, and plain HTTP is only harmless on loopback.
+    """
+    host = config.listen.rpartition(":")[0]
+    if not config.his_tls_cert:
+        if not _is_loopback(host) and not config.insecure_dev:
+            raise ConfigError(
+                f"the HIS API would listen on {config.listen} in plain HTTP: off loopback it must be HTTPS; "
+                "set his_tls_cert and his_tls_key in agent.json (the hospital CA's certificate for this "
+                "machine), or listen on 127.0.0.1"
+            )
+        return None
+    cert, key = (Path(config.his_tls_cert), Path(config.his_tls_key))
+    cert, key = (p if p.is_absolute() else config.home / p for p in (cert, key))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"the HIS API's TLS certificate {cert} and key {key} cannot be used ({exc}); check the paths "
+            "and that the key belongs to the certificate (PEM)"
+        ) from None
+    return context
 
 
 class TlsFetcher(Urllib3Fetcher):

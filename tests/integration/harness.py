@@ -31,10 +31,22 @@ BIN = Path(sys.executable).parent
 _CENTRES: dict[str, Central] = {}
 
 
+#: base URL of other HTTPS servers started here (an agent's HIS API over TLS) → a context trusting it
+_TRUSTED: dict[str, ssl.SSLContext] = {}
+
+
+def trust(base_url: str, context: ssl.SSLContext) -> None:
+    """Let ``http()`` and the health checks verify the HTTPS server at ``base_url`` with ``context``."""
+    _TRUSTED[base_url] = context
+
+
 def _context(url: str) -> ssl.SSLContext | None:
     for base, centre in _CENTRES.items():
         if url.startswith(base):
             return centre.context
+    for base, context in _TRUSTED.items():
+        if url.startswith(base):
+            return context
     return None
 
 
@@ -153,7 +165,7 @@ class Agent:
     def __init__(self, home: Path, central_url: str, hospital: str, token: str, **settings: Any) -> None:
         self.home = home
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if settings.get('his_tls_cert') else 'http'}://127.0.0.1:{self.port}"
         centre = _CENTRES.get(central_url)
         trust = ["--ca-hash", str(centre.ca_hash)] if centre is not None else ["--insecure-dev"]
         out = subprocess.run(
