@@ -162,6 +162,16 @@ class CentralMetrics:
             "agent_id",
             "kind",
         )
+        beat = _family(
+            "yibao_central_agent_heartbeat_timestamp_seconds",
+            "When each agent's newest signed heartbeat was received (Unix time); silent after 180 s",
+            "agent_id",
+        )
+        records_behind = _family(
+            "yibao_central_agent_records_behind",
+            "Records each agent had settled, by its newest heartbeat, that the centre does not hold",
+            "agent_id",
+        )
         held = 0
         for view in agent_views(conn):
             area, agent_id = view.get("pooling_area"), str(view["agent_id"])
@@ -178,7 +188,11 @@ class CentralMetrics:
             for kind, lag in (view.get("behind") or {}).items():
                 if lag is not None and kind in KINDS:
                     behind.add_metric([agent_id, kind], lag)
-        yield from (acked, seen, revoked, reported, behind)
+            if (hb := view.get("heartbeat")) is not None:
+                if (received := epoch(hb["received_at"])) is not None:
+                    beat.add_metric([agent_id], received)
+                records_behind.add_metric([agent_id], hb["records_behind"])
+        yield from (acked, seen, revoked, reported, behind, beat, records_behind)
         yield gauge(
             "yibao_central_records_held",
             "Chain records held (stored, rejected or lost) of the agents shown: the sum of their acked seqs",

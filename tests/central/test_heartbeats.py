@@ -18,6 +18,7 @@ from protocol.batch import KeyPair
 from protocol.chain import GENESIS, record_hash
 from protocol.wire import HEARTBEAT_PATH, MSGPACK, PROTOCOL_HEADER, Heartbeat, sign_heartbeat
 
+from ..metrics_page import curl, samples, value
 from .conftest import HOSPITAL, Chain, Server, enrol, settlement
 
 DAY = date(2026, 11, 24)
@@ -181,6 +182,10 @@ def test_the_route_stores_a_heartbeat_and_answers_errors_in_msgpack(server: Serv
     [view] = server.agents()  # the fleet view: how many records the centre lacks, and whether it hears
     assert view["heartbeat"]["last_seq"] == 3 and view["heartbeat"]["records_behind"] == 3
     assert view["heartbeat"]["silent"] is False
+    status, text = curl(server.url + "/metrics", None)  # open: this server runs with insecure_dev
+    page = samples(text)
+    assert status == 200 and value(page, "yibao_central_agent_records_behind", agent_id=agent.agent_id) == 3
+    assert value(page, "yibao_central_agent_heartbeat_timestamp_seconds", agent_id=agent.agent_id) > 0
     forged = beat(agent, acked=0, at=datetime.now(UTC), key=KeyPair.generate())
     reply = server.request("POST", HEARTBEAT_PATH, forged, headers)
     assert reply.status == 422 and reply.msgpack()["error"]["code"] == "signature_invalid"
