@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from protocol.bundles import KINDS
 from protocol.metrics import (
@@ -48,6 +48,7 @@ from protocol.metrics import (
     HttpMetrics,
     answer_observed,
     code_label,
+    counter,
     epoch,
     gauge,
     read_sources,
@@ -205,12 +206,8 @@ class AgentMetrics:
                 "1 when the last upload attempt reached the centre",
                 1.0 if up.reachable else 0.0,
             )
-        batches = CounterMetricFamily("yibao_agent_upload_batches", "Batches the centre acknowledged")
-        batches.add_metric([], up.batches_sent)
-        yield batches
-        acked = CounterMetricFamily("yibao_agent_upload_records_acked", "Records the centre acknowledged")
-        acked.add_metric([], up.records_acked)
-        yield acked
+        yield counter("yibao_agent_upload_batches", "Batches the centre acknowledged", up.batches_sent)
+        yield counter("yibao_agent_upload_records_acked", "Records the centre acknowledged", up.records_acked)
         yield gauge(
             "yibao_agent_upload_last_success_timestamp_seconds",
             "When a batch was last acknowledged (Unix time)",
@@ -244,9 +241,7 @@ class AgentMetrics:
         hb = self.heartbeats
         if hb is None:
             return
-        sent = CounterMetricFamily("yibao_agent_heartbeats", "Signed heartbeats the centre stored")
-        sent.add_metric([], hb.sent)
-        yield sent
+        yield counter("yibao_agent_heartbeats", "Signed heartbeats the centre stored", hb.sent)
         yield gauge(
             "yibao_agent_heartbeat_last_success_timestamp_seconds",
             "When the centre last stored a heartbeat (Unix time); it calls the agent silent after 180 s",
@@ -312,9 +307,7 @@ class AgentMetrics:
         client = self.policy_client
         if client is None:
             return
-        reports = CounterMetricFamily("yibao_agent_policy_reports_sent", "Signed policy reports posted")
-        reports.add_metric([], client.reports_sent)
-        yield reports
+        yield counter("yibao_agent_policy_reports_sent", "Signed policy reports posted", client.reports_sent)
         yield gauge(
             "yibao_agent_policy_report_last_timestamp_seconds",
             "When a policy report was last accepted (Unix time)",

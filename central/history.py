@@ -43,14 +43,13 @@ from protocol.errors import BadSignature
 from protocol.wire import AGENT_HEADER, REQUEST_SKEW_S, SIGNATURE_HEADER, TIME_HEADER, verify_request
 
 from .errors import (
-    AgentRevoked,
-    AgentUnknown,
     MalformedRequest,
     RequestStale,
     RequestUnsigned,
     SignatureInvalid,
 )
-from .store import AgentRow, Store, get_agent, record_security_event
+from .statements import enrolled_agent
+from .store import AgentRow, Store, record_security_event
 
 __all__ = [
     "DEFAULT_DAYS",
@@ -148,11 +147,7 @@ def authenticate(
     agent_id = _header(headers, AGENT_HEADER)
     at = _header(headers, TIME_HEADER)
     sig = _header(headers, SIGNATURE_HEADER)
-    agent = store.read(lambda conn: get_agent(conn, agent_id))
-    if agent is None:
-        raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
-    if agent.revoked:
-        raise AgentRevoked(f"agent {agent_id} was revoked at {agent.revoked_at}; re-enrol it")
+    agent = enrolled_agent(store, agent_id)
     try:
         verify_request(agent.public_key, agent_id, method, path_qs, at, sig)
     except BadSignature as exc:

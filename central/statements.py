@@ -25,7 +25,7 @@ from .errors import (
 )
 from .store import AgentRow, Store, get_agent, record_security_event
 
-__all__ = ["newer_than_held", "verified_statement"]
+__all__ = ["enrolled_agent", "newer_than_held", "verified_statement"]
 
 _M = TypeVar("_M")
 
@@ -38,6 +38,16 @@ _FUTURE_SLACK = timedelta(minutes=5)
 def _aware(text: str) -> datetime:
     when = datetime.fromisoformat(text)
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def enrolled_agent(store: Store, agent_id: str) -> AgentRow:
+    """The agent named by a signed message, refused when it is unknown or revoked."""
+    agent = store.read(lambda conn: get_agent(conn, agent_id))
+    if agent is None:
+        raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
+    if agent.revoked:
+        raise AgentRevoked(f"agent {agent_id} was revoked at {agent.revoked_at}; re-enrol it")
+    return agent
 
 
 def verified_statement(
@@ -69,11 +79,7 @@ def verified_statement(
             f"the {codec.what} is signed by agent {agent_id!r} but came with the client certificate of "
             f"{peer_agent!r}; each agent sends with its own certificate"
         )
-    agent = store.read(lambda conn: get_agent(conn, agent_id))
-    if agent is None:
-        raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
-    if agent.revoked:
-        raise AgentRevoked(f"agent {agent_id} was revoked at {agent.revoked_at}; re-enrol it")
+    agent = enrolled_agent(store, agent_id)
     try:
         codec.verify(message, agent.public_key)
     except BadSignature as exc:

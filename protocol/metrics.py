@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 __all__ = [
     "CONTENT_TYPE",
@@ -35,6 +35,7 @@ __all__ = [
     "HttpMetrics",
     "answer_observed",
     "code_label",
+    "counter",
     "epoch",
     "gauge",
     "read_sources",
@@ -106,6 +107,13 @@ def gauge(name: str, doc: str, value: float | None = None, labels: dict[str, str
     family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
     if value is not None:
         family.add_metric(list((labels or {}).values()), float(value))
+    return family
+
+
+def counter(name: str, doc: str, value: float) -> Metric:
+    """A counter family with one sample, for counts another object keeps (read at scrape time)."""
+    family = CounterMetricFamily(name, doc)
+    family.add_metric([], float(value))
     return family
 
 
