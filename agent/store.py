@@ -641,6 +641,11 @@ class Outbox:
 
     # ---- status -------------------------------------------------------------------------
 
+    @property
+    def writer_alive(self) -> bool:
+        """Whether the writer thread runs: without it no settlement can be stored (the watchdog asks)."""
+        return self._thread.is_alive()
+
     def snapshot(self) -> tuple[int, bytes, int, float | None]:
         """(last seq, chain head, acked seq, append time of the oldest unacked record) read in one
         transaction, so a signed heartbeat never pairs a seq with another seq's head."""
