@@ -12,6 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from protocol.batch import KeyPair
+from protocol.sdnotify import keep_watchdog, notify
 
 from .api import create_app, settle_body
 from .card import CardReader
@@ -192,11 +193,14 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     if dropfolder is not None:
         dropfolder_task = asyncio.create_task(dropfolder.run())
         log.info("drop folder on: %s", config.dropfolder_path)
+    watchdog_task = asyncio.create_task(keep_watchdog(lambda: outbox.writer_alive))
     if ready is not None:
         ready.set()
+    notify(f"READY=1\nSTATUS=HIS API on {config.listen}, uploading to {config.central_url}")
     try:
         await stop.wait()
     finally:
+        notify("STOPPING=1")
         if dropfolder is not None and dropfolder_task is not None:
             # First, while the outbox is open: the files in hand finish or stay in processing/.
             await dropfolder.stop()
@@ -211,7 +215,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         heartbeats.stop()
         policy_client.stop()
         await runner.cleanup()
-        for task in (upload_task, heartbeat_task, policy_task, cert_task):
+        for task in (upload_task, heartbeat_task, policy_task, cert_task, watchdog_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -55,6 +55,7 @@ import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from protocol.sdnotify import keep_watchdog, notify
 from protocol.wire import (
     AGENT_HEADER,
     BATCH_PATH,
@@ -746,6 +747,9 @@ async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None
         log.info("yibao-central serving %s on %s (%s)", config.home, addresses, scheme)
         if on_started is not None:
             on_started(addresses)
+        notify(f"READY=1\nSTATUS=serving {scheme} on {addresses}")
+        # The pings run on the event loop: a loop that hangs stops them and systemd restarts the centre.
+        pings = asyncio.create_task(keep_watchdog())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -753,6 +757,8 @@ async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None
         try:
             await stop.wait()
         finally:
+            notify("STOPPING=1")
+            pings.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
     finally:
