@@ -455,6 +455,105 @@ def _m010_agent_heartbeats(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m011_change_requests(db: sqlite_utils.Database) -> None:
+    """Maker-checker (``central.changes``): a blacklist change or a document publish is held here, exactly
+    as it will be published (the validated document, or every blacklist entry in ``change_entries``, and
+    the digest of both), until enough other operators approve it; ``base`` is what it was proposed
+    against, checked again at approval. ``change_approvals`` holds one row per checker."""
+    for statement in (
+        "CREATE TABLE change_requests (id INTEGER PRIMARY KEY, action TEXT NOT NULL, kind TEXT NOT NULL, "
+        "area TEXT NOT NULL, digest TEXT NOT NULL, document TEXT, what TEXT NOT NULL, "
+        "entries INTEGER NOT NULL, "
+        "base TEXT NOT NULL, maker TEXT NOT NULL, reason TEXT NOT NULL, created_at TEXT NOT NULL, "
+        "status TEXT NOT NULL, decided_by TEXT, decided_at TEXT, decision_reason TEXT, bundle_seq INTEGER) "
+        "STRICT",
+        "CREATE INDEX change_requests_status ON change_requests (status, area)",
+        "CREATE TABLE change_entries (change_id INTEGER NOT NULL REFERENCES change_requests(id), "
+        "line INTEGER NOT NULL, op TEXT NOT NULL, list_type TEXT NOT NULL, id TEXT NOT NULL, reason TEXT, "
+        "source TEXT, effective_at TEXT, PRIMARY KEY (change_id, line)) STRICT",
+        "CREATE TABLE change_approvals (change_id INTEGER NOT NULL REFERENCES change_requests(id), "
+        "operator TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (change_id, operator)) STRICT",
+    ):
+        db.execute(statement)
+
+
+def _m012_fact_anchor(db: sqlite_utils.Database) -> None:
+    """Suspicions keyed by the settlement judged, not by the evidence (issue 16, ``central.suspicions``):
+    ``anchor`` (the settlement the fact is about; NULL for a fact about an object over a period),
+    ``anchor_date`` (its ``setl_date``, or the period's end: a full screen retracts what it judged by
+    date), ``period``, ``category`` (the rule's fraud category), ``holds`` (0 once a later screen no
+    longer finds the fact) and ``retracted_at``. Existing suspicions get their anchor (the settlement
+    their evidence does not name; an impersonation pair both) and the new fact key; two held facts that
+    the new key makes one (a readmission found again with more evidence) keep the older, the later
+    stops holding (``no_longer_holds`` if unreviewed), nothing is deleted."""
+    import hashlib
+    import json
+
+    for statement in (
+        "ALTER TABLE suspicions ADD COLUMN anchor TEXT",
+        "ALTER TABLE suspicions ADD COLUMN anchor_date TEXT",
+        "ALTER TABLE suspicions ADD COLUMN period TEXT",
+        "ALTER TABLE suspicions ADD COLUMN category TEXT",
+        "ALTER TABLE suspicions ADD COLUMN holds INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE suspicions ADD COLUMN retracted_at TEXT",
+    ):
+        db.execute(statement)
+    from protocol.rules import DEFAULT_CATEGORIES
+
+    rows = db.execute(
+        "SELECT id, fact_key, rule_id, rule_version, template, object_type, object_id, setl_ids, lines, "
+        "evidence, status FROM suspicions ORDER BY id"
+    ).fetchall()
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    taken = {r[1] for r in rows}
+    for sid, key, rule_id, version, template, otype, oid, setl_ids, lines, evidence, _status in rows:
+        setl = json.loads(setl_ids)
+        ev = json.loads(evidence)
+        named = {e.get("setl_id") for e in ev if isinstance(e, dict)}
+        category = DEFAULT_CATEGORIES.get(template)
+        period = anchor = anchor_date = None
+        if template == "peer_outlier":
+            period = anchor_date = (ev[0] if ev and isinstance(ev[0], dict) else {}).get("window_to")
+        else:
+            own = [x for x in setl if x not in named] or setl[:1]
+            pair = template == "impersonation_distance" and len(setl) == 2
+            anchor = "|".join(sorted(setl[:2])) if pair else (own[0] if own else None)
+            first = (anchor or "").split("|")[0]
+            got = db.execute("SELECT setl_date FROM hist_visits WHERE setl_id = ?", (first,)).fetchone()
+            anchor_date = got[0] if got else None
+            if template == "frequent_visits":
+                dates = [e["setl_date"] for e in ev if isinstance(e, dict) and e.get("setl_date")]
+                dates += [anchor_date] if anchor_date else []
+                period = f"run from {min(dates)}" if dates else None
+        new_key = key
+        if period is None and anchor is not None:
+            material = [rule_id, version, otype, oid, {"anchor": anchor}, sorted(set(json.loads(lines)))]
+            blob = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
+            new_key = hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        merged = new_key != key and new_key in taken
+        if merged:  # the same fact held twice under the old key: the older one is it
+            db.execute(
+                "UPDATE suspicions SET anchor = ?, anchor_date = ?, period = ?, category = ?, holds = 0, "
+                "retracted_at = ?, status = CASE WHEN status IN ('new', 'shadow') THEN 'no_longer_holds' "
+                "ELSE status END WHERE id = ?",
+                (anchor, anchor_date, period, category, now, sid),
+            )
+            continue
+        taken.discard(key)
+        taken.add(new_key)
+        db.execute(
+            "UPDATE suspicions SET fact_key = ?, anchor = ?, anchor_date = ?, period = ?, category = ? "
+            "WHERE id = ?",
+            (new_key, anchor, anchor_date, period, category, sid),
+        )
+    for statement in (
+        "CREATE INDEX suspicions_anchor ON suspicions (anchor) WHERE anchor IS NOT NULL",
+        "CREATE INDEX suspicions_judged ON suspicions (rule_id, area, anchor_date)",
+        "CREATE INDEX suspicions_object ON suspicions (object_type, object_id)",
+    ):
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -466,6 +565,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m008_monitoring,
     _m009_peer_index,
     _m010_agent_heartbeats,
+    _m011_change_requests,
+    _m012_fact_anchor,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
