@@ -53,7 +53,7 @@ from protocol.errors import ProtocolError
 from protocol.rules import centre as rc
 
 from .store import Store, now_iso
-from .suspicions import Finding, fact_key, record_findings
+from .suspicions import Finding, Judged, fact_key, record_findings, retract_missing
 
 __all__ = [
     "AreaRules",
@@ -79,6 +79,8 @@ CHUNK_DAYS = 31
 CHUNK_VISITS = 4000
 #: Settlements per incremental step (the background task loops until it is level).
 INCREMENTAL_LIMIT = 5000
+#: Most visits a reversal's cancelled settlement makes template 17 judge again in one incremental step.
+REJUDGE_LIMIT = 50_000
 #: Templates whose object is a group (doctor, department, hospital) measured over many visits.
 GROUP_TEMPLATES = frozenset({"peer_outlier", "excessive_cost"})
 #: Templates whose hit is an object over a window of days (``rc.OBJECT_TEMPLATES``): a full screen runs
@@ -88,6 +90,8 @@ OBJECT_TEMPLATES = rc.OBJECT_TEMPLATES
 #: the fact is the person's run, keyed by the date its window starts, so a reviewer sees one
 #: suspicion per burst (found again with each later visit), not one per visit.
 RUN_TEMPLATES = frozenset({"frequent_visits"})
+#: Templates whose hit is a symmetric pair of settlements, found from either: the pair is the anchor.
+PAIR_TEMPLATES = frozenset({"impersonation_distance"})
 _DEFAULT_WEIGHTS = {"block": 90, "warn": 60, "info": 30}
 _IN_CHUNK = 500
 
@@ -311,12 +315,17 @@ def finding_of(
     else:
         amount = int((visit or {}).get("medfee_sumamt") or 0)
     setl_ids, period = _setl_ids(hit), None
+    anchor, anchor_date = hit.setl_id, (visit or {}).get("setl_date")
+    if rule.template in PAIR_TEMPLATES and len(setl_ids) > 1:
+        # one fact found from either visit of the pair: both name it, whichever was screened
+        anchor = "|".join(sorted(setl_ids[:2]))
     if rule.template in OBJECT_TEMPLATES:
         # an object over a window: the hit's visit is only a representative (which one depends on the
         # batch), so the fact is the object and the window's end, with no settlements
         first = hit.evidence[0] if hit.evidence and isinstance(hit.evidence[0], Mapping) else {}
         object_id = first.get("object_id") or object_id
         setl_ids, period, amount = (), first.get("window_to"), 0
+        anchor, anchor_date = None, period
     elif rule.template in RUN_TEMPLATES:
         dates = [e["setl_date"] for e in hit.evidence if isinstance(e, Mapping) and e.get("setl_date")]
         if visit and visit.get("setl_date"):
@@ -325,6 +334,7 @@ def finding_of(
     return Finding(
         hit=hit, object_type=obj, object_id=object_id, area=(visit or {}).get("area") or area,
         fixmedins_code=hospital, setl_ids=setl_ids, amount_fen=amount, weight=weight_of(rule), period=period,
+        anchor=anchor, anchor_date=anchor_date, category=getattr(rule, "category", None) or None,
     )  # fmt: skip
 
 
@@ -508,6 +518,83 @@ class Screener:
         n = conn.execute("SELECT count(*) FROM cur_visits").fetchone()[0]
         return n, self._fill_lines()
 
+    def scope_ids(self) -> frozenset[str]:
+        """The settlements ``cur_visits`` holds: what the rules run next judge."""
+        return frozenset(r[0] for r in self.conn.execute("SELECT setl_id FROM cur_visits"))
+
+    def fill_setl_ids(self, area: str, setl_ids: Iterable[str]) -> set[str]:
+        """``cur_visits`` = the area's visits among ``setl_ids`` (no lines: template 17 reads visits only)."""
+        self._clear()
+        cols = ", ".join(_VISIT_COLUMNS)
+        for part in _chunks(sorted(set(setl_ids))):
+            marks = ",".join("?" * len(part))
+            self.conn.execute(
+                f"INSERT OR IGNORE INTO cur_visits ({cols}) SELECT {cols} FROM db.hist_visits "
+                f"WHERE setl_id IN ({marks}) AND area = ?",
+                (*part, area),
+            )
+        return set(self.scope_ids())
+
+    def later_peers(
+        self,
+        rules: AreaRules,
+        area: str,
+        setl_ids: Iterable[str],
+        reversed_: Iterable[tuple[str, str, str]] = (),
+    ) -> set[str]:
+        """The visits whose template-17 peers the settlements ``setl_ids`` join: same group (category,
+        level, med_type), settled after the earliest of them and within ``peer_days`` of it. For settlements
+        arriving in real time there are none; for an older one arriving late, these visits' medians moved,
+        so an incremental screen judges them again and agrees with a full screen of the range.
+
+        ``reversed_``: (date, med_type, hospital) of cancelled settlements, whose rows (and diagnosis) are
+        gone: the visits of that med_type at hospitals of that level after it, any category (at most
+        ``REJUDGE_LIMIT``; beyond it the log says so and a full screen of the range settles it)."""
+        peer_rules = self._peer_rules(rules)
+        if not peer_rules:
+            return set()
+        peer_days = max(r.params["peer_days"] for r in peer_rules)
+        first: dict[tuple[str, str, str], str] = {}
+        for part in _chunks(sorted(set(setl_ids))):
+            marks = ",".join("?" * len(part))
+            for cat, lv, mt, day in self.conn.execute(
+                "SELECT substr(dise_main, 1, 3), hosp_lv, med_type, min(setl_date) FROM db.hist_visits "
+                f"WHERE dise_main IS NOT NULL AND hosp_lv IS NOT NULL AND area = ? AND setl_id IN ({marks}) "
+                "GROUP BY 1, 2, 3",
+                (area, *part),
+            ):
+                key = (cat, lv, mt)
+                first[key] = min(day, first.get(key, day))
+        found: set[str] = set()
+        for day, mt, hospital in sorted(reversed_):
+            until = (date.fromisoformat(day) + timedelta(days=peer_days)).isoformat()
+            rows = self.conn.execute(
+                "SELECT v.setl_id FROM db.hist_visits AS v WHERE v.med_type = ? AND v.setl_date > ? "
+                "AND v.setl_date <= ? AND v.area = ? AND v.dise_main IS NOT NULL AND v.hosp_lv = ("
+                "SELECT hosp_lv FROM db.hist_visits WHERE fixmedins_code = ? AND hosp_lv IS NOT NULL "
+                "LIMIT 1) LIMIT ?",
+                (mt, day, until, area, hospital, REJUDGE_LIMIT + 1),
+            ).fetchall()
+            if len(rows) > REJUDGE_LIMIT:
+                log.warning(
+                    "a reversal of a settlement of %s touches more than %d later visits' peers; template 17 "
+                    "judges the first %d, screen the range in full to settle the rest", day, REJUDGE_LIMIT,
+                    REJUDGE_LIMIT,
+                )  # fmt: skip
+            found.update(r[0] for r in rows[:REJUDGE_LIMIT])
+        for (cat, lv, mt), day in sorted(first.items()):
+            until = (date.fromisoformat(day) + timedelta(days=peer_days)).isoformat()
+            found.update(
+                r[0]
+                for r in self.conn.execute(
+                    "SELECT setl_id FROM db.hist_visits WHERE med_type = ? AND hosp_lv = ? "
+                    "AND substr(dise_main, 1, 3) = ? AND dise_main IS NOT NULL AND setl_date > ? "
+                    "AND setl_date <= ? AND area = ?",
+                    (mt, lv, cat, day, until, area),
+                )
+            )
+        return found
+
     # -- running -----------------------------------------------------------------------------
 
     def run(self, rules: AreaRules, result: ChunkResult, *, only: Iterable[str] | None = None) -> None:
@@ -543,6 +630,7 @@ class Screener:
 
     def _visits(self, setl_ids: list[str]) -> dict[str, dict[str, Any]]:
         cols = ("setl_id", "psn_no", "fixmedins_code", "area", "dr_codg", "dept_codg", "medfee_sumamt")
+        cols += ("setl_date",)
         found: dict[str, dict[str, Any]] = {}
         for part in _chunks(setl_ids):
             for table in ("cur_visits", "db.hist_visits"):
@@ -756,13 +844,35 @@ def _start_run(store: Store, kind: str, date_from: str | None, date_to: str | No
 
 
 def _finish_run(conn: sqlite3.Connection, run_id: int, summary: dict[str, Any]) -> None:
-    detail = {k: summary[k] for k in ("per_rule", "seconds", "areas", "workers", "cursor") if k in summary}
+    detail = {
+        k: summary[k]
+        for k in ("per_rule", "seconds", "areas", "workers", "cursor", "retracted", "flagged", "rejudged")
+        if k in summary
+    }
     conn.execute(
         "UPDATE screen_runs SET finished_at = ?, settlements = ?, lines = ?, hits = ?, new_suspicions = ?, "
         "detail = ? WHERE id = ?",
         (now_iso(), summary["settlements"], summary["lines"], summary["hits"], summary["new_suspicions"],
          json.dumps(detail, sort_keys=True), run_id),
     )  # fmt: skip
+
+
+def full_judged(areas: Mapping[str, AreaRules], lo: str, hi: str) -> list[Judged]:
+    """What a full screen of [lo, hi] judged: per area and rule, every anchor settled in the range (a
+    chunk holds every visit of its days and reads all history), and for the object templates the ends
+    of the windows it ran (``object_windows``)."""
+    out = []
+    for area, rules in sorted(areas.items()):
+        ends: dict[str, set[str]] = {}
+        for _a, b, ids in object_windows(rules, lo, hi):
+            for rid in ids:
+                ends.setdefault(rid, set()).add(b)
+        for r in rules.rules:
+            if r.template in OBJECT_TEMPLATES:
+                out.append(Judged(r.id, r.version, area, periods=frozenset(ends.get(r.id, ()))))
+            else:
+                out.append(Judged(r.id, r.version, area, dates=(lo, hi)))
+    return out
 
 
 def _default_workers() -> int:
@@ -807,12 +917,14 @@ def screen(
     per_rule: Counter = Counter({r.id: 0 for a in areas.values() for r in a.rules})
     seconds: Counter = Counter()
     started = time.perf_counter()
+    found: set[str] = set()
 
     def take(result: ChunkResult) -> None:
         per_rule.update(result.hits)
         seconds.update(result.seconds)
         summary["settlements"] += result.settlements
         summary["lines"] += result.lines
+        found.update(fact_key(f) for f in result.findings)
         if result.findings:
             counts = store.write(lambda c: record_findings(c, result.findings, run_id=run_id, at=at))
             summary["new_suspicions"] += counts["new"]
@@ -823,6 +935,10 @@ def screen(
     try:
         run_chunks(store, areas, lo, hi, chunk_days=chunk_days, chunk_visits=chunk_visits, workers=n_workers,
                    on_result=take)  # fmt: skip
+        # only a screen that ran to its end may say a fact no longer holds
+        judged = full_judged(areas, lo, hi)
+        counts = store.write(lambda c: retract_missing(c, judged, found, run_id=run_id, at=now_iso()))
+        summary["retracted"], summary["flagged"] = counts["retracted"], counts["flagged"]
     finally:
         summary["per_rule"] = dict(per_rule)
         summary["hits"] = sum(per_rule.values())
@@ -862,27 +978,44 @@ class _Batch:
     date_from: str | None
     date_to: str | None
     setl_ids: frozenset[str] = frozenset()
+    reversals: int = 0
+    #: (setl_date, med_type, fixmedins_code) of each settlement a reversal in the batch cancelled
+    reversed_: frozenset[tuple[str, str, str]] = frozenset()
 
 
 def _new_batch(conn: sqlite3.Connection, limit: int) -> _Batch:
     cursor = _cursor(conn)
     rows = conn.execute(
-        "SELECT s.rowid, s.kind, s.psn_no, s.setl_date, v.fixmedins_code, s.setl_id "
-        "FROM settlements AS s LEFT JOIN hist_visits AS v ON v.setl_id = s.setl_id "
+        "SELECT s.rowid, s.kind, s.psn_no, s.setl_date, v.fixmedins_code, s.setl_id, o.psn_no, o.setl_date, "
+        "o.fixmedins_code, o.med_type FROM settlements AS s "
+        "LEFT JOIN hist_visits AS v ON v.setl_id = s.setl_id "
+        "LEFT JOIN settlements AS o ON o.setl_id = s.orig_setl_id "
         "WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?",
         (cursor, limit),
     ).fetchall()
     persons, hospitals, dates, setl_ids = set(), set(), [], set()
-    for _rowid, kind, psn_no, setl_date, hospital, setl_id in rows:
-        if kind != "setl" or hospital is None:  # a reversal, or a settlement reversed since
+    rev_persons, rev_dates, reversed_ = set(), [], set()
+    for _rowid, kind, psn_no, setl_date, hospital, setl_id, o_psn, o_date, o_hosp, o_type in rows:
+        if kind != "setl" and o_psn and o_date:
+            reversed_.add((o_date, o_type, o_hosp))
+            # a reversal: the person's other facts that rested on the cancelled settlement (the earlier stay
+            # of a readmission, a dispensing overlapped) are judged again from its date on; the reversed
+            # settlement's own suspicions stay as they are (their review decides)
+            rev_persons.add(o_psn)
+            rev_dates.append(o_date)
+            hospitals.add(o_hosp)
+            continue
+        if kind != "setl" or hospital is None:  # a settlement reversed since
             continue
         persons.add(psn_no)
         setl_ids.add(setl_id)
         hospitals.add(hospital)
         dates.append(setl_date)
+    every = dates + rev_dates
     return _Batch(
-        cursor, rows[-1][0] if rows else cursor, len(dates), frozenset(persons), frozenset(hospitals),
-        min(dates) if dates else None, max(dates) if dates else None, frozenset(setl_ids),
+        cursor, rows[-1][0] if rows else cursor, len(dates), frozenset(persons | rev_persons),
+        frozenset(hospitals), min(every) if every else None, max(every) if every else None,
+        frozenset(setl_ids), len(rev_dates), frozenset(reversed_),
     )  # fmt: skip
 
 
@@ -907,12 +1040,14 @@ def screen_new(
     }  # fmt: skip
     if batch.cursor_to == batch.cursor_from:
         return summary
-    if not batch.settlements:  # only reversals (or settlements reversed since): move on
+    if not batch.settlements and not batch.reversals:  # only settlements reversed since: move on
         store.write(lambda c: _set_cursor(c, batch.cursor_to))
         return summary
     areas = dict(areas) if areas is not None else rules_in_force(store, repo)
     assert batch.date_from is not None and batch.date_to is not None
     results: list[ChunkResult] = []
+    judged: list[Judged] = []
+    rejudged = 0
     screener = Screener(store.path)
     try:
         for area in sorted(areas):
@@ -921,13 +1056,15 @@ def screen_new(
                 continue
             hi = (date.fromisoformat(batch.date_to) + timedelta(days=rules.window())).isoformat()
             result = ChunkResult(area, batch.date_from, hi)
-            # template 17 judges each visit against the peers before its date, whatever its object: only the
-            # scope's own visits can have new answers, so it runs with the person rules
+            # template 17 judges each visit against the peers before its date, whatever its object: the
+            # batch's own visits, and (an older settlement arriving late) the later visits of its groups
+            excessive = [r for r in rules.rules if r.template == "excessive_cost"]
             group = [
                 r
                 for r in rules.rules
                 if r.template != "excessive_cost" and (r.template in GROUP_TEMPLATES or r.object != "person")
             ]
+            person = [r for r in rules.rules if r not in group and r not in excessive]
             screener.conn.execute("BEGIN")
             try:
                 start = time.perf_counter()
@@ -935,12 +1072,10 @@ def screen_new(
                     area, batch.persons, batch.date_from, hi
                 )
                 result.seconds["fill"] += time.perf_counter() - start
-                person_rules = [r.id for r in rules.rules if r not in group]
-                if result.settlements and person_rules:
-                    start = time.perf_counter()
-                    screener._scope_medians(rules, batch.setl_ids)
-                    result.seconds["medians"] += time.perf_counter() - start
-                    screener.run(rules, result, only=person_rules)
+                scope = screener.scope_ids()
+                if result.settlements and person:
+                    screener.run(rules, result, only=[r.id for r in person])
+                judged += [Judged(r.id, r.version, area, anchors=scope) for r in person]
                 if group:
                     # group rules: also the touched objects' visits on the batch's dates
                     screener.fill_scope(
@@ -948,6 +1083,22 @@ def screen_new(
                         batch.date_from, batch.date_to,
                     )  # fmt: skip
                     screener.run(rules, result, only=[r.id for r in group])
+                    wider = screener.scope_ids()
+                    judged += [
+                        Judged(r.id, r.version, area, anchors=wider)
+                        for r in group
+                        if r.template not in OBJECT_TEMPLATES
+                    ]
+                if excessive:
+                    start = time.perf_counter()
+                    later = screener.later_peers(rules, area, batch.setl_ids, batch.reversed_)
+                    targets = screener.fill_setl_ids(area, batch.setl_ids | later)
+                    screener._scope_medians(rules, targets)
+                    result.seconds["medians"] += time.perf_counter() - start
+                    rejudged += len(targets - batch.setl_ids)
+                    if targets:
+                        screener.run(rules, result, only=[r.id for r in excessive])
+                    judged += [Judged(r.id, r.version, area, anchors=frozenset(targets)) for r in excessive]
                 screener._clear()
             finally:
                 screener.conn.execute("COMMIT")
@@ -966,6 +1117,7 @@ def screen_new(
     summary["seconds"] = {k: round(v, 3) for k, v in seconds.most_common()}
     summary["hits"] = sum(per_rule.values())
     summary["screened_visits"] = sum(r.settlements for r in results)
+    summary["rejudged"] = rejudged
 
     def write(conn: sqlite3.Connection) -> dict[str, Any]:
         if _cursor(conn) != batch.cursor_from:  # another screen_new moved it meanwhile: redo next time
@@ -974,8 +1126,10 @@ def screen_new(
             "INSERT INTO screen_runs (kind, started_at, date_from, date_to) VALUES ('incremental', ?, ?, ?)",
             (now_iso(), batch.date_from, batch.date_to),
         ).lastrowid
-        counts = record_findings(conn, findings, run_id=run_id, at=now_iso())
-        summary.update(run_id=run_id, new_suspicions=counts["new"], again=counts["again"])
+        at = now_iso()
+        counts = record_findings(conn, findings, run_id=run_id, at=at)
+        gone = retract_missing(conn, judged, fact_keys(findings), run_id=run_id, at=at)
+        summary.update(run_id=run_id, new_suspicions=counts["new"], again=counts["again"], **gone)
         _finish_run(conn, run_id, summary)
         _set_cursor(conn, batch.cursor_to)
         return {"raced": False}

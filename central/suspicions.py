@@ -3,9 +3,19 @@
 The screening engine (``central.screening``) turns each rule hit into a ``Finding`` (the hit
 attributed to its object, with the money at stake and the rule's weight) and hands a batch to
 ``record_findings`` inside its own write transaction. Dedupe is by the **fact key**: the same
-rule version finding the same object in the same settlements and lines is the same fact, so an
-incremental screen followed by a full one, or a later batch re-finding an old fact, bumps
-``times_found``/``last_found`` of the one suspicion and never queues a second one for review.
+rule version finding the same object about the same **anchor** (the settlement judged) and lines is
+the same fact, so an incremental screen followed by a full one, or a later batch re-finding an old
+fact, bumps ``times_found``/``last_found`` of the one suspicion and never queues a second one for
+review. The key never holds evidence that can grow: a readmission found again once an older stay
+arrives late is the same readmission with more evidence, not a second suspicion.
+
+A fact that stops holding (a screen judged its anchor again and did not find it: a settlement it
+rested on was reversed, an older settlement arrived and changed a peer median) is **retracted**, never
+deleted (``retract_missing``): an unreviewed suspicion becomes ``no_longer_holds``; a reviewed one
+(confirmed, dismissed, in a case, decided) keeps its status, because a reviewer's decision is not
+undone behind their back, and is flagged ``holds = 0`` for the reviewer to see. Both are audited
+(``audit_log``, actor ``screening``). A retracted fact that is found again holds again: an
+unreviewed one goes back to the queue (``new``, or ``shadow``).
 
 Reviewers' listings (``list_suspicions``) are always narrowed to a set of pooling areas (the
 operator's); ``None`` means "every area" and is for the centre's own tools only.
@@ -17,7 +27,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -26,6 +36,7 @@ from protocol import rules
 from .store import Where
 
 __all__ = [
+    "CATEGORIES",
     "OBJECT_TYPES",
     "SEVERITIES",
     "STATUSES",
@@ -34,14 +45,19 @@ __all__ = [
     "get_suspicion",
     "list_suspicions",
     "record_findings",
+    "retract_missing",
     "score",
     "severity",
     "suspicion_dict",
 ]
 
 OBJECT_TYPES = ("person", "doctor", "department", "hospital")
-#: ``new`` → ``confirmed`` | ``dismissed`` → ``in_case`` → ``decided``; ``shadow`` never enters the queue.
-STATUSES = ("new", "confirmed", "dismissed", "in_case", "decided", "shadow")
+#: ``new`` → ``confirmed`` | ``dismissed`` → ``in_case`` → ``decided``; ``shadow`` never enters the queue;
+#: ``no_longer_holds``: an unreviewed fact a later screen no longer finds (kept for the audit trail).
+STATUSES = ("new", "confirmed", "dismissed", "in_case", "decided", "shadow", "no_longer_holds")
+#: Statuses a retraction changes (nobody has judged the fact yet); a reviewed fact is only flagged.
+UNREVIEWED = ("new", "shadow")
+CATEGORIES = rules.CATEGORIES
 SEVERITIES = ("red", "yellow", "green")
 RED, YELLOW = 70, 40
 #: The score's raise stops at this fraction over the threshold (×1.5 at 50 % over).
@@ -70,21 +86,35 @@ class Finding:
     #: the settlements, so the same object over the same period is one fact whichever visits a
     #: screen happened to hold; the suspicion keeps the settlements of its first finding.
     period: str | None = None
+    #: The settlement the fact is about (the one the rule judged; a pair's two joined by ``|`` for a
+    #: symmetric pair such as impersonation); None: ``hit.setl_id``. Never the evidence's settlements,
+    #: which grow as older ones arrive.
+    anchor: str | None = None
+    #: ``setl_date`` of the anchor (a full screen retracts what it judged by date); None when unknown.
+    anchor_date: str | None = None
+    #: The rule's category (``protocol.rules.CATEGORIES``); reports by category read it.
+    category: str | None = None
+
+    @property
+    def anchor_id(self) -> str:
+        return self.anchor or self.hit.setl_id
 
 
 def fact_key(f: Finding) -> str:
-    """SHA-256 hex of what makes a fact the same fact: rule version, object, settlements and lines
-    (and the period, for a fact about an object over a period).
+    """SHA-256 hex of what makes a fact the same fact: rule version, object, anchor settlement and
+    lines (the period instead, for a fact about an object over a period).
 
-    Sorted and JSON-encoded so neither the order the engine found things in nor a separator
-    inside an id can make two facts collide or one fact split in two. Without a period the material
-    (and so every key already stored) is what it always was.
+    What the key leaves out matters as much: the evidence's other settlements (the earlier stays of a
+    readmission, the other dispensings of a duplicate) grow when older settlements arrive late, and a
+    fact whose identity moved with them would become a second suspicion of the same readmission. So
+    the evidence is refreshed on the one suspicion instead. Sorted and JSON-encoded so neither the
+    order the engine found things in nor a separator inside an id can make two facts collide.
     """
     h = f.hit
     material: list[Any] = [h.rule_id, h.rule_version, f.object_type, f.object_id]
     if f.period is None:
-        material += [sorted(set(f.setl_ids)), sorted(set(h.lines))]
-    else:  # template 18's findings carry no settlements or lines: their keys are what they were
+        material += [{"anchor": f.anchor_id}, sorted(set(h.lines))]
+    else:  # a fact about an object over a period: no anchor settlement
         material += [[], [], {"period": f.period}]
     blob = json.dumps(material, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -136,11 +166,17 @@ def severity(score: int) -> str:
 _INSERT = (
     "INSERT INTO suspicions (fact_key, rule_id, rule_version, template, object_type, object_id, area, "
     "fixmedins_code, psn_no, setl_ids, lines, evidence, message, amount_fen, score, severity, mode, status, "
-    "case_id, first_found, last_found, times_found, run_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, 1, ?) "
+    "case_id, first_found, last_found, times_found, run_id, anchor, anchor_date, period, category, holds) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, 1, ?, ?, ?, ?, ?, 1) "
     "ON CONFLICT (fact_key) DO UPDATE SET last_found = excluded.last_found, "
     "times_found = suspicions.times_found + 1, evidence = excluded.evidence, message = excluded.message, "
-    "amount_fen = excluded.amount_fen, score = excluded.score, severity = excluded.severity"
+    "amount_fen = excluded.amount_fen, score = excluded.score, severity = excluded.severity, "
+    "setl_ids = (SELECT json_group_array(value) FROM (SELECT DISTINCT value FROM ("
+    "SELECT value FROM json_each(suspicions.setl_ids) UNION SELECT value FROM json_each(excluded.setl_ids)) "
+    "ORDER BY value)), "
+    "anchor_date = coalesce(excluded.anchor_date, suspicions.anchor_date), "
+    "category = coalesce(excluded.category, suspicions.category), holds = 1, retracted_at = NULL, "
+    "status = CASE WHEN suspicions.status = 'no_longer_holds' THEN excluded.status ELSE suspicions.status END"
 )
 
 
@@ -153,6 +189,20 @@ def _row(key: str, f: Finding, run_id: int | None, at: str) -> tuple[Any, ...]:
         json.dumps(sorted(set(h.lines)), ensure_ascii=False),
         json.dumps([dict(e) for e in h.evidence], ensure_ascii=False, default=str), h.message,
         int(f.amount_fen), s, severity(s), h.mode, "shadow" if h.mode == "shadow" else "new", at, at, run_id,
+        None if f.period is not None else f.anchor_id, f.anchor_date, f.period, f.category,
+    )  # fmt: skip
+
+
+#: Who the audit log names for what screening does by itself (no operator acts in a screen).
+SCREENING_ACTOR = "screening"
+
+
+def _audit(conn: sqlite3.Connection, action: str, detail: dict[str, Any], at: str) -> None:
+    """One ``audit_log`` row for a screening action (ids and counts only: no personal data)."""
+    conn.execute(
+        "INSERT INTO audit_log (at, operator, action, reason, detail, area) VALUES (?, ?, ?, ?, ?, ?)",
+        (at, SCREENING_ACTOR, action, detail.pop("reason", ""), json.dumps(detail, ensure_ascii=False),
+         detail.get("area")),
     )  # fmt: skip
 
 
@@ -176,14 +226,24 @@ def record_findings(
         keys = list(batch)
         marks = ",".join("?" * len(keys))
         held = {
-            r[0] for r in conn.execute(f"SELECT fact_key FROM suspicions WHERE fact_key IN ({marks})", keys)
+            r[0]: (r[1], r[2], r[3])
+            for r in conn.execute(
+                f"SELECT fact_key, id, status, holds FROM suspicions WHERE fact_key IN ({marks})", keys
+            )
         }
         conn.executemany(_INSERT, [_row(k, f, run_id, at) for k, f in batch.items()])
         again += len(held)
         new += len(keys) - len(held)
+        back = sorted(i for i, _st, holds in held.values() if not holds)
+        if back:
+            reopened = sorted(i for i, st, holds in held.values() if not holds and st == "no_longer_holds")
+            _audit(conn, "suspicion.holds_again",
+                   {"suspicions": back, "requeued": reopened, "run_id": run_id,
+                    "reason": "found again by a later screen"}, at)  # fmt: skip
         batch.clear()
 
     for f in findings:
+        f = _merge_run(conn, f)
         batch[fact_key(f)] = f
         if len(batch) >= CHUNK:
             flush()
@@ -191,12 +251,108 @@ def record_findings(
     return {"new": new, "again": again}
 
 
+def _merge_run(conn: sqlite3.Connection, f: Finding) -> Finding:
+    """A run of visits over a limit (template 11) found again from a later visit, or after an older visit
+    arrived late, starts on another day; its period then names another run although it is the same
+    burst. The held run of the same rule and object that shares a settlement with it is the fact: the
+    finding takes that run's period (and anchor), so one burst stays one suspicion."""
+    if f.period is None or not f.period.startswith("run from ") or not f.setl_ids:
+        return f
+    marks = ",".join("?" * len(f.setl_ids))
+    row = conn.execute(
+        "SELECT period, anchor FROM suspicions WHERE rule_id = ? AND rule_version = ? AND object_type = ? "
+        "AND object_id = ? AND period LIKE 'run from %' AND period != ? AND EXISTS ("
+        f"SELECT 1 FROM json_each(suspicions.setl_ids) WHERE value IN ({marks})) ORDER BY id LIMIT 1",
+        (f.hit.rule_id, f.hit.rule_version, f.object_type, f.object_id, f.period, *f.setl_ids),
+    ).fetchone()
+    if row is None:
+        return f
+    return replace(f, period=row[0], anchor=row[1] or f.anchor)
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """What a screen judged again for one rule version in one area: the facts it would have found had
+    they held. ``anchors``: the settlements judged (an incremental scope); ``dates``: every anchor
+    settled in [from, to] (a full screen of the range); ``periods``: the period ends judged (template
+    18's windows in a full screen)."""
+
+    rule_id: str
+    rule_version: int
+    area: str
+    anchors: frozenset[str] = frozenset()
+    dates: tuple[str, str] | None = None
+    periods: frozenset[str] = frozenset()
+
+
+def retract_missing(
+    conn: sqlite3.Connection, judged: Iterable[Judged], found: Collection[str], *, run_id: int | None, at: str
+) -> dict[str, int]:
+    """Retract the facts a screen judged and did not find again (in the caller's write transaction).
+
+    ``found``: the fact keys the screen found. Each held fact (``holds = 1``) of a judged rule version
+    and area whose anchor (or period) was judged and whose key is not in ``found`` stops holding:
+    ``new``/``shadow`` → ``no_longer_holds``; a reviewed fact keeps its status and is flagged
+    ``holds = 0``. Nothing is deleted; one ``audit_log`` row per kind per call names the ids.
+    ``{"retracted": n, "flagged": m}``.
+    """
+    found = set(found)
+    retracted: list[int] = []
+    flagged: list[int] = []
+    for j in judged:
+        base = (
+            "SELECT id, fact_key, status FROM suspicions WHERE rule_id = ? AND rule_version = ? AND area = ? "
+            "AND holds = 1"
+        )
+        params: list[Any] = [j.rule_id, j.rule_version, j.area]
+        rows: list[tuple] = []
+        if j.dates is not None:
+            rows += conn.execute(
+                base + " AND anchor IS NOT NULL AND anchor_date BETWEEN ? AND ?", [*params, *j.dates]
+            ).fetchall()
+        for part in _parts(sorted(j.anchors)):
+            marks = ",".join("?" * len(part))
+            rows += conn.execute(base + f" AND anchor IN ({marks})", [*params, *part]).fetchall()
+        for part in _parts(sorted(j.periods)):
+            marks = ",".join("?" * len(part))
+            rows += conn.execute(
+                base + f" AND anchor IS NULL AND anchor_date IN ({marks})", [*params, *part]
+            ).fetchall()
+        for sid, key, status in {r[0]: r for r in rows}.values():
+            if key in found:
+                continue
+            (retracted if status in UNREVIEWED else flagged).append(sid)
+    for part in _parts(retracted):
+        marks = ",".join("?" * len(part))
+        conn.execute(
+            "UPDATE suspicions SET status = 'no_longer_holds', holds = 0, retracted_at = ? "
+            f"WHERE id IN ({marks})",
+            [at, *part],
+        )
+    for part in _parts(flagged):
+        marks = ",".join("?" * len(part))
+        conn.execute(f"UPDATE suspicions SET holds = 0, retracted_at = ? WHERE id IN ({marks})", [at, *part])
+    if retracted:
+        _audit(conn, "suspicion.retract", {"suspicions": sorted(retracted), "run_id": run_id,
+               "reason": "a later screen judged the fact again and it no longer holds"}, at)  # fmt: skip
+    if flagged:
+        reason = "reviewed facts that no longer hold: flagged for the reviewer, status kept"
+        _audit(conn, "suspicion.no_longer_holds", {"suspicions": sorted(flagged), "run_id": run_id,
+               "reason": reason}, at)  # fmt: skip
+    return {"retracted": len(retracted), "flagged": len(flagged)}
+
+
+def _parts(items: list[Any]) -> Iterable[list[Any]]:
+    for i in range(0, len(items), CHUNK):
+        yield items[i : i + CHUNK]
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 _COLUMNS = (
     "id, fact_key, rule_id, rule_version, template, object_type, object_id, area, fixmedins_code, psn_no, "
     "setl_ids, lines, evidence, message, amount_fen, score, severity, mode, status, case_id, first_found, "
-    "last_found, times_found, run_id"
+    "last_found, times_found, run_id, anchor, anchor_date, period, category, holds, retracted_at"
 )
 _JSON_COLUMNS = ("setl_ids", "lines", "evidence")
 
@@ -206,6 +362,7 @@ def suspicion_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     out = dict(zip(_COLUMNS.split(", "), row, strict=True))
     for column in _JSON_COLUMNS:
         out[column] = json.loads(out[column])
+    out["holds"] = bool(out["holds"])
     return out
 
 
