@@ -9,8 +9,11 @@ no network or file I/O; functions that touch a database take the caller's ``sqli
 from .centre import CENTRE_SQL_TEMPLATES, INPATIENT_MED_TYPES
 from .definitions import (
     ACTIONS,
+    CATEGORIES,
     CENTRE_MEASURES,
+    DEFAULT_CATEGORIES,
     DEFAULT_WEIGHTS,
+    DISE_PREFIX_ANY,
     FORMAT,
     MODES,
     MOMENTS,
@@ -51,6 +54,7 @@ from .templates import Compiled, compile_rule, hits_from_rows, run_rule
 
 __all__ = [
     "ACTIONS",
+    "CATEGORIES",
     "CENTRE_MEASURES",
     "CENTRE_SQL_TEMPLATES",
     "CURRENT_COLUMNS",
@@ -58,8 +62,10 @@ __all__ = [
     "CURRENT_SETL_ID",
     "CURRENT_VISITS_DDL",
     "DEATHS_DDL",
+    "DEFAULT_CATEGORIES",
     "DEFAULT_WEIGHTS",
     "DIALECTS",
+    "DISE_PREFIX_ANY",
     "FORMAT",
     "HISTORY_DDL",
     "HISTORY_INSERT",

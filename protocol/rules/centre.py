@@ -1,4 +1,4 @@
-"""Templates 13-18, run only at the centre: SQL over ``cur_visits``, ``hist_visits``, ``cur_lines``,
+"""Templates 13-20, run only at the centre: SQL over ``cur_visits``, ``hist_visits``, ``cur_lines``,
 ``hist_lines``, ``deaths`` and ``hospitals``; rows → ``Hit``s (docs/MONITORING.md, docs/RULES.md).
 
 The conventions are those of ``templates``: each query starts from the visits being screened
@@ -405,6 +405,8 @@ _MEASURES = {
     "cost_per_visit": "sum(x.medfee_sumamt) * 1.0 / count(*)",
     "drug_share": "sum(x.drug_fen) * 1.0 / sum(x.medfee_sumamt)",
     "visits_per_patient": "count(*) * 1.0 / count(DISTINCT x.psn_no)",
+    # an admission-rate outlier: the share of the object's visits that are inpatient admissions
+    "admission_rate": "sum(CASE WHEN x.med_type = '21' THEN 1 ELSE 0 END) * 1.0 / count(*)",
 }
 #: object → (its id, its peer group's department part) over a visit ``x``
 _OBJECTS = {
@@ -484,13 +486,14 @@ _MEASURE_WORDS = {
     "cost_per_visit": "cost per visit",
     "drug_share": "drug share of the cost",
     "visits_per_patient": "visits per patient",
+    "admission_rate": "share of visits admitted",
 }
 
 
 def _show(measure: str, value: float) -> str:
     if measure == "cost_per_visit":
         return f"{fen_to_text(round(value))} yuan"
-    if measure == "drug_share":
+    if measure in ("drug_share", "admission_rate"):
         return f"{value * 100:.1f} %"
     return _num(round(value, 2))
 
@@ -522,6 +525,123 @@ def _msg_peer_outlier(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str
     return text, evidence
 
 
+# -- 19 unreasonable admission -----------------------------------------------------------------
+
+
+def _sql_admission(rule: Rule, p: dict[str, Any], f: str) -> str:
+    """An inpatient stay for a diagnosis treatable as an outpatient (``outpatient_prefixes``, ICD-10 or
+    ICD-9 prefixes of the main diagnosis), or a stay of at most ``max_stay_days`` days (and, when given,
+    costing at most ``max_cost_fen``): admissions made to bill an inpatient benefit for outpatient care."""
+    prm = rule.params
+    stay = f"max(1, {days_between('v.end_date', 'v.begn_date')})"
+    prefixes = tuple(prm["outpatient_prefixes"])
+    for i, prefix in enumerate(prefixes):
+        p[f"p_op{i}"] = prefix
+    op = " OR ".join(f"substr(v.dise_main, 1, length(:p_op{i})) = :p_op{i}" for i in range(len(prefixes)))
+    short = "0"
+    if prm["max_stay_days"] is not None:
+        p["p_max_stay"] = prm["max_stay_days"]
+        short = f"(v.end_date IS NOT NULL AND {stay} <= :p_max_stay"
+        if prm["max_cost_fen"] is not None:
+            p["p_max_cost"] = prm["max_cost_fen"]
+            short += " AND v.medfee_sumamt <= :p_max_cost"
+        short += ")"
+    return f"""
+SELECT v.psn_no, v.setl_id, v.setl_id AS hit_key, '' AS sn, v.fixmedins_code, v.begn_date, v.end_date,
+       v.dise_main, v.medfee_sumamt,
+       CASE WHEN v.end_date IS NULL OR v.begn_date IS NULL THEN NULL ELSE {stay} END AS stay_days,
+       CASE WHEN {op or "0"} THEN 1 ELSE 0 END AS op_dx, CASE WHEN {short} THEN 1 ELSE 0 END AS short_stay
+FROM cur_visits AS v
+WHERE v.begn_date IS NOT NULL AND {f} AND {_inpatient(rule, p, "v", "p_mv")}
+  AND (({op or "0"}) OR {short})
+ORDER BY v.psn_no, v.setl_id
+"""
+
+
+def _msg_admission(rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]) -> tuple[str, list]:
+    r = rows[0]
+    prm = rule.params
+    why, evidence = [], []
+    if r["op_dx"]:
+        why.append(f"its main diagnosis ({r['dise_main']}) is one the rule lists as outpatient care")
+        evidence.append({"kind": "outpatient_diagnosis", "dise_main": r["dise_main"]})
+    if r["short_stay"]:
+        cost = f", costing {fen_to_text(r['medfee_sumamt'])} yuan" if prm["max_cost_fen"] is not None else ""
+        why.append(f"it lasted {_days(r['stay_days'])}{cost}")
+        item: dict[str, Any] = {"kind": "short_stay", "stay_days": r["stay_days"], "value": r["stay_days"],
+                                "threshold": prm["max_stay_days"]}  # fmt: skip
+        if prm["max_cost_fen"] is not None:
+            item.update(medfee_sumamt=r["medfee_sumamt"], max_cost_fen=prm["max_cost_fen"])
+        evidence.append(item)
+    text = (
+        f"An admission to {r['fixmedins_code']} on {r['begn_date']} looks unnecessary: {' and '.join(why)}"
+        f"{'; the rule flags stays of at most ' + _days(prm['max_stay_days']) if r['short_stay'] else ''}."
+    )
+    return text, evidence
+
+
+# -- 20 repeated treatment across visits -------------------------------------------------------
+
+
+def _sql_repeated_treatment(rule: Rule, p: dict[str, Any], f: str) -> str:
+    """The same service item billed to the person in ``min_visits`` or more distinct visits (this one and
+    earlier ones) within ``days`` days, at any hospital: an examination or treatment repeated visit after
+    visit. Only the later visits hit (the first one of a series is the treatment itself)."""
+    prm = rule.params
+    p["p_back"] = -prm["days"]
+    p["p_min"] = prm["min_visits"] - 1
+    types = _in("c.list_type", tuple(prm["list_types"]), "p_lt", p)
+    exclude = _in("c.med_list_codg", tuple(prm["exclude_codes"]), "p_ex", p) if prm["exclude_codes"] else "0"
+    return f"""
+WITH r AS (
+  SELECT c.psn_no, c.setl_id, c.med_list_codg AS code, v.fixmedins_code, v.setl_date,
+         group_concat(DISTINCT c.feedetl_sn) AS sn
+  FROM cur_visits AS v
+  JOIN cur_lines AS c ON c.psn_no = v.psn_no AND c.setl_id = v.setl_id
+  WHERE {f} AND {types} AND NOT ({exclude})
+  GROUP BY c.psn_no, c.setl_id, c.med_list_codg
+)
+, h AS (
+  SELECT r.psn_no, r.setl_id, r.code, x.setl_id AS h_setl_id, max(x.setl_date) AS h_date,
+         max(x.fixmedins_code) AS h_hosp
+  FROM r JOIN hist_lines AS x ON x.psn_no = r.psn_no AND x.med_list_codg = r.code AND x.setl_id <> r.setl_id
+       AND x.setl_date > {date_add("r.setl_date", ":p_back")}
+       AND (x.setl_date < r.setl_date OR (x.setl_date = r.setl_date AND x.setl_id < r.setl_id))
+  GROUP BY r.psn_no, r.setl_id, r.code, x.setl_id
+), n AS (
+  SELECT psn_no, setl_id, code, count(*) AS others FROM h GROUP BY psn_no, setl_id, code
+)
+SELECT r.psn_no, r.setl_id, r.setl_id || '|' || r.code AS hit_key, r.sn, r.code, r.fixmedins_code,
+       r.setl_date, h.h_setl_id, h.h_date, h.h_hosp, n.others + 1 AS value
+FROM r
+JOIN n ON n.psn_no = r.psn_no AND n.setl_id = r.setl_id AND n.code = r.code AND n.others >= :p_min
+JOIN h ON h.psn_no = r.psn_no AND h.setl_id = r.setl_id AND h.code = r.code
+ORDER BY r.psn_no, r.setl_id, r.code, h.h_date DESC, h.h_setl_id
+"""
+
+
+def _msg_repeated_treatment(
+    rule: Rule, rows: list[dict[str, Any]], names: Mapping[str, str]
+) -> tuple[str, list]:
+    top = rows[0]
+    days = rule.params["days"]
+    name = names.get(top["code"]) or top["code"]
+    shown = ", ".join(f"{r['h_date']} at {r['h_hosp']}" for r in rows[:3])
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    limit = rule.params["min_visits"]
+    text = (
+        f"{name} is billed again at {top['fixmedins_code']} on {top['setl_date']}: visit {top['value']} "
+        f"with it in {_days(days)} (earlier: {shown}{more}); the rule flags {limit} or more."
+    )
+    evidence: list[dict[str, Any]] = [
+        {"med_list_codg": top["code"], "value": top["value"], "threshold": limit, "days": days}
+    ]
+    evidence += [
+        {"setl_id": r["h_setl_id"], "setl_date": r["h_date"], "fixmedins_code": r["h_hosp"]} for r in rows
+    ]
+    return text, evidence
+
+
 #: The centre templates' (SQL builder, message builder), registered with ``templates`` so that
 #: ``compile_rule``/``run_rule`` run edge and centre templates alike.
 CENTRE_SQL_TEMPLATES = {
@@ -531,5 +651,7 @@ CENTRE_SQL_TEMPLATES = {
     "bed_hanging": (_sql_bed_hanging, _msg_bed_hanging),
     "excessive_cost": (_sql_excessive, _msg_excessive),
     "peer_outlier": (_sql_peer_outlier, _msg_peer_outlier),
+    "unreasonable_admission": (_sql_admission, _msg_admission),
+    "repeated_treatment": (_sql_repeated_treatment, _msg_repeated_treatment),
 }
 _TEMPLATES.update(CENTRE_SQL_TEMPLATES)

@@ -16,7 +16,6 @@ from typing import Any
 
 from ..document import (
     AREA,
-    DISE_PREFIX,
     HOSP_LEVELS,
     INSUTYPE,
     MED_TYPE,
@@ -30,8 +29,11 @@ from ..errors import RulesInvalid
 
 __all__ = [
     "ACTIONS",
+    "CATEGORIES",
     "CENTRE_MEASURES",
+    "DEFAULT_CATEGORIES",
     "DEFAULT_WEIGHTS",
+    "DISE_PREFIX_ANY",
     "FORMAT",
     "INTERACTION_SEVERITIES",
     "MODES",
@@ -55,8 +57,34 @@ INTERACTION_SEVERITIES = ("minor", "moderate", "major", "contraindicated")
 BLACKLIST_TYPES = ("card", "person", "employer")
 MAX_RULES = 1000
 MAX_WINDOW_DAYS = 3660
-#: Measures of template 18 (``peer_outlier``).
-CENTRE_MEASURES = ("cost_per_visit", "drug_share", "visits_per_patient")
+#: Measures of template 18 (``peer_outlier``); ``admission_rate`` = inpatient visits (``21``) ÷ visits.
+CENTRE_MEASURES = ("cost_per_visit", "drug_share", "visits_per_patient", "admission_rate")
+#: The national library's fraud categories (docs/RULES.md, "Categories"): every rule has one, so
+#: findings and risk can be reported by category and a combination of categories on one object seen.
+CATEGORIES = (
+    "frequent_visits", "excessive_cost", "excessive_medication", "excessive_treatment",
+    "repeated_treatment", "irrational_drug_use", "unreasonable_admission", "impersonation",
+    "fake_treatment", "split_hospitalisation", "bed_hanging", "restricted_gender_age",
+    "price_over_ceiling", "not_in_catalogue",
+)  # fmt: skip
+#: A rule's category when its definition names none: the category its template most often serves.
+DEFAULT_CATEGORIES: Mapping[str, str] = MappingProxyType({
+    "duplicate_medication": "excessive_medication", "over_quantity": "excessive_medication",
+    "frequency_limit": "excessive_treatment", "repeated_charge": "excessive_treatment",
+    "gender_restricted": "restricted_gender_age", "age_restricted": "restricted_gender_age",
+    "restricted_indication": "irrational_drug_use", "price_over_ceiling": "price_over_ceiling",
+    "not_in_catalogue": "not_in_catalogue", "drug_interaction": "irrational_drug_use",
+    "frequent_visits": "frequent_visits", "blacklisted": "impersonation",
+    "readmission": "split_hospitalisation", "impersonation_distance": "impersonation",
+    "care_after_death": "fake_treatment", "bed_hanging": "bed_hanging", "excessive_cost": "excessive_cost",
+    "peer_outlier": "excessive_treatment", "unreasonable_admission": "unreasonable_admission",
+    "repeated_treatment": "repeated_treatment",
+})  # fmt: skip
+#: A diagnosis prefix in ICD-10 (``E11``, ``I63.9``) or ICD-9-CM (``250``, ``401.9``, ``V22``, ``E849``):
+#: claims data from older systems and other countries carries ICD-9, and a prefix is matched as text.
+DISE_PREFIX_ANY = re.compile(
+    r"^(?:[A-Z](?:[0-9]{1,2}(?:\.[0-9A-Za-z]{0,10})?)?|[0-9]{1,3}(?:\.[0-9]{0,2})?|E[0-9]{3}(?:\.[0-9]?)?)$"
+)
 #: A rule's ``weight`` (the base of a suspicion's score at the centre) when the rule gives none.
 DEFAULT_WEIGHTS: Mapping[str, int] = MappingProxyType({"block": 90, "warn": 60, "info": 30})
 _ITEM_CODE = re.compile(r"^[0-9A-Za-z]{1,50}$")
@@ -154,6 +182,29 @@ def _item_codes(c: Checker, value: Any, path: str) -> Any:
     return found
 
 
+def _prefixes(c: Checker, value: Any, path: str) -> Any:
+    return c.codes(value, path, pattern=DISE_PREFIX_ANY, hint="must be an ICD-10 or ICD-9 code prefix like "
+                   "J06, E11.9 or 250", max_len=500)  # fmt: skip
+
+
+def _stay_days(c: Checker, value: Any, path: str) -> Any:
+    return c.integer(value, path, 0, 366)
+
+
+def _list_type_codes(c: Checker, value: Any, path: str) -> Any:
+    return c.choices(value, path, ("101", "102", "103", "104", "201", "301"))
+
+
+def _admission_checks(c: Checker, params: dict[str, Any], path: str) -> None:
+    if not params.get("outpatient_prefixes") and params.get("max_stay_days") is None:
+        c.add(path, "unreasonable_admission needs outpatient_prefixes, max_stay_days or both")
+
+
+def _item_codes_or_none(c: Checker, value: Any, path: str) -> Any:
+    return c.codes(value, path, pattern=_ITEM_CODE, hint="must be an item code (1-50 letters and digits)",
+                   max_len=1000)  # fmt: skip
+
+
 def _one_of_cost_limits(c: Checker, params: dict[str, Any], path: str) -> None:
     if params.get("max_fen") is None and params.get("peer_ratio") is None:
         c.add(path, "excessive_cost needs max_fen, peer_ratio or both")
@@ -246,6 +297,18 @@ TEMPLATES: Mapping[str, Template] = MappingProxyType(
                 knowledge=False, lines=False, centre=True, checks=_one_of_cost_limits,
             ),
             Template(
+                "unreasonable_admission", 19,
+                {"outpatient_prefixes": (_prefixes, ()), "max_stay_days": (_stay_days, None),
+                 "max_cost_fen": (_amount, None)},
+                knowledge=False, lines=False, centre=True, checks=_admission_checks,
+            ),
+            Template(
+                "repeated_treatment", 20,
+                {"days": (_days, ...), "min_visits": (_visits, 2), "list_types": (_list_type_codes, ("201",)),
+                 "exclude_codes": (_item_codes_or_none, ())},
+                knowledge=False, lines=True, centre=True,
+            ),
+            Template(
                 "peer_outlier", 18,
                 {"measure": (_measure, ...), "ratio": (_ratio, ...), "days": (_days, 90),
                  "min_visits": (_count, 30)},
@@ -279,10 +342,14 @@ class Rule:
     overridable: bool = False
     #: 1-100, the base of a suspicion's score at the centre; 0 = by severity (``DEFAULT_WEIGHTS``)
     weight: int = 0
+    #: one of ``CATEGORIES``; "" = the template's (``DEFAULT_CATEGORIES``)
+    category: str = ""
 
     def __post_init__(self) -> None:
         if not self.weight:
             object.__setattr__(self, "weight", DEFAULT_WEIGHTS.get(self.severity, 30))
+        if not self.category:
+            object.__setattr__(self, "category", DEFAULT_CATEGORIES.get(self.template, "excessive_treatment"))
 
     @property
     def spec(self) -> Template:
@@ -342,7 +409,7 @@ class RuleSet:
 _RULE_REQUIRED = {"id", "version", "template", "severity", "mode", "action"}
 _RULE_OPTIONAL = {
     "name", "description", "object", "med_types", "insutypes", "hosp_lvs", "disease_prefixes",
-    "window_days", "params", "moments", "overridable", "weight",
+    "window_days", "params", "moments", "overridable", "weight", "category",
 }  # fmt: skip
 
 
@@ -406,7 +473,12 @@ def _check_rule(c: Checker, raw: Any, path: str) -> Rule | None:
     insutypes = _codes(c, r, "insutypes", path, INSUTYPE, "must be a 3-digit insutype")
     hosp_lvs = c.choices(r["hosp_lvs"], at("hosp_lvs"), HOSP_LEVELS) if "hosp_lvs" in r else ()
     prefixes = _codes(
-        c, r, "disease_prefixes", path, DISE_PREFIX, "must be an ICD-10 code prefix like E11 or I63.9"
+        c,
+        r,
+        "disease_prefixes",
+        path,
+        DISE_PREFIX_ANY,
+        "must be an ICD-10 or ICD-9 code prefix like E11, I63.9 or 250",
     )
     window = c.integer(r["window_days"], at("window_days"), 0, MAX_WINDOW_DAYS) if "window_days" in r else 0
     spec = TEMPLATES.get(template) if template else None
@@ -414,6 +486,7 @@ def _check_rule(c: Checker, raw: Any, path: str) -> Rule | None:
     default_moments = ("post",) if spec is not None and spec.centre else MOMENTS
     moments = c.choices(r["moments"], at("moments"), MOMENTS) if "moments" in r else default_moments
     weight = c.integer(r["weight"], at("weight"), 1, 100) if "weight" in r else 0
+    category = c.text(r["category"], at("category"), choices=CATEGORIES) if "category" in r else ""
     if "moments" in r and isinstance(r["moments"], list) and not r["moments"]:
         c.add(at("moments"), "must name at least one of pre, in, post (use mode off to switch a rule off)")
     overridable = c.boolean(r["overridable"], at("overridable")) if "overridable" in r else False
@@ -454,6 +527,7 @@ def _check_rule(c: Checker, raw: Any, path: str) -> Rule | None:
         name=name or "", description=description or "", object=obj, med_types=med_types, insutypes=insutypes,
         hosp_lvs=hosp_lvs, disease_prefixes=prefixes, window_days=window or 0,
         params=MappingProxyType(params), moments=moments, overridable=bool(overridable), weight=weight or 0,
+        category=category or "",
     )  # fmt: skip
 
 

@@ -15,9 +15,9 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
-from ..document import AREA, DISE_PREFIX, HOSP_LEVELS, Checker, fraction, join, kind, summary
+from ..document import AREA, HOSP_LEVELS, Checker, fraction, join, kind, summary
 from ..errors import KnowledgeInvalid
-from .definitions import INTERACTION_SEVERITIES
+from .definitions import DISE_PREFIX_ANY, INTERACTION_SEVERITIES
 
 __all__ = [
     "DRUG_LIST_TYPES",
@@ -211,7 +211,7 @@ def _check_item(c: Checker, raw: Any, path: str) -> KbItem | None:
                 c.add(join(where, "age_max"), f"{age_max} is below age_min {age_min}")
             if "indications" in r:
                 indications = c.codes(
-                    r["indications"], join(where, "indications"), pattern=DISE_PREFIX, max_len=50,
+                    r["indications"], join(where, "indications"), pattern=DISE_PREFIX_ANY, max_len=50,
                     hint="is not an ICD-10 diagnosis code prefix like E11 or I63.9 (indications are codes)",
                 )  # fmt: skip
     drug_class = None

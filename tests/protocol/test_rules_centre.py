@@ -99,7 +99,7 @@ def test_the_visit_columns_are_the_centres() -> None:
 def test_centre_templates_are_post_only_weighted_and_never_run_at_the_agent() -> None:
     assert {name for name, t in TEMPLATES.items() if t.centre} == {
         "readmission", "impersonation_distance", "care_after_death", "bed_hanging", "excessive_cost",
-        "peer_outlier",
+        "peer_outlier", "unreasonable_admission", "repeated_treatment",
     }  # fmt: skip
     rules = ruleset(
         rule_doc("care_after_death", moments=["post"]),

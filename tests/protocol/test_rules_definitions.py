@@ -96,7 +96,7 @@ class _Float:
         ),
         (
             _doc(rule_doc("over_quantity", disease_prefixes=["diabetes"])),
-            "rules[0].disease_prefixes[0]: 'diabetes' must be an ICD-10 code prefix like E11 or I63.9",
+            "rules[0].disease_prefixes[0]: 'diabetes' must be an ICD-10 or ICD-9 code prefix like E11",
         ),
         (_doc(rule_doc("over_quantity", object="ward")), "rules[0].object: 'ward' is not one of"),
         (
@@ -242,13 +242,15 @@ def test_every_template_has_defaults_or_required_parameters() -> None:
         "bed_hanging": {"min_idle_days": 3, "idle_codes": ["BED001"]},
         "excessive_cost": {"max_fen": 10_000_000},
         "peer_outlier": {"measure": "cost_per_visit", "ratio": "2"},
+        "unreasonable_admission": {"outpatient_prefixes": ["J06"]},
+        "repeated_treatment": {"days": 30},
     }
     objects = {"peer_outlier": "doctor"}
     docs = [
         rule_doc(name, params=required.get(name, {}), object=objects.get(name, "person"))
         for name in TEMPLATES
     ]
-    assert len(load_ruleset(_doc(*docs)).rules) == 18
+    assert len(load_ruleset(_doc(*docs)).rules) == len(TEMPLATES) == 20
 
 
 def test_the_contract_example_loads() -> None:

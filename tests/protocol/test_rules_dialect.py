@@ -52,9 +52,18 @@ _VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("excessive_cost", {"max_fen": 5_000_000}, {}),
     ("excessive_cost", {"peer_ratio": "3.5"}, _FILTERS),
     ("excessive_cost", {"max_fen": 5_000_000, "peer_ratio": "4", "peer_days": 180, "min_peers": 5}, {}),
+    ("unreasonable_admission", {"outpatient_prefixes": ["J06", "250", "401.9"]}, {}),
+    ("unreasonable_admission", {"max_stay_days": 2, "max_cost_fen": 100_000}, _FILTERS),
+    ("unreasonable_admission", {"outpatient_prefixes": ["J06"], "max_stay_days": 1}, {}),
+    ("repeated_treatment", {"days": 30}, {}),
+    (
+        "repeated_treatment",
+        {"days": 14, "min_visits": 3, "list_types": ["201", "301"], "exclude_codes": ["001102000010000"]},
+        _FILTERS,
+    ),
 ] + [
     ("peer_outlier", {"measure": measure, "ratio": "2"}, {"object": obj, **extra})
-    for measure in ("cost_per_visit", "drug_share", "visits_per_patient")
+    for measure in ("cost_per_visit", "drug_share", "visits_per_patient", "admission_rate")
     for obj in ("doctor", "department", "hospital")
     for extra in ({}, _FILTERS)
 ]
