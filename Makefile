@@ -15,10 +15,11 @@ BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 
 # System packages the card stack needs: pcscd and the vpcd driver (the virtual reader the tests and
 # the demo use), and libpcsclite-dev + swig because pyscard is published as source only; systemd
-# for systemd-analyze, which checks the packaged units (tests/packaging).
-SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig systemd curl
+# for systemd-analyze, which checks the packaged units (tests/packaging); Debian's chromium for the
+# page tests (tests/browser: Playwright drives it, never a browser of its own download).
+SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig systemd curl chromium
 SYSDEPS_OK := command -v swig >/dev/null && command -v systemd-analyze >/dev/null && command -v curl >/dev/null \
-	&& test -x /usr/sbin/pcscd \
+	&& test -x /usr/sbin/pcscd && test -x /usr/bin/chromium \
 	&& test -f /usr/lib/pcsc/drivers/serial/libifdvpcd.so && test -f /usr/include/PCSC/winscard.h
 
 .PHONY: all test lint pytest demo bench venv clean-venv sysdeps
