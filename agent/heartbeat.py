@@ -5,7 +5,9 @@ Uploads only tell the centre what it has; settlements waiting here (the centre u
 uploader stuck on a refusal) are invisible to it. The heartbeat closes that gap: signed with the
 enrolment key, it lets ``yibao-central reconcile`` say "complete up to T", "behind by N" or, when
 the beats stop, "silent since T". A heartbeat that cannot be delivered is not queued: the next one
-supersedes it, and the centre's "silent since" is the truth about a link that is down.
+supersedes it, and the centre's "silent since" is the truth about a link that is down. The answer
+carries the centre's acked seq: an idle agent learns from it that a centre restored from a backup
+holds less than it acknowledged, and resends from there.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,6 +48,8 @@ class HeartbeatSender:
         self.last_sent_at: float | None = None
         self.last_error: str | None = None
         self.sent = 0
+        #: Called when a heartbeat's answer shows the centre holding less than the agent was told.
+        self.on_centre_behind: Callable[[], None] | None = None
         self._stop = asyncio.Event()
 
     def build(self, now: float | None = None) -> Heartbeat:
@@ -86,6 +91,16 @@ class HeartbeatSender:
         self.last_sent_at = time.time()
         self.last_error = None
         self.sent += 1
+        try:
+            held = int(msgpack.unpackb(data)["acked_seq"])
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+            return True  # an older centre answers without it
+        if held < self.outbox.acked_seq:
+            # The centre was restored from a backup and holds less than it acknowledged: rewind the
+            # cursor (the outbox raises the central_behind alarm) and let the uploader resend.
+            await asyncio.wrap_future(self.outbox.ack(held))
+            if self.on_centre_behind is not None:
+                self.on_centre_behind()
         return True
 
     async def run(self) -> None:

@@ -123,6 +123,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     uploader = Uploader(config, outbox, key)
     outbox.on_append = uploader.wake
     heartbeats = HeartbeatSender(config, outbox, key)
+    heartbeats.on_centre_behind = uploader.wake
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
     policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)

@@ -116,6 +116,9 @@ class Uploader:
 
     async def drain_once(self) -> int:
         """Send one batch from the cursor (retrying until the centre answers); records acked."""
+        # The outbox's acked seq is the truth: a heartbeat's answer may have rewound it (a centre
+        # restored from a backup holds less than it acknowledged).
+        self._cursor = self.outbox.acked_seq
         loop = asyncio.get_running_loop()
         pending = await loop.run_in_executor(
             None, self.outbox.read_pending, self._cursor, self._max_records, self.config.batch_max_bytes

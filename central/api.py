@@ -21,7 +21,8 @@ Routes (``protocol.wire`` names the paths and the header):
   as for batches: 403 ``agent_unknown`` / ``agent_revoked``, 422 ``signature_invalid``, 400
   ``decode_malformed``, 413, 415.
 - ``POST /v1/agents/heartbeat`` msgpack signed ``Heartbeat`` (``central.heartbeats``) → msgpack
-  ``{"stored": bool}``; the same errors.
+  ``{"stored": bool, "acked_seq": N}``: the centre's held seq, so an idle agent learns when a
+  restored centre holds less than it acknowledged and resends; the same errors.
 - ``GET /v1/persons/{psn_no}/history?days=N`` signed by an enrolled agent (``protocol.wire.sign_request``
   headers) → JSON history and year-to-date totals (``central.history``); JSON errors 401
   ``request_unsigned`` / ``request_stale``, 403 ``agent_unknown`` / ``agent_revoked``, 422
@@ -305,9 +306,10 @@ async def policy_changes(request: web.Request) -> web.Response:
 
 
 def _signed_statement_route(
-    what: str, max_bytes: int, record: Callable[..., bool]
+    what: str, max_bytes: int, record: Callable[..., dict[str, Any]]
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """A route taking an agent's signed msgpack statement (policy report, heartbeat): ``{"stored": bool}``."""
+    """A route taking an agent's signed msgpack statement (policy report, heartbeat); answers what
+    ``record`` returns (``{"stored": bool}``, and for a heartbeat the centre's ``acked_seq``)."""
 
     async def route(request: web.Request) -> web.Response:
         version = None
@@ -318,7 +320,7 @@ def _signed_statement_route(
             data = await _body(request, max_bytes)
             store = request.app[STORE_KEY]
             peer = request.get(PEER_KEY)
-            stored = await store.run_async(
+            answer = await store.run_async(
                 lambda: record(store, data, remote=request.remote, peer_agent=peer)
             )
         except CentralError as exc:
@@ -328,7 +330,7 @@ def _signed_statement_route(
             log.exception("storing a %s failed", what)
             return _internal(as_msgpack=True)
         return web.Response(
-            body=_msgpack.encode({"stored": stored}),
+            body=_msgpack.encode(answer),
             content_type=MSGPACK,
             headers={PROTOCOL_HEADER: str(version)},
         )
@@ -336,7 +338,9 @@ def _signed_statement_route(
     return route
 
 
-agent_report = _signed_statement_route("policy report", MAX_REPORT_BYTES, record_report)
+agent_report = _signed_statement_route(
+    "policy report", MAX_REPORT_BYTES, lambda *a, **kw: {"stored": record_report(*a, **kw)}
+)
 agent_heartbeat = _signed_statement_route("heartbeat", MAX_HEARTBEAT_BYTES, record_heartbeat)
 
 

@@ -10,6 +10,7 @@ Rules:
    ``MAX_AHEAD``: a clock running ahead would make a period look complete before it ended.
 3. Only the newest (by the agent's ``at``) is kept per agent, as with policy reports; the centre's
    receive time is kept too, because silence is judged by the centre's clock, not the agent's.
+4. The answer carries the centre's acked seq for the agent (see ``record_heartbeat``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from protocol.chain import GENESIS
 from protocol.wire import HEARTBEAT_CODEC, HEARTBEAT_INTERVAL_S, Heartbeat
@@ -65,9 +67,13 @@ def _check(hb: Heartbeat) -> None:
 
 def record_heartbeat(
     store: Store, data: bytes, *, remote: str | None = None, peer_agent: str | None = None
-) -> bool:
-    """Verify and store an agent's heartbeat; True when it is now the agent's newest."""
-    hb, _ = verified_statement(
+) -> dict[str, Any]:
+    """Verify and store an agent's heartbeat → ``{"stored": newest?, "acked_seq": what the centre holds}``.
+
+    The acked seq answers the agent: after the centre was restored from a backup it holds less than
+    the agent was told, and an idle agent (no batch to be acked) learns it here and resends.
+    """
+    hb, agent = verified_statement(
         store, data, HEARTBEAT_CODEC, max_bytes=MAX_HEARTBEAT_BYTES, check=_check, remote=remote,
         peer_agent=peer_agent,
     )  # fmt: skip
@@ -89,7 +95,8 @@ def record_heartbeat(
         )
         return True
 
-    return store.write(tx)
+    stored = store.write(tx)
+    return {"stored": stored, "acked_seq": agent.acked_seq}
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,7 +59,9 @@ def check_of(store: Store, *, now: datetime | None = None):
 def test_five_settled_three_uploaded_is_behind_by_two(store: Store, chain: Chain, config, capsys) -> None:
     settle_day(store, chain, 5, 3)
     at = PERIOD_END + timedelta(minutes=1)
-    assert record_heartbeat(store, beat(chain, acked=3, at=at, pending_since=PERIOD_END - timedelta(hours=3)))
+    since = PERIOD_END - timedelta(hours=3)
+    answer = record_heartbeat(store, beat(chain, acked=3, at=at, pending_since=since))
+    assert answer == {"stored": True, "acked_seq": 3}
     rec, agent = check_of(store, now=at + timedelta(seconds=5))
     assert (agent.state, agent.behind_by, agent.heartbeat_seq) == ("behind", 2, 5)
     assert agent.chain_ok and not agent.period_complete and not rec.ok and rec.exit_code == 3
@@ -130,8 +132,8 @@ def test_the_newest_heartbeat_is_kept_and_a_replay_does_not_overwrite_it(store: 
     settle_day(store, chain, 4, 2)
     old = beat(chain, last_seq=2, acked=2, at=PERIOD_END)
     new = beat(chain, acked=2, at=PERIOD_END + timedelta(minutes=2), pending_since=PERIOD_END)
-    assert record_heartbeat(store, old) and record_heartbeat(store, new)
-    assert record_heartbeat(store, old) is False  # genuine, but older
+    assert record_heartbeat(store, old)["stored"] and record_heartbeat(store, new)["stored"]
+    assert record_heartbeat(store, old) == {"stored": False, "acked_seq": 2}  # genuine, but older
     held = store.read(held_heartbeats)[chain.agent_id]
     assert (held.last_seq, held.oldest_pending_s) == (4, 120.0)
 
@@ -175,7 +177,7 @@ def test_unknown_agents_and_other_agents_certificates_are_refused(store: Store, 
 def test_the_route_stores_a_heartbeat_and_answers_errors_in_msgpack(server: Server, agent: Chain) -> None:
     headers = {"Content-Type": MSGPACK, PROTOCOL_HEADER: "1"}
     reply = server.request("POST", HEARTBEAT_PATH, beat(agent, acked=0, at=datetime.now(UTC)), headers)
-    assert (reply.status, reply.msgpack()) == (200, {"stored": True})
+    assert (reply.status, reply.msgpack()) == (200, {"stored": True, "acked_seq": 0})
     assert server.store.read(held_heartbeats)[agent.agent_id].last_seq == 0
     agent.extend(3)
     reply = server.request("POST", HEARTBEAT_PATH, beat(agent, acked=0, at=datetime.now(UTC)), headers)
