@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from protocol import backup
 from protocol.logging_json import JsonFormatter
 
 from .config import AgentConfig, load_config
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     apply.add_argument("file", help="the exported tar file")
     pol_sub.add_parser("status", help="held bundle versions and ages, TUF versions, problems, alarms (JSON)")
+    backup.add_parsers(sub, "agent")
     return p
 
 
@@ -87,6 +89,17 @@ def _policy(config: AgentConfig, args: argparse.Namespace) -> int:
         return 0
     finally:
         store.close()
+
+
+def _inside(home: Path, folder: Path | None) -> tuple[str, ...]:
+    """The top-level name of a drop folder kept inside the home: its files are the HIS's, in transit,
+    not the agent's state (what was settled from them is in the outbox)."""
+    if folder is None:
+        return ()
+    try:
+        return (folder.resolve().relative_to(home.resolve()).parts[0],)
+    except (ValueError, IndexError):
+        return ()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print("the centre sent no TUF root: policy bundles (blacklists…) are off for this agent")
             return 0
+        if args.verb == "restore":
+            return backup.run_cli(args, args.home, "agent")
         config = load_config(args.home)
+        if args.verb == "backup":
+            keep_out = _inside(config.home, config.dropfolder_path)
+            return backup.run_cli(args, args.home, "agent", exclude=keep_out)
         if args.verb == "serve":
             if args.listen:
                 config.listen = args.listen
@@ -155,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except AgentError as exc:
         print(f"yibao-agent: {exc.message}", file=sys.stderr)
+        return 1
+    except backup.BackupError as exc:
+        print(f"yibao-agent: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -54,6 +54,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -62,6 +63,7 @@ from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 
+from protocol import backup
 from protocol.bundles import BLACKLIST_TYPES
 from protocol.logging_json import JsonFormatter
 
@@ -354,6 +356,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     splits_p.add_argument("--json", action="store_true")
 
     cli_monitor.add_parsers(verbs)
+    backup.add_parsers(verbs, "centre")
 
     audit_p = verbs.add_parser("audit", help="the operators' audit log, newest first")
     audit_p.add_argument("--limit", type=int, default=50)
@@ -734,6 +737,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.verb == "tls":
         return _tls(args, CentralConfig.from_home(args.home))
+    if args.verb in ("backup", "restore"):
+        return backup.run_cli(args, args.home or os.environ.get(HOME_ENV), "central")
     ttl = getattr(args, "ttl_hours", None)
     config = CentralConfig.from_home(args.home, **({"token_ttl_hours": ttl} if ttl is not None else {}))
     if args.verb == "init":
@@ -819,6 +824,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args)
     except CentralError as exc:
         print(f"yibao-central: error: {exc.message}", file=sys.stderr)
+        return 1
+    except backup.BackupError as exc:
+        print(f"yibao-central: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a file an operator named (an input, --out, --key) or the home itself
         print(f"yibao-central: error: {exc}", file=sys.stderr)
