@@ -16,10 +16,11 @@ BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 # System packages the card stack needs: pcscd and the vpcd driver (the virtual reader the tests and
 # the demo use), and libpcsclite-dev + swig because pyscard is published as source only; systemd
 # for systemd-analyze, which checks the packaged units (tests/packaging); Debian's chromium for the
-# page tests (tests/browser: Playwright drives it, never a browser of its own download).
-SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig systemd curl chromium
+# page tests (tests/browser: Playwright drives it, never a browser of its own download); Debian's
+# python3-venv, which the yibao-edge package needs to make /opt/yibao-edge (tests/packaging/test_deb).
+SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig systemd curl chromium python3-venv
 SYSDEPS_OK := command -v swig >/dev/null && command -v systemd-analyze >/dev/null && command -v curl >/dev/null \
-	&& test -x /usr/sbin/pcscd && test -x /usr/bin/chromium \
+	&& test -x /usr/sbin/pcscd && test -x /usr/bin/chromium && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null \
 	&& test -f /usr/lib/pcsc/drivers/serial/libifdvpcd.so && test -f /usr/include/PCSC/winscard.h
 
 .PHONY: all test lint pytest demo bench venv clean-venv sysdeps

@@ -6,6 +6,7 @@ a failed attempt (wrong token, centre down) can simply be repeated.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import secrets
 import ssl
@@ -24,6 +25,14 @@ from .store import Outbox
 from .tls import ClientTls, enrolment_call, fetch_trust, make_csr
 
 __all__ = ["check_tuf_root", "enrol", "load_key", "pin_tuf_root", "pinned_root_fingerprint"]
+
+
+def software_version() -> str:
+    """The installed package's version, which the centre lists per agent (``agents list``)."""
+    try:
+        return importlib.metadata.version("yibao-edge")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
 
 
 def load_key(config: AgentConfig) -> KeyPair:
@@ -117,7 +126,7 @@ async def enrol(
         "token": token,
         "fixmedins_code": hospital,
         "public_key": key.public_bytes.hex(),
-        "agent_version": "0.1.0",
+        "agent_version": software_version(),
         "csr": csr,
     }
     ssl_context: ssl.SSLContext | bool = True
