@@ -9,7 +9,7 @@ DURATION ?=
 BIN := $(VENV)/bin
 # Reinstalled when pyproject.toml changes; lives in the venv so a new venv starts clean.
 STAMP := $(VENV)/.installed-stamp
-LINT_PATHS := $(wildcard agent central protocol simulators tests benchmarks)
+LINT_PATHS := $(wildcard agent central protocol simulators tests benchmarks packaging)
 # benchmarks/_*.py are shared helpers, not benchmarks.
 BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 

@@ -206,7 +206,7 @@ case "${{1:-}}" in
     agent|central|both)
         [ "$(id -u)" -eq 0 ] || {{ echo "install.sh: run as root to install the packages" >&2; exit 1; }}
         command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || {{
-            echo "install.sh: python3 with venv is missing: install the Debian packages python3 and python3-venv" >&2
+            echo "install.sh: python3 with venv is missing: install Debian's python3 and python3-venv" >&2
             exit 1
         }}
         debs="$here/debs/yibao-edge_{debversion}_{arch}.deb"
@@ -214,7 +214,7 @@ case "${{1:-}}" in
         [ "$1" = agent ] || debs="$debs $here/debs/yibao-central_{debversion}_{arch}.deb"
         # shellcheck disable=SC2086
         dpkg -i $debs
-        echo "installed; next: enrol the agent (yibao-agent init) or initialise the centre (yibao-central init)"
+        echo "installed; next: enrol the agent (yibao-agent init) or set up the centre (yibao-central init)"
         ;;
     *)
         echo "usage: sh install.sh agent|central|both | --venv DIR" >&2
