@@ -18,6 +18,7 @@ from .enrol import enrol, pinned_root_fingerprint
 from .errors import AgentError
 from .policy import PolicyClient, policy_status
 from .policy_store import PolicyStore
+from .resync import mark_restored
 from .service import open_outbox, serve
 
 __all__ = ["main"]
@@ -139,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                 print("the centre sent no TUF root: policy bundles (blacklists…) are off for this agent")
             return 0
         if args.verb == "restore":
-            return backup.run_cli(args, args.home, "agent")
+            code = backup.run_cli(args, args.home, "agent")
+            mark_restored(Path(args.home), backup.read_manifest(Path(args.archive)).created_at)
+            print("on its next start the agent first takes back from the centre what it settled after this "
+                  "backup; it refuses settlements (503 resync_pending) until then")  # fmt: skip
+            return code
         config = load_config(args.home)
         if args.verb == "backup":
             keep_out = _inside(config.home, config.dropfolder_path)

@@ -21,6 +21,7 @@ __all__ = [
     "BundleWrongArea",
     "BundleWrongKind",
     "CentralUnreachable",
+    "ChainDiverged",
     "ConfigError",
     "DiskNearlyFull",
     "EnrolFailed",
@@ -32,6 +33,7 @@ __all__ = [
     "PolicyRefused",
     "PolicyStoreFailed",
     "PolicyUnreachable",
+    "ResyncPending",
     "StoreError",
     "TufExpired",
     "TufRepositoryInvalid",
@@ -100,6 +102,20 @@ class OutboxFull(StoreError):
 
 class DiskNearlyFull(StoreError):
     code = "disk_nearly_full"
+
+
+class ResyncPending(StoreError):
+    """The agent was restored from a backup and first takes back from the centre what it made after
+    the backup; settling before that would fork its chain. Retry in a moment (``agent.resync``)."""
+
+    code = "resync_pending"
+
+
+class ChainDiverged(StoreError):
+    """What the centre sent back does not continue this agent's chain: the outbox was changed by hand
+    or the centre holds another agent's records under this id."""
+
+    code = "chain_diverged"
 
 
 class EnrolFailed(AgentError):

@@ -28,6 +28,7 @@ from .metrics import AgentMetrics
 from .metrics import install as install_metrics
 from .policy import PolicyClient, issuers_from_keys_bundle
 from .policy_store import Applied, PolicyStore
+from .resync import Resync
 from .store import Outbox
 from .tls import ClientTls, client_ssl, client_tls, his_server_ssl
 from .uploader import Uploader
@@ -124,6 +125,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     outbox.on_append = uploader.wake
     heartbeats = HeartbeatSender(config, outbox, key)
     heartbeats.on_centre_behind = uploader.wake
+    resync = Resync(config, outbox, key)  # holds appends now if the home was restored from a backup
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
     policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)
@@ -183,6 +185,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
             loop.add_signal_handler(sig, stop.set)
     upload_task = asyncio.create_task(uploader.run())
     heartbeat_task = asyncio.create_task(heartbeats.run())
+    resync_task = asyncio.create_task(resync.run())
     cert_task = asyncio.create_task(keep_certificate(tls, config, outbox)) if tls is not None else None
     try:
         policy_client.check_configured()
@@ -216,7 +219,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         heartbeats.stop()
         policy_client.stop()
         await runner.cleanup()
-        for task in (upload_task, heartbeat_task, policy_task, cert_task, watchdog_task):
+        for task in (upload_task, heartbeat_task, resync_task, policy_task, cert_task, watchdog_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

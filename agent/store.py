@@ -36,13 +36,22 @@ from typing import Any
 
 import sqlite_utils
 
-from protocol.chain import GENESIS, LOST_MARKER_LEN, decode_entry, encode_body, encode_entry
+from protocol.chain import GENESIS, LOST_MARKER_LEN, decode_body, decode_entry, encode_body, encode_entry
 from protocol.errors import ProtocolError
 from protocol.records import Reversal, Settlement, fen_to_text
 from protocol.rules import HISTORY_DDL, HISTORY_INSERT, history_rows_from_settlement
 from protocol.wire import Rejection
 
-from .errors import AgentError, DiskNearlyFull, HisSetlNoConflict, NotFound, OutboxFull, StoreError
+from .errors import (
+    AgentError,
+    ChainDiverged,
+    DiskNearlyFull,
+    HisSetlNoConflict,
+    NotFound,
+    OutboxFull,
+    ResyncPending,
+    StoreError,
+)
 from .intake import ReversalRequest, new_setl_id, now_iso
 
 __all__ = ["SCHEMA_VERSION", "Outbox", "Pending", "Receipt"]
@@ -52,6 +61,9 @@ log = logging.getLogger("yibao.agent.store")
 SCHEMA_VERSION = 3
 #: A settlement's lines join the local history; OR IGNORE: a line is there once (unique index).
 _HISTORY_INSERT = HISTORY_INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+#: The content digest of a settlement taken back from the centre (``Outbox.recover``): the HIS body it
+#: came from is not kept, so a retry of its ``his_setl_no`` is answered as held whatever it carries.
+RECOVERED_DIGEST = bytes(32)
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
@@ -241,6 +253,9 @@ class Outbox:
             )
         }
         self.on_append: Callable[[], None] | None = None
+        #: Set while the agent takes its own records back from the centre after a restore
+        #: (``agent.resync``): every append is refused with ``ResyncPending`` meanwhile.
+        self.hold_appends: str | None = None
         self._thread = threading.Thread(target=self._run, name="outbox-writer", daemon=True)
         self._thread.start()
 
@@ -353,6 +368,8 @@ class Outbox:
     # ---- appends ------------------------------------------------------------------------
 
     def _check_capacity(self, conn: sqlite3.Connection, size: int) -> None:
+        if self.hold_appends is not None:
+            raise ResyncPending(self.hold_appends)
         h = self._head
         if h.pending >= self.max_records or h.pending_bytes + size > self.max_bytes:
             message = (
@@ -401,7 +418,7 @@ class Outbox:
             (record.his_setl_no,),
         ).fetchone()
         if row is not None:
-            if row[3] != digest:
+            if row[3] != digest and row[3] != RECOVERED_DIGEST:
                 raise HisSetlNoConflict(
                     "this his_setl_no was already settled with different content; the first "
                     "settlement stands — reverse it and settle again under a new his_setl_no",
@@ -488,6 +505,81 @@ class Outbox:
         return await asyncio.wrap_future(
             self.submit(lambda conn: self._append_reversal(conn, orig_setl_id, req, fixmedins_code))
         )
+
+    # ---- recovery after a restore -------------------------------------------------------
+
+    def _recover(self, conn: sqlite3.Connection, entries: list[bytes]) -> int:
+        """Append the agent's own entries the centre sent back, as acknowledged; all or none."""
+        h = self._head
+        for raw in entries:
+            try:
+                entry = decode_entry(raw)
+                record = decode_body(entry)
+            except ProtocolError as exc:
+                raise ChainDiverged(f"the centre sent an entry this agent cannot read: {exc}") from None
+            follows = entry.seq == h.last_seq + 1 and entry.prev_hash == h.head_hash
+            if entry.agent_id != self.agent_id or not follows:
+                raise ChainDiverged(
+                    f"the centre's seq {entry.seq} does not continue this agent's chain at {h.last_seq}: "
+                    "nothing was taken back; the central operators must compare the two chains "
+                    "(yibao-central reconcile) before this agent settles again"
+                )
+            digest = hashlib.sha256(raw).digest()
+            conn.execute(
+                "INSERT INTO outbox(seq, kind, setl_id, hash, record, created_at) VALUES (?,?,?,?,?,?)",
+                (entry.seq, entry.kind, record.setl_id, digest, raw, time.time()),
+            )
+            if isinstance(record, Settlement):
+                conn.execute(
+                    "INSERT OR IGNORE INTO settlements(his_setl_no, setl_id, seq, hash, digest, "
+                    "medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, created_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (record.his_setl_no, record.setl_id, entry.seq, digest, RECOVERED_DIGEST,
+                     record.medfee_sumamt, record.fund_pay_sumamt, record.acct_pay, record.psn_cash_pay,
+                     time.time()),
+                )  # fmt: skip
+                conn.executemany(_HISTORY_INSERT, history_rows_from_settlement(record, self.hosp_lv))
+            elif isinstance(record, Reversal):
+                conn.execute(
+                    "UPDATE settlements SET reversal_setl_id=?, reversal_seq=?, reversal_hash=? "
+                    "WHERE setl_id=?",
+                    (record.setl_id, entry.seq, digest, record.orig_setl_id),
+                )
+                conn.execute("DELETE FROM hist_lines WHERE setl_id=?", (record.orig_setl_id,))
+            h.last_seq, h.head_hash = entry.seq, digest
+        if entries:
+            h.acked_seq = h.last_seq  # the centre holds every one of them
+            h.pending, h.pending_bytes = 0, 0
+            conn.execute("UPDATE chain SET acked_seq=?, acked_at=? WHERE id=1", (h.acked_seq, time.time()))
+            if "central_ahead" in self.alarms:
+                self._clear_alarm(conn, "central_ahead")
+        return len(entries)
+
+    def recover(self, entries: list[bytes]) -> cf.Future:
+        """Take back entries this agent made after its backup (``agent.resync``); refused with
+        ``ChainDiverged`` unless they continue the chain exactly, and only while nothing is pending."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            if self._head.acked_seq != self._head.last_seq:
+                raise ChainDiverged(
+                    "this agent has records the centre does not hold and the centre has records this agent "
+                    "lacks: the chains forked; the central operators must compare them (reconcile)"
+                )
+            # The group's transaction commits the other items' work whatever this one does: a
+            # savepoint (and the head as it was) makes a refusal change nothing.
+            before = self._head.copy()
+            conn.execute("SAVEPOINT recover")
+            try:
+                taken = self._recover(conn, entries)
+            except BaseException:
+                conn.execute("ROLLBACK TO recover")
+                conn.execute("RELEASE recover")
+                self._head = before
+                raise
+            conn.execute("RELEASE recover")
+            return taken
+
+        return self.submit(run)
 
     # ---- the upload side ----------------------------------------------------------------
 

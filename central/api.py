@@ -23,6 +23,9 @@ Routes (``protocol.wire`` names the paths and the header):
 - ``POST /v1/agents/heartbeat`` msgpack signed ``Heartbeat`` (``central.heartbeats``) → msgpack
   ``{"stored": bool, "acked_seq": N}``: the centre's held seq, so an idle agent learns when a
   restored centre holds less than it acknowledged and resends; the same errors.
+- ``GET /v1/agents/records?after=SEQ&limit=N`` signed like the history lookup, by the agent itself →
+  msgpack ``{"records": [chain entry bytes], "acked_seq": N}``: its own entries the centre holds after
+  ``after`` (``central.resync``), for an agent restored from an older backup.
 - ``GET /v1/persons/{psn_no}/history?days=N`` signed by an enrolled agent (``protocol.wire.sign_request``
   headers) → JSON history and year-to-date totals (``central.history``); JSON errors 401
   ``request_unsigned`` / ``request_stale``, 403 ``agent_unknown`` / ``agent_revoked``, 422
@@ -68,6 +71,7 @@ from protocol.wire import (
     POLICY_CHANGES_PATH,
     POLICY_REPORT_PATH,
     PROTOCOL_HEADER,
+    RECORDS_PATH,
     TLS_TRUST_PATH,
     TUF_METADATA_PATH,
     TUF_TARGETS_PATH,
@@ -98,6 +102,7 @@ from .metrics import METRICS_KEY, CentralMetrics
 from .metrics import install as install_metrics
 from .monitor_api import add_routes as add_monitor_routes
 from .reports import MAX_REPORT_BYTES, agent_views, record_report
+from .resync import answer_records
 from .store import Store, get_agent
 from .tls import ServerTls, TlsFiles, issue_client_cert, peer_agent_id
 from .tuf_repo import TufRepository
@@ -445,9 +450,38 @@ async def person_history(request: web.Request) -> web.Response:
     )
 
 
+async def agent_records(request: web.Request) -> web.Response:
+    """An agent's own entries the centre holds (``central.resync``), for an agent restored from a backup."""
+    version = None
+    try:
+        version = _version(request)
+        store = request.app[STORE_KEY]
+        body = await store.run_async(
+            lambda: answer_records(
+                store,
+                method=request.method,
+                path_qs=request.raw_path,
+                headers=request.headers,
+                after=request.query.getall("after", []),
+                limit=request.query.getall("limit", []),
+                remote=request.remote,
+                peer_agent=request.get(PEER_KEY),
+            )
+        )
+    except CentralError as exc:
+        log.info("records request refused (%s) from %s", exc.code, request.remote)
+        return _error(exc, as_msgpack=True, version=version)
+    except Exception:
+        log.exception("answering a records request failed")
+        return _internal(as_msgpack=True)
+    return web.Response(
+        body=body, content_type=MSGPACK, headers={PROTOCOL_HEADER: str(version), "Cache-Control": "no-store"}
+    )
+
+
 #: Routes only an enrolled agent uses: with TLS they need its client certificate (``central.tls`` rule 3).
 _AGENT_EXACT = frozenset(
-    {BATCH_PATH, POLICY_REPORT_PATH, HEARTBEAT_PATH, POLICY_CHANGES_PATH, CERT_RENEW_PATH}
+    {BATCH_PATH, POLICY_REPORT_PATH, HEARTBEAT_PATH, POLICY_CHANGES_PATH, CERT_RENEW_PATH, RECORDS_PATH}
 )
 _AGENT_PREFIXES = ("/tuf/", "/v1/persons/")
 _MSGPACK_ROUTES = frozenset({BATCH_PATH, POLICY_REPORT_PATH, HEARTBEAT_PATH})
@@ -590,6 +624,7 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     app.router.add_post(POLICY_REPORT_PATH, agent_report)
     app.router.add_post(HEARTBEAT_PATH, agent_heartbeat)
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
+    app.router.add_get(RECORDS_PATH, agent_records, allow_head=False)
     add_monitor_routes(app)
     install_metrics(
         app,

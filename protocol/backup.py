@@ -40,6 +40,7 @@ __all__ = [
     "add_parsers",
     "backup_database",
     "backup_home",
+    "read_manifest",
     "restore_home",
     "run_cli",
 ]
@@ -256,6 +257,18 @@ def restore_home(archive: Path, home: Path, *, kind: str) -> Manifest:
         os.replace(stage, home)
         os.chmod(home, 0o700)
     return manifest
+
+
+def read_manifest(archive: Path) -> Manifest:
+    """The manifest of an archive, without extracting anything."""
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            first = tar.next()
+            if first is None or first.name != MANIFEST:
+                raise BackupError(f"{archive} has no {MANIFEST} first: not a Yibao Edge backup")
+            return Manifest.from_json(tar.extractfile(first).read())  # type: ignore[union-attr]
+    except (OSError, tarfile.TarError) as exc:
+        raise BackupError(f"cannot read the backup {archive}: {exc}") from None
 
 
 def add_parsers(verbs: argparse._SubParsersAction, what: str) -> None:  # type: ignore[type-arg]

@@ -37,6 +37,7 @@ __all__ = [
     "POLICY_CHANGES_PATH",
     "POLICY_REPORT_PATH",
     "PROTOCOL_HEADER",
+    "RECORDS_PATH",
     "REPORT_CODEC",
     "REQUEST_SKEW_S",
     "SIGNATURE_HEADER",
@@ -82,6 +83,9 @@ POLICY_CHANGES_PATH = "/v1/policy/changes"
 POLICY_REPORT_PATH = "/v1/agents/report"
 #: Signed heartbeat: ``POST`` msgpack ``Heartbeat`` → msgpack ``{"stored": bool}``.
 HEARTBEAT_PATH = "/v1/agents/heartbeat"
+#: An agent's own chain entries the centre holds, for an agent restored from an older backup
+#: (``GET ?after=SEQ&limit=N``, signed like the history lookup; msgpack answer).
+RECORDS_PATH = "/v1/agents/records"
 #: The contract: an agent sends a heartbeat at least this often (seconds), idle or not.
 HEARTBEAT_INTERVAL_S = 60.0
 #: The TUF repository: ``/tuf/metadata/<role files>`` and ``/tuf/targets/<hash>.<name>``.

@@ -14,7 +14,7 @@ import pytest
 from protocol.backup import backup_home, restore_home
 from tests.conftest import example_settlement
 
-from .harness import BIN, Agent, Central, Proc, wait_until
+from .harness import BIN, Agent, Central, Proc, http, wait_until
 
 HOSPITAL = "H37021100001"
 
@@ -126,3 +126,77 @@ def test_centre_backup_through_the_cli(tmp_path, central) -> None:
     assert (restored / "central.db").exists()
     missing = _run("yibao-central", "--home", str(tmp_path / "x"), "restore", str(tmp_path / "nope.tar.gz"))
     assert missing.returncode == 1 and "cannot read the backup" in missing.stderr
+
+
+def test_agent_restored_from_an_older_backup_takes_back_its_records_before_settling(tmp_path) -> None:
+    """The agent's disk is lost after it went on settling past its last backup: restored, it refuses to
+    settle (503 resync_pending) until the centre gave back its own records, then goes on from the head
+    the centre holds — no fork, nothing twice, retries of lost-disk settlements answered as held."""
+    central = Central(tmp_path / "central")  # TLS: the records come back over the agent's mTLS link
+    central.proc.start()
+    agent = Agent(tmp_path / "agent", central.url, HOSPITAL, central.enroll_token(HOSPITAL))
+    agent.proc.start()
+    made: dict[str, str] = {}
+    try:
+        for i in range(5):
+            status, answer = agent.settle(example_settlement(f"OLD-{i}"))
+            assert status == 201, answer
+            made[f"OLD-{i}"] = answer["setl_id"]
+        archive = tmp_path / "agent.tar.gz"
+        assert _run("yibao-agent", "--home", str(agent.home), "backup", str(archive)).returncode == 0
+        for i in range(6):
+            status, answer = agent.settle(example_settlement(f"NEW-{i}"))
+            assert status == 201, answer
+            made[f"NEW-{i}"] = answer["setl_id"]
+        reversal = {"reason": "patient left", "opter": "C0007"}
+        reverse = f"{agent.url}/v1/settlements/{made['NEW-0']}/reversal"
+        status, answer = http("POST", reverse, reversal, agent.token)
+        assert status == 201, answer
+        wait_until(agent.drained, 30, what="everything to upload before the disk is lost")
+        last_seq = agent.status()["outbox"]["last_seq"]
+        assert last_seq == 12
+    finally:
+        agent.proc.stop()
+    central.proc.stop()  # the centre is down too while the agent comes back: it must wait, not fork
+
+    restored = tmp_path / "agent-restored"
+    out = _run("yibao-agent", "--home", str(restored), "restore", str(archive))
+    assert out.returncode == 0 and "resync_pending" in out.stdout, out.stderr
+    agent.home = restored
+    agent.proc = Proc(
+        "agent",
+        [str(BIN / "yibao-agent"), "--home", str(restored), "serve", "--listen", f"127.0.0.1:{agent.port}"],
+        restored / "agent.log",
+        agent.url + "/v1/health",
+    ).start()
+    try:
+        status, answer = agent.settle(example_settlement("WHILE-DOWN"))
+        assert status == 503 and answer["error"]["code"] == "resync_pending", answer
+        assert agent.status()["outbox"]["last_seq"] == 5  # the backup's head, nothing appended
+
+        central.proc.start()
+        wait_until(lambda: agent.settle(example_settlement("WHILE-DOWN"))[0] == 201, 60,
+                   what="the restored agent to take back its records and settle again")  # fmt: skip
+        status, answer = agent.settle(example_settlement("WHILE-DOWN"))
+        assert status == 200 and answer["seq"] == last_seq + 1  # the chain goes on after the centre's head
+        made["WHILE-DOWN"] = answer["setl_id"]
+        assert not (restored / "restored.json").exists()
+
+        # A HIS retrying a settlement made after the backup gets the first answer, not a second one.
+        status, answer = agent.settle(example_settlement("NEW-3"))
+        assert status == 200 and answer["setl_id"] == made["NEW-3"], answer
+        # The reversal made after the backup is known again: reversing twice answers the first.
+        reverse = f"{agent.url}/v1/settlements/{made['NEW-0']}/reversal"
+        status, answer = http("POST", reverse, reversal, agent.token)
+        assert status == 200 and answer["seq"] == 12, answer
+
+        wait_until(agent.drained, 30, what="the new settlement to upload")
+        held = central.settlements()
+        ids = Counter(r["setl_id"] for r in held)
+        assert max(ids.values()) == 1 and set(made.values()) <= set(ids)
+        seqs = sorted(r["seq"] for r in held if r["setl_id"] in made.values())
+        assert seqs == [*range(1, 12), 13]  # 12 is the reversal
+        assert not {"central_ahead", "chain_diverged"} & {a["code"] for a in agent.status()["alarms"]}
+    finally:
+        agent.proc.stop()
+        central.proc.stop()
