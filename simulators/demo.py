@@ -23,11 +23,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import load_config, save_config
+from central.reconcile import PERIOD_TZ
 from central.tls import trust_digest
 
 from .evoucher import Issuer
@@ -325,7 +326,7 @@ def _monitoring(
         time.sleep(0.5)
     print(f"  screened      {len(found)} suspicions from the centre's incremental screening, "
           f"{time.monotonic() - started:.1f} s after the first settlement")  # fmt: skip
-    today = date.today()
+    today = datetime.now(PERIOD_TZ).date()
     summary = json.loads(_cli(*cli, "screen", "--from", (today - timedelta(days=1)).isoformat(), "--to",
                               today.isoformat(), "--json", "--quiet"))  # fmt: skip
     found = queue()
@@ -434,8 +435,9 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     held_ids = [r["setl_id"] for r in held]
     missing = set(made) - set(held_ids)
     twice = len(held_ids) - len(set(held_ids))
-    today = date.today().isoformat()
-    yesterday = (date.today() - timedelta(days=1)).isoformat()
+    local_day = datetime.now(PERIOD_TZ).date()  # the centre's business day, not this machine's
+    today = local_day.isoformat()
+    yesterday = (local_day - timedelta(days=1)).isoformat()
     recon_rc, recon = 0, ""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # until a heartbeat after the drain has arrived

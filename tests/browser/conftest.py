@@ -2,8 +2,11 @@
 
 Why Debian's browser and not one Playwright downloads: ``make test`` installs system packages through
 apt-get and nothing else may be fetched at run time (the CI machine reaches only package registries).
-One browser per test session (starting Chromium costs a second or two); each test gets its own context
-(cookies, storage) and page, so tests do not see each other's sessions.
+One browser per test package (starting Chromium costs a second or two), closed when this package's
+tests end: Playwright's sync API keeps its event loop marked running on the main thread while it
+lives, so ``asyncio.run`` anywhere else in the session would fail. Page tests therefore run their
+servers in subprocesses or threads, never with ``asyncio.run`` on the main thread. Each test gets its
+own context (cookies, storage) and page, so tests do not see each other's sessions.
 
 Every page a test opens records the browser console's errors and the page's uncaught exceptions in
 ``page.console_errors``; ``assert_clean(page)`` fails a test on any of them, so a page that renders but
@@ -38,7 +41,7 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(
