@@ -554,6 +554,52 @@ def _m012_fact_anchor(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _m013_imported_settlements(db: sqlite_utils.Database) -> None:
+    """Historical settlements brought by a bulk import (issue 17, ``central.bulk_import``).
+
+    - ``settlements``: ``agent_id`` and ``seq`` may be NULL (an imported settlement is in no agent's
+      chain) and ``import_id`` names the import that brought it (NULL: uploaded by an agent). The
+      table is rebuilt keeping every rowid, since incremental screening reads it by rowid.
+    - ``imports``: one row per imported file (its SHA-256), its checkpoint (``rows_read``) and counts.
+    - ``imported``: each imported record's canonical bytes and digest (re-imports compare them).
+    - ``import_rejects``: the rows an import refused, with the problem, for the operator to correct.
+    """
+    conn = db.conn
+    conn.execute(
+        "CREATE TABLE settlements_m013 (setl_id TEXT PRIMARY KEY NOT NULL, agent_id TEXT, seq INTEGER, "
+        "kind TEXT NOT NULL, his_setl_no TEXT, fixmedins_code TEXT NOT NULL, psn_no TEXT, mdtrt_id TEXT, "
+        "med_type TEXT, setl_time TEXT NOT NULL, setl_date TEXT NOT NULL, medfee_sumamt INTEGER NOT NULL, "
+        "fund_pay_sumamt INTEGER, acct_pay INTEGER, psn_cash_pay INTEGER, orig_setl_id TEXT, "
+        "mdtrt_cert_type TEXT, mdtrt_cert_no TEXT, card_sn TEXT, hifp_pay INTEGER, hifmi_pay INTEGER, "
+        "hifob_pay INTEGER, import_id INTEGER) STRICT"
+    )
+    columns = (
+        "setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, med_type, setl_time, "
+        "setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, mdtrt_cert_type, "
+        "mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay"
+    )
+    conn.execute(f"INSERT INTO settlements_m013 (rowid, {columns}) SELECT rowid, {columns} FROM settlements")
+    conn.execute("DROP TABLE settlements")
+    conn.execute("ALTER TABLE settlements_m013 RENAME TO settlements")
+    for statement in (
+        "CREATE INDEX idx_settlements_fixmedins_code_setl_date ON settlements (fixmedins_code, setl_date)",
+        "CREATE UNIQUE INDEX idx_settlements_agent_id_seq ON settlements (agent_id, seq)",
+        "CREATE INDEX settlements_psn_no_setl_date ON settlements (psn_no, setl_date)",
+        "CREATE INDEX settlements_orig_setl_id ON settlements (orig_setl_id) WHERE orig_setl_id IS NOT NULL",
+        "CREATE INDEX settlements_import_id ON settlements (import_id) WHERE import_id IS NOT NULL",
+        "CREATE TABLE imports (id INTEGER PRIMARY KEY, path TEXT NOT NULL, format TEXT NOT NULL, "
+        "money TEXT NOT NULL, digest TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, "
+        "finished_at TEXT, rows_read INTEGER NOT NULL, settlements INTEGER NOT NULL, "
+        "reversals INTEGER NOT NULL, already_held INTEGER NOT NULL, held_from_agent INTEGER NOT NULL, "
+        "rejected INTEGER NOT NULL, UNIQUE (digest, format, money)) STRICT",
+        "CREATE TABLE imported (setl_id TEXT PRIMARY KEY, import_id INTEGER NOT NULL, digest BLOB NOT NULL, "
+        "raw BLOB NOT NULL) STRICT",
+        "CREATE TABLE import_rejects (import_id INTEGER NOT NULL, row INTEGER NOT NULL, setl_id TEXT, "
+        "code TEXT NOT NULL, message TEXT NOT NULL, PRIMARY KEY (import_id, row)) STRICT",
+    ):
+        conn.execute(statement)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -567,6 +613,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m010_agent_heartbeats,
     _m011_change_requests,
     _m012_fact_anchor,
+    _m013_imported_settlements,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

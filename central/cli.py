@@ -13,6 +13,7 @@ changes something is recorded in the audit log with ``--operator`` (default ``$U
 
     init [--area AREA]                      prints the TUF root fingerprint
     enroll-token --hospital H [--area AREA] [--ttl-hours N] [--count N]
+    enroll-token --hospitals-file CSV --out TOKENS.csv [--area AREA]   one token per hospital, file 0600
     blacklist add --type card|person|employer|doctor|hospital --id ID --reason R [--source S]
                   [--effective-at T] [--area A]
     blacklist remove --type T --id ID [--area A]
@@ -31,8 +32,14 @@ Hospitals and personal-data access (``central.hospitals``, ``central.history``):
 
     hospitals set --hospital CODE [--level 0|1|2|3] [--name N] [--admdvs 6DIGITS] [--lat DEG --lon DEG]
                                             (audited; a new hospital needs --level)
+    hospitals import FILE.csv               (audited; all rows or none; docs/IMPORT.md has the columns)
     hospitals list [--json]
     access-log [--psn-no P] [--agent A] [--limit N] [--json]   who looked up whose history
+
+Bulk import of historical settlements (``central.bulk_import``, ``central.cli_import``, docs/IMPORT.md)::
+
+    import settlements FILE… [--format jsonl|csv|parquet] [--money fen|yuan] [--strict] [--rejects OUT]
+    import status [--json] | import rejects ID
 
 Screening and analysis (issue 6, ``docs/MONITORING.md``; ``central.screening``, ``central.analysis``,
 ``central.deaths``); the review workflow's verbs come from ``central.cli_monitor``::
@@ -67,7 +74,7 @@ from protocol import backup
 from protocol.bundles import BLACKLIST_TYPES
 from protocol.logging_json import JsonFormatter
 
-from . import cli_monitor
+from . import cli_import, cli_monitor
 from .api import serve
 from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
 from .enrol import check_hospital_code, issue_token, revoke_agent
@@ -163,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     token_p = verbs.add_parser("enroll-token", help="print a one-time enrolment token for a hospital")
-    token_p.add_argument("--hospital", required=True, help="the hospital's fixmedins_code")
+    one_or_file = token_p.add_mutually_exclusive_group(required=True)
+    one_or_file.add_argument("--hospital", help="the hospital's fixmedins_code")
+    one_or_file.add_argument(
+        "--hospitals-file", type=Path, metavar="CSV", help="one token per hospital of a CSV (with --out)"
+    )
+    token_p.add_argument("--out", type=Path, help="with --hospitals-file: a new 0600 CSV for the tokens")
     token_p.add_argument("--ttl-hours", type=float, help="hours the token stays valid (default 24)")
     token_p.add_argument("--area", help="pooling area the agent obeys (default: from the hospital code)")
     token_p.add_argument(
@@ -192,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec_p.add_argument("--json", action="store_true", help="JSON instead of a table")
     _policy_parsers(verbs)
     _hospital_parsers(verbs)
+    cli_import.add_parsers(verbs, [_actor_parent()])
     _screening_parsers(verbs)
     return parser
 
@@ -259,6 +272,7 @@ def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
     set_p.add_argument("--lon", type=float, help="longitude in degrees (with --lat)")
     set_p.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     set_p.add_argument("--reason", default="", help="why, for the audit log")
+    cli_import.add_hospital_parsers(hosp_verbs, [_actor_parent()])
     hls_p = hosp_verbs.add_parser("list", help="the hospitals the centre knows")
     hls_p.add_argument("--json", action="store_true", help="one JSON object per line")
     acc_p = verbs.add_parser("access-log", help="answered history lookups, newest first (no psn_no kept)")
@@ -266,6 +280,13 @@ def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
     acc_p.add_argument("--agent", help="only lookups by this agent")
     acc_p.add_argument("--limit", type=int, default=50)
     acc_p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _actor_parent() -> argparse.ArgumentParser:
+    actor = argparse.ArgumentParser(add_help=False)
+    actor.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
+    actor.add_argument("--reason", default="", help="why, for the audit log")
+    return actor
 
 
 def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
@@ -769,7 +790,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"TLS trust bundle {trust_digest(config.tls_dir)} (agents enrol with --ca-hash this)")
         return 0
     with Store(config.db_path) as store:
-        if args.verb == "enroll-token":
+        if args.verb == "enroll-token" and args.hospitals_file:
+            if not args.out:
+                raise ConfigInvalid("--hospitals-file needs --out FILE (the tokens are written there, 0600)")
+            issued = cli_import.issue_tokens_file(
+                store, args.hospitals_file, args.out, config.token_ttl_hours, args.area
+            )
+            print(f"{issued} enrolment tokens written to {args.out}", file=sys.stderr)
+        elif args.verb == "enroll-token":
             check_hospital_code(args.hospital)
             if not 1 <= args.count <= 10_000:
                 raise ConfigInvalid("--count must be between 1 and 10000")
@@ -795,6 +823,11 @@ def _run(args: argparse.Namespace) -> int:
             result = reconcile(store, args.hospital, args.date_from, args.date_to)
             print(json.dumps(result.to_json(), indent=2) if args.json else render_table(result))
             return result.exit_code
+        elif args.verb == "import":
+            actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
+            return cli_import.run(args, config, store, actor)
+        elif args.verb == "hospitals" and args.hospitals_verb == "import":
+            return cli_import.run_hospitals_import(args, store, Actor.of(args.operator, args.reason))
         elif args.verb in ("hospitals", "access-log"):
             return _hospitals(args, store)
         elif args.verb == "splits":

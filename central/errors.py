@@ -28,6 +28,7 @@ __all__ = [
     "ConfigInvalid",
     "DocumentInvalid",
     "HomeNotInitialised",
+    "ImportInvalid",
     "InternalError",
     "LimitExceededError",
     "MalformedRequest",
@@ -294,6 +295,13 @@ class MonitorInputInvalid(CentralError):
     """A review, case or decision input that does not validate (no reason, an amount with 3 decimals…)."""
 
     code = "input_invalid"
+    http_status = 400
+
+
+class ImportInvalid(CentralError):
+    """A bulk import that cannot start or go on (an unreadable file, an unknown column, --strict)."""
+
+    code = "import_invalid"
     http_status = 400
 
 

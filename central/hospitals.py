@@ -19,9 +19,12 @@ Rules:
 
 from __future__ import annotations
 
+import csv
 import math
 import re
 import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .documents import HOSP_LEVELS
@@ -30,7 +33,15 @@ from .errors import ConfigInvalid
 from .policy import Actor, audit_in
 from .store import Store, now_iso
 
-__all__ = ["HOSPITAL_COLUMNS", "list_hospitals", "plane_km", "set_hospital"]
+__all__ = [
+    "HOSPITAL_COLUMNS",
+    "HospitalSpec",
+    "list_hospitals",
+    "plane_km",
+    "read_hospitals_csv",
+    "set_hospital",
+    "set_hospitals",
+]
 
 HOSPITAL_COLUMNS = ("fixmedins_code", "hosp_lv", "name", "admdvs", "updated_at", "lat", "lon", "x_km", "y_km")
 _ADMDVS = re.compile(r"^[0-9]{6}$")
@@ -67,21 +78,45 @@ def set_hospital(
 ) -> dict[str, Any]:
     """Create or update the hospital; returns its row and how many held lines and visits took the new
     grade. ``hosp_lv`` None keeps the held grade (a new hospital needs one)."""
-    check_hospital_code(hospital)
-    if hosp_lv is not None and hosp_lv not in HOSP_LEVELS:
-        raise ConfigInvalid(f"--level must be one of {', '.join(HOSP_LEVELS)} (0: ungraded), not {hosp_lv!r}")
-    _check_coordinates(lat, lon)
-    x_km, y_km = plane_km(lat, lon) if lat is not None and lon is not None else (None, None)
-    if name is not None and not 1 <= len(name.strip()) <= 200:
-        raise ConfigInvalid("--name must be 1-200 characters")
-    if admdvs is not None and not _ADMDVS.match(admdvs):
-        raise ConfigInvalid(f"--admdvs {admdvs!r} must be a 6-digit administrative division like 370211")
+    spec = HospitalSpec(hospital, hosp_lv, name, admdvs, lat, lon)
+    spec.check()
+    return store.write(lambda conn: spec.apply(conn, actor))
 
-    def tx(conn: sqlite3.Connection) -> dict[str, Any]:
+
+@dataclass(frozen=True, slots=True)
+class HospitalSpec:
+    """One hospital as an operator gives it (``hospitals set`` or a row of ``hospitals import``)."""
+
+    hospital: str
+    hosp_lv: str | None
+    name: str | None = None
+    admdvs: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+    def check(self) -> None:
+        """Every check that needs no database, so a file of them is refused before anything is written."""
+        check_hospital_code(self.hospital)
+        if self.hosp_lv is not None and self.hosp_lv not in HOSP_LEVELS:
+            raise ConfigInvalid(
+                f"--level must be one of {', '.join(HOSP_LEVELS)} (0: ungraded), not {self.hosp_lv!r}"
+            )
+        _check_coordinates(self.lat, self.lon)
+        if self.name is not None and not 1 <= len(self.name.strip()) <= 200:
+            raise ConfigInvalid("--name must be 1-200 characters")
+        if self.admdvs is not None and not _ADMDVS.match(self.admdvs):
+            raise ConfigInvalid(
+                f"--admdvs {self.admdvs!r} must be a 6-digit administrative division like 370211"
+            )
+
+    def apply(self, conn: sqlite3.Connection, actor: Actor) -> dict[str, Any]:
+        """The change and its audit entry, in the caller's transaction."""
+        hospital, lat, lon, name = self.hospital, self.lat, self.lon, self.name
+        x_km, y_km = plane_km(lat, lon) if lat is not None and lon is not None else (None, None)
         before = conn.execute(
             "SELECT hosp_lv FROM hospitals WHERE fixmedins_code = ?", (hospital,)
         ).fetchone()
-        grade = hosp_lv if hosp_lv is not None else (before[0] if before else None)
+        grade = self.hosp_lv if self.hosp_lv is not None else (before[0] if before else None)
         if grade is None:
             raise ConfigInvalid(f"hospital {hospital} is not known yet: give its --level (0-3)")
         conn.execute(
@@ -91,7 +126,7 @@ def set_hospital(
             "admdvs = coalesce(excluded.admdvs, hospitals.admdvs), updated_at = excluded.updated_at, "
             "lat = coalesce(excluded.lat, hospitals.lat), lon = coalesce(excluded.lon, hospitals.lon), "
             "x_km = coalesce(excluded.x_km, hospitals.x_km), y_km = coalesce(excluded.y_km, hospitals.y_km)",
-            (hospital, grade, name.strip() if name else None, admdvs, now_iso(), lat, lon, x_km, y_km),
+            (hospital, grade, name.strip() if name else None, self.admdvs, now_iso(), lat, lon, x_km, y_km),
         )
         lines = conn.execute(
             "UPDATE hist_lines SET hosp_lv = ? WHERE fixmedins_code = ? AND hosp_lv IS NOT ?",
@@ -113,6 +148,55 @@ def set_hospital(
             detail |= {"lat": lat, "lon": lon}
         audit_in(conn, actor, "hospital.set", detail)
         return {**held, "lines_updated": lines, "visits_updated": visits}
+
+
+_FILE_COLUMNS = ("fixmedins_code", "hosp_lv", "name", "admdvs", "lat", "lon")
+
+
+def read_hospitals_csv(path: Path) -> list[HospitalSpec]:
+    """A registration file (header ``fixmedins_code,hosp_lv,name,admdvs,lat,lon``; empty = keep), every row
+    checked; the first bad row is refused with its number, so nothing of a bad file is applied."""
+    with path.open("r", encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        unknown = [h for h in header if h not in _FILE_COLUMNS]
+        if "fixmedins_code" not in header or unknown:
+            raise ConfigInvalid(
+                f"{path.name}: the header must name fixmedins_code and only {', '.join(_FILE_COLUMNS)}"
+                + (f" (unknown: {', '.join(unknown)})" if unknown else "")
+            )
+        specs: list[HospitalSpec] = []
+        seen: set[str] = set()
+        for number, row in enumerate(reader, start=2):
+            cells = {k.strip(): (v or "").strip() or None for k, v in row.items() if k is not None}
+            try:
+                lat, lon = (float(cells[k]) if cells.get(k) else None for k in ("lat", "lon"))
+                spec = HospitalSpec(
+                    cells["fixmedins_code"] or "", cells.get("hosp_lv"), cells.get("name"),
+                    cells.get("admdvs"), lat, lon,
+                )  # fmt: skip
+                spec.check()
+            except (ConfigInvalid, ValueError) as exc:
+                message = exc.message if isinstance(exc, ConfigInvalid) else f"lat/lon: {exc}"
+                raise ConfigInvalid(f"{path.name} line {number}: {message}; nothing was registered") from None
+            if spec.hospital in seen:
+                raise ConfigInvalid(f"{path.name} line {number}: {spec.hospital} is listed twice")
+            seen.add(spec.hospital)
+            specs.append(spec)
+    return specs
+
+
+def set_hospitals(store: Store, actor: Actor, specs: list[HospitalSpec]) -> list[dict[str, Any]]:
+    """Register many hospitals in one transaction: all of them, or (any refused) none."""
+
+    def tx(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        out = []
+        for spec in specs:
+            try:
+                out.append(spec.apply(conn, actor))
+            except ConfigInvalid as exc:
+                raise ConfigInvalid(f"{exc.message}; nothing was registered") from None
+        return out
 
     return store.write(tx)
 

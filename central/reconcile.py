@@ -63,6 +63,9 @@ class DayTotals:
     day: str
     settlements: int = 0
     reversals: int = 0
+    #: Settlements and reversals of the day brought by a bulk import (``central.bulk_import``): held and
+    #: screened, but in no agent's chain, so outside the totals reconciled with the agents.
+    imported: int = 0
     gross: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SUMS, 0))
     net: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_SUMS, 0))
 
@@ -220,9 +223,16 @@ def _days(conn: sqlite3.Connection, hospital: str, first: date, last: date) -> l
         "coalesce(sum(CASE WHEN kind = 'setl' THEN psn_cash_pay END), 0), "
         "coalesce(sum(medfee_sumamt), 0), coalesce(sum(fund_pay_sumamt), 0), "
         "coalesce(sum(acct_pay), 0), coalesce(sum(psn_cash_pay), 0) "
-        "FROM settlements WHERE fixmedins_code = ? AND setl_date BETWEEN ? AND ? GROUP BY setl_date",
+        "FROM settlements WHERE fixmedins_code = ? AND setl_date BETWEEN ? AND ? AND import_id IS NULL "
+        "GROUP BY setl_date",
         (hospital, first.isoformat(), last.isoformat()),
     )
+    for setl_date, n in conn.execute(
+        "SELECT setl_date, count(*) FROM settlements WHERE fixmedins_code = ? AND setl_date BETWEEN ? AND ? "
+        "AND import_id IS NOT NULL GROUP BY setl_date",
+        (hospital, first.isoformat(), last.isoformat()),
+    ):
+        days[setl_date].imported = n
     for setl_date, n_setl, n_revs, *sums in rows:
         totals = days[setl_date]
         totals.settlements, totals.reversals = n_setl, n_revs
@@ -335,6 +345,7 @@ def render_table(rec: Reconciliation) -> str:
     for day in rec.days:
         total.settlements += day.settlements
         total.reversals += day.reversals
+        total.imported += day.imported
         for k in _SUMS:
             total.net[k] += day.net[k]
             total.gross[k] += day.gross[k]
@@ -343,6 +354,9 @@ def render_table(rec: Reconciliation) -> str:
         lines.append(
             fmt.format(day.day, day.settlements, day.reversals, *net, fen_to_text(day.gross["medfee"]))
         )
+    if total.imported:
+        lines.append(f"(besides these, {total.imported} settlements and reversals of the period came by a "
+                     "bulk import: held and screened, in no agent's chain; `yibao-central import status`)")
     lines += ["", "{:<24} {:>8} {:>9} {:>9} {:>9} {:>5} {:>9}  {:<7}  {}".format(
         "agent", "acked", "1..acked", "verified", "rejected", "lost", "security", "period", "reach / problem"
     )]  # fmt: skip

@@ -291,6 +291,7 @@ EXPORT_COLUMNS = (
     "psn_cash_pay",
     "orig_setl_id",
     "mdtrt_cert_type",  # how the person was identified; the card number / voucher nonce stays in
+    "import_id",  # the bulk import that brought it (``yibao-central import status``); None: an agent's
 )
 
 
@@ -301,5 +302,5 @@ def iter_settlements(conn: sqlite3.Connection, hospital: str | None = None) -> I
     if hospital is not None:
         sql += " WHERE fixmedins_code = ?"
         params = (hospital,)
-    for row in conn.execute(sql + " ORDER BY agent_id, seq", params):
+    for row in conn.execute(sql + " ORDER BY agent_id, seq, rowid", params):
         yield dict(zip(EXPORT_COLUMNS, row, strict=True))

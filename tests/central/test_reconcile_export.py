@@ -123,6 +123,7 @@ def test_export_writes_json_lines_in_yuan_without_personal_data(store: Store, ch
         "psn_cash_pay": "11.20",
         "orig_setl_id": None,
         "mdtrt_cert_type": None,
+        "import_id": None,  # uploaded by the agent, not brought by a bulk import
     }
     assert rows[2]["medfee_sumamt"] == "-51.20" and rows[2]["orig_setl_id"] == "S1"
     assert rows[3]["fund_pay_sumamt"] is None

@@ -154,7 +154,9 @@ def test_migration_7_backfills_what_ingest_writes(tmp_path: Path, monkeypatch: p
     with conn:
         conn.execute("ATTACH DATABASE ? AS v8", (str(v8),))
         for table in ("agents", "records", "settlements"):
-            conn.execute(f"INSERT INTO {table} SELECT * FROM v8.{table}")
+            # The columns the table had at schema 6 (later migrations add more, e.g. import_id).
+            cols = ", ".join(r[1] for r in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM v8.{table}")
         conn.execute(
             "INSERT INTO hospitals (fixmedins_code, hosp_lv, name, admdvs, updated_at) "
             "SELECT fixmedins_code, hosp_lv, name, admdvs, updated_at FROM v8.hospitals"
