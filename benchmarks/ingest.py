@@ -49,7 +49,7 @@ _RECORD_COLUMNS = "agent_id, seq, hash, kind, status, reject_code, reject_messag
 _SETTLEMENT_COLUMNS = (
     "setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, med_type, setl_time, "
     "setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, mdtrt_cert_type, "
-    "mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay"
+    "mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay, insutype"
 )
 
 

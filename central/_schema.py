@@ -600,6 +600,62 @@ def _m013_imported_settlements(db: sqlite_utils.Database) -> None:
         conn.execute(statement)
 
 
+def _m014_declarations(db: sqlite_utils.Database) -> None:
+    """Hospitals' monthly declarations checked against the centre (``central.declarations``).
+
+    - ``settlements.insutype``: the insurance type (``psn.insutype``) of each settlement, since a
+      declaration is per period and insurance type. Filled at ingest and import; a reversal's is NULL
+      and read from its original. Backfilled here from the agents' raw chain entries and the imported
+      records.
+    - ``declarations``: each declaration as received (the document, its digest), who entered it, and
+      its last check (``result`` agrees | differs, ``summary`` the differences as JSON).
+    - ``reupload_requests``: settlements declared but not held, asked of the hospital until they arrive.
+    """
+    import msgspec
+
+    from protocol.chain import decode_entry
+    from protocol.errors import ProtocolError
+
+    conn = db.conn
+    conn.execute("ALTER TABLE settlements ADD COLUMN insutype TEXT")
+    person = msgspec.msgpack.Decoder(type=dict)
+    rows = conn.execute(
+        "SELECT s.setl_id, r.raw FROM settlements AS s JOIN records AS r ON r.agent_id = s.agent_id "
+        "AND r.seq = s.seq WHERE s.kind = 'setl'"
+    )
+    while chunk := rows.fetchmany(1000):
+        update = []
+        for setl_id, raw in chunk:
+            try:
+                body = person.decode(bytes(decode_entry(raw).body))
+            except (ProtocolError, msgspec.DecodeError):  # held ok, so it decodes; stay NULL if not
+                continue
+            update.append(((body.get("psn") or {}).get("insutype"), setl_id))
+        conn.executemany("UPDATE settlements SET insutype = ? WHERE setl_id = ?", update)
+    imported = conn.execute(
+        "SELECT i.setl_id, i.raw FROM imported AS i JOIN settlements AS s USING (setl_id) "
+        "WHERE s.kind = 'setl'"
+    )
+    while chunk := imported.fetchmany(1000):
+        update = [((person.decode(raw).get("psn") or {}).get("insutype"), setl_id) for setl_id, raw in chunk]
+        conn.executemany("UPDATE settlements SET insutype = ? WHERE setl_id = ?", update)
+    conn.execute(
+        "CREATE TABLE declarations (id INTEGER PRIMARY KEY, fixmedins_code TEXT NOT NULL, "
+        "period TEXT NOT NULL, "
+        "declared_at TEXT, received_at TEXT NOT NULL, operator TEXT NOT NULL, digest TEXT NOT NULL, "
+        "document TEXT NOT NULL, checked_at TEXT, result TEXT, summary TEXT, "
+        "UNIQUE (fixmedins_code, period, digest)) STRICT"
+    )
+    conn.execute(
+        "CREATE TABLE reupload_requests (fixmedins_code TEXT NOT NULL, setl_id TEXT NOT NULL, "
+        "declaration_id INTEGER NOT NULL, requested_at TEXT NOT NULL, resolved_at TEXT, "
+        "PRIMARY KEY (fixmedins_code, setl_id)) STRICT"
+    )
+    conn.execute(
+        "CREATE INDEX settlements_hospital_insutype ON settlements (fixmedins_code, setl_date, insutype)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -614,6 +670,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m011_change_requests,
     _m012_fact_anchor,
     _m013_imported_settlements,
+    _m014_declarations,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -104,8 +104,8 @@ _LINE_MONEY = frozenset({"det_item_fee_sumamt", "fulamt_ownpay_amt", "preselfpay
 _INSERT_SETTLEMENT = (
     "INSERT INTO settlements (setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, "
     "med_type, setl_time, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, "
-    "mdtrt_cert_type, mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay, import_id) "
-    f"VALUES ({', '.join('?' * 23)})"
+    "mdtrt_cert_type, mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay, insutype, import_id) "
+    f"VALUES ({', '.join('?' * 24)})"
 )
 _INSERT_IMPORTED = "INSERT INTO imported (setl_id, import_id, digest, raw) VALUES (?, ?, ?, ?)"
 _INSERT_REJECT = "INSERT INTO import_rejects (import_id, row, setl_id, code, message) VALUES (?, ?, ?, ?, ?)"

@@ -826,6 +826,9 @@ def _run(args: argparse.Namespace) -> int:
         elif args.verb == "import":
             actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
             return cli_import.run(args, config, store, actor)
+        elif args.verb == "declarations":
+            actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
+            return cli_import.run_declarations(args, store, actor)
         elif args.verb == "hospitals" and args.hospitals_verb == "import":
             return cli_import.run_hospitals_import(args, store, Actor.of(args.operator, args.reason))
         elif args.verb in ("hospitals", "access-log"):

@@ -11,6 +11,14 @@ verbs for a single hospital that is days of typing. These verbs take files.
     import rejects ID
     hospitals import FILE.csv
     enroll-token --hospitals-file FILE --out TOKENS.csv [--ttl-hours N] [--area AREA]
+
+and, every month after, the hospitals' declarations checked against what the centre holds
+(``central.declarations``, docs/IMPORT.md "Monthly declarations")::
+
+    declarations submit FILE.json [--json]      stored, checked, re-uploads asked; exit 2 if it differs
+    declarations check ID [--json]              again, after re-uploads arrived
+    declarations list [--hospital H] [--json]
+    declarations reupload [--hospital H] [--json]   the settlements still asked for
 """
 
 from __future__ import annotations
@@ -34,13 +42,27 @@ from .bulk_import import (
     write_rejects,
 )
 from .config import CentralConfig
+from .declarations import (
+    CheckResult,
+    check_declaration,
+    list_declarations,
+    open_reupload_requests,
+    store_declaration,
+)
 from .enrol import issue_token
 from .errors import CentralError, ConfigInvalid
 from .hospitals import read_hospitals_csv, set_hospitals
 from .policy import Actor, audit_in
 from .store import Store
 
-__all__ = ["add_hospital_parsers", "add_parsers", "issue_tokens_file", "run", "run_hospitals_import"]
+__all__ = [
+    "add_hospital_parsers",
+    "add_parsers",
+    "issue_tokens_file",
+    "run",
+    "run_declarations",
+    "run_hospitals_import",
+]
 
 
 def add_parsers(verbs: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -60,6 +82,20 @@ def add_parsers(verbs: argparse._SubParsersAction, parents: list[argparse.Argume
     st.add_argument("--json", action="store_true", help="one JSON object per line")
     rj = sub.add_parser("rejects", help="one import's refused rows as JSON lines (file, row, code, message)")
     rj.add_argument("import_id", type=int, metavar="ID")
+
+    dec = verbs.add_parser("declarations", help="hospitals' monthly declarations checked against the centre")
+    dsub = dec.add_subparsers(dest="declarations_verb", required=True, metavar="ACTION")
+    submit = dsub.add_parser("submit", parents=parents, help="store and check a declaration (JSON)")
+    submit.add_argument("file", type=Path)
+    submit.add_argument("--json", action="store_true", help="the result as one JSON object")
+    chk = dsub.add_parser("check", parents=parents, help="check a held declaration again")
+    chk.add_argument("declaration_id", type=int, metavar="ID")
+    chk.add_argument("--json", action="store_true", help="the result as one JSON object")
+    for verb, text in (("list", "declarations received, newest first"),
+                       ("reupload", "settlements declared but not held, still asked for")):  # fmt: skip
+        p = dsub.add_parser(verb, help=text)
+        p.add_argument("--hospital", help="only this fixmedins_code")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def add_hospital_parsers(
@@ -165,3 +201,59 @@ def issue_tokens_file(
         except CentralError as exc:
             raise ConfigInvalid(f"{exc.message} (the {issued} tokens before it are in {out})") from None
     return issued
+
+
+def run_declarations(args: argparse.Namespace, store: Store, actor: Actor) -> int:
+    verb = args.declarations_verb
+    if verb == "list":
+        for row in store.read(lambda c: list_declarations(c, args.hospital)):
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                force = "in force" if row["in_force"] else "replaced"
+                result = row["result"] or "-"
+                print(f"{row['id']:>5} {row['fixmedins_code']:<14} {row['period']}  {result:<8} "
+                      f"{force:<9} received {row['received_at']} by {row['operator']}")  # fmt: skip
+        return 0
+    if verb == "reupload":
+        for row in open_reupload_requests(store, args.hospital):
+            if args.json:
+                print(json.dumps(row, ensure_ascii=False))
+            else:
+                print(f"{row['fixmedins_code']:<14} {row['setl_id']:<40} declaration {row['declaration_id']} "
+                      f"asked since {row['requested_at']}")  # fmt: skip
+        return 0
+    if verb == "submit":
+        result = store_declaration(store, actor, args.file.read_bytes())
+    else:
+        result = check_declaration(store, actor, args.declaration_id)
+    print(json.dumps(result.to_json(), ensure_ascii=False) if args.json else render_check(result))
+    return 0 if result.agrees else 2
+
+
+def render_check(r: CheckResult) -> str:
+    """The operator's reading of a check: what agrees, what differs, and what to do next."""
+    head = f"declaration {r.declaration_id}: {r.hospital} {r.period}: "
+    if r.agrees:
+        return head + "AGREES with what the centre holds"
+    lines = [head + "DIFFERS from what the centre holds"]
+    for t in r.totals:
+        lines.append(f"  insutype {t['insutype']}: differs in {', '.join(t['differs_in'])}: "
+                     f"declared {t['declared']}, held {t['held']}")  # fmt: skip
+    for b in r.batches:
+        lines.append(f"  batch {b['batch_no']}: declared {b['declared_records']} records "
+                     f"{b['declared_medfee_sumamt']}, held {b['held_records']} "
+                     f"{b['held_medfee_sumamt']}")  # fmt: skip
+    if r.missing_at_centre:
+        shown = ", ".join(r.missing_at_centre[:20]) + (" …" if len(r.missing_at_centre) > 20 else "")
+        lines.append(f"  {len(r.missing_at_centre)} declared but not held: {shown}")
+    if r.not_declared:
+        shown = ", ".join(r.not_declared[:20]) + (" …" if len(r.not_declared) > 20 else "")
+        lines.append(f"  {len(r.not_declared)} held but not declared: {shown}")
+    for d in r.amounts_differ[:20]:
+        lines.append(f"  {d['setl_id']}: differs in {', '.join(d['fields'])}")
+    if r.reupload_open:
+        lines.append(f"  {r.reupload_open} settlements asked of the hospital (`declarations reupload`); "
+                     "check again when they arrive: "
+                     f"`yibao-central declarations check {r.declaration_id}`")  # fmt: skip
+    return "\n".join(lines)

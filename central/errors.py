@@ -26,6 +26,7 @@ __all__ = [
     "ChainInvalid",
     "ClientCertRequired",
     "ConfigInvalid",
+    "DeclarationInvalid",
     "DocumentInvalid",
     "HomeNotInitialised",
     "ImportInvalid",
@@ -295,6 +296,13 @@ class MonitorInputInvalid(CentralError):
     """A review, case or decision input that does not validate (no reason, an amount with 3 decimals…)."""
 
     code = "input_invalid"
+    http_status = 400
+
+
+class DeclarationInvalid(CentralError):
+    """A hospital's declaration that does not validate (a field named) or names an unknown hospital."""
+
+    code = "declaration_invalid"
     http_status = 400
 
 

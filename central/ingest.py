@@ -76,8 +76,8 @@ _INSERT_RECORD = (
 _INSERT_SETTLEMENT = (
     "INSERT INTO settlements (setl_id, agent_id, seq, kind, his_setl_no, fixmedins_code, psn_no, mdtrt_id, "
     "med_type, setl_time, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, psn_cash_pay, orig_setl_id, "
-    "mdtrt_cert_type, mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+    "mdtrt_cert_type, mdtrt_cert_no, card_sn, hifp_pay, hifmi_pay, hifob_pay, insutype) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 _DELETE_LINES = "DELETE FROM hist_lines WHERE setl_id = ? AND fixmedins_code = ?"
 _DELETE_VISIT = "DELETE FROM hist_visits WHERE setl_id = ? AND fixmedins_code = ?"
@@ -149,7 +149,7 @@ def _settlement_row(
             rec.setl_id, agent_id, seq, "setl", rec.his_setl_no, hospital, rec.psn.psn_no, mdtrt.mdtrt_id,
             mdtrt.med_type, setl_time, setl_date, rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay,
             rec.psn_cash_pay, None, rec.mdtrt_cert_type, rec.mdtrt_cert_no, rec.psn.card_sn, rec.hifp_pay,
-            rec.hifmi_pay, rec.hifob_pay,
+            rec.hifmi_pay, rec.hifob_pay, rec.psn.insutype,
         ), history_rows_from_settlement(rec, hosp_lv, setl_date=setl_date), visit_row(
             rec, area=area, hosp_lv=hosp_lv, setl_date=setl_date
         )  # fmt: skip
@@ -160,7 +160,7 @@ def _settlement_row(
     return (
         rec.setl_id, agent_id, seq, "revs", rec.his_setl_no, hospital, None, None, None, setl_time, setl_date,
         rec.medfee_sumamt, rec.fund_pay_sumamt, rec.acct_pay, rec.psn_cash_pay, rec.orig_setl_id,
-        None, None, None, None, None, None,
+        None, None, None, None, None, None, None,  # a reversal's insutype is its original's (a join)
     ), None, None  # fmt: skip
 
 
