@@ -80,6 +80,7 @@ from protocol.wire import (
     negotiate,
 )
 
+from .appkeys import CONFIG_KEY, REPO_KEY, STORE_KEY, error_response
 from .config import CentralConfig
 from .enrol import decode_enroll_request, enrol_agent
 from .errors import (
@@ -123,10 +124,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = web.AppKey("config", CentralConfig)
-STORE_KEY = web.AppKey("store", Store)
 INGESTOR_KEY = web.AppKey("ingestor", Ingestor)
-REPO_KEY = web.AppKey("tuf_repo", TufRepository)
 
 
 class ChangeWatcher:
@@ -188,13 +186,7 @@ _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
 
 
-def _error(exc: CentralError, *, as_msgpack: bool, version: int | None = None) -> web.Response:
-    headers = {PROTOCOL_HEADER: str(version)} if version else {}
-    if as_msgpack:
-        body = _msgpack.encode(exc.to_wire())
-        return web.Response(status=exc.http_status, body=body, content_type=MSGPACK, headers=headers)
-    body = _json.encode(exc.to_wire())
-    return web.Response(status=exc.http_status, body=body, content_type="application/json", headers=headers)
+_error = error_response
 
 
 def _internal(as_msgpack: bool) -> web.Response:

@@ -52,6 +52,8 @@ from aiohttp import web
 from protocol.errors import RulesInvalid
 
 from .analysis import analyse
+from .appkeys import CONFIG_KEY, REPO_KEY, STORE_KEY
+from .appkeys import error_response as _error
 from .errors import (
     CentralError,
     ConfigInvalid,
@@ -115,8 +117,6 @@ def _route(handler: Handler, status: int = 200) -> Callable[[web.Request], Await
 
     @functools.wraps(handler)
     async def wrapped(request: web.Request) -> web.Response:
-        from .api import STORE_KEY, _error  # the API module imports this one at its top
-
         store = request.app[STORE_KEY]
         try:
             token = _bearer(request)
@@ -188,7 +188,6 @@ def _id(request: web.Request) -> int:
 
 
 def _store(request: web.Request) -> Any:
-    from .api import STORE_KEY
 
     return request.app[STORE_KEY]
 
@@ -297,7 +296,6 @@ async def case_close(request: web.Request, op: Operator) -> Any:
 
 
 async def case_decide(request: web.Request, op: Operator) -> Any:
-    from .api import CONFIG_KEY, REPO_KEY
 
     case_id, body = _id(request), await _body(request)
     fields = {
@@ -362,7 +360,6 @@ async def runs(request: web.Request, op: Operator) -> Any:
 
 async def screen_start(request: web.Request, op: Operator) -> Any:
     """A full screen runs for minutes: started here, watched through ``runs``; one at a time."""
-    from .api import REPO_KEY
     from .screening import screen
 
     require_supervisor(op, "start a full screen")
@@ -387,7 +384,6 @@ async def screen_start(request: web.Request, op: Operator) -> Any:
 
 
 async def backtest_run(request: web.Request, op: Operator) -> Any:
-    from .api import REPO_KEY
     from .screening import backtest
 
     require_supervisor(op, "backtest rules")
