@@ -812,7 +812,8 @@ def _run(args: argparse.Namespace) -> int:
                     behind = sum(v or 0 for v in row["behind"].values())
                     print(f"{row['agent_id']:<24} {row['fixmedins_code']:<16} seq {row['last_seq']:<8} "
                           f"{state:<8} last seen {row['last_seen'] or 'never':<26} "
-                          f"area {row['pooling_area']} bundles behind {behind}")  # fmt: skip
+                          f"area {row['pooling_area']} bundles behind {behind}  "
+                          f"{_heartbeat_text(row)}")  # fmt: skip
         elif args.verb == "agents" and args.agents_verb == "revoke":
             when = revoke_agent(store, args.agent_id)
             print(f"agent {args.agent_id} revoked at {when}", file=sys.stderr)
@@ -844,6 +845,17 @@ def _run(args: argparse.Namespace) -> int:
         else:
             return _policy(args, config, store)
     return 0
+
+
+def _heartbeat_text(row: dict) -> str:
+    """What the agent's newest signed heartbeat says: how far the centre is behind it, or silence."""
+    hb = row.get("heartbeat")
+    if hb is None:
+        return "heartbeat: none yet"
+    if hb["silent"]:
+        return f"heartbeat: SILENT since {hb['at']}"
+    lag = f"behind by {hb['records_behind']}" if hb["records_behind"] else "caught up"
+    return f"heartbeat {hb['at']}: {lag}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,3 +106,29 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(config) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_agents_list_shows_what_each_agents_signed_heartbeat_says(config, store, chain, capsys) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from central.heartbeats import record_heartbeat
+    from central.ingest import Ingestor
+
+    from .test_heartbeats import beat
+
+    home = ["--home", str(config.home)]
+    assert main([*home, "agents", "list"]) == 0
+    assert "heartbeat: none yet" in capsys.readouterr().out
+    chain.extend(5)
+    Ingestor(store).ingest(chain.batch(1, 3))  # the centre holds 3; the agent has settled 5
+    record_heartbeat(store, beat(chain, acked=3, at=datetime.now(UTC)))
+    assert main([*home, "agents", "list"]) == 0
+    assert "behind by 2" in capsys.readouterr().out
+    Ingestor(store).ingest(chain.batch(4, 5))
+    record_heartbeat(store, beat(chain, acked=5, at=datetime.now(UTC)))
+    assert main([*home, "agents", "list"]) == 0
+    assert "caught up" in capsys.readouterr().out
+    record_heartbeat(store, beat(chain, acked=5, at=datetime.now(UTC) + timedelta(seconds=1)))
+    store.write(lambda c: c.execute("UPDATE agent_heartbeats SET received_at = '2020-01-01T00:00:00+00:00'"))
+    assert main([*home, "agents", "list"]) == 0
+    assert "heartbeat: SILENT since" in capsys.readouterr().out
