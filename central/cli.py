@@ -34,6 +34,7 @@ Hospitals and personal-data access (``central.hospitals``, ``central.history``):
                                             (audited; a new hospital needs --level)
     hospitals import FILE.csv               (audited; all rows or none; docs/IMPORT.md has the columns)
     hospitals list [--json]
+    cards gate CARD_SN [--area A] [--json]  may a lost card's replacement be issued? (exit 2: not yet)
     access-log [--psn-no P] [--agent A] [--limit N] [--json]   who looked up whose history
 
 Bulk import of historical settlements (``central.bulk_import``, ``central.cli_import``, docs/IMPORT.md)::
@@ -74,7 +75,7 @@ from protocol import backup
 from protocol.bundles import BLACKLIST_TYPES
 from protocol.logging_json import JsonFormatter
 
-from . import cli_import, cli_monitor
+from . import cards, cli_import, cli_monitor
 from .api import serve
 from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
 from .enrol import check_hospital_code, issue_token, revoke_agent
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_parsers(verbs)
     _hospital_parsers(verbs)
     cli_import.add_parsers(verbs, [_actor_parent()])
+    cards.add_parsers(verbs)
     _screening_parsers(verbs)
     return parser
 
@@ -827,6 +829,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.verb == "import":
             actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
             return cli_import.run(args, config, store, actor)
+        elif args.verb == "cards":
+            return cards.run(args, store)
         elif args.verb == "declarations":
             actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
             return cli_import.run_declarations(args, store, actor)
