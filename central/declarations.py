@@ -292,6 +292,19 @@ def _resolve_arrived(conn: sqlite3.Connection, hospital: str | None, at: str) ->
     )
 
 
+def _check_in(
+    conn: sqlite3.Connection, actor: Actor, declaration_id: int, doc: Declaration, at: str
+) -> CheckResult:
+    """Compare, record the outcome and its requests, and audit: the one check, in the caller's transaction."""
+    result = _compare(conn, declaration_id, doc)
+    _record_result(conn, result, at)
+    audit_in(conn, actor, "declaration.check", {
+        "declaration_id": declaration_id, "hospital": doc.fixmedins_code, "period": doc.period,
+        "agrees": result.agrees, "missing_at_centre": len(result.missing_at_centre),
+    })  # fmt: skip
+    return result
+
+
 def store_declaration(store: Store, actor: Actor, data: bytes) -> CheckResult:
     """Validate, store, check and audit a declaration in one transaction (rules 1-5)."""
     doc = parse_declaration(data)
@@ -327,13 +340,7 @@ def store_declaration(store: Store, actor: Actor, data: bytes) -> CheckResult:
                     data.decode("utf-8"),
                 ),
             ).lastrowid
-        result = _compare(conn, int(declaration_id or 0), doc)
-        _record_result(conn, result, at)
-        audit_in(conn, actor, "declaration.check", {
-            "declaration_id": declaration_id, "hospital": doc.fixmedins_code, "period": doc.period,
-            "agrees": result.agrees, "missing_at_centre": len(result.missing_at_centre),
-        })  # fmt: skip
-        return result
+        return _check_in(conn, actor, int(declaration_id or 0), doc, at)
 
     return store.write(tx)
 
@@ -345,14 +352,7 @@ def check_declaration(store: Store, actor: Actor, declaration_id: int) -> CheckR
         row = conn.execute("SELECT document FROM declarations WHERE id = ?", (declaration_id,)).fetchone()
         if row is None:
             raise NotFound(f"no declaration {declaration_id}; `yibao-central declarations list` lists them")
-        doc = parse_declaration(row[0].encode("utf-8"))
-        result = _compare(conn, declaration_id, doc)
-        _record_result(conn, result, now_iso())
-        audit_in(conn, actor, "declaration.check", {
-            "declaration_id": declaration_id, "hospital": doc.fixmedins_code, "period": doc.period,
-            "agrees": result.agrees, "missing_at_centre": len(result.missing_at_centre),
-        })  # fmt: skip
-        return result
+        return _check_in(conn, actor, declaration_id, parse_declaration(row[0].encode("utf-8")), now_iso())
 
     return store.write(tx)
 
