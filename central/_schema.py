@@ -554,6 +554,18 @@ def _m012_fact_anchor(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _m013_console_indexes(db: sqlite_utils.Database) -> None:
+    """The console's queue and map over 100,000 suspicions (``benchmarks/console.py``): the queue's order
+    (score, then amount) read from an index instead of sorting the area's whole queue for each page, and
+    the map's count of open suspicions by hospital and light answered from an index alone."""
+    db.execute(
+        "CREATE INDEX suspicions_console_queue ON suspicions (area, status, score DESC, amount_fen DESC, id)"
+    )
+    db.execute(
+        "CREATE INDEX suspicions_console_map ON suspicions (area, status, fixmedins_code, severity)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -567,6 +579,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m010_agent_heartbeats,
     _m011_change_requests,
     _m012_fact_anchor,
+    _m013_console_indexes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
