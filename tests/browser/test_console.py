@@ -50,6 +50,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     agent: Agent | None = None
     try:
         central.cli("rules", "publish", str(rules), "--area", AREA, "--operator", "admin")
+        central.cli("hospitals", "set", "--hospital", HOSPITAL, "--level", "3", "--name", "Qingdao No.1",
+                    "--lat", "36.07", "--lon", "120.38", "--operator", "admin")  # fmt: skip
         tokens = {
             "rev": central.cli("operators", "add", "rev", "--area", AREA).strip(),
             "sup": central.cli("operators", "add", "sup", "--area", AREA, "--role", "supervisor").strip(),
@@ -66,7 +68,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             return http("GET", central.url + "/v1/monitor/suspicions", token=tokens["sup"])[1]
 
         (suspicion,) = wait_until(found, timeout=30, what="the background screen finding the burst")
-        yield {"central": central, "agent": agent, "tokens": tokens, "suspicion": suspicion}
+        yield {"central": central, "agent": agent, "tokens": tokens, "suspicion": suspicion, "rules": rules}
     finally:
         if agent is not None:
             agent.proc.stop()
@@ -154,6 +156,9 @@ def test_review_to_blacklist_the_agent_enforces(world: dict, tls_context: Browse
     case_url = page.url
     assert page.inner_text("#case-status") == "open" and page.locator("#decide").count() == 0
     shot(page, "console_case_reviewer")
+    page.goto(url + "/console/map")
+    assert page.locator(f"circle.hospital[data-code='{HOSPITAL}']").get_attribute("data-light") == "yellow"
+    shot(page, "console_map_open")
 
     # a different operator, the supervisor, decides: blacklist the person
     with_sup = browser.new_context(viewport=VIEWPORT, ignore_https_errors=True, locale="zh-CN")
@@ -179,7 +184,19 @@ def test_review_to_blacklist_the_agent_enforces(world: dict, tls_context: Browse
         sup.goto(url + "/console/audit")
         assert "suspicion.confirm" in sup.inner_text("#audit")
         sup.goto(url + "/console/map")
-        assert sup.locator("#hospitals").count() == 1
+        # the person's suspicion is decided now: nothing open, the hospital is grey
+        assert sup.locator(f"circle.hospital[data-code='{HOSPITAL}']").get_attribute("data-light") == "none"
+
+        # a candidate with the limit lowered to 3 visits, beside the rules in force: the same fact
+        candidate = json.loads(world["rules"].read_text())
+        candidate["rules"][0]["params"]["max_visits"] = 3
+        sup.goto(url + "/console/rules")
+        sup.fill("#backtest textarea[name=rules]", json.dumps(candidate))
+        sup.click("#backtest button")
+        sup.wait_for_selector("#backtest-report")
+        report = sup.inner_text("#backtest-table")
+        assert RULE in report
+        shot(sup, "console_rules_backtest")
     finally:
         with_sup.close()
 
