@@ -472,6 +472,8 @@ async def blacklists(request: web.Request, op: Operator) -> Any:
 
 # -- analysis, map, audit ----------------------------------------------------------------------
 
+#: Measures ``central.analysis`` gives in fen (money per visit or per disease).
+FEN_MEASURES = ("cost_per_visit", "cost_per_disease")
 #: Periods the "over time" chart splits the range into (one ranking each).
 PERIODS = 4
 
@@ -512,12 +514,18 @@ async def analysis(request: web.Request, op: Operator) -> Any:
     except ConfigInvalid as exc:
         raise MonitorInputInvalid(exc.message) from None
     t = translator(_lang(request))
-    results = found["ranking"]["results"][:20]
+    results = [dict(r) for r in found["ranking"]["results"][:20]]
+    series = found["series"]
+    if measure in FEN_MEASURES:  # shown in yuan, like every other amount on the console
+        for r in results:
+            for key in ("value", "peer_median"):
+                r[key] = r[key] / 100 if r[key] is not None else None
+        series = {o: [v / 100 if v is not None else None for v in vs] for o, vs in series.items()}
     return "analysis.html", {
         "area": area, "areas": sorted(op.scope), "by": by, "measure": measure, "bys": BY,
         "measures": MEASURES, "from": lo.isoformat(), "to": hi.isoformat(), "results": results,
         "bars": charts.bar_chart([(r["object_id"], r["ratio"]) for r in results], label=t("ranking")),
-        "lines": charts.line_chart(found["labels"], found["series"], label=t("trend")),
+        "lines": charts.line_chart(found["labels"], series, label=t("trend")),
     }  # fmt: skip
 
 

@@ -179,6 +179,8 @@ def test_review_to_blacklist_the_agent_enforces(world: dict, tls_context: Browse
             sup.goto(url + f"/console/{name}")
             shot(sup, f"console_{name}")
             _fits(sup)
+        sup.goto(url + "/console/analysis")
+        assert "51.20" in sup.inner_text("#ranking")  # the visits' cost, shown in yuan
         sup.goto(url + "/console/blacklists")
         assert P1 in sup.inner_text("#entries") and sup.locator("#bundles tbody tr").count() >= 1
         sup.goto(url + "/console/audit")
