@@ -656,6 +656,18 @@ def _m014_declarations(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m015_console_indexes(db: sqlite_utils.Database) -> None:
+    """The console's queue and map over 100,000 suspicions (``benchmarks/console.py``): the queue's order
+    (score, then amount) read from an index instead of sorting the area's whole queue for each page, and
+    the map's count of open suspicions by hospital and light answered from an index alone."""
+    db.execute(
+        "CREATE INDEX suspicions_console_queue ON suspicions (area, status, score DESC, amount_fen DESC, id)"
+    )
+    db.execute(
+        "CREATE INDEX suspicions_console_map ON suspicions (area, status, fixmedins_code, severity)"
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -671,6 +683,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m012_fact_anchor,
     _m013_imported_settlements,
     _m014_declarations,
+    _m015_console_indexes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

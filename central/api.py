@@ -107,6 +107,7 @@ from .resync import answer_records
 from .store import Store, get_agent
 from .tls import ServerTls, TlsFiles, issue_client_cert, peer_agent_id
 from .tuf_repo import TufRepository
+from .web.routes import add_routes as add_console_routes
 
 __all__ = [
     "CONFIG_KEY",
@@ -618,6 +619,7 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     app.router.add_get(RECORDS_PATH, agent_records, allow_head=False)
     add_monitor_routes(app)
+    add_console_routes(app, store=lambda: app[STORE_KEY], repo=lambda: app[REPO_KEY], config=config)
     install_metrics(
         app,
         metrics or CentralMetrics(open_access=config.insecure_dev),

@@ -382,6 +382,9 @@ def list_suspicions(
     min_score: int | None = None,
     hospital: str | None = None,
     case_id: int | None = None,
+    object_type: str | None = None,
+    object_id: str | None = None,
+    min_amount_fen: int | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
@@ -395,10 +398,13 @@ def list_suspicions(
     if not where.any_of("area", areas) or not where.any_of("status", statuses):
         return []
     where.equal(
-        ("rule_id", rule_id), ("severity", severity), ("fixmedins_code", hospital), ("case_id", case_id)
+        ("rule_id", rule_id), ("severity", severity), ("fixmedins_code", hospital), ("case_id", case_id),
+        ("object_type", object_type), ("object_id", object_id),
     )
     if min_score is not None:
         where.add("score >= ?", int(min_score))
+    if min_amount_fen is not None:
+        where.add("amount_fen >= ?", int(min_amount_fen))
     order = "ORDER BY score DESC, amount_fen DESC, id LIMIT ? OFFSET ?"
     sql = f"SELECT {_COLUMNS} FROM suspicions{where.sql} {order}"
     params = [*where.params, max(0, int(limit)), max(0, int(offset))]

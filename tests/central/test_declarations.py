@@ -187,7 +187,7 @@ def test_migration_14_gives_held_settlements_their_insurance_type(tmp_path: Path
             chain.append(reversal(s, "R1"))
             assert Ingestor(old).ingest(chain.batch(1, 2)).rejected == []
     with Store(path) as new:
-        assert new.applied_migrations == ["_m014_declarations"]
+        assert new.applied_migrations[0] == "_m014_declarations"
         rows = new.read(
             lambda c: c.execute("SELECT setl_id, insutype FROM settlements ORDER BY setl_id").fetchall()
         )
