@@ -24,6 +24,9 @@ __all__ = [
     "CertificateInvalid",
     "ChainConflict",
     "ChainInvalid",
+    "ChangeBaseMoved",
+    "ChangeDigestMismatch",
+    "ChangeState",
     "ClientCertRequired",
     "ConfigInvalid",
     "DocumentInvalid",
@@ -36,6 +39,7 @@ __all__ = [
     "OperatorDisabled",
     "OperatorExists",
     "OperatorTokenInvalid",
+    "OperatorTokenRequired",
     "OperatorUnknown",
     "ProtocolUnsupported",
     "RequestStale",
@@ -43,6 +47,7 @@ __all__ = [
     "RoleForbidden",
     "RootRotationRefused",
     "SchemaTooNew",
+    "SelfApproval",
     "SignatureInvalid",
     "SigningRefused",
     "TokenExpired",
@@ -270,7 +275,7 @@ class AreaForbidden(CentralError):
 
 
 class RoleForbidden(CentralError):
-    """A reviewer asked for what only a supervisor may do (decisions, closing a case)."""
+    """The operator's roles do not allow the verb (a reviewer's decision, a policy change by an admin…)."""
 
     code = "role_forbidden"
     http_status = 403
@@ -295,6 +300,45 @@ class MonitorInputInvalid(CentralError):
 
     code = "input_invalid"
     http_status = 400
+
+
+class OperatorTokenRequired(CentralError):
+    """A CLI verb that changes policy or monitoring state, run without an operator's token."""
+
+    code = "operator_token_required"
+    http_status = 401
+
+
+# -- maker-checker: policy change requests (central.changes) -----------------------------------------
+
+
+class ChangeState(CentralError):
+    """The change request is no longer pending (published or rejected), or this operator approved it."""
+
+    code = "change_state"
+    http_status = 409
+
+
+class SelfApproval(CentralError):
+    """The operator who proposed a change may not approve it: a second operator has to."""
+
+    code = "self_approval_forbidden"
+    http_status = 403
+
+
+class ChangeBaseMoved(CentralError):
+    """What the change was proposed against changed since (the entry was replaced or removed, a newer
+    document of the same kind was published); approving it would publish something nobody reviewed."""
+
+    code = "change_base_moved"
+    http_status = 409
+
+
+class ChangeDigestMismatch(CentralError):
+    """``changes approve --digest`` names another content than the change request holds."""
+
+    code = "change_digest_mismatch"
+    http_status = 409
 
 
 def from_protocol(exc: ProtocolError) -> CentralError:
