@@ -17,8 +17,12 @@ Roles (an operator holds one or several, stored as ``role`` text joined by comma
   and re-syncs bundles;
 - ``admin``: the installation's administrator: operators, enrolment tokens, agents' revocation,
   hospitals, dates of death, the TUF root and the TLS certificates. These acts concern the whole
-  centre, not one area's policy, so an admin's areas do not narrow them (an ``admin`` alone needs no
-  area); an admin who also holds another role acts in that role within their areas only.
+  centre, not one area's policy, so an admin's areas do not narrow them.
+
+A reviewer or supervisor needs a main area and acts within their scope. ``policy`` and ``admin``
+acts are centre-wide (a change request names its area, but a policy operator's areas do not narrow
+which areas they may propose or approve for: one policy team per centre), so those roles alone need
+no area.
 
 Every verb that changes something is done by an operator the CLI identified by their token
 (``YIBAO_OPERATOR_TOKEN`` or ``--token-file``, ``operator_from_token``); the monitoring API by the
@@ -191,11 +195,11 @@ def _check_name(name: str) -> str:
 
 
 def _check_areas(main: str | None, manage: Iterable[str], role: str) -> tuple[str, tuple[str, ...]]:
-    """A main area is required unless the operator is only an admin (whose acts are centre-wide)."""
+    """A main area is required for a reviewer or supervisor; policy and admin acts are centre-wide."""
     try:
         if main:
             check_area(main)
-        elif role != "admin":
+        elif any(r in MONITORING_ROLES for r in role.split(",")):
             raise MonitorInputInvalid(f"an operator with role {role} needs a main pooling area (--area AREA)")
         managed = tuple(sorted({check_area(a) for a in manage} - {main}))
     except DocumentInvalid as exc:
