@@ -205,7 +205,7 @@ def _propose(
         ):
             raise DocumentInvalid(
                 "the blacklist entry",
-                [f"area {chosen} has no {must_hold[0]} entry with that id (`yibao-central blacklist list "
+                [f"area {chosen} holds no {must_hold[0]} with that id (`yibao-central blacklist list "
                  f"--area {chosen} --type {must_hold[0]}` shows the entries)"],
             )  # fmt: skip
         at = now_iso()
