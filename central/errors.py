@@ -240,7 +240,7 @@ class DocumentInvalid(CentralError):
 
 
 class OperatorUnknown(CentralError):
-    """``--operator NAME`` names no registered operator (``yibao-central operators add``)."""
+    """An operator name (an assignee, `operators areas NAME`) names no registered operator."""
 
     code = "operator_unknown"
     http_status = 403
