@@ -63,7 +63,8 @@ async def _run(args: argparse.Namespace, tmp: Path) -> None:
             missing = sum(d is None for d in done)
             if missing:
                 raise Failed(f"round {r}: {missing} of {len(done)} agents did not enforce the entry in 60 s")
-            # ``done`` counts from when waiting began, i.e. after the publish command returned.
+            # ``publish``: the maker's proposal and the checker's approval (two commands, central_cli).
+            # ``done`` counts from when waiting began, i.e. after the approval returned.
             delays.extend(publish[-1] + d for d in done if d is not None)
             await asyncio.sleep(1.0)
         p99 = _pct(delays, 0.99)

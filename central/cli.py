@@ -4,14 +4,26 @@ Exit codes: 0 success; 1 an error the message explains (bad arguments, uninitial
 home, unknown agent, invalid input file, too few operator keys…; nothing was changed);
 2 ``reconcile`` found a stored chain that is not whole or not verified (argparse also exits 2
 on a malformed command line); 3 ``reconcile`` verified every chain but cannot prove the period
-complete: an agent is behind or silent by its signed heartbeats, or the period has not ended.
+complete: an agent is behind or silent by its signed heartbeats, or the period has not ended;
+4 the verb needs a registered operator and the token is missing, unknown, replaced or a disabled
+operator's, or the operator's roles do not allow it (nothing was changed).
 
-Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.documents``). Every verb that
-changes something is recorded in the audit log with ``--operator`` (default ``$USER``) and
-``--reason``; verbs that sign with operator keys take ``--key FILE`` (repeatable; default: every
-``*.pem`` in ``HOME/operators/``)::
+Who acts (``central.operators``): every verb that changes something is done by the operator whose
+token is in ``--token-file FILE`` (before the verb) or ``$YIBAO_OPERATOR_TOKEN``, and is audited
+under their name with ``--reason``. ``policy`` operators do the blacklist, document, bundle and
+``changes`` verbs; ``admin`` operators the operators, enrolment, agent revocation, hospitals,
+deaths, root and TLS verbs; reviewers and supervisors the review verbs (``central.cli_monitor``).
+Listings and reports (list, show, audit, reconcile, export, screen, analysis…) need no token.
 
-    init [--area AREA]                      prints the TUF root fingerprint
+Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.documents``). Blacklist
+changes and document publishes are **proposed** (``central.changes``: maker-checker) and published
+when another policy operator approves them; verbs that sign with operator keys take ``--key FILE``
+(repeatable; default: every ``*.pem`` in ``HOME/operators/``)::
+
+    init [--area AREA] [--admin NAME] [--admin-token-file FILE]
+                                            prints the TUF root fingerprint; the first admin's token
+    changes list [--status S|all] [--area A] [--json] | changes show ID [--json]
+    changes approve ID --digest D [--key FILE]... [--reason R] | changes reject ID --reason R
     enroll-token --hospital H [--area AREA] [--ttl-hours N] [--count N]
     enroll-token --hospitals-file CSV --out TOKENS.csv [--area AREA]   one token per hospital, file 0600
     blacklist add --type card|person|employer|doctor|hospital --id ID --reason R [--source S]
@@ -75,26 +87,41 @@ from protocol import backup
 from protocol.bundles import BLACKLIST_TYPES
 from protocol.logging_json import JsonFormatter
 
-from . import cards, cli_import, cli_monitor
+from . import cards, changes, cli_import, cli_monitor
 from .api import serve
 from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
 from .enrol import check_hospital_code, issue_token, revoke_agent
-from .errors import CentralError, ConfigInvalid, SigningRefused
+from .errors import (
+    CentralError,
+    ConfigInvalid,
+    OperatorTokenInvalid,
+    OperatorTokenRequired,
+    RoleForbidden,
+    SigningRefused,
+)
 from .export import export_settlements
 from .history import access_log
 from .hospitals import list_hospitals, set_hospital
-from .policy import Actor, Policy, default_area, set_default_area
+from .operators import TOKEN_ENV, Operator, acting_operator, bootstrap_admin
+from .policy import Policy, default_area, set_default_area
 from .reconcile import reconcile, render_table
 from .reports import agent_views
 from .store import Store
 from .tls import TlsFiles, create_tls, import_server_cert, rotate_server_cert, trust_digest
 from .tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
 
-__all__ = ["build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
+__all__ = ["EXIT_OPERATOR", "build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
 
 log = logging.getLogger("central")
 
 _DOCUMENT_VERBS = {"policy": "publish", "catalogue": "import", "rules": "publish"}
+#: Exit code of a verb refused for want of an operator token or of the role it needs.
+EXIT_OPERATOR = 4
+
+
+def _acting(store: Store, args: argparse.Namespace, roles: str | Sequence[str], what: str) -> Operator:
+    """The operator the token names, if their roles allow ``what`` (checked before anything else)."""
+    return store.read(lambda conn: acting_operator(conn, args.token_file, roles, what))
 
 
 def ensure_repository(config: CentralConfig) -> list[Path]:
@@ -134,10 +161,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help=f"directory holding central.db (default: ${HOME_ENV})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help=f"file holding the acting operator's token (default: ${TOKEN_ENV})",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     init_p = verbs.add_parser("init", help="create the home directory, its database and its TUF repository")
     init_p.add_argument("--area", help="default pooling area for policy commands without --area (6 digits)")
+    init_p.add_argument(
+        "--admin",
+        default="admin",
+        metavar="NAME",
+        help="name of the first administrator, registered while the centre has no operator",
+    )
+    init_p.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="write the first administrator's token to FILE (mode 0600) instead of stdout",
+    )
     init_p.add_argument(
         "--tls-name",
         action="append",
@@ -239,7 +282,6 @@ def _screening_parsers(verbs: argparse._SubParsersAction) -> None:
     d_verbs = deaths.add_subparsers(dest="deaths_verb", required=True, metavar="ACTION")
     imp = d_verbs.add_parser("import", help="import a CSV psn_no,death_date[,source]: all rows or none")
     imp.add_argument("file")
-    imp.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     imp.add_argument("--reason", default="", help="why, for the audit log")
     dls = d_verbs.add_parser("list", help="held dates of death")
     dls.add_argument("--count", action="store_true", help="only how many are held")
@@ -272,7 +314,6 @@ def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
     set_p.add_argument("--admdvs", help="administrative division (6 digits)")
     set_p.add_argument("--lat", type=float, help="latitude in degrees (with --lon)")
     set_p.add_argument("--lon", type=float, help="longitude in degrees (with --lat)")
-    set_p.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     set_p.add_argument("--reason", default="", help="why, for the audit log")
     cli_import.add_hospital_parsers(hosp_verbs, [_actor_parent()])
     hls_p = hosp_verbs.add_parser("list", help="the hospitals the centre knows")
@@ -285,15 +326,13 @@ def _hospital_parsers(verbs: argparse._SubParsersAction) -> None:
 
 
 def _actor_parent() -> argparse.ArgumentParser:
+    """``--reason`` for the audit log; who acts is the token's operator (``--token-file``)."""
     actor = argparse.ArgumentParser(add_help=False)
-    actor.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     actor.add_argument("--reason", default="", help="why, for the audit log")
     return actor
 
 
 def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
-    who = argparse.ArgumentParser(add_help=False)
-    who.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     why = argparse.ArgumentParser(add_help=False)
     why.add_argument("--reason", default="", help="why, for the audit log")
     keys = argparse.ArgumentParser(add_help=False)
@@ -301,21 +340,24 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
                       "default: every *.pem in HOME/operators/)")  # fmt: skip
     area = argparse.ArgumentParser(add_help=False)
     area.add_argument("--area", help="pooling area (6 digits; default: the centre's default area)")
-    signing = [who, keys, area]
+    signing = [keys, area]
 
     bl = verbs.add_parser("blacklist", help="cards, persons and employers refused at every agent")
     bl_verbs = bl.add_subparsers(dest="bl_verb", required=True, metavar="ACTION")
-    add_p = bl_verbs.add_parser("add", parents=signing, help="add or replace an entry and publish it")
+    add_p = bl_verbs.add_parser("add", parents=signing, help="propose adding or replacing an entry")
     add_p.add_argument("--type", dest="list_type", required=True, choices=list(BLACKLIST_TYPES))
     add_p.add_argument("--id", dest="entry_id", required=True, help="card_sn, psn_no or emp_no")
     add_p.add_argument("--reason", required=True, help="why the entry is refused (shown at the desk)")
     add_p.add_argument("--source", default="", help="where the order came from")
-    add_p.add_argument("--effective-at", help="ISO-8601 time with offset it applies from (default: now)")
-    rm_p = bl_verbs.add_parser("remove", parents=[*signing, why], help="remove an entry and publish it")
+    add_p.add_argument(
+        "--effective-at", help="ISO-8601 time with offset it applies from (default: when it is published)"
+    )
+    add_p.add_argument("--why", default="", help="why, for the audit log (default: none)")
+    rm_p = bl_verbs.add_parser("remove", parents=[*signing, why], help="propose removing an entry")
     rm_p.add_argument("--type", dest="list_type", required=True, choices=list(BLACKLIST_TYPES))
     rm_p.add_argument("--id", dest="entry_id", required=True)
     imp_p = bl_verbs.add_parser(
-        "import", parents=[*signing, why], help="add every entry of a CSV, all or none"
+        "import", parents=[*signing, why], help="propose adding every entry of a CSV, all or none"
     )
     imp_p.add_argument("file", help="CSV: list_type,id,reason,source,effective_at")
     ls_p = bl_verbs.add_parser("list", parents=[area], help="show the entries held")
@@ -326,7 +368,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
         p = verbs.add_parser(kind, help=f"{verb} a {kind} document (schema: central.documents)")
         sub = p.add_subparsers(dest=f"{kind}_verb", required=True, metavar="ACTION")
         doc_p = sub.add_parser(
-            verb, parents=[*signing, why], help=f"validate and publish a {kind} JSON document"
+            verb, parents=[*signing, why], help=f"validate a {kind} JSON document and propose publishing it"
         )
         doc_p.add_argument("file")
         if kind == "rules":
@@ -334,16 +376,15 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
 
     keys_p = verbs.add_parser("keys", help="e-voucher issuer keys bundle; operator key files")
     keys_verbs = keys_p.add_subparsers(dest="keys_verb", required=True, metavar="ACTION")
-    kpub_p = keys_verbs.add_parser("publish", parents=[*signing, why], help="publish e-voucher issuer keys")
+    kpub_p = keys_verbs.add_parser("publish", parents=[*signing, why],
+                                   help="propose publishing e-voucher issuer keys")  # fmt: skip
     kpub_p.add_argument("file", help='JSON {"evoucher_issuers": {kid: base64url key}}')
     kgen_p = keys_verbs.add_parser("generate", help="make a new operator key (FILE and FILE.pub)")
     kgen_p.add_argument("--out", required=True, help="private key file to write (mode 0600)")
 
     bundle_p = verbs.add_parser("bundle", help="published bundles: export for offline sites, list, sync")
     bundle_verbs = bundle_p.add_subparsers(dest="bundle_verb", required=True, metavar="ACTION")
-    exp_p = bundle_verbs.add_parser(
-        "export", parents=[who, why], help="tar of the repository for offline sites"
-    )
+    exp_p = bundle_verbs.add_parser("export", parents=[why], help="tar of the repository for offline sites")
     exp_p.add_argument("--kind", required=True, help="blacklist, rules, policy, catalogue, keys or all")
     exp_p.add_argument("--out", required=True, help="tar file to write")
     exp_p.add_argument("--area", help="only this pooling area's bundles")
@@ -352,7 +393,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     bls_p.add_argument("--kind")
     bls_p.add_argument("--json", action="store_true")
     sync_help = "publish what the bundle log holds (after an interrupted publish)"
-    sync_p = bundle_verbs.add_parser("sync", parents=[who, keys, why], help=sync_help)
+    sync_p = bundle_verbs.add_parser("sync", parents=[keys, why], help=sync_help)
     sync_p.add_argument("--force", action="store_true", help="new targets version even if nothing changed")
 
     root_p = verbs.add_parser("root", help="the TUF root of trust")
@@ -360,7 +401,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     show_p = root_verbs.add_parser("show", help="version, fingerprint and keys of the current root")
     show_p.add_argument("--json", action="store_true")
     rotate_help = "write the next root, signed by a threshold of old and new keys"
-    rot_p = root_verbs.add_parser("rotate", parents=[who, keys, why], help=rotate_help)
+    rot_p = root_verbs.add_parser("rotate", parents=[keys, why], help=rotate_help)
     rot_p.add_argument(
         "--add-key", action="append", default=[], metavar="PUB", help="operator public key to add"
     )
@@ -370,6 +411,28 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     rot_p.add_argument("--threshold", type=int, help="new root threshold")
     rot_p.add_argument("--targets-threshold", type=int, help="new targets threshold")
     rot_p.add_argument("--rotate-online", action="store_true", help="replace the snapshot and timestamp keys")
+
+    ch_p = verbs.add_parser("changes", help="maker-checker: proposed blacklist and document changes")
+    ch_verbs = ch_p.add_subparsers(dest="changes_verb", required=True, metavar="ACTION")
+    chl_p = ch_verbs.add_parser("list", help="change requests, newest first")
+    chl_p.add_argument("--status", default="pending", help="pending|published|rejected|all (default pending)")
+    chl_p.add_argument("--area")
+    chl_p.add_argument("--limit", type=int, default=100)
+    chl_p.add_argument("--json", action="store_true", help="one JSON object per line")
+    chs_p = ch_verbs.add_parser("show", help="one change request: what it publishes, its digest, approvals")
+    chs_p.add_argument("id", type=int)
+    chs_p.add_argument("--entries", type=int, default=50, help="blacklist entries to show (default 50)")
+    chs_p.add_argument("--json", action="store_true")
+    cha_p = ch_verbs.add_parser(
+        "approve",
+        parents=[keys, why],
+        help="approve another operator's change; the last approval publishes it",
+    )
+    cha_p.add_argument("id", type=int)
+    cha_p.add_argument("--digest", required=True, help="the digest `changes show` printed")
+    chr_p = ch_verbs.add_parser("reject", help="end a pending change unpublished")
+    chr_p.add_argument("id", type=int)
+    chr_p.add_argument("--reason", required=True)
 
     splits_p = verbs.add_parser(
         "splits", help="recompute held settlements' benefit splits and list those that differ"
@@ -412,6 +475,23 @@ def _tls(args: argparse.Namespace, config: CentralConfig) -> int:
     return 0
 
 
+def _print_admin(op: Operator, token: str, token_file: str | None) -> None:
+    """The bootstrap admin's token, shown once: to FILE (0600) when asked, else on stdout."""
+    if token_file:
+        path = Path(token_file)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(token + "\n")
+        print(f"registered the first administrator {op.name}; their token is in {path} (keep it private)",
+              file=sys.stderr)  # fmt: skip
+        return
+    print(f"operator token of the first administrator {op.name}: {token}")
+    print(f"this token is shown once and only its hash is kept: save it now in a file only you can read "
+          f"(`umask 077; cat > ~/.yibao-admin.token`) and act with `--token-file FILE` or ${TOKEN_ENV}; "
+          f"`yibao-central operators token {op.name}` replaces a lost one (another admin's act)",
+          file=sys.stderr)  # fmt: skip
+
+
 def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -419,16 +499,78 @@ def _date(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-24") from None
 
 
+def _proposed(change: dict[str, Any], published: Any) -> int:
+    """Say what a proposal did: pending with how to approve it, or published at the maker's word."""
+    if published is not None:
+        print(published.describe())
+        print(f"maker-checker is off (approvals_required = 1): change {change['id']} was published at "
+              f"{change['maker']}'s word alone", file=sys.stderr)  # fmt: skip
+        return 0
+    print(changes.describe(change))
+    print(f"pending: another policy operator reviews it (`yibao-central changes show {change['id']}`) and "
+          f"publishes it with `yibao-central changes approve {change['id']} --digest {change['digest']}`",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _changes(args: argparse.Namespace, config: CentralConfig, store: Store, policy: Policy) -> int:
+    verb = args.changes_verb
+    if verb == "list":
+        status = None if args.status == "all" else args.status
+        rows = store.read(lambda c: changes.list_changes(c, status=status, area=args.area, limit=args.limit))
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False) if args.json else changes.describe(row))
+        print(f"{len(rows)} change requests", file=sys.stderr)
+        return 0
+    if verb == "show":
+        change = store.read(lambda c: changes.get_change(c, args.id, entries=args.entries))
+        if args.json:
+            print(json.dumps(change, ensure_ascii=False))
+            return 0
+        print(changes.describe(change))
+        print(f"  proposed {change['created_at']} by {change['maker']}: {change['reason'] or '-'}")
+        print(f"  against {change['base']}; {change['entries']} entries or items")
+        for a in change["approvals"]:
+            print(f"  approved by {a['operator']} at {a['at']}")
+        if change["decided_by"]:
+            print(f"  {change['status']} by {change['decided_by']} at {change['decided_at']}: "
+                  f"{change['decision_reason'] or '-'}")  # fmt: skip
+        if change["document"] is not None:
+            print(json.dumps(change["document"], ensure_ascii=False, indent=2, sort_keys=True))
+        for e in change["entries_shown"]:
+            tail = f"  {e['reason']}  from {e['effective_at'] or 'publication'}" if e["op"] == "+" else ""
+            print(f"  {e['op']} {e['list_type']:<8} {e['id']}{tail}")
+        return 0
+    if verb == "reject":
+        op = _acting(store, args, "policy", "reject a change")
+        change = changes.reject(store, op, args.id, args.reason)
+        print(changes.describe(change))
+        return 0
+    op = _acting(store, args, "policy", "approve a change")
+    change, published = changes.approve(
+        store, policy, op, args.id, args.digest, operator_signers(config, args.key), args.reason
+    )
+    if published is None:
+        more = config.approvals_required - 1 - len(change["approvals"])
+        print(f"change {change['id']} approved by {op.name}; {more} more approval(s) needed to publish it")
+        return 0
+    print(published.describe())
+    print(f"change {change['id']} approved by {op.name} and published", file=sys.stderr)
+    return 0
+
+
 def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
-    """The policy verbs; each one that changes something is audited."""
+    """The policy verbs; each one that changes something is done by a token's operator and audited."""
     policy = Policy(store, TufRepository.open(config), config)
-    actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", None))
     area = getattr(args, "area", None)
     verb = args.verb
 
     def signers() -> list[CryptoSigner]:
-        return operator_signers(config, args.key)
+        """Operator keys, needed at once only when there is no second operator to wait for."""
+        return operator_signers(config, args.key) if config.approvals_required == 1 else []
 
+    if verb == "changes":
+        return _changes(args, config, store, policy)
     if verb == "blacklist":
         if args.bl_verb == "list":
             rows = policy.blacklist_list(area, args.list_type)
@@ -440,30 +582,33 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
                           f"from {row['effective_at']}  {row['reason']}")  # fmt: skip
             print(f"{len(rows)} entries", file=sys.stderr)
             return 0
+        op = _acting(store, args, "policy", f"propose a blacklist {args.bl_verb}")
         if args.bl_verb == "add":
-            published = policy.blacklist_add(
-                actor, signers(), list_type=args.list_type, entry_id=args.entry_id, reason=args.reason,
-                source=args.source, effective_at=args.effective_at, area=area,
+            change, published = changes.propose_blacklist_add(
+                store, policy, op, list_type=args.list_type, entry_id=args.entry_id, reason=args.reason,
+                source=args.source, effective_at=args.effective_at, area=area, why=args.why,
+                signers=signers(),
             )  # fmt: skip
         elif args.bl_verb == "remove":
-            published = policy.blacklist_remove(
-                actor, signers(), list_type=args.list_type, entry_id=args.entry_id, area=area
-            )
+            change, published = changes.propose_blacklist_remove(
+                store, policy, op, list_type=args.list_type, entry_id=args.entry_id, area=area,
+                why=args.reason, signers=signers(),
+            )  # fmt: skip
         else:
-            published = policy.blacklist_import(actor, signers(), args.file, area=area)
-        print(published.describe())
-        return 0
-    if verb in _DOCUMENT_VERBS:
-        action = f"{verb}.{_DOCUMENT_VERBS[verb]}"
-        published = policy.publish_document_file(actor, signers(), verb, args.file, area=area, action=action)
-        print(published.describe())
-        return 0
-    if verb == "keys":
-        published = policy.publish_document_file(actor, signers(), "keys", args.file, area=area)
-        print(published.describe())
-        return 0
+            change, published = changes.propose_blacklist_import(
+                store, policy, op, args.file, area=area, why=args.reason, signers=signers()
+            )
+        return _proposed(change, published)
+    if verb in _DOCUMENT_VERBS or (verb == "keys" and args.keys_verb == "publish"):
+        op = _acting(store, args, "policy", f"propose a {verb} document")
+        action = f"{verb}.{_DOCUMENT_VERBS[verb]}" if verb in _DOCUMENT_VERBS else None
+        change, published = changes.propose_document(
+            store, policy, op, verb, args.file, area=area, action=action, why=args.reason, signers=signers()
+        )
+        return _proposed(change, published)
     if verb == "bundle":
         if args.bundle_verb == "export":
+            actor = _acting(store, args, "policy", "export bundles").actor(args.reason)
             members = policy.export(args.out, args.kind, area)
             policy.audit(actor, "bundle.export", {"kind": args.kind, "area": area, "out": str(args.out),
                                                    "members": len(members)})  # fmt: skip
@@ -480,8 +625,9 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
                     print(f"{row['area']} {row['kind']:<9} seq {row['seq']:<6} {shape:<14} "
                           f"{row['entries']:>9} entries  {row['created']}  by {row['operator']}")  # fmt: skip
             return 0
+        actor = _acting(store, args, "policy", "sync bundles").actor(args.reason)
         pending = policy.pending()
-        ts = policy.sync(signers(), force=args.force)
+        ts = policy.sync(operator_signers(config, args.key), force=args.force)
         policy.audit(actor, "bundle.sync", {"pending": pending, "force": args.force, "timestamp_version": ts})
         print(
             f"published as timestamp v{ts}"
@@ -505,6 +651,7 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
                 f"published: timestamp v{v['timestamp']}, snapshot v{v['snapshot']}, targets v{v['targets']}"
             )
             return 0
+        actor = _acting(store, args, "admin", "rotate the TUF root").actor(args.reason)
         add_keys = [load_public_key(Path(p)) for p in args.add_key]
         version = repo.rotate_root(
             operator_signers(config, args.key), add_keys=add_keys, remove_keyids=args.remove_key,
@@ -588,7 +735,7 @@ def _hospitals(args: argparse.Namespace, store: Store) -> int:
                 print(f"{row['fixmedins_code']:<16} level {row['hosp_lv']}  {row['admdvs'] or '-':<6}  "
                       f"{row['name'] or ''}")  # fmt: skip
         return 0
-    actor = Actor.of(args.operator, args.reason)
+    actor = _acting(store, args, "admin", "set a hospital").actor(args.reason)
     held = set_hospital(store, actor, args.hospital, args.level, name=args.name, admdvs=args.admdvs,
                         lat=args.lat, lon=args.lon)  # fmt: skip
     where = f", at {held['lat']:.5f}, {held['lon']:.5f}" if held["lat"] is not None else ""
@@ -706,7 +853,8 @@ def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) ->
         return 0
     if args.verb == "deaths":
         if args.deaths_verb == "import":
-            counts = deaths.import_deaths(store, Actor.of(args.operator, args.reason), args.file)
+            actor = _acting(store, args, "admin", "import dates of death").actor(args.reason)
+            counts = deaths.import_deaths(store, actor, args.file)
             print(f"imported {counts['rows']} dates of death from {counts['file']}: {counts['new']} new, "
                   f"{counts['updated']} updated; {counts['held']} held", file=sys.stderr)  # fmt: skip
             return 0
@@ -759,7 +907,11 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(serve(config))
         return 0
     if args.verb == "tls":
-        return _tls(args, CentralConfig.from_home(args.home))
+        config = CentralConfig.from_home(args.home)
+        if args.tls_verb != "show":
+            with Store(config.db_path) as store:
+                _acting(store, args, "admin", f"{args.tls_verb} the TLS certificate")
+        return _tls(args, config)
     if args.verb in ("backup", "restore"):
         return backup.run_cli(args, args.home or os.environ.get(HOME_ENV), "central")
     ttl = getattr(args, "ttl_hours", None)
@@ -770,6 +922,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.area is not None:
                 set_default_area(store, args.area)
             area = store.read(default_area)
+            admin = bootstrap_admin(store, args.admin)
         created = ensure_repository(config)
         tls_created = create_tls(config.tls_dir, args.tls_name)
         repo = TufRepository.open(config)
@@ -790,9 +943,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"created the centre's CA and server certificate in {config.tls_dir}", file=sys.stderr)
         print(f"TUF root v{repo.root_version()} fingerprint: {repo.root_fingerprint()}")
         print(f"TLS trust bundle {trust_digest(config.tls_dir)} (agents enrol with --ca-hash this)")
+        if admin is not None:
+            _print_admin(admin[0], admin[1], args.admin_token_file)
         return 0
     with Store(config.db_path) as store:
         if args.verb == "enroll-token" and args.hospitals_file:
+            _acting(store, args, "admin", "issue enrolment tokens")
             if not args.out:
                 raise ConfigInvalid("--hospitals-file needs --out FILE (the tokens are written there, 0600)")
             issued = cli_import.issue_tokens_file(
@@ -800,6 +956,7 @@ def _run(args: argparse.Namespace) -> int:
             )
             print(f"{issued} enrolment tokens written to {args.out}", file=sys.stderr)
         elif args.verb == "enroll-token":
+            _acting(store, args, "admin", "issue enrolment tokens")
             check_hospital_code(args.hospital)
             if not 1 <= args.count <= 10_000:
                 raise ConfigInvalid("--count must be between 1 and 10000")
@@ -817,6 +974,7 @@ def _run(args: argparse.Namespace) -> int:
                           f"area {row['pooling_area']} bundles behind {behind}  "
                           f"{_heartbeat_text(row)}")  # fmt: skip
         elif args.verb == "agents" and args.agents_verb == "revoke":
+            _acting(store, args, "admin", "revoke an agent")
             when = revoke_agent(store, args.agent_id)
             print(f"agent {args.agent_id} revoked at {when}", file=sys.stderr)
         elif args.verb == "export":
@@ -827,15 +985,21 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(result.to_json(), indent=2) if args.json else render_table(result))
             return result.exit_code
         elif args.verb == "import":
-            actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
+            actor = None  # status and rejects only read
+            if args.import_verb == "settlements":
+                actor = _acting(store, args, "admin", "import settlements").actor(args.reason)
             return cli_import.run(args, config, store, actor)
         elif args.verb == "cards":
             return cards.run(args, store)
         elif args.verb == "declarations":
-            actor = Actor.of(getattr(args, "operator", None), getattr(args, "reason", ""))
+            actor = None  # list and reupload only read
+            if args.declarations_verb in ("submit", "check"):
+                what = f"{args.declarations_verb} a declaration"
+                actor = _acting(store, args, ("admin", "supervisor"), what).actor(args.reason)
             return cli_import.run_declarations(args, store, actor)
         elif args.verb == "hospitals" and args.hospitals_verb == "import":
-            return cli_import.run_hospitals_import(args, store, Actor.of(args.operator, args.reason))
+            actor = _acting(store, args, "admin", "register hospitals").actor(args.reason)
+            return cli_import.run_hospitals_import(args, store, actor)
         elif args.verb in ("hospitals", "access-log"):
             return _hospitals(args, store)
         elif args.verb == "splits":
@@ -874,6 +1038,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             handler.setFormatter(JsonFormatter({"service": "central"}))
     try:
         return _run(args)
+    except (OperatorTokenRequired, OperatorTokenInvalid, RoleForbidden) as exc:
+        print(f"yibao-central: error: {exc.message}", file=sys.stderr)
+        return EXIT_OPERATOR
     except CentralError as exc:
         print(f"yibao-central: error: {exc.message}", file=sys.stderr)
         return 1

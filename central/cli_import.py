@@ -105,7 +105,8 @@ def add_hospital_parsers(
     p.add_argument("file", type=Path, help="CSV with header fixmedins_code,hosp_lv,name,admdvs,lat,lon")
 
 
-def run(args: argparse.Namespace, config: CentralConfig, store: Store, actor: Actor) -> int:
+def run(args: argparse.Namespace, config: CentralConfig, store: Store, actor: Actor | None) -> int:
+    """``actor``: the token's operator, for ``import settlements`` (the read verbs need none)."""
     if args.import_verb == "status":
         for row in store.read(import_status):
             if args.json:
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace, config: CentralConfig, store: Store, actor: Ac
     if args.import_verb == "rejects":
         store.read(lambda c: write_rejects(import_rejects(c, args.import_id), sys.stdout))
         return 0
+    assert actor is not None, "import settlements is done by an operator"
     for path in args.files:
         sniff_format(path, args.format)  # refuse a file of unknown format before importing any
     rejected = 0
@@ -203,7 +205,7 @@ def issue_tokens_file(
     return issued
 
 
-def run_declarations(args: argparse.Namespace, store: Store, actor: Actor) -> int:
+def run_declarations(args: argparse.Namespace, store: Store, actor: Actor | None) -> int:
     verb = args.declarations_verb
     if verb == "list":
         for row in store.read(lambda c: list_declarations(c, args.hospital)):
@@ -223,6 +225,7 @@ def run_declarations(args: argparse.Namespace, store: Store, actor: Actor) -> in
                 print(f"{row['fixmedins_code']:<14} {row['setl_id']:<40} declaration {row['declaration_id']} "
                       f"asked since {row['requested_at']}")  # fmt: skip
         return 0
+    assert actor is not None, "submit and check are done by an operator"
     if verb == "submit":
         result = store_declaration(store, actor, args.file.read_bytes())
     else:

@@ -1,16 +1,18 @@
 """CLI verbs of the review workflow (``docs/MONITORING.md``): operators, suspicions, cases, decisions.
 
-``central.cli`` calls ``add_parsers`` and, for ``VERBS``, ``run``. Every verb but ``operators`` acts
-as ``--operator NAME``, a registered operator, and sees only that operator's pooling areas::
+``central.cli`` calls ``add_parsers`` and, for ``VERBS``, ``run``. Every verb but ``operators list``
+is done by the operator whose token is in ``--token-file FILE`` or ``$YIBAO_OPERATOR_TOKEN``
+(``central.operators.operator_from_token``): the review verbs by a reviewer or supervisor, who sees
+only their pooling areas; the ``operators`` verbs that change something by an admin::
 
-    operators add NAME --area A [--manage B]... [--role reviewer|supervisor]   prints the API token once
-    operators list [--json] | operators areas NAME --manage B... [--area A] [--role R]
-    operators disable NAME | operators token NAME                              (a new token)
-    suspicions list --operator N [--status S] [--rule R] [--severity red|yellow|green] [--min-score N]
+    operators add NAME [--area A] [--manage B]... [--role R[,R]...]   prints the API token once
+    operators list [--json] | operators areas NAME --manage B... [--area A] [--role R[,R]...]
+    operators disable NAME | operators token NAME                     (a new token, printed once)
+    suspicions list [--status S] [--rule R] [--severity red|yellow|green] [--min-score N]
                     [--hospital H] [--area A] [--limit N] [--json]
-    suspicions show ID --operator N [--json]
-    suspicions review ID confirm|dismiss --reason R --operator N
-    cases open SUSPICION_ID... --title T [--assignee NAME] --operator N
+    suspicions show ID [--json]
+    suspicions review ID confirm|dismiss --reason R
+    cases open SUSPICION_ID... --title T [--assignee NAME]
     cases list [--status S] [--assignee NAME] [--json] | cases show ID [--json]
     cases assign ID NAME [--reason R] | cases note ID TEXT [--evidence] [--detail JSON]
     cases add ID SUSPICION_ID... | cases close ID --reason R
@@ -19,9 +21,10 @@ as ``--operator NAME``, a registered operator, and sees only that operator's poo
     decisions list [--case ID] [--hospital H] [--kind K] [--status S] [--json]
     decisions publish [--key FILE]...
 
-``operators`` verbs are the administrator's (whoever holds the home): ``--operator`` there is only
-who acts, for the audit log (default ``$USER``), as in the policy verbs. ``rules quality`` is added
-by ``central.cli`` and calls ``central.review.rule_quality``.
+Roles are ``reviewer``, ``supervisor``, ``policy`` and ``admin`` (several joined by commas). A
+blacklist or suspension decision needs a supervisor other than the reviewer who confirmed the case's
+suspicions (``central.review``). ``rules quality`` is added by ``central.cli`` and calls
+``central.review.rule_quality``.
 """
 
 from __future__ import annotations
@@ -34,17 +37,18 @@ from typing import Any
 from .config import CentralConfig
 from .errors import ConfigInvalid, MonitorInputInvalid
 from .operators import (
+    MONITORING_ROLES,
     ROLES,
     Operator,
+    acting_operator,
     add_operator,
     disable_operator,
-    get_operator,
     home_signers,
     issue_token,
     list_operators,
     set_areas,
 )
-from .policy import Actor, Policy
+from .policy import Policy
 from .review import (
     DECISION_TARGETS,
     OUTCOMES,
@@ -74,35 +78,33 @@ VERBS: frozenset[str] = frozenset({"operators", "suspicions", "cases", "decision
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
     """Add this module's verbs to the ``yibao-central`` parser."""
-    acting = argparse.ArgumentParser(add_help=False)
-    acting.add_argument("--operator", required=True, help="the registered operator acting (scopes the areas)")
+    acting = argparse.ArgumentParser(add_help=False)  # the token (central.cli's --token-file) says who
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="JSON (one object per line for listings)")
     paging = argparse.ArgumentParser(add_help=False)
     paging.add_argument("--limit", type=int, default=100)
     paging.add_argument("--offset", type=int, default=0)
     admin = argparse.ArgumentParser(add_help=False)
-    admin.add_argument("--operator", help="who acts, for the audit log (default: $USER)")
     admin.add_argument("--reason", default="", help="why, for the audit log")
 
-    ops = verbs.add_parser("operators", help="monitoring operators, their pooling areas and API tokens")
+    ops = verbs.add_parser("operators", help="operators, their roles, pooling areas and API tokens")
     ops_verbs = ops.add_subparsers(dest="operators_verb", required=True, metavar="ACTION")
     add_p = ops_verbs.add_parser(
         "add", parents=[admin], help="register an operator; prints the API token once"
     )
     add_p.add_argument("name")
-    add_p.add_argument("--area", required=True, help="main pooling area (6 digits)")
+    add_p.add_argument("--area", help="main pooling area (6 digits; not needed for an admin only)")
     add_p.add_argument(
         "--manage", action="append", default=[], metavar="AREA", help="another area (repeatable)"
     )
-    add_p.add_argument("--role", choices=ROLES, default="reviewer")
+    add_p.add_argument("--role", default="reviewer", help=f"one or more of {', '.join(ROLES)}, comma-joined")
     ops_verbs.add_parser("list", parents=[as_json], help="the registered operators")
     areas_p = ops_verbs.add_parser("areas", parents=[admin], help="replace an operator's managed areas")
     areas_p.add_argument("name")
     areas_p.add_argument("--manage", action="append", default=[], metavar="AREA",
                          help="managed area (repeatable; none: the main area only)")  # fmt: skip
     areas_p.add_argument("--area", help="a new main pooling area")
-    areas_p.add_argument("--role", choices=ROLES)
+    areas_p.add_argument("--role", help=f"new roles: {', '.join(ROLES)}, comma-joined")
     dis_p = ops_verbs.add_parser("disable", parents=[admin], help="disable an operator and their token")
     dis_p.add_argument("name")
     tok_p = ops_verbs.add_parser("token", parents=[admin], help="a new API token (the old one stops working)")
@@ -202,6 +204,7 @@ def _print_json(obj: Any) -> None:
 
 
 def _operators(args: argparse.Namespace, store: Store) -> int:
+    """Operators' verbs: listing is open to whoever reads the home, the rest is an admin's."""
     verb = args.operators_verb
     if verb == "list":
         for op in store.read(list_operators):
@@ -210,14 +213,17 @@ def _operators(args: argparse.Namespace, store: Store) -> int:
             else:
                 state = f"disabled {op.disabled_at}" if op.disabled_at else "active"
                 manage = f" manages {', '.join(op.areas)}" if op.areas else ""
-                print(f"{op.name:<20} {op.role:<10} area {op.main_area}{manage}  {state}")
+                print(f"{op.name:<20} {op.role:<18} area {op.main_area or '-'}{manage}  {state}")
         return 0
-    actor = Actor.of(args.operator, args.reason)
+    admin = store.read(lambda c: acting_operator(c, args.token_file, "admin", f"{verb} operators"))
+    actor = admin.actor(args.reason)
     if verb == "add":
         op, token = add_operator(store, actor, args.name, area=args.area, manage=args.manage, role=args.role)
         print(token)
-        print(f"operator {op.name} ({op.role}) for {', '.join(sorted(op.scope))}; the token above is shown "
-              "once: give it to the operator (`Authorization: Bearer <token>`)", file=sys.stderr)  # fmt: skip
+        scope = ", ".join(sorted(op.scope)) or "the whole centre"
+        print(f"operator {op.name} ({op.role}) for {scope}; the token above is shown once: give it to the "
+              "operator to keep in a private file (`--token-file FILE`, $YIBAO_OPERATOR_TOKEN, or "
+              "`Authorization: Bearer <token>`)", file=sys.stderr)  # fmt: skip
     elif verb == "areas":
         op = set_areas(store, actor, args.name, manage=args.manage, main=args.area, role=args.role)
         print(f"operator {op.name} ({op.role}) now sees {', '.join(sorted(op.scope))}", file=sys.stderr)
@@ -397,7 +403,8 @@ def run(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
     """Run one of ``VERBS``; returns the exit code."""
     if args.verb == "operators":
         return _operators(args, store)
-    op = store.read(lambda c: get_operator(c, args.operator))
+    what = f"{args.verb} {getattr(args, args.verb + '_verb')}"
+    op = store.read(lambda c: acting_operator(c, args.token_file, MONITORING_ROLES, what))
     if args.verb == "suspicions":
         return _suspicions(args, store, op)
     if args.verb == "cases":

@@ -7,18 +7,21 @@ is written outside it.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from protocol.batch import BatchLimits
 
 from .errors import ConfigInvalid
 
-__all__ = ["DAY_S", "DB_NAME", "DEFAULT_LISTEN", "HOME_ENV", "CentralConfig", "parse_listen"]
+__all__ = ["CONFIG_NAME", "DAY_S", "DB_NAME", "DEFAULT_LISTEN", "HOME_ENV", "CentralConfig", "parse_listen"]
 
 HOME_ENV = "YIBAO_HOME"
 DB_NAME = "central.db"
+#: Optional settings file in the home: a JSON object of ``CentralConfig`` fields (numbers, text, booleans).
+CONFIG_NAME = "central.json"
 DEFAULT_LISTEN = "127.0.0.1:8720"
 #: Bytes allowed above ``BatchLimits.max_bytes`` for HTTP framing slack before aiohttp refuses a body.
 BODY_SLACK = 64 * 1024
@@ -38,6 +41,36 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ConfigInvalid(f"listen port {port} is outside 0-65535")
     return host, port
+
+
+def _settings_file(path: Path) -> dict[str, object]:
+    """The settings ``home/central.json`` holds (none when there is no such file), type-checked."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigInvalid(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigInvalid(f"{path} is not JSON ({exc}); fix or remove it") from None
+    if not isinstance(data, dict):
+        raise ConfigInvalid(f"{path} must hold a JSON object of settings")
+    known = {f.name: f for f in fields(CentralConfig) if f.name not in ("home", "batch_limits")}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigInvalid(f"{path}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        default = known[key].default
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) and isinstance(default, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise ConfigInvalid(f"{path}: {key} must be {type(default).__name__}, like {default!r}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -68,6 +101,13 @@ class CentralConfig:
       (``central.tls``), from the CA ``init`` creates in ``home/tls``.
     - ``client_cert_days``: life of an agent's client certificate (365 d); agents renew at two thirds.
     - ``tls_check_s``: how often the server looks for a rotated server certificate (60 s).
+    - ``approvals_required``: how many operators must agree before a blacklist change or a policy,
+      rules, catalogue or keys document is published (``central.changes``): 2 (the maker and one
+      checker) by default, so no single operator can change what agents enforce. 1 publishes at the
+      maker's word: only for a development or single-operator setup, and every verb says so.
+
+    Any of these but ``home`` and ``batch_limits`` may be set in ``home/central.json`` (a JSON object;
+    an unknown key or a value of the wrong type is refused); arguments given to ``from_home`` win.
     - ``keep_versions``: old ``N.snapshot.json`` / ``N.targets.json`` and target files still referenced
       by the last few targets versions stay on disk for clients in the middle of an update.
     """
@@ -92,6 +132,7 @@ class CentralConfig:
     insecure_dev: bool = False
     client_cert_days: int = 365
     tls_check_s: float = 60.0
+    approvals_required: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
@@ -115,6 +156,8 @@ class CentralConfig:
             raise ConfigInvalid("tls_check_s must be positive")
         if self.client_cert_days < 1:
             raise ConfigInvalid("client_cert_days must be at least 1")
+        if not 1 <= self.approvals_required <= 5:
+            raise ConfigInvalid("approvals_required must be between 1 and 5 (2: a maker and one checker)")
 
     @classmethod
     def from_home(cls, home: str | os.PathLike[str] | None, **kwargs: object) -> CentralConfig:
@@ -122,7 +165,8 @@ class CentralConfig:
         chosen = home if home is not None else os.environ.get(HOME_ENV)
         if not chosen:
             raise ConfigInvalid(f"no home directory: pass --home DIR or set ${HOME_ENV}")
-        return cls(home=Path(chosen), **kwargs)  # type: ignore[arg-type]
+        settings = {**_settings_file(Path(chosen) / CONFIG_NAME), **kwargs}
+        return cls(home=Path(chosen), **settings)  # type: ignore[arg-type]
 
     @property
     def db_path(self) -> Path:

@@ -24,6 +24,9 @@ __all__ = [
     "CertificateInvalid",
     "ChainConflict",
     "ChainInvalid",
+    "ChangeBaseMoved",
+    "ChangeDigestMismatch",
+    "ChangeState",
     "ClientCertRequired",
     "ConfigInvalid",
     "DeclarationInvalid",
@@ -38,6 +41,7 @@ __all__ = [
     "OperatorDisabled",
     "OperatorExists",
     "OperatorTokenInvalid",
+    "OperatorTokenRequired",
     "OperatorUnknown",
     "ProtocolUnsupported",
     "RequestStale",
@@ -45,6 +49,7 @@ __all__ = [
     "RoleForbidden",
     "RootRotationRefused",
     "SchemaTooNew",
+    "SelfApproval",
     "SignatureInvalid",
     "SigningRefused",
     "TokenExpired",
@@ -237,7 +242,7 @@ class DocumentInvalid(CentralError):
 
 
 class OperatorUnknown(CentralError):
-    """``--operator NAME`` names no registered operator (``yibao-central operators add``)."""
+    """An operator name (an assignee, `operators areas NAME`) names no registered operator."""
 
     code = "operator_unknown"
     http_status = 403
@@ -272,7 +277,7 @@ class AreaForbidden(CentralError):
 
 
 class RoleForbidden(CentralError):
-    """A reviewer asked for what only a supervisor may do (decisions, closing a case)."""
+    """The operator's roles do not allow the verb (a reviewer's decision, a policy change by an admin…)."""
 
     code = "role_forbidden"
     http_status = 403
@@ -311,6 +316,45 @@ class ImportInvalid(CentralError):
 
     code = "import_invalid"
     http_status = 400
+
+
+class OperatorTokenRequired(CentralError):
+    """A CLI verb that changes policy or monitoring state, run without an operator's token."""
+
+    code = "operator_token_required"
+    http_status = 401
+
+
+# -- maker-checker: policy change requests (central.changes) -----------------------------------------
+
+
+class ChangeState(CentralError):
+    """The change request is no longer pending (published or rejected), or this operator approved it."""
+
+    code = "change_state"
+    http_status = 409
+
+
+class SelfApproval(CentralError):
+    """The operator who proposed a change may not approve it: a second operator has to."""
+
+    code = "self_approval_forbidden"
+    http_status = 403
+
+
+class ChangeBaseMoved(CentralError):
+    """What the change was proposed against changed since (the entry was replaced or removed, a newer
+    document of the same kind was published); approving it would publish something nobody reviewed."""
+
+    code = "change_base_moved"
+    http_status = 409
+
+
+class ChangeDigestMismatch(CentralError):
+    """``changes approve --digest`` names another content than the change request holds."""
+
+    code = "change_digest_mismatch"
+    http_status = 409
 
 
 def from_protocol(exc: ProtocolError) -> CentralError:

@@ -16,6 +16,10 @@ What an operator changes becomes a bundle (``protocol.bundles``) published as a 
 5. Blacklist: each change is a delta on the previous bundle, unless there is no full snapshot
    yet, ``full_every`` deltas follow the last full, or the entries in the deltas since it would
    exceed ``full_ratio`` of its entries; then the bundle is a full snapshot of the area's list.
+6. Who may ask for a change is decided before these methods are called: the CLI proposes a change
+   request (``central.changes``) and an approval by another operator calls the method here, with a
+   ``TxHook`` that re-checks the request and records the approval inside the publishing transaction,
+   so a change is published once, with its approval, or not at all.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import TargetFile
@@ -69,15 +73,21 @@ __all__ = [
     "Actor",
     "Policy",
     "Published",
+    "TxHook",
     "area_of_hospital",
     "audit_in",
     "default_area",
     "live_targets",
     "newest_seqs",
     "set_default_area",
+    "stage_blacklist_csv",
 ]
 
 log = logging.getLogger(__name__)
+
+#: A blacklist change's rows as (list_type, id, reason, source, effective_at), read in the publishing
+#: transaction (the connection is its own; a staging file may ignore it).
+RowSource = Callable[[sqlite3.Connection], Iterator[tuple[str, str, str, str, str]]]
 
 _UPSERT = (
     "INSERT INTO blacklist (area, list_type, id, reason, source, effective_at, added_seq, added_at) "
@@ -159,17 +169,20 @@ def live_targets(conn: sqlite3.Connection) -> dict[str, TargetFile]:
 
 @dataclass(frozen=True, slots=True)
 class Actor:
-    """Who acts and why, for the audit log."""
+    """Who acts and why, for the audit log: a registered operator's name (``Operator.actor``), or the
+    centre itself for what it does on its own schedule (lifting an ended suspension)."""
 
     operator: str
     reason: str = ""
 
-    @classmethod
-    def of(cls, operator: str | None = None, reason: str | None = None) -> Actor:
-        name = operator or os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
-        if not 1 <= len(name) <= 64:
-            raise ConfigInvalid("--operator must be 1-64 characters")
-        return cls(name, (reason or "").strip()[:500])
+
+class TxHook(Protocol):
+    """What a caller does inside the transaction that records a bundle: ``check`` first (raise to
+    change nothing), ``done`` last with the bundle recorded (``central.changes``' approval)."""
+
+    def check(self, conn: sqlite3.Connection) -> None: ...
+
+    def done(self, conn: sqlite3.Connection, published: Published) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,9 +391,12 @@ class Policy:
         detail: dict[str, Any],
         n_ops: int,
         apply: Callable[[sqlite3.Connection, str, int, str], None],
-        ops: Callable[[], Iterable[BlacklistEntry]],
+        ops: Callable[[sqlite3.Connection], Iterable[BlacklistEntry]],
+        hook: TxHook | None = None,
     ) -> Callable[[sqlite3.Connection], Published]:
         def tx(conn: sqlite3.Connection) -> Published:
+            if hook is not None:
+                hook.check(conn)
             chosen = resolve_area(conn, area)
             seq, last = self._next_seq(conn, chosen, "blacklist")
             created = now_iso()
@@ -395,10 +411,15 @@ class Policy:
                     "VALUES (?, 'blacklist', ?, NULL, ?, '', 0, '', 0, ?, ?)",
                     (chosen, seq, name, created, actor.operator),
                 )
-                return Published(chosen, "blacklist", seq, None, name, 0)
-            tf, count = self.repo.write_target(name, lambda f: encode_blacklist(f, header, ops()))
+                return _done(conn, Published(chosen, "blacklist", seq, None, name, 0))
+            tf, count = self.repo.write_target(name, lambda f: encode_blacklist(f, header, ops(conn)))
             self._record_bundle(conn, header, tf, count, actor)
-            return Published(chosen, "blacklist", seq, header.base_seq, name, count)
+            return _done(conn, Published(chosen, "blacklist", seq, header.base_seq, name, count))
+
+        def _done(conn: sqlite3.Connection, published: Published) -> Published:
+            if hook is not None:
+                hook.done(conn, published)
+            return published
 
         return tx
 
@@ -423,6 +444,7 @@ class Policy:
         source: str = "",
         effective_at: str | None = None,
         area: str | None = None,
+        hook: TxHook | None = None,
     ) -> Published:
         """Add (or replace) one entry; it applies from ``effective_at`` (ISO-8601 with offset; None = now)."""
         problems, when = check_blacklist_fields(list_type, entry_id, reason, source, effective_at)
@@ -441,16 +463,17 @@ class Policy:
                 _UPSERT, (chosen, list_type, entry_id, entry_reason, source, holder["at"], seq, created)
             )
 
-        def ops() -> list[BlacklistEntry]:
+        def ops(conn: sqlite3.Connection) -> list[BlacklistEntry]:
             return [BlacklistEntry("+", list_type, entry_id, entry_reason, source, holder["at"])]
 
         detail = {"list_type": list_type, "id": entry_id, "reason": entry_reason, "source": source,
                   "effective_at": when}  # fmt: skip
-        return self._publish(signers, self._blacklist_tx(actor, area, "blacklist.add", detail, 1, apply, ops))
+        tx = self._blacklist_tx(actor, area, "blacklist.add", detail, 1, apply, ops, hook)
+        return self._publish(signers, tx)
 
     def blacklist_remove(
         self, actor: Actor, signers: Sequence[CryptoSigner], *, list_type: str, entry_id: str,
-        area: str | None = None,
+        area: str | None = None, hook: TxHook | None = None,
     ) -> Published:  # fmt: skip
         """Remove one entry; refused (nothing published) when the area's list does not hold it."""
         problems, _ = check_blacklist_fields(list_type, entry_id, None, "", None)
@@ -470,12 +493,12 @@ class Policy:
                     f"(`yibao-central blacklist list --area {chosen} --type {list_type}` shows the entries)"
                 )
 
-        def ops() -> list[BlacklistEntry]:
+        def ops(conn: sqlite3.Connection) -> list[BlacklistEntry]:
             return [BlacklistEntry("-", list_type, entry_id)]
 
         detail = {"list_type": list_type, "id": entry_id}
         return self._publish(
-            signers, self._blacklist_tx(actor, area, "blacklist.remove", detail, 1, apply, ops)
+            signers, self._blacklist_tx(actor, area, "blacklist.remove", detail, 1, apply, ops, hook)
         )
 
     def blacklist_import(
@@ -486,26 +509,42 @@ class Policy:
         if area is not None:
             check_area(area)
         self.repo.check_targets_signers(signers)
-        staging, count = _stage_csv(path, now_iso())
+        staging, count = stage_blacklist_csv(path, now_iso())
         try:
 
-            def rows() -> Iterator[tuple[str, str, str, str, str]]:
+            def rows(conn: sqlite3.Connection) -> Iterator[tuple[str, str, str, str, str]]:
                 yield from staging.execute(
                     "SELECT list_type, id, reason, source, effective_at FROM rows ORDER BY line"
                 )
 
-            def apply(conn: sqlite3.Connection, chosen: str, seq: int, created: str) -> None:
-                conn.executemany(_UPSERT, ((chosen, *row, seq, created) for row in rows()))
-
-            def ops() -> Iterator[BlacklistEntry]:
-                for row in rows():
-                    yield BlacklistEntry("+", *row)
-
-            detail = {"file": path.name, "entries": count}
-            tx = self._blacklist_tx(actor, area, "blacklist.import", detail, count, apply, ops)
-            return self._publish(signers, tx)
+            return self.blacklist_rows(actor, signers, rows, count, {"file": path.name}, area=area)
         finally:
             staging.close()
+
+    def blacklist_rows(
+        self,
+        actor: Actor,
+        signers: Sequence[CryptoSigner],
+        rows: RowSource,
+        count: int,
+        detail: dict[str, Any],
+        *,
+        area: str | None = None,
+        hook: TxHook | None = None,
+    ) -> Published:
+        """Add (or replace) ``count`` validated entries (a staged CSV, an approved change's), audited
+        ``blacklist.import``; ``rows`` is read twice in the publishing transaction (apply, bundle)."""
+
+        def apply(conn: sqlite3.Connection, chosen: str, seq: int, created: str) -> None:
+            conn.executemany(_UPSERT, ((chosen, *row, seq, created) for row in rows(conn)))
+
+        def ops(conn: sqlite3.Connection) -> Iterator[BlacklistEntry]:
+            for row in rows(conn):
+                yield BlacklistEntry("+", *row)
+
+        detail = {**detail, "entries": count}
+        tx = self._blacklist_tx(actor, area, "blacklist.import", detail, count, apply, ops, hook)
+        return self._publish(signers, tx)
 
     def blacklist_list(self, area: str | None = None, list_type: str | None = None) -> list[dict[str, Any]]:
         if area is not None:
@@ -536,6 +575,7 @@ class Policy:
         area: str | None = None,
         what: str = "",
         action: str | None = None,
+        hook: TxHook | None = None,
     ) -> Published:
         """Validate and publish a ``policy``/``catalogue``/``rules``/``keys`` document as a full bundle."""
         if area is not None:
@@ -544,6 +584,8 @@ class Policy:
         action = action or f"{kind}.publish"
 
         def tx(conn: sqlite3.Connection) -> Published:
+            if hook is not None:
+                hook.check(conn)
             chosen = resolve_area(conn, doc_area)
             seq, _ = self._next_seq(conn, chosen, kind)
             header = BundleHeader(kind, chosen, seq, None, now_iso())
@@ -551,7 +593,10 @@ class Policy:
             tf, _ = self.repo.write_target(name, lambda f: encode_document(f, header, body))
             self._record_bundle(conn, header, tf, count, actor)
             self._audit(conn, actor, action, {"area": chosen, "file": what, "items": count}, header, name)
-            return Published(chosen, kind, seq, None, name, count)
+            published = Published(chosen, kind, seq, None, name, count)
+            if hook is not None:
+                hook.done(conn, published)
+            return published
 
         return self._publish(signers, tx)
 
@@ -639,7 +684,7 @@ class Policy:
         return self.store.read(run)
 
 
-def _stage_csv(path: Path, now: str) -> tuple[sqlite3.Connection, int]:
+def stage_blacklist_csv(path: Path, now: str) -> tuple[sqlite3.Connection, int]:
     """Validate a blacklist CSV into a private temporary database (never held in memory whole).
 
     Raises ``DocumentInvalid`` naming every problem (line and column) and every repeated entry.

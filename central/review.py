@@ -43,6 +43,7 @@ from .errors import (
     CentralError,
     MonitorInputInvalid,
     NotFound,
+    SelfApproval,
     WorkflowState,
 )
 from .operators import Operator, get_operator, may_see, require_area, require_supervisor
@@ -530,6 +531,22 @@ def _publish(
     return {**decision, "status": "effective", "bundle_area": published.area, "bundle_seq": published.seq}
 
 
+def _second_person(conn: sqlite3.Connection, op: Operator, case_id: int, kind: str) -> None:
+    """The two-person rule of what agents enforce: a blacklist or suspension is decided by a supervisor
+    who did not confirm any of the case's suspicions (the reviewer is the first person, they the
+    second), so no single operator both finds and punishes."""
+    confirmed = conn.execute(
+        "SELECT 1 FROM reviews AS r JOIN suspicions AS s ON s.id = r.suspicion_id "
+        "WHERE s.case_id = ? AND r.outcome = 'confirm' AND r.operator = ? LIMIT 1",
+        (case_id, op.name),
+    ).fetchone()
+    if confirmed:
+        raise SelfApproval(
+            f"{op.name} confirmed a suspicion of case {case_id} and may not also decide a {kind} on it: "
+            "another supervisor decides (two persons for what agents enforce)"
+        )
+
+
 def make_decision(
     store: Store,
     op: Operator,
@@ -557,6 +574,8 @@ def make_decision(
 
     def tx(conn: sqlite3.Connection) -> dict[str, Any]:
         case = _open_for(conn, op, case_id, ("open", "decided"), "a closed case takes no decisions")
+        if kind in PUBLISHED_KINDS:
+            _second_person(conn, op, case_id, kind)
         if target_type == "hospital":
             area = _hospital_area(conn, target_id)
             if area is not None and area != case["area"]:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -67,12 +69,22 @@ def _get(url: str, token: str | None = None) -> Any:
         return json.loads(resp.read())
 
 
-def _cli(*args: str) -> str:
-    return _cli_rc(*args)[1]
+#: The centre's operators' tokens by name (``admin`` from ``init``), passed to the CLI in
+#: ``$YIBAO_OPERATOR_TOKEN`` as an operator's shell would hold them.
+_TOKENS: dict[str, str] = {}
 
 
-def _cli_rc(*args: str) -> tuple[int, str]:
-    out = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=120)
+def _cli(*args: str, who: str = "admin") -> str:
+    return _cli_rc(*args, who=who)[1]
+
+
+def _cli_rc(*args: str, who: str = "admin") -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "YIBAO_OPERATOR_TOKEN"}
+    if who in _TOKENS:
+        env["YIBAO_OPERATOR_TOKEN"] = _TOKENS[who]
+    out = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, timeout=120, env=env
+    )
     if out.returncode not in (0, 2, 3):  # 2, 3: reconcile's "not whole" and "not provably complete"
         raise SystemExit(f"{' '.join(args[:3])} failed:\n{out.stderr}")
     return out.returncode, out.stdout
@@ -202,8 +214,11 @@ def _operator(c_home: Path, a_url: str, token: str, hospital: str, n: int) -> li
     area = "370200"
     print("operator:")
     started = time.monotonic()
-    _cli("yibao-central", "--home", str(c_home), "blacklist", "add", "--type", "person", "--id", psn_no,
-         "--reason", "card reported lost", "--area", area, "--operator", "demo")  # fmt: skip
+    proposed = _cli("yibao-central", "--home", str(c_home), "blacklist", "add", "--type", "person", "--id",
+                    psn_no, "--reason", "card reported lost", "--area", area, who="wang")  # fmt: skip
+    change = _approve(c_home, proposed)
+    print(f"  maker-checker change {change[0]} proposed by wang (digest {change[1][:12]}…), "
+          "approved by zhang")  # fmt: skip
     deadline = time.monotonic() + 30
     while True:
         body["his_setl_no"] = f"OPS-{n}-{int(time.monotonic() * 1000)}"
@@ -216,12 +231,12 @@ def _operator(c_home: Path, a_url: str, token: str, hospital: str, n: int) -> li
         return [{"setl_id": answer["setl_id"], "kind": "setl"}] if status in (200, 201) else []
     err = answer["error"]
     print(
-        f"  blacklist     person added by operator 'demo'; the agent refused the next settlement "
+        f"  blacklist     person added by wang and zhang; the agent refused the next settlement "
         f"{time.monotonic() - started:.1f} s later "
         f"({err['code']}: {err['reason']}, list v{err['list_version']})"
     )
-    _cli("yibao-central", "--home", str(c_home), "blacklist", "remove", "--type", "person", "--id", psn_no,
-         "--area", area, "--operator", "demo", "--reason", "card found")  # fmt: skip
+    _approve(c_home, _cli("yibao-central", "--home", str(c_home), "blacklist", "remove", "--type", "person",
+                          "--id", psn_no, "--area", area, "--reason", "card found", who="wang"))  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         body["his_setl_no"] = f"OPS-{n}-{int(time.monotonic() * 1000)}"
@@ -232,6 +247,24 @@ def _operator(c_home: Path, a_url: str, token: str, hospital: str, n: int) -> li
         time.sleep(0.2)
     print("  lifted        NOT seen by the agent within 30 s")
     return []
+
+
+def _approve(c_home: Path, proposed: str) -> tuple[str, str]:
+    """The checker (zhang) approves the change the maker's verb printed, naming its digest."""
+    found = re.search(r"^change (\d+) \[pending\] .* digest ([0-9a-f]{64})\)$", proposed, re.M)
+    if found is None:
+        raise SystemExit(f"no pending change in {proposed!r}")
+    _cli("yibao-central", "--home", str(c_home), "changes", "approve", found[1], "--digest", found[2],
+         who="zhang")  # fmt: skip
+    return found[1], found[2]
+
+
+def _operators(c_home: Path) -> None:
+    """The first admin's token from ``init``, then two policy operators: a maker and a checker."""
+    _TOKENS["admin"] = (c_home / "admin.token").read_text().strip()
+    for name in ("wang", "zhang"):
+        _TOKENS[name] = _cli("yibao-central", "--home", str(c_home), "operators", "add", name, "--role",
+                             "policy", "--reason", "demo policy operator").strip()  # fmt: skip
 
 
 SAMPLES = Path(__file__).resolve().parent.parent / "docs" / "samples"
@@ -287,21 +320,15 @@ def _monitoring(
     for h in traffic.hospitals:
         _cli(*cli, "hospitals", "set", "--hospital", h.code, "--level", h.hosp_lv, "--name", h.name,
              "--lat", f"{h.lat}", "--lon", f"{h.lon}")  # fmt: skip
-    _cli(
-        *cli,
-        "catalogue",
-        "import",
-        str(SAMPLES / "catalogue.json"),
-        "--area",
-        MONITOR_AREA,
-        "--operator",
-        "demo",
-    )
-    _cli(*cli, "rules", "publish", str(SAMPLES / "monitoring_rules.json"), "--area", MONITOR_AREA,
-         "--operator", "demo")  # fmt: skip
-    _cli(*cli, "deaths", "import", str(files["deaths"]), "--operator", "demo")
-    _cli(*cli, "operators", "add", "li", "--area", MONITOR_AREA, "--role", "supervisor", "--operator", "demo",
-         "--reason", "demo reviewer")  # fmt: skip
+    _approve(c_home, _cli(*cli, "catalogue", "import", str(SAMPLES / "catalogue.json"), "--area",
+                          MONITOR_AREA, who="wang"))  # fmt: skip
+    _approve(c_home, _cli(*cli, "rules", "publish", str(SAMPLES / "monitoring_rules.json"), "--area",
+                          MONITOR_AREA, who="wang"))  # fmt: skip
+    _cli(*cli, "deaths", "import", str(files["deaths"]))
+    _TOKENS["li"] = _cli(*cli, "operators", "add", "li", "--area", MONITOR_AREA, "--role", "reviewer",
+                         "--reason", "demo reviewer").strip()  # fmt: skip
+    _TOKENS["zhao"] = _cli(*cli, "operators", "add", "zhao", "--area", MONITOR_AREA, "--role", "supervisor",
+                           "--reason", "demo supervisor: decides what li confirmed").strip()  # fmt: skip
     agents = {h.code: _start_agent(home, c_home, c_url, h.code, services) for h in traffic.hospitals
               if h.code != hospital}  # fmt: skip
     agents[hospital] = (a_url, his_token)
@@ -317,7 +344,7 @@ def _monitoring(
 
     def queue() -> list[dict[str, Any]]:
         out = _cli(
-            *cli, "suspicions", "list", "--operator", "li", "--status", "all", "--limit", "1000", "--json"
+            *cli, "suspicions", "list", "--status", "all", "--limit", "1000", "--json", who="li"
         )
         return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -350,12 +377,12 @@ def _monitoring(
         return False
     top = reds[0]
     sid = str(top["id"])
-    _cli(*cli, "suspicions", "review", sid, "confirm", "--reason", "records checked", "--operator", "li")
+    _cli(*cli, "suspicions", "review", sid, "confirm", "--reason", "records checked", who="li")
     title = f"{top['rule_id']} at {top['fixmedins_code']}"
-    case = json.loads(_cli(*cli, "cases", "open", sid, "--title", title, "--operator", "li", "--json"))
+    case = json.loads(_cli(*cli, "cases", "open", sid, "--title", title, "--json", who="li"))
     decision = json.loads(_cli(*cli, "decisions", "make", str(case["id"]), "--kind", "blacklist",
                                "--target-type", "person", "--target-id", top["psn_no"],
-                               "--reason", "confirmed fraud", "--operator", "li", "--json"))  # fmt: skip
+                               "--reason", "confirmed fraud", "--json", who="zhao"))  # fmt: skip
     body = generate_settlement(random.Random(7), hospital, 7, run_tag=f"MON{int(time.time())}")
     body["psn"] = {**body["psn"], "psn_no": top["psn_no"]}
     deadline = time.monotonic() + 30
@@ -383,7 +410,8 @@ def run_demo(home: Path, drive_s: float, rate: float, hospital: str, services: l
     c_url, a_url = f"https://127.0.0.1:{c_port}", f"http://127.0.0.1:{a_port}"
 
     global _TRUST
-    _cli("yibao-central", "--home", str(c_home), "init")
+    _cli("yibao-central", "--home", str(c_home), "init", "--admin-token-file", str(c_home / "admin.token"))
+    _operators(c_home)
     _TRUST = ssl.create_default_context(cafile=str(c_home / "tls" / "trust.pem"))
     central = _Service(
         "central",

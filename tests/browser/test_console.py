@@ -49,9 +49,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     central.proc.start()
     agent: Agent | None = None
     try:
-        central.cli("rules", "publish", str(rules), "--area", AREA, "--operator", "admin")
+        central.cli("rules", "publish", str(rules), "--area", AREA)  # proposed by maker, approved by checker
         central.cli("hospitals", "set", "--hospital", HOSPITAL, "--level", "3", "--name", "Qingdao No.1",
-                    "--lat", "36.07", "--lon", "120.38", "--operator", "admin")  # fmt: skip
+                    "--lat", "36.07", "--lon", "120.38")  # fmt: skip
         tokens = {
             "rev": central.cli("operators", "add", "rev", "--area", AREA).strip(),
             "sup": central.cli("operators", "add", "sup", "--area", AREA, "--role", "supervisor").strip(),

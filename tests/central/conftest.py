@@ -299,3 +299,17 @@ def tuf_client(base_url: str, root: bytes, where: Path) -> Updater:
         f"{base_url}/tuf/targets/",
         bootstrap=root,
     )
+
+
+@pytest.fixture
+def act_as(store: Store, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """``act_as(name, role)``: register that operator and make ``central.cli.main`` act as them
+    (``$YIBAO_OPERATOR_TOKEN``); returns the token. An admin by default."""
+    from central.operators import add_operator
+
+    def act(name: str = "admin", role: str = "admin", area: str | None = None) -> str:
+        _, token = add_operator(store, ACTOR, name, area=area, role=role)
+        monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", token)
+        return token
+
+    return act

@@ -288,8 +288,9 @@ def _big_file(path: Path, n: int) -> Path:
 
 
 def test_an_import_killed_mid_file_resumes_where_it_stopped_with_nothing_lost_or_doubled(
-    tmp_path, config, registered
+    tmp_path, config, registered, act_as
 ) -> None:
+    act_as()  # the process acts as the admin through $YIBAO_OPERATOR_TOKEN
     n = 12_000
     path = _big_file(tmp_path / "big.jsonl", n)
     cmd = [
@@ -341,13 +342,29 @@ def _home(config) -> list[str]:
     return ["--home", str(config.home)]
 
 
-def test_the_cli_imports_reports_rejects_and_status(tmp_path, config, registered, capsys) -> None:
+def test_the_cli_imports_reports_rejects_and_status(tmp_path, config, registered, capsys, act_as) -> None:
     from central.cli import main
+
+    act_as("li", "reviewer", area="110100")
+    path0 = tmp_path / "refused.jsonl"
+    path0.write_text(json.dumps(body(HISTORY[0])) + "\n", encoding="utf-8")
+    assert main([*_home(config), "import", "settlements", str(path0)]) == 4  # a reviewer may not import
+    assert "admin" in capsys.readouterr().err and count(registered, "settlements") == 0
+    act_as("root", "admin")
 
     path = tmp_path / "h.jsonl"
     path.write_text(json.dumps(body(HISTORY[0])) + "\n{broken\n", encoding="utf-8")
     rejects = tmp_path / "rejects.jsonl"
-    args = [*_home(config), "import", "settlements", str(path), "--rejects", str(rejects), "--operator", "li"]
+    args = [
+        *_home(config),
+        "import",
+        "settlements",
+        str(path),
+        "--rejects",
+        str(rejects),
+        "--reason",
+        "2024 history",
+    ]
     assert main(args) == 2  # imported, but not everything: the operator has rows to correct
     out = capsys.readouterr().out
     assert "1 settlements and 0 reversals stored" in out and "first reject: row 2: row_invalid" in out
@@ -356,14 +373,15 @@ def test_the_cli_imports_reports_rejects_and_status(tmp_path, config, registered
     (status,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert (status["status"], status["settlements"], status["rejected"]) == ("done", 1, 1)
     audit = registered.read(lambda c: c.execute("SELECT operator, action FROM audit_log").fetchall())
-    assert ("li", "import.settlements") in audit
+    assert ("root", "import.settlements") in audit
     assert main([*_home(config), "import", "settlements", str(tmp_path / "x.xlsx")]) == 1
     assert "give --format" in capsys.readouterr().err
 
 
-def test_hospitals_import_registers_all_or_none(tmp_path, config, store, capsys) -> None:
+def test_hospitals_import_registers_all_or_none(tmp_path, config, store, capsys, act_as) -> None:
     from central.cli import main
 
+    act_as()
     good = tmp_path / "hospitals.csv"
     good.write_text(
         "fixmedins_code,hosp_lv,name,admdvs,lat,lon\n"
@@ -376,7 +394,7 @@ def test_hospitals_import_registers_all_or_none(tmp_path, config, store, capsys)
     assert main([*_home(config), "hospitals", "import", str(bad)]) == 1
     assert "bad.csv line 3" in capsys.readouterr().err
     assert count(store, "hospitals") == 0
-    assert main([*_home(config), "hospitals", "import", str(good), "--operator", "li"]) == 0
+    assert main([*_home(config), "hospitals", "import", str(good), "--reason", "registry"]) == 0
     rows = store.read(
         lambda c: c.execute("SELECT fixmedins_code, hosp_lv, x_km IS NOT NULL FROM hospitals").fetchall()
     )
@@ -384,13 +402,14 @@ def test_hospitals_import_registers_all_or_none(tmp_path, config, store, capsys)
 
 
 def test_enrolment_tokens_for_a_file_of_hospitals_go_to_a_private_file(
-    tmp_path, config, store, capsys
+    tmp_path, config, store, capsys, act_as
 ) -> None:
     from central.cli import main
     from central.enrol import enrol_agent
     from protocol.batch import KeyPair
     from protocol.wire import EnrollRequest
 
+    act_as()
     hospitals = tmp_path / "hospitals.csv"
     hospitals.write_text("fixmedins_code\nH11010100001\nH11010100002\n", encoding="utf-8")
     out = tmp_path / "tokens.csv"

@@ -30,8 +30,10 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_enroll_token_prints_only_the_token(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    assert _run("--home", str(home), "init").returncode == 0
-    out = _run("--home", str(home), "enroll-token", "--hospital", HOSPITAL, "--ttl-hours", "2")
+    admin = str(tmp_path / "admin.token")
+    assert _run("--home", str(home), "init", "--admin-token-file", admin).returncode == 0
+    out = _run("--home", str(home), "--token-file", admin, "enroll-token", "--hospital", HOSPITAL,
+               "--ttl-hours", "2")  # fmt: skip
     assert out.returncode == 0
     lines = out.stdout.splitlines()
     assert len(lines) == 1 and len(lines[0]) >= 32 and " " not in lines[0]
@@ -56,8 +58,12 @@ def test_uninitialised_home_says_to_run_init(tmp_path: Path, capsys) -> None:
     assert "init" in capsys.readouterr().err
 
 
-def test_agents_list_and_revoke(config, store, chain, capsys) -> None:
+def test_agents_list_and_revoke(config, store, chain, capsys, act_as) -> None:
     home = ["--home", str(config.home)]
+    act_as("policy-only", "policy")
+    assert main([*home, "agents", "revoke", chain.agent_id]) == 4  # an admin's act
+    assert "only a admin operator" in capsys.readouterr().err
+    act_as()
     assert main([*home, "agents", "list", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["agent_id"] == chain.agent_id and row["revoked"] is False
@@ -68,7 +74,8 @@ def test_agents_list_and_revoke(config, store, chain, capsys) -> None:
     assert "no agent 'nobody'" in capsys.readouterr().err
 
 
-def test_bad_hospital_code_is_refused(config, capsys) -> None:
+def test_bad_hospital_code_is_refused(config, capsys, act_as) -> None:
+    act_as()
     assert main(["--home", str(config.home), "enroll-token", "--hospital", "bad code"]) == 1
     assert "hospital code" in capsys.readouterr().err
 

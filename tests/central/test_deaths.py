@@ -66,7 +66,8 @@ def test_a_bad_file_is_refused_whole_with_every_problem_by_line(store: Store, tm
     assert _held(store) == [] and _audit(store) == []
 
 
-def test_the_cli_imports_lists_and_counts(config, store: Store, tmp_path: Path, capsys) -> None:
+def test_the_cli_imports_lists_and_counts(config, store: Store, tmp_path: Path, capsys, act_as) -> None:
+    act_as()
     f = tmp_path / "d.csv"
     f.write_text("P0000000001,2025-03-14\n")
     home = ["--home", str(config.home)]

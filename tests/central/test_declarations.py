@@ -146,16 +146,19 @@ def test_a_bad_declaration_is_refused_with_the_field_named_and_nothing_stored(st
     assert count(store, "declarations") == 0 and count(store, "reupload_requests") == 0
 
 
-def test_the_cli_submits_lists_and_exits_2_when_it_differs(store, held, config, tmp_path, capsys) -> None:
+def test_the_cli_submits_lists_and_exits_2_when_it_differs(
+    store, held, config, tmp_path, capsys, act_as
+) -> None:
     home = ["--home", str(config.home)]
+    act_as("wang", "supervisor", area="110100")
     good, bad = tmp_path / "good.json", tmp_path / "bad.json"
     good.write_bytes(data(doc()))
     d = doc()
     d["details"].append({"setl_id": "S9", "medfee_sumamt": "1.00"})
     bad.write_bytes(data(d))
-    assert main([*home, "declarations", "submit", str(good), "--operator", "wang"]) == 0
+    assert main([*home, "declarations", "submit", str(good)]) == 0
     assert "AGREES" in capsys.readouterr().out
-    assert main([*home, "declarations", "submit", str(bad), "--operator", "wang"]) == 2
+    assert main([*home, "declarations", "submit", str(bad)]) == 2
     out = capsys.readouterr().out
     assert "DIFFERS" in out and "1 declared but not held: S9" in out and "declarations check" in out
     assert main([*home, "declarations", "list", "--json"]) == 0

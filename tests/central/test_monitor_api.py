@@ -62,6 +62,7 @@ def test_the_workflow_over_http(server: Server, sup: Client, rev: Client) -> Non
     )
     assert rev.get("/operators/me") == (200, {
         "name": "rev", "main_area": AREA, "areas": [], "scope": [AREA], "role": "reviewer",
+        "roles": ["reviewer"],
         "created_at": rev.get("/operators/me")[1]["created_at"], "disabled_at": None,  # type: ignore[index]
     })  # fmt: skip
     status, queue = rev.get("/suspicions")
@@ -158,10 +159,11 @@ def test_the_workflow_over_http(server: Server, sup: Client, rev: Client) -> Non
 
 
 def test_blacklist_decision_is_pending_without_keys(
-    server: Server, sup: Client, config: CentralConfig, capsys: pytest.CaptureFixture[str]
+    server: Server, sup: Client, rev: Client, config: CentralConfig, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (s,) = suspect(server.store, finding())
-    sup.post(f"/suspicions/{s}/review", {"outcome": "confirm", "reason": "ok"})
+    rev.post(f"/suspicions/{s}/review", {"outcome": "confirm", "reason": "ok"})  # sup is the second person
     _, case = sup.post("/cases", {"suspicions": [s], "title": "card"})
     keys = config.operators_dir
     hidden = keys.with_name("operators.offline")
@@ -174,7 +176,8 @@ def test_blacklist_decision_is_pending_without_keys(
         hidden.rename(keys)
     assert status == 201 and dec["status"] == "pending_publish"  # type: ignore[index]
     assert "decisions publish" in dec["publish_error"]  # type: ignore[index]
-    code = main(["--home", str(config.home), "decisions", "publish", "--operator", "sup"])
+    monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", sup.token)
+    code = main(["--home", str(config.home), "decisions", "publish"])
     out, err = capsys.readouterr()
     assert code == 0 and "1 pending decisions published" in err and "blacklist 110100 seq 1" in out
     status, decs = sup.get("/decisions?status=effective")

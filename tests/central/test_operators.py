@@ -105,36 +105,49 @@ def _cli(config: CentralConfig, capsys: pytest.CaptureFixture[str], *args: str) 
     return code, out, err
 
 
-def test_cli_scope(config: CentralConfig, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_scope(
+    config: CentralConfig, store: Store, capsys: pytest.CaptureFixture[str], act_as, monkeypatch
+) -> None:
+    admin = act_as()
     code, out, err = _cli(config, capsys, "operators", "add", "here", "--area", AREA, "--role", "supervisor")
     assert code == 0 and out.strip().startswith("yop_") and "shown once" in err
+    here = out.strip()
     assert _cli(config, capsys, "operators", "add", "there", "--area", OTHER)[0] == 0
     code, out, _ = _cli(config, capsys, "operators", "list", "--json")
-    assert [json.loads(line)["name"] for line in out.splitlines()] == ["here", "there"]
+    assert [json.loads(line)["name"] for line in out.splitlines()] == ["admin", "here", "there"]
     mine, theirs = suspect(store, finding(hit("A")), finding(hit("B"), area=OTHER))
 
-    code, out, _ = _cli(config, capsys, "suspicions", "list", "--operator", "here", "--json")
+    code, _, err = _cli(config, capsys, "suspicions", "list")  # an admin does not work the review queue
+    assert code == 4 and "reviewer or a supervisor" in err
+    monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", here)
+    code, out, _ = _cli(config, capsys, "suspicions", "list", "--json")
     assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [mine]
-    code, _, err = _cli(config, capsys, "suspicions", "list", "--operator", "here", "--area", OTHER)
+    code, _, err = _cli(config, capsys, "suspicions", "list", "--area", OTHER)
     assert code == 1 and "does not manage pooling area 370200" in err
-    code, _, err = _cli(config, capsys, "suspicions", "show", str(theirs), "--operator", "here")
+    code, _, err = _cli(config, capsys, "suspicions", "show", str(theirs))
     assert code == 1 and "does not exist in your areas" in err
-    code, _, err = _cli(config, capsys, "suspicions", "review", str(theirs), "confirm", "--reason", "x",
-                        "--operator", "here")  # fmt: skip
+    code, _, err = _cli(config, capsys, "suspicions", "review", str(theirs), "confirm", "--reason", "x")
     assert code == 1 and "does not exist in your areas" in err
-    code, _, err = _cli(config, capsys, "suspicions", "list", "--operator", "ghost")
-    assert code == 1 and "not a registered operator" in err
+    monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", "yop_ghost")
+    code, _, err = _cli(config, capsys, "suspicions", "list")
+    assert code == 4 and "not valid" in err
+    monkeypatch.delenv("YIBAO_OPERATOR_TOKEN")
+    code, _, err = _cli(config, capsys, "suspicions", "review", str(mine), "confirm", "--reason", "seen")
+    assert code == 4 and "YIBAO_OPERATOR_TOKEN" in err
     assert store.read(lambda c: c.execute("SELECT count(*) FROM reviews").fetchone()[0]) == 0
 
-    code, _, err = _cli(config, capsys, "suspicions", "review", str(mine), "confirm", "--reason", "seen",
-                        "--operator", "here")  # fmt: skip
+    monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", here)
+    code, _, err = _cli(config, capsys, "suspicions", "review", str(mine), "confirm", "--reason", "seen")
     assert code == 0 and "confirmed" in err
-    code, out, err = _cli(config, capsys, "cases", "open", str(mine), "--title", "t", "--assignee", "there",
-                          "--operator", "here")  # fmt: skip
+    code, out, err = _cli(config, capsys, "cases", "open", str(mine), "--title", "t", "--assignee", "there")
     assert code == 1 and "does not manage pooling area 110100" in err
+    code, _, err = _cli(config, capsys, "operators", "disable", "here")  # not an admin
+    assert code == 4 and "admin" in err
+    monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", admin)
     assert _cli(config, capsys, "operators", "disable", "here")[0] == 0
-    code, _, err = _cli(config, capsys, "suspicions", "list", "--operator", "here")
-    assert code == 1 and "disabled" in err
+    monkeypatch.setenv("YIBAO_OPERATOR_TOKEN", here)
+    code, _, err = _cli(config, capsys, "suspicions", "list")
+    assert code == 4 and "disabled" in err
 
 
 def _get(server: Server, path: str, token: str | None) -> tuple[int, object]:

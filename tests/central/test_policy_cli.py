@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -19,14 +20,32 @@ BIN = Path(sys.executable).parent / "yibao-central"
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 
 
-def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN), "--home", str(home), *args], capture_output=True, text=True, timeout=60)
+def _run(home: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "YIBAO_OPERATOR_TOKEN"}
+    if token:
+        env["YIBAO_OPERATOR_TOKEN"] = token
+    return subprocess.run([str(BIN), "--home", str(home), *args], capture_output=True, text=True, timeout=60,
+                          env=env)  # fmt: skip
+
+
+def _alone(home: Path) -> None:
+    """These tests are about the verbs, not maker-checker (tests/central/test_changes.py): one operator."""
+    (home / "central.json").write_text(json.dumps({"approvals_required": 1}))
+
+
+@pytest.fixture
+def policy_op(config, act_as) -> str:
+    _alone(config.home)
+    return act_as("alice", "policy")
 
 
 def test_the_command_end_to_end(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    init = _run(home, "init", "--area", "370200")
+    init = _run(home, "init", "--area", "370200", "--admin-token-file", str(tmp_path / "admin.token"))
     assert init.returncode == 0, init.stderr
+    _alone(home)
+    admin = (tmp_path / "admin.token").read_text().strip()
+    alice = _run(home, "operators", "add", "alice", "--role", "policy", token=admin).stdout.strip()
     assert init.stdout.startswith("TUF root v1 fingerprint: ") and "operator keys" in init.stderr
     fingerprint = init.stdout.splitlines()[0].split(": ", 1)[1].strip()  # line 2: the TLS trust digest
     shown = _run(home, "root", "show")
@@ -34,26 +53,28 @@ def test_the_command_end_to_end(tmp_path: Path) -> None:
     assert "root      2 of 3" in shown.stdout
 
     add = _run(home, "blacklist", "add", "--type", "card", "--id", "A37020012345",
-               "--reason", "reported lost", "--operator", "alice")  # fmt: skip
+               "--reason", "reported lost", "--why", "reported lost", token=alice)  # fmt: skip
     assert add.returncode == 0, add.stderr
     assert add.stdout.strip() == "370200 blacklist seq 1 (full, 1 entry) published as timestamp v2"
     listed = _run(home, "blacklist", "list", "--json")
     (row,) = [json.loads(line) for line in listed.stdout.splitlines()]
     assert row["id"] == "A37020012345" and row["reason"] == "reported lost" and row["area"] == "370200"
 
-    imported = _run(home, "blacklist", "import", str(SAMPLES / "blacklist.csv"), "--reason", "weekly list")
+    imported = _run(home, "blacklist", "import", str(SAMPLES / "blacklist.csv"), "--reason", "weekly list",
+                    token=alice)  # fmt: skip
     # the sample holds the same card again (it replaces the entry): 5 entries
     assert imported.returncode == 0 and "seq 2 (full, 5 entries)" in imported.stdout
     for verb in (["policy", "publish"], ["catalogue", "import"], ["rules", "publish"], ["keys", "publish"]):
-        out = _run(home, *verb, str(SAMPLES / f"{verb[0]}.json"))
+        out = _run(home, *verb, str(SAMPLES / f"{verb[0]}.json"), token=alice)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"370200 {verb[0]} seq 1 (full, ")
 
-    removed = _run(home, "blacklist", "remove", "--type", "card", "--id", "A37020012345", "--reason", "found")
+    removed = _run(home, "blacklist", "remove", "--type", "card", "--id", "A37020012345", "--reason", "found",
+                   token=alice)  # fmt: skip
     assert removed.returncode == 0 and "seq 3 (delta on seq 2, 1 entry)" in removed.stdout
 
     tar_path = tmp_path / "offline.tar"
-    export = _run(home, "bundle", "export", "--kind", "blacklist", "--out", str(tar_path))
+    export = _run(home, "bundle", "export", "--kind", "blacklist", "--out", str(tar_path), token=alice)
     assert export.returncode == 0, export.stderr
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
@@ -64,15 +85,16 @@ def test_the_command_end_to_end(tmp_path: Path) -> None:
 
     audit = _run(home, "audit", "--json")
     actions = [json.loads(line) for line in audit.stdout.splitlines()]
+    actions = [a for a in actions if not a["action"].startswith(("change.", "operator."))]
     assert [a["action"] for a in actions] == [
         "bundle.export", "blacklist.remove", "keys.publish", "rules.publish", "catalogue.import",
         "policy.publish", "blacklist.import", "blacklist.add",
     ]  # fmt: skip
-    assert actions[-1]["operator"] == "alice" and actions[-1]["reason"] == "reported lost"
-    assert actions[1]["reason"] == "found" and actions[1]["seq"] == 3
+    assert actions[-1]["operator"] == "alice" and actions[-1]["reason"].endswith(": reported lost")
+    assert actions[1]["reason"].endswith(": found") and actions[1]["seq"] == 3
 
 
-def test_refusals_exit_non_zero_and_change_nothing(config, tmp_path: Path, capsys) -> None:
+def test_refusals_exit_non_zero_and_change_nothing(config, tmp_path: Path, capsys, policy_op) -> None:
     home = ["--home", str(config.home)]
     assert main([*home, "blacklist", "add", "--type", "card", "--id", "C1", "--reason", "lost"]) == 1
     assert "pass --area AREA" in capsys.readouterr().err
@@ -96,11 +118,13 @@ def test_refusals_exit_non_zero_and_change_nothing(config, tmp_path: Path, capsy
     assert main([*home, "rules", "publish", str(SAMPLES / "rules.json"), "--key", str(stranger)]) == 1
     assert "targets needs signatures of 1 of its 3 operator keys" in capsys.readouterr().err
     assert main([*home, "audit", "--json"]) == 0
-    assert capsys.readouterr().out == ""  # nothing audited: nothing happened
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["action"] for r in rows] == ["operator.add"]  # nothing else audited: nothing happened
     assert TufRepository.open(config).versions()["timestamp"] == 1
 
 
-def test_operator_keys_and_root_rotation(config, tmp_path: Path, capsys) -> None:
+def test_operator_keys_and_root_rotation(config, tmp_path: Path, capsys, act_as) -> None:
+    act_as("carol")
     home = ["--home", str(config.home)]
     new = tmp_path / "new.pem"
     assert main(["keys", "generate", "--out", str(new)]) == 0
@@ -130,8 +154,6 @@ def test_operator_keys_and_root_rotation(config, tmp_path: Path, capsys) -> None
         str(ops[1]),
         "--key",
         str(ops[2]),
-        "--operator",
-        "carol",
         "--reason",
         "key ceremony",
     ]
@@ -149,7 +171,7 @@ def test_operator_keys_and_root_rotation(config, tmp_path: Path, capsys) -> None
     assert row["detail"]["added"] == [keyid] and row["detail"]["version"] == 2
 
 
-def test_bundle_sync_and_list(config, capsys) -> None:
+def test_bundle_sync_and_list(config, capsys, policy_op) -> None:
     home = ["--home", str(config.home)]
     assert main([*home, "bundle", "sync"]) == 0
     assert "nothing to publish" in capsys.readouterr().out

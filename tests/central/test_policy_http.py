@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -48,6 +49,10 @@ def test_the_change_signal_answers_at_once_when_something_is_newer(server: Serve
 
 
 def test_a_publish_from_another_process_wakes_the_long_poll(server: Server, config) -> None:
+    from central.operators import add_operator
+
+    _, token = add_operator(server.store, ACTOR, "ops1", area=None, role="policy")
+    (config.home / "central.json").write_text('{"approvals_required": 1}')  # one process publishes
     result: dict = {}
 
     def poll() -> None:
@@ -59,8 +64,8 @@ def test_a_publish_from_another_process_wakes_the_long_poll(server: Server, conf
     started = time.monotonic()
     out = subprocess.run(
         [str(BIN), "--home", str(config.home), "blacklist", "add", "--type", "card", "--id", "C1",
-         "--reason", "lost", "--area", AREA, "--operator", "ops1"],
-        capture_output=True, text=True, timeout=60,
+         "--reason", "lost", "--area", AREA],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "YIBAO_OPERATOR_TOKEN": token},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     waiter.join(timeout=20)

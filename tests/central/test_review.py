@@ -58,10 +58,12 @@ def sup(store: Store):
 
 @pytest.fixture
 def confirmed(store: Store, sup) -> list[int]:
-    """Three confirmed suspicions of AREA."""
+    """Three confirmed suspicions of AREA, confirmed by a reviewer: ``sup`` is the second person who
+    may decide a blacklist or suspension on them (``central.review``'s two-person rule)."""
     ids = suspect(store, *(finding(hit(f"R{i}")) for i in range(3)))
+    first = operator(store, "first", AREA, role="reviewer")[0]
     for i in ids:
-        review_suspicion(store, sup, i, "confirm", "the dispensing records agree")
+        review_suspicion(store, first, i, "confirm", "the dispensing records agree")
     return ids
 
 

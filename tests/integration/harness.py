@@ -9,12 +9,19 @@ remembers each centre's trust bundle, so ``http()`` verifies the centre like an 
 for the tests that put a faulty HTTP link between agent and centre (it rewrites bytes in transit,
 which is exactly what TLS forbids); an agent given an ``http://`` centre is enrolled with
 ``--insecure-dev``.
+
+Operators: ``init`` registers the first admin (its token in ``HOME/admin.token``) and ``Central``
+adds two policy operators, ``maker`` and ``checker``. ``cli`` acts as the admin, except the verbs
+that propose a change (``blacklist add``, ``rules publish``…), which ``maker`` proposes and
+``checker`` approves with the digest printed, as two people would (``central.changes``);
+``cli_as(token, …)`` acts as any operator.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -33,6 +40,12 @@ _CENTRES: dict[str, Central] = {}
 
 #: base URL of other HTTPS servers started here (an agent's HIS API over TLS) → a context trusting it
 _TRUSTED: dict[str, ssl.SSLContext] = {}
+
+#: The verbs that propose a change request rather than publish at once.
+PROPOSING = {("blacklist", "add"), ("blacklist", "remove"), ("blacklist", "import"), ("policy", "publish"),
+             ("rules", "publish"), ("catalogue", "import"), ("keys", "publish")}  # fmt: skip
+#: ``changes.describe`` of a pending change: its id and digest.
+CHANGE_LINE = re.compile(r"^change (\d+) \[pending\] .* digest ([0-9a-f]{64})\)$", re.M)
 
 
 def trust(base_url: str, context: ssl.SSLContext) -> None:
@@ -128,8 +141,12 @@ class Central:
         self.home = home
         self.port = free_port()
         self.url = f"{'http' if insecure_dev else 'https'}://127.0.0.1:{self.port}"
+        self.admin_token_file = home / "admin.token"
         #: What ``yibao-central init`` printed (the TUF root's and the trust bundle's fingerprints).
-        self.init_output = self.cli("init")
+        self.init_output = self._run(None, "init", "--admin-token-file", str(self.admin_token_file))
+        self.admin_token = self.admin_token_file.read_text().strip()
+        self.maker_token = self.add_operator("maker", "--role", "policy")
+        self.checker_token = self.add_operator("checker", "--role", "policy")
         listen = f"127.0.0.1:{self.port}"
         args = [str(BIN / "yibao-central"), "--home", str(home), "serve", "--listen", listen, *serve_args]
         #: The agents' ``--ca-hash`` and a context that verifies this centre (None: plain HTTP).
@@ -143,16 +160,40 @@ class Central:
             _CENTRES[self.url] = self
         self.proc = Proc("central", args, home / "central.log", self.url + "/v1/health")
 
-    def cli(self, *args: str) -> str:
+    def _run(self, token: str | None, *args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "YIBAO_OPERATOR_TOKEN"}
+        if token is not None:
+            env["YIBAO_OPERATOR_TOKEN"] = token
         out = subprocess.run(
             [str(BIN / "yibao-central"), "--home", str(self.home), *args],
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
         if out.returncode not in (0, 2, 3):  # 2, 3: reconcile's "not whole" and "not provably complete"
             raise AssertionError(f"yibao-central {' '.join(args)} failed: {out.stderr}")
         return out.stdout
+
+    def cli(self, *args: str) -> str:
+        """A verb as the admin; a proposing verb proposed by ``maker`` and approved by ``checker``
+        (returns what the approval printed: the bundle published)."""
+        if tuple(args[:2]) not in PROPOSING:
+            return self._run(self.admin_token, *args)
+        return self.approve(self._run(self.maker_token, *args))
+
+    def approve(self, proposed: str, token: str | None = None) -> str:
+        """Approve the change ``proposed`` (a proposing verb's output) as ``checker`` (or ``token``)."""
+        found = CHANGE_LINE.search(proposed)
+        assert found, f"no pending change in {proposed!r}"
+        return self._run(token or self.checker_token, "changes", "approve", found[1], "--digest", found[2])
+
+    def cli_as(self, token: str, *args: str) -> str:
+        return self._run(token, *args)
+
+    def add_operator(self, name: str, *args: str) -> str:
+        """Register an operator (as the admin); returns their token."""
+        return self._run(self.admin_token, "operators", "add", name, *args).strip()
 
     def enroll_token(self, hospital: str) -> str:
         return self.cli("enroll-token", "--hospital", hospital).strip()

@@ -83,11 +83,12 @@ def test_settlements_screened_into_suspicions_become_blacklists_the_agents_enfor
     central.proc.start()
     agents: list[Agent] = []
     try:
-        central.cli("rules", "publish", str(_rules_file(tmp_path)), "--area", AREA, "--operator", "admin")
-        token = central.cli("operators", "add", "li", "--area", AREA, "--role", "supervisor").strip()
-        other = central.cli("operators", "add", "wang", "--area", OTHER_AREA).strip()
+        central.cli("rules", "publish", str(_rules_file(tmp_path)), "--area", AREA)  # maker, then checker
+        token = central.add_operator("li", "--area", AREA, "--role", "supervisor")
+        other = central.add_operator("wang", "--area", OTHER_AREA)
+        second = central.add_operator("zhao", "--area", AREA, "--role", "supervisor")
         assert token.startswith("yop_") and other.startswith("yop_")
-        li, wang = Monitor(central, token), Monitor(central, other)
+        li, wang, zhao = Monitor(central, token), Monitor(central, other), Monitor(central, second)
         for hospital in (HOSPITAL_A, HOSPITAL_B):
             agent = Agent(tmp_path / hospital, central.url, hospital, central.enroll_token(hospital))
             agent.proc.start()
@@ -159,7 +160,7 @@ def test_settlements_screened_into_suspicions_become_blacklists_the_agents_enfor
         # -- another area's operator sees nothing ------------------------------------------------------
         assert wang.ok("GET", "/suspicions?status=all") == []
         assert wang.get(f"/suspicions/{s1['id']}")[0] == 404
-        assert central.cli("suspicions", "list", "--operator", "wang", "--json").strip() == ""
+        assert central.cli_as(other, "suspicions", "list", "--json").strip() == ""
 
         # -- P1 through the monitoring API ------------------------------------------------------------
         shown = li.ok("GET", f"/suspicions/{s1['id']}")
@@ -180,10 +181,11 @@ def test_settlements_screened_into_suspicions_become_blacklists_the_agents_enfor
         assert li.ok("GET", f"/suspicions/{s1['id']}")["status"] == "in_case"
         li.ok("POST", f"/cases/{case['id']}/notes", {"text": "pharmacy confirms", "kind": "evidence",
                                                     "detail": {"visits": 5}}, status=201)  # fmt: skip
-        d1 = li.ok("POST", f"/cases/{case['id']}/decisions", {
-            "kind": "blacklist", "target_type": "person", "target_id": P1,
-            "reason": "insurance card lent to others",
-        }, status=201)  # fmt: skip
+        blacklist_p1 = {"kind": "blacklist", "target_type": "person", "target_id": P1,
+                        "reason": "insurance card lent to others"}  # fmt: skip
+        code, answer = li.post(f"/cases/{case['id']}/decisions", blacklist_p1)
+        assert (code, answer["error"]["code"]) == (403, "self_approval_forbidden")  # li confirmed it
+        d1 = zhao.ok("POST", f"/cases/{case['id']}/decisions", blacklist_p1, status=201)  # a second person
         assert (d1["status"], d1["bundle_area"]) == ("effective", AREA) and d1["bundle_seq"] >= 1
         shown = li.ok("GET", f"/cases/{case['id']}")
         assert shown["status"] == "decided" and [s["status"] for s in shown["suspicions"]] == ["decided"]
@@ -193,25 +195,22 @@ def test_settlements_screened_into_suspicions_become_blacklists_the_agents_enfor
         # -- P2 through the CLI: the card is blacklisted --------------------------------------------------
         listed = [
             json.loads(x)
-            for x in central.cli("suspicions", "list", "--operator", "li", "--json").splitlines()
+            for x in central.cli_as(token, "suspicions", "list", "--json").splitlines()
         ]
         assert [s["id"] for s in listed] == [s2["id"]]
-        central.cli("suspicions", "review", str(s2["id"]), "confirm", "--reason", "five visits in a day",
-                    "--operator", "li")  # fmt: skip
-        case2 = json.loads(central.cli("cases", "open", str(s2["id"]), "--title", "card shared",
-                                       "--operator", "li", "--json"))  # fmt: skip
+        central.cli_as(token, "suspicions", "review", str(s2["id"]), "confirm", "--reason",
+                       "five visits in a day")  # fmt: skip
+        case2 = json.loads(central.cli_as(token, "cases", "open", str(s2["id"]), "--title", "card shared",
+                                          "--json"))  # fmt: skip
         assert (case2["area"], case2["status"]) == (AREA, "open")
-        central.cli(
-            "cases", "note", str(case2["id"]), "family member used it", "--evidence", "--operator", "li"
-        )
-        d2 = json.loads(central.cli(
-            "decisions", "make", str(case2["id"]), "--kind", "blacklist", "--target-type", "card",
-            "--target-id", CARDS[P2], "--reason", "card used by a family member", "--operator", "li",
-            "--json",
+        central.cli_as(token, "cases", "note", str(case2["id"]), "family member used it", "--evidence")
+        d2 = json.loads(central.cli_as(
+            second, "decisions", "make", str(case2["id"]), "--kind", "blacklist", "--target-type", "card",
+            "--target-id", CARDS[P2], "--reason", "card used by a family member", "--json",
         ))  # fmt: skip
         assert (d2["status"], d2["bundle_area"]) == ("effective", AREA)
         assert d2["bundle_seq"] > d1["bundle_seq"]  # a second signed bundle
-        shown = json.loads(central.cli("cases", "show", str(case2["id"]), "--operator", "li", "--json"))
+        shown = json.loads(central.cli_as(token, "cases", "show", str(case2["id"]), "--json"))
         assert shown["status"] == "decided" and [s["status"] for s in shown["suspicions"]] == ["decided"]
         quality = {(q["rule_id"], q["rule_version"]): q for q in li.ok("GET", "/rules/quality")}
         q = quality[(RULE, 1)]
@@ -250,13 +249,16 @@ def test_settlements_screened_into_suspicions_become_blacklists_the_agents_enfor
         # -- the audit log tells the story -------------------------------------------------------------
         audit = [json.loads(x) for x in central.cli("audit", "--json", "--limit", "50").splitlines()]
         mine = [r["action"] for r in audit if r["operator"] == "li"]
-        for action in ("suspicion.confirm", "case.open", "case.evidence", "decision.make", "blacklist.add",
-                       "decision.publish"):  # fmt: skip
+        for action in ("suspicion.confirm", "case.open", "case.evidence"):
             assert mine.count(action) == 2, (action, mine)
+        theirs = [r["action"] for r in audit if r["operator"] == "zhao"]  # the second person decided both
+        for action in ("decision.make", "blacklist.add", "decision.publish"):
+            assert theirs.count(action) == 2, (action, theirs)
         for row in audit:
             if row["action"] == "decision.make":
                 assert P1 not in json.dumps(row) and CARDS[P2] not in json.dumps(row)
-        assert "rules.publish" in [r["action"] for r in audit if r["operator"] == "admin"]
+        assert "rules.publish" in [r["action"] for r in audit if r["operator"] == "maker"]
+        assert "change.approve" in [r["action"] for r in audit if r["operator"] == "checker"]
     finally:
         for agent in agents:
             agent.proc.stop()

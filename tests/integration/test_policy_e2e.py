@@ -22,8 +22,11 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
     try:
         status, _ = agent.settle(example_settlement("E2E-0"))
         assert status == 201
-        central.cli("blacklist", "add", "--type", "card", "--id", CARD, "--reason", "reported lost",
-                    "--area", AREA, "--operator", "op-li")  # fmt: skip
+        # maker-checker: maker proposes, nothing reaches the agent until checker approves the digest
+        proposed = central.cli_as(central.maker_token, "blacklist", "add", "--type", "card", "--id", CARD,
+                                  "--reason", "reported lost", "--area", AREA)  # fmt: skip
+        assert "[pending]" in proposed and central.cli("blacklist", "list", "--area", AREA).strip() == ""
+        central.approve(proposed)
 
         attempt = iter(range(1, 10_000))
 
@@ -41,8 +44,8 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
         code, _ = agent.settle(example_settlement("E2E-REFUSED"))
         assert code == 403 and agent.status()["outbox"]["last_seq"] == last_seq  # refused: nothing written
 
-        central.cli("blacklist", "remove", "--type", "card", "--id", CARD, "--operator", "op-li",
-                    "--reason", "card found", "--area", AREA)  # fmt: skip
+        central.cli("blacklist", "remove", "--type", "card", "--id", CARD, "--reason", "card found",
+                    "--area", AREA)  # fmt: skip
         wait_until(lambda: agent.settle(example_settlement(f"E2E-{next(attempt)}"))[0] == 201, timeout=30,
                    what="the agent accepting the card again")  # fmt: skip
 
@@ -55,7 +58,11 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
         row = wait_until(reported, timeout=30, what="the agent reporting its blacklist version")
         assert row["behind"].get("blacklist") == 0
         audit = central.cli("audit", "--json")
-        assert "op-li" in audit and "card found" in audit
+        rows = [json.loads(x) for x in audit.splitlines()]
+        approvals = [r for r in rows if r["action"] == "change.approve"]
+        assert len(approvals) == 2 and {r["operator"] for r in approvals} == {"checker"}
+        assert any(r["action"] == "blacklist.remove" and r["operator"] == "maker" for r in rows)
+        assert "card found" in audit
         assert agent.status()["policy"]["bundles"]["blacklist"]["seq"] >= 2
     finally:
         agent.proc.stop()

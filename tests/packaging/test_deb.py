@@ -107,8 +107,10 @@ def test_installed_units_verify_and_their_commands_serve(installed: dict[str, Pa
     central_home, agent_home = tmp_path / "central", tmp_path / "agent"
     c_listen, a_listen = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     central_bin, agent_bin = str(VENV / "bin/yibao-central"), str(VENV / "bin/yibao-agent")
-    _sh(central_bin, "--home", str(central_home), "init")
-    token = _sh(central_bin, "--home", str(central_home), "enroll-token", "--hospital", HOSPITAL).stdout
+    admin = central_home.parent / "admin.token"  # the first admin init registers: enrolment is theirs
+    _sh(central_bin, "--home", str(central_home), "init", "--admin-token-file", str(admin))
+    token = _sh(central_bin, "--home", str(central_home), "--token-file", str(admin), "enroll-token",
+                "--hospital", HOSPITAL).stdout  # fmt: skip
     token = token.strip()
     trust(f"https://{c_listen}", ssl.create_default_context(cafile=str(central_home / "tls" / "trust.pem")))
     os.environ["YIBAO_HOME"] = str(central_home)  # the unit's Environment=, which Proc passes on
