@@ -7,7 +7,8 @@ the HIS wrote into the body. Cashiers get tokens too, so a settlement says whose
 
 Why a database of its own (``HOME/users.db``) and not a table in ``agent.db``: the outbox has one
 writer thread that owns ``agent.db``; ``yibao-agent users …`` writes while the agent runs, and must
-never take the outbox's write lock or travel in its backups and retention. Like ``policy.db`` and
+never take the outbox's write lock or fall under its retention. (Like every file of the home it is in
+``yibao-agent backup``, so a restored agent keeps its users.) Like ``policy.db`` and
 ``evoucher.db`` it carries its schema version in ``PRAGMA user_version``; migrations are numbered
 steps, each in one transaction.
 

@@ -14,7 +14,7 @@ from agent.intake import parse_settlement
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
 from agent.users import Principal, UserStore
-from protocol.bundles import BundleHeader
+from protocol.bundles import BlacklistEntry, BundleHeader
 from protocol.chain import decode_body, decode_entry
 from tests.conftest import example_settlement
 
@@ -305,3 +305,26 @@ def test_a_rules_bundle_the_checks_cannot_load_keeps_the_previous_rules_and_rais
     with pytest.raises(RuleRefused):
         asyncio.run(checks.settle(record))  # the previous rules still apply
     assert checks.alarms["rules"]["code"] == "checks_bundle_unusable"
+
+
+def test_a_suspended_doctors_override_is_refused_like_the_visits_doctor(desk, tmp_path):
+    """The override's doctor is the signed-in one, so a doctor suspended by the centre (a blacklisted
+    ``dr_codg``) cannot override in a visit someone else leads: refused, nothing written."""
+    checks, _outbox = desk
+    checks.policy.apply_blacklist(
+        BundleHeader("blacklist", "370200", 1, None, "2026-11-25T00:00:00Z"),
+        [BlacklistEntry("+", "doctor", "D0009", "suspended", "test", "")],
+    )
+    override = [{"rule_id": "gender_restriction", "reason": "transgender patient on HRT"}]
+
+    async def scenario(http, outbox, users):
+        suspended = users.add("dr.zhao", "doctor", dr_codg="D0009")
+        body = _body("SUS", RESTRICTED, overrides=override)
+        as_doctor = {"Authorization": f"Bearer {suspended}"}
+        async with http.post("/v1/settlements", data=body, headers=as_doctor) as r:
+            err = (await r.json())["error"]
+        assert r.status == 403 and err["code"] == "blacklisted" and outbox.last_seq == 0
+        async with http.post("/v1/settlements", data=_body("SUS", RESTRICTED)) as r:
+            assert r.status == 201  # the same visit without the suspended doctor's override settles
+
+    _serve(desk, tmp_path, scenario)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,32 @@ def test_only_the_tokens_hash_is_stored_and_the_file_is_the_owners(home):
     assert len(stored) == 32 and token.encode() not in stored
     for path in home.glob("users.db*"):  # the WAL too
         assert token.encode() not in path.read_bytes()
+
+
+def test_the_installed_command_prints_the_token_alone_on_stdout_and_never_lists_it(home):
+    """``yibao-agent users`` as an administrator runs it: a real process, the token captured from stdout."""
+    exe = Path(sys.executable).parent / "yibao-agent"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(exe), "--home", str(home), "users", *args], capture_output=True, text=True, timeout=60
+        )
+
+    added = run("add", "--name", "dr.wang", "--role", "doctor", "--dr-codg", "D0001")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert added.stdout == token + "\n" and token.startswith(TOKEN_PREFIX)
+    assert "shown only now" in added.stderr and token not in added.stderr
+    listed = run("list", "--json")
+    assert listed.returncode == 0 and token not in listed.stdout + listed.stderr
+    assert [u["name"] for u in json.loads(listed.stdout)] == ["dr.wang"]
+    rotated = run("rotate", "--name", "dr.wang")
+    assert rotated.returncode == 0 and rotated.stdout.strip() != token
+    refused = run("add", "--name", "li.na", "--role", "cashier", "--dr-codg", "D2")
+    assert refused.returncode == 1 and refused.stdout == "" and "only a doctor" in refused.stderr
+    assert run("disable", "--name", "dr.wang").returncode == 0
+    with UserStore(home / "users.db") as store:
+        for old in (token, rotated.stdout.strip()):
+            with pytest.raises(Unauthorized):
+                store.authenticate(old)
+        assert [u.name for u in store.users()] == ["dr.wang"]
