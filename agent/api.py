@@ -3,6 +3,14 @@
 Every answer that changes something is given only after the record is durable in the
 outbox. Errors are JSON ``{"error": {"code", "message", "details"?}}`` with a stable code;
 a bad request changes nothing.
+
+Who is asking: every request but the open paths carries a bearer token — the HIS system token
+(``his.token``: the HIS integration as a whole, role ``his``) or a cashier's or doctor's own token
+(``agent.users``). The caller is ``request["caller"]`` (``GET /v1/whoami``). Roles matter where a
+decision is a person's: only a doctor's token may carry overrides, and their code is the doctor's
+from the users table; the medication history and prescription checks are the doctor's side (a
+cashier's token is refused), reversals the cashier's (a doctor's is refused). The HIS system token
+keeps everything it had, except overrides.
 """
 
 from __future__ import annotations
@@ -25,21 +33,49 @@ from protocol.rules.model import Bill
 from .card import CardReader
 from .checks import DeskChecks, DeskOutcome, bill_from_request
 from .config import AgentConfig
-from .errors import AgentError, Blacklisted, BodyTooLarge, NoReader, NotFound, Unauthorized, VoucherRejected
+from .errors import (
+    AgentError,
+    Blacklisted,
+    BodyTooLarge,
+    NoReader,
+    NotFound,
+    RoleForbidden,
+    Unauthorized,
+    VoucherRejected,
+)
 from .evoucher import VoucherVerifier
+from .heartbeat import HeartbeatSender
 from .identity import CERT_TYPE_EVOUCHER, Identity
 from .intake import account_balance, parse_reversal, parse_settlement
 from .policy import PolicyClient, policy_status
 from .policy_store import BlacklistHit, PolicyStore
 from .store import Outbox, Receipt
 from .uploader import Uploader
+from .users import HIS_SYSTEM, Principal, UserStore, open_users
 
-__all__ = ["create_app", "error_answer", "settle_body"]
+__all__ = ["CALLER", "create_app", "error_answer", "settle_body"]
 
 log = logging.getLogger("yibao.agent.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = {"/v1/health", "/openapi.json"}
+#: The request key holding the ``Principal`` the bearer token proved.
+CALLER = web.RequestKey("caller", Principal)
+#: Where a role is the point: the doctor's side and the cashier's (the HIS system token may do both).
+_DOCTOR_SIDE = frozenset({"his", "doctor"})
+_CASHIER_SIDE = frozenset({"his", "cashier"})
+
+
+def require_role(request: web.Request, allowed: frozenset[str], what: str) -> Principal:
+    """The caller, if their role may do ``what``; else ``RoleForbidden`` naming who may."""
+    caller: Principal = request[CALLER]
+    if caller.role not in allowed:
+        who = " or ".join(sorted(r for r in allowed if r != "his"))
+        raise RoleForbidden(
+            f"{what} is for a {who}: {caller.describe()} cannot use it; sign in with a {who}'s own token "
+            "(or let the HIS use its system token)"
+        )
+    return caller
 
 
 def _error(status: int, body: dict[str, Any]) -> web.Response:
@@ -102,7 +138,11 @@ def error_answer(exc: AgentError | ProtocolError) -> tuple[int, dict[str, Any]]:
 
 
 def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
-    """The one blacklist check before a settlement is written (API, drop folder, national envelope)."""
+    """The one blacklist check before a settlement is written (API, drop folder, national envelope).
+
+    A doctor who overrides is checked like the visit's doctor: a suspended doctor's decision is not
+    honoured either.
+    """
     if policy is None:
         return
     psn = record.psn
@@ -113,6 +153,8 @@ def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
         dr_codg=record.mdtrt.dr_codg,
         fixmedins_code=record.fixmedins_code,
     )
+    for dr_codg in sorted({o.dr_codg for o in record.overrides} - {record.mdtrt.dr_codg}):
+        hit = hit or policy.is_blacklisted(card_sn=None, dr_codg=dr_codg)
     if hit is not None:
         log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
         raise blacklisted_error(hit)
@@ -152,14 +194,16 @@ async def settle_body(
     vouchers: VoucherVerifier | None = None,
     policy: PolicyStore | None = None,
     desk: DeskChecks | None = None,
+    caller: Principal | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Settle one HIS settlement body: (201 or 200 for a held ``his_setl_no``, the answer), or raise.
 
     The one settlement path: ``POST /v1/settlements`` and the drop folder both call it, so a file
     is checked, refused and made durable exactly as a request is. Raises ``AgentError`` /
-    ``ProtocolError`` (see ``error_answer``) with nothing written.
+    ``ProtocolError`` (see ``error_answer``) with nothing written. ``caller`` is who signed in; None
+    (a drop-folder file) is no one, so such a body may carry no overrides.
     """
-    record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
+    record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None, caller=caller)
     if record.mdtrt_cert_type == CERT_TYPE_EVOUCHER and not (
         vouchers is not None and vouchers.ledger.seen(record.mdtrt_cert_no or "")
     ):
@@ -233,25 +277,38 @@ def create_app(
     policy_client: PolicyClient | None = None,
     desk: DeskChecks | None = None,
     dropfolder_status: Callable[[], dict[str, Any]] | None = None,
+    users: UserStore | None = None,
+    heartbeats: HeartbeatSender | None = None,
 ) -> web.Application:
     """The HIS API; the card reader, the voucher verifier and the policy store are optional (tests).
 
     ``policy``: the blacklist is checked at each settlement; ``policy_client`` adds its update state to
     ``GET /v1/status``, and so does ``dropfolder_status`` (the drop folder's files and counts).
+    ``heartbeats``: the heartbeat sender's state (``GET /v1/status`` ``heartbeat``; null without one).
+    ``users``: the cashiers' and doctors' tokens; by default ``HOME/users.db`` is opened here and
+    closed with the app.
     """
     token_bytes = his_token.encode()
+    own_users = users is None
+    user_store = open_users(config) if users is None else users
+
+    def caller_of(request: web.Request) -> Principal:
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not given:
+            raise Unauthorized(
+                "no bearer token: send 'Authorization: Bearer <token>' with the token from the agent's "
+                "his.token file (the HIS integration) or the signed-in cashier's or doctor's own token"
+            )
+        if hmac.compare_digest(given.encode(), token_bytes):
+            return HIS_SYSTEM
+        return user_store.authenticate(given)
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             if request.path not in _OPEN_PATHS:
-                auth = request.headers.get("Authorization", "")
-                given = auth[7:].strip().encode() if auth.startswith("Bearer ") else b""
-                if not given or not hmac.compare_digest(given, token_bytes):
-                    raise Unauthorized(
-                        "missing or wrong HIS token: send 'Authorization: Bearer <token>' with the "
-                        "token from the agent's his.token file"
-                    )
+                request[CALLER] = caller_of(request)
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             err = BodyTooLarge(f"request body is larger than {config.max_body_bytes} bytes")
@@ -261,13 +318,16 @@ def create_app(
 
     async def post_settlement(request: web.Request) -> web.Response:
         status, answer = await settle_body(
-            await request.read(), config, outbox, vouchers=vouchers, policy=policy, desk=desk
-        )
+            await request.read(), config, outbox, vouchers=vouchers, policy=policy, desk=desk,
+            caller=request[CALLER],
+        )  # fmt: skip
         return web.json_response(answer, status=status)
 
     async def post_preview(request: web.Request) -> web.Response:
         body = await request.read()
-        record, _digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None)
+        record, _digest = parse_settlement(
+            body, fixmedins_code=config.fixmedins_code or None, caller=request[CALLER]
+        )
         refuse_blacklisted(policy, record)
         outcome = await desk.settle(record, acct_balance=account_balance(body)) if desk is not None else None
         checks = outcome.to_json() if outcome is not None else None
@@ -275,12 +335,14 @@ def create_app(
         return web.json_response({"preview": True, "amounts": amounts, "checks": checks})
 
     async def post_prescription(request: web.Request) -> web.Response:
+        require_role(request, _DOCTOR_SIDE, "checking a prescription")
         if desk is None:
             raise NotFound("this agent runs without the rule library")
         bill = prescription_bill(await request.read(), config.fixmedins_code, config.hosp_lv)
         return web.json_response(await desk.prescription(bill))
 
     async def get_medications(request: web.Request) -> web.Response:
+        require_role(request, _DOCTOR_SIDE, "a patient's medication history")
         if desk is None:
             raise NotFound("this agent runs without the rule library")
         try:
@@ -301,6 +363,7 @@ def create_app(
         return None
 
     async def post_reversal(request: web.Request) -> web.Response:
+        require_role(request, _CASHIER_SIDE, "reversing a settlement")
         req = parse_reversal(await request.read())
         receipt = await outbox.append_reversal(request.match_info["setl_id"], req, config.fixmedins_code)
         return web.json_response(receipt.to_json(), status=200 if receipt.duplicate else 201)
@@ -318,6 +381,8 @@ def create_app(
                 "central": uploader.status() if uploader else {"reachable": None, "last_upload_at": None},
                 "alarms": sorted(alarms, key=lambda a: a["code"]),
                 "policy": policy_state,
+                "heartbeat": heartbeats.status() if heartbeats is not None else None,
+                "caller": request[CALLER].to_json(),
                 **({"dropfolder": dropfolder_status()} if dropfolder_status is not None else {}),
             }
         )
@@ -365,6 +430,9 @@ def create_app(
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
+    async def whoami(request: web.Request) -> web.Response:
+        return web.json_response(request[CALLER].to_json())
+
     # The description of this API, read once: HIS vendors generate clients from it (no token needed).
     openapi_doc = importlib.resources.files(__package__).joinpath("openapi.json").read_bytes()
 
@@ -381,10 +449,17 @@ def create_app(
     app.router.add_get("/v1/persons/{psn_no}/medications", get_medications)
     app.router.add_post("/v1/evoucher", post_evoucher)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/whoami", whoami)
     app.router.add_get("/openapi.json", get_openapi)
     from .national import add_national_routes  # the national envelope (docs/NATIONAL.md); imports api lazily
 
     add_national_routes(
         app, config, outbox, card_reader=card_reader, vouchers=vouchers, policy=policy, desk=desk
     )
+    if own_users:
+
+        async def close_users(_app: web.Application) -> None:
+            user_store.close()
+
+        app.on_cleanup.append(close_users)
     return app

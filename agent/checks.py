@@ -295,6 +295,7 @@ class DeskChecks:
         bill = bill_from_settlement(record, self.hosp_lv)
         hits = await asyncio.to_thread(self._evaluate, bundles, bill, remote, "in", today, record.setl_id)
         outcome = DeskOutcome(hits=hits, cross_hospital=remote.ok, missing=remote.missing)
+        # Signed: intake accepts overrides only from a doctor's own token and records that doctor's code.
         overrides = {o.rule_id: o for o in record.overrides}
         refused = []
         for hit in hits:
@@ -322,7 +323,8 @@ class DeskChecks:
         if refused:
             raise RuleRefused(
                 "the settlement breaks a rule that refuses it: " + "; ".join(h.message for h in refused)
-                + (" — a doctor may override where the rule allows it (overrides: rule_id, dr_codg, reason)"
+                + (" — where the rule allows it, the doctor may override it: the settlement sent with the "
+                   "doctor's own token, with overrides [{rule_id, reason}]"
                    if any(h.overridable for h in refused) else ""),
                 details=[h.to_dict() for h in refused],
             )  # fmt: skip

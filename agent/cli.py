@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from protocol import backup
@@ -20,6 +21,7 @@ from .policy import PolicyClient, policy_status
 from .policy_store import PolicyStore
 from .resync import mark_restored
 from .service import open_outbox, serve
+from .users import UserStore, open_users, users_db_path
 
 __all__ = ["main"]
 
@@ -33,7 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-json", action="store_true", help="log one JSON object per line (for a log shipper)")
     sub = p.add_subparsers(dest="verb", required=True)
     init = sub.add_parser("init", help="create the key and database and enrol with the centre")
-    init.add_argument("--central", required=True, help="central collector URL, e.g. https://centre.example:8720")
+    init.add_argument(
+        "--central", required=True, help="central collector URL, e.g. https://centre.example:8720"
+    )
     init.add_argument(
         "--ca-hash",
         help="sha256:… of the centre's TLS trust bundle, from the operator with the token "
@@ -58,7 +62,62 @@ def _parser() -> argparse.ArgumentParser:
     apply.add_argument("file", help="the exported tar file")
     pol_sub.add_parser("status", help="held bundle versions and ages, TUF versions, problems, alarms (JSON)")
     backup.add_parsers(sub, "agent")
+    usr = sub.add_parser("users", help="cashiers' and doctors' own tokens for the HIS API")
+    usr_sub = usr.add_subparsers(dest="users_verb", required=True)
+    add = usr_sub.add_parser("add", help="add a user and print their token (shown once)")
+    add.add_argument("--name", required=True, help="sign-in name, e.g. the staff's HIS operator code")
+    add.add_argument("--role", required=True, choices=["cashier", "doctor"])
+    add.add_argument("--dr-codg", help="a doctor's national doctor code (required for doctors)")
+    add.add_argument("--dept-codg", help="the user's department code (optional)")
+    ls = usr_sub.add_parser("list", help="the users, enabled or not (never their tokens)")
+    ls.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    for verb, text in (
+        ("disable", "stop a user's token at once"),
+        ("rotate", "a new token; the old one stops"),
+    ):
+        usr_sub.add_parser(verb, help=text).add_argument("--name", required=True)
     return p
+
+
+def _stamp(at: float | None) -> str:
+    return datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds") if at else "-"
+
+
+def _users(config: AgentConfig, args: argparse.Namespace) -> int:
+    """The users verbs; the token is printed once, on stdout alone, so a script can capture it."""
+    with open_users(config) as store:
+        if args.users_verb == "add":
+            token = store.add(args.name, args.role, dr_codg=args.dr_codg, dept_codg=args.dept_codg)
+            _print_token(store, args.name, token, "added")
+        elif args.users_verb == "rotate":
+            _print_token(store, args.name, store.rotate(args.name), "has a new token; the old one stopped")
+        elif args.users_verb == "disable":
+            user = store.disable(args.name)
+            print(f"{user.role} {user.name} disabled at {_stamp(user.disabled_at)}: their token is refused")
+        else:
+            users = store.users()
+            if args.json:
+                print(json.dumps([u.to_json() for u in users], indent=2))
+            elif not users:
+                print(f"no users yet ({users_db_path(config)}); add one with 'yibao-agent users add'")
+            else:
+                print(f"{'name':<20} {'role':<8} {'dr_codg':<16} {'dept':<10} {'created':<25} state")
+                for u in users:
+                    state = "enabled" if u.enabled else f"disabled {_stamp(u.disabled_at)}"
+                    print(f"{u.name:<20} {u.role:<8} {u.dr_codg or '-':<16} {u.dept_codg or '-':<10} "
+                          f"{_stamp(u.created_at):<25} {state}")  # fmt: skip
+    return 0
+
+
+def _print_token(store: UserStore, name: str, token: str, what: str) -> None:
+    user = store.get(name)
+    code = f" (doctor code {user.dr_codg})" if user.dr_codg else ""
+    print(f"{user.role} {user.name}{code} {what}; their token, shown only now:", file=sys.stderr)
+    print(token)
+    print(
+        "hand it to them privately; the HIS sends it as 'Authorization: Bearer <token>' for their requests",
+        file=sys.stderr,
+    )
 
 
 def _policy(config: AgentConfig, args: argparse.Namespace) -> int:
@@ -156,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.verb == "policy":
             return _policy(config, args)
+        if args.verb == "users":
+            return _users(config, args)
         if args.verb == "status":
             outbox = open_outbox(config)
             store = PolicyStore(config.policy_db_path)

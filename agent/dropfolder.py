@@ -14,6 +14,12 @@ unsynced rename, back in ``inbox/``), and settling it again at start-up gives th
 settlement. Only the result file must never be seen half-written: tmp + fsync + rename + fsync of
 the directory.
 
+Why a file cannot carry overrides: an override is a doctor's decision and must carry the code of the
+doctor who signed in with their own token (``agent.users``); nobody signs in to a file, so
+``settle_body`` gets no caller and refuses a file with ``overrides`` (403 ``override_needs_doctor`` in
+``rejected/<name>.error.json``, nothing settled). Such a settlement goes to ``POST /v1/settlements``
+with the doctor's token.
+
 Why files are taken only when stable: a HIS that writes in place would otherwise be read half-way.
 The contract asks for write-then-rename (names ending ``.tmp``/``.part`` and dot-files are never
 taken); the agent also waits until a file's mtime is ``dropfolder_stable_ms`` old.

@@ -28,13 +28,17 @@ __all__ = [
     "HisSetlNoConflict",
     "NotFound",
     "OutboxFull",
+    "OverrideDoctorMismatch",
+    "OverrideNeedsDoctor",
     "PolicyError",
     "PolicyNotConfigured",
     "PolicyRefused",
     "PolicyStoreFailed",
     "PolicyUnreachable",
     "ResyncPending",
+    "RoleForbidden",
     "StoreError",
+    "TokenDisabled",
     "TufExpired",
     "TufRepositoryInvalid",
     "TufRollback",
@@ -42,6 +46,7 @@ __all__ = [
     "TufSignatureInvalid",
     "TufTargetMismatch",
     "Unauthorized",
+    "UserInvalid",
     "VoucherLedgerFailed",
     "VoucherRejected",
 ]
@@ -72,6 +77,26 @@ class ConfigError(AgentError):
 class Unauthorized(AgentError):
     code = "unauthorized"
     http_status = 401
+
+
+class TokenDisabled(Unauthorized):
+    """A user's token that was valid and has been disabled (``yibao-agent users disable``)."""
+
+    code = "token_disabled"
+
+
+class RoleForbidden(AgentError):
+    """A signed-in user asking for what their role does not do (a cashier reading medication history)."""
+
+    code = "role_forbidden"
+    http_status = 403
+
+
+class UserInvalid(AgentError):
+    """``yibao-agent users …`` input that cannot be used: nothing was changed."""
+
+    code = "user_invalid"
+    http_status = 400
 
 
 class BodyTooLarge(AgentError):
@@ -352,4 +377,25 @@ class Blacklisted(AgentError):
     """
 
     code = "blacklisted"
+    http_status = 403
+
+
+# ---- at the desk: doctors' overrides -----------------------------------------------------------
+
+
+class OverrideNeedsDoctor(AgentError):
+    """Overrides on a request not made with a doctor's own token (the HIS token, a cashier's, a file).
+
+    An override is the doctor's decision, reviewed per doctor at the centre: only the doctor's own
+    sign-in proves who made it. Refused before anything is checked or written.
+    """
+
+    code = "override_needs_doctor"
+    http_status = 403
+
+
+class OverrideDoctorMismatch(AgentError):
+    """An override whose ``dr_codg`` is not the signed-in doctor's: nobody overrides in another's name."""
+
+    code = "override_doctor_mismatch"
     http_status = 403

@@ -119,4 +119,14 @@ class HeartbeatSender:
         self._stop.set()
 
     def status(self) -> dict[str, Any]:
-        return {"last_sent_at": _iso(self.last_sent_at), "last_error": self.last_error, "sent": self.sent}
+        """For ``GET /v1/status``: whether the centre hears this agent (a silent link shows here first).
+
+        ``last_error`` is None after a delivered beat, else the reason the last one was not stored
+        (``central_unreachable`` or the centre's error code); ``sent`` counts delivered beats since start.
+        """
+        return {
+            "last_sent_at": _iso(self.last_sent_at),
+            "last_error": self.last_error,
+            "sent": self.sent,
+            "interval_s": self.config.heartbeat_s,
+        }

@@ -36,6 +36,9 @@ from protocol.records import (
     to_fen,
 )
 
+from .errors import OverrideDoctorMismatch, OverrideNeedsDoctor
+from .users import Principal
+
 __all__ = [
     "ReversalRequest",
     "account_balance",
@@ -92,8 +95,9 @@ class _LineIn(msgspec.Struct, forbid_unknown_fields=True):
 
 class _OverrideIn(msgspec.Struct, forbid_unknown_fields=True):
     rule_id: Annotated[str, Meta(min_length=1, max_length=64)]
-    dr_codg: Code
     reason: Annotated[str, Meta(min_length=2, max_length=200)]
+    #: Kept for HIS products that send it: must be the signed-in doctor's code, which the agent records.
+    dr_codg: Code | None = None
 
 
 class _SettlementIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -182,17 +186,55 @@ def _dec(value: Decimal, places: int, field: str, problems: list[dict[str, str]]
         return "0"
 
 
-def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple[Settlement, bytes]:
-    """Validate a HIS request; return the record and a digest of its content.
+def signed_overrides(given: list[_OverrideIn], caller: Principal | None) -> list[Override]:
+    """The overrides as the signed-in doctor's, or a refusal: an override is a doctor's decision, so only
+    a request made with that doctor's own token may carry one, and it carries the doctor's own code.
+
+    ``caller`` None is a settlement no one signed in for (a drop-folder file).
+    """
+    if not given:
+        return []
+    if caller is None or caller.role != "doctor" or not caller.dr_codg:
+        how = (
+            "a drop-folder file cannot carry overrides, because no doctor signs a file: send this settlement "
+            "to POST /v1/settlements with the overriding doctor's own token, or drop it without overrides"
+            if caller is None
+            else f"this request was made with {caller.describe()}: the doctor must sign in with their own "
+            "token (yibao-agent users add --role doctor) and send the settlement with it, or send it "
+            "without overrides"
+        )
+        raise OverrideNeedsDoctor(f"an override of a rule needs the overriding doctor's own sign-in; {how}")
+    wrong = [
+        {"field": f"overrides[{i}].dr_codg", "message": f"{o.dr_codg} is not the signed-in doctor's code"}
+        for i, o in enumerate(given)
+        if o.dr_codg is not None and o.dr_codg != caller.dr_codg
+    ]
+    if wrong:
+        raise OverrideDoctorMismatch(
+            f"an override names another doctor than the one signed in ({caller.name}, {caller.dr_codg}): a "
+            "doctor overrides only in their own name; leave dr_codg out (the agent records the signed-in "
+            "doctor's) or have the doctor named sign in with their own token",
+            details=wrong,
+        )
+    return [Override(dr_codg=caller.dr_codg, reason=o.reason, rule_id=o.rule_id) for o in given]
+
+
+def parse_settlement(
+    body: bytes, *, fixmedins_code: str | None = None, caller: Principal | None = None
+) -> tuple[Settlement, bytes]:
+    """Validate a HIS request made by ``caller``; return the record and a digest of its content.
 
     The digest ignores ``setl_id`` and ``setl_time`` (assigned here), so a retry of the
     same settlement has the same digest and a different one under the same ``his_setl_no``
-    does not.
+    does not. Overrides are the signed-in doctor's (``signed_overrides``) and count in the digest;
+    a user's name recorded as ``opter_name`` does not, so a retry from another desk is the same
+    settlement, not a conflict.
     """
     try:
         src = _settlement_decoder.decode(body)
     except msgspec.MsgspecError as exc:
         raise _shape_error(exc) from exc
+    overrides = signed_overrides(src.overrides, caller)  # before anything else: who may send this
     problems: list[dict[str, str]] = []
     if fixmedins_code and src.fixmedins_code != fixmedins_code:
         problems.append({"field": "fixmedins_code", "message": f"this agent serves {fixmedins_code} only"})
@@ -255,7 +297,7 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
         medfee_sumamt=_fen(src.medfee_sumamt, "medfee_sumamt", problems) or 0,
         opter=src.opter,
         opter_name=src.opter_name,
-        overrides=[Override(dr_codg=o.dr_codg, reason=o.reason, rule_id=o.rule_id) for o in src.overrides],
+        overrides=overrides,
         psn=Person(
             brdy=brdy,
             card_sn=psn.card_sn,
@@ -275,6 +317,8 @@ def parse_settlement(body: bytes, *, fixmedins_code: str | None = None) -> tuple
     if problems:
         raise ValidationFailed("settlement does not validate; correct the listed fields", details=problems)
     digest = hashlib.sha256(encode_body(record)).digest()
+    if caller is not None and caller.role != "his":
+        record.opter_name = caller.name  # who signed in, not what the HIS wrote
     record.setl_id = new_setl_id(record.fixmedins_code)
     record.setl_time = now_iso()
     return record, digest

@@ -595,6 +595,17 @@ def _settle_input(env: Envelope) -> tuple[Fields, dict[str, Any]]:
         "acct_balance": d.money("balc", required=False),
         "chrg_bchno": d.text("chrg_bchno", required=False),
     }
+    # No override enters here: the envelope's opter is whatever the HIS wrote, not a signed-in doctor
+    # (agent.users), and the settlement built from the visit never carries one. Refused, not ignored, so a
+    # HIS that sends one learns where it belongs instead of seeing the rule applied without a word.
+    for where in (inp, d):
+        if "overrides" in where.obj:
+            where.add(
+                "overrides",
+                "the national envelope carries no doctor overrides: an override needs the overriding "
+                "doctor's own sign-in, so send this settlement to POST /v1/settlements with the doctor's "
+                "own token",
+            )
     inp.check()
     if got["psn_setlway"] != "01":
         raise NationalError([(d.at("psn_setlway"), "this agent settles by item only (01)")])
@@ -677,7 +688,8 @@ def _build(
     if got["acct_used_flag"] == "1" and got["acct_balance"] is not None:
         body["acct_balance"] = fen_to_text(got["acct_balance"])
     raw = json.dumps(body).encode()
-    record, digest = parse_settlement(raw, fixmedins_code=nat.config.fixmedins_code or None)
+    # caller None: nobody signed in as a doctor, so the body (which has no overrides) may carry none.
+    record, digest = parse_settlement(raw, fixmedins_code=nat.config.fixmedins_code or None, caller=None)
     if record.mdtrt_cert_type == CERT_TYPE_EVOUCHER and not (
         nat.vouchers is not None and nat.vouchers.ledger.seen(record.mdtrt_cert_no or "")
     ):

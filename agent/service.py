@@ -158,6 +158,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
         policy_client=policy_client,
         desk=desk,
         dropfolder_status=dropfolder.status if dropfolder is not None else None,
+        heartbeats=heartbeats,
     )
     metrics = AgentMetrics(
         config=config,

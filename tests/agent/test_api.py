@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from agent.api import create_app
 from agent.config import AgentConfig
 from agent.store import Outbox
+from agent.users import UserStore
 from tests.conftest import example_settlement
 
 TOKEN = "his-secret-token"
@@ -138,11 +139,84 @@ def test_status_shape(tmp_path):
         async with http.get("/v1/status") as r:
             st = await r.json()
         waited = time.time() - before
-        assert st["agent_id"] == "H1-01"
+        assert st["agent_id"] == "H1-01" and st["heartbeat"] is None  # this app has no sender
         assert st["outbox"]["pending"] == 1 and st["outbox"]["acked_seq"] == 0
         # the age of the one pending record: written after ``before``, read after the sleep
         # (rounded to the millisecond by the status)
         assert st["outbox"]["bytes"] > 0 and 0.049 <= st["outbox"]["oldest_age_s"] <= waited + 0.001
         assert set(st["central"]) >= {"reachable", "last_upload_at"}
+
+    _run(tmp_path, scenario)
+
+
+def _as(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_each_token_is_its_own_caller_and_roles_keep_to_their_side(tmp_path):
+    async def scenario(http, outbox):
+        with UserStore(tmp_path / "users.db") as users:
+            doctor = users.add("dr.wang", "doctor", dr_codg="D0001", dept_codg="A03.01")
+            cashier = users.add("li.na", "cashier")
+            callers = {}
+            for token in (TOKEN, doctor, cashier):
+                async with http.get("/v1/whoami", headers=_as(token)) as r:
+                    assert r.status == 200
+                    callers[token] = await r.json()
+                async with http.get("/v1/status", headers=_as(token)) as r:
+                    assert (await r.json())["caller"] == callers[token]
+            assert callers[TOKEN] == {"role": "his", "name": "his", "dr_codg": None, "dept_codg": None}
+            assert callers[doctor] == {
+                "role": "doctor",
+                "name": "dr.wang",
+                "dr_codg": "D0001",
+                "dept_codg": "A03.01",
+            }
+            assert callers[cashier]["role"] == "cashier" and callers[cashier]["dr_codg"] is None
+
+            async with http.post("/v1/settlements", json=example_settlement("C1"), headers=_as(cashier)) as r:
+                assert r.status == 201
+                setl_id = (await r.json())["setl_id"]
+            # The doctor's side: a cashier's token does not read a patient's medication history ...
+            medications = "/v1/persons/37020000000001234567/medications"
+            async with http.get(medications, headers=_as(cashier)) as r:
+                assert r.status == 403 and (await r.json())["error"]["code"] == "role_forbidden"
+            async with http.post("/v1/checks/prescription", json={}, headers=_as(cashier)) as r:
+                assert r.status == 403
+            for token in (TOKEN, doctor):  # ... the doctor's and the HIS's do (this agent has no rules: 404)
+                async with http.get(medications, headers=_as(token)) as r:
+                    assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+            # The cashier's side: a doctor does not reverse a settlement; the HIS token still does.
+            reversal = f"/v1/settlements/{setl_id}/reversal"
+            async with http.post(
+                reversal, json={"reason": "refund", "opter": "C0007"}, headers=_as(doctor)
+            ) as r:
+                err = (await r.json())["error"]
+                assert r.status == 403 and err["code"] == "role_forbidden" and "cashier" in err["message"]
+            assert outbox.last_seq == 1
+            async with http.post(reversal, json={"reason": "refund", "opter": "C0007"}) as r:
+                assert r.status == 201
+            assert outbox.last_seq == 2
+
+    _run(tmp_path, scenario)
+
+
+def test_unknown_rotated_and_disabled_user_tokens_are_401_with_what_to_do(tmp_path):
+    async def scenario(http, outbox):
+        with UserStore(tmp_path / "users.db") as users:
+            old = users.add("li.na", "cashier")
+            new = users.rotate("li.na")
+            async with http.get("/v1/whoami", headers=_as(new)) as r:
+                assert r.status == 200
+            for token in (old, "ybu_made-up", "his.token-lookalike"):
+                async with http.post("/v1/settlements", json=example_settlement(), headers=_as(token)) as r:
+                    err = (await r.json())["error"]
+                assert r.status == 401 and err["code"] == "unauthorized" and "his.token" in err["message"]
+            users.disable("li.na")  # at once: the agent reads the table on every request
+            async with http.post("/v1/settlements", json=example_settlement(), headers=_as(new)) as r:
+                err = (await r.json())["error"]
+            assert r.status == 401 and err["code"] == "token_disabled" and "li.na" in err["message"]
+            assert new not in json.dumps(err)  # a token is never echoed
+            assert outbox.last_seq == 0
 
     _run(tmp_path, scenario)

@@ -13,13 +13,19 @@ from agent.checks import DeskChecks, RuleRefused, bill_from_request
 from agent.intake import parse_settlement
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
-from protocol.bundles import BundleHeader
+from agent.users import Principal, UserStore
+from protocol.bundles import BlacklistEntry, BundleHeader
+from protocol.chain import decode_body, decode_entry
 from tests.conftest import example_settlement
 
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 OMEPRAZOLE = "XA02BCA211A010010102134"  # class A, ceiling 6.90, max 14 days acute
 FEMALE_ONLY = "XG03DAP078B002010100156"  # class A drug, gender 2 only, ceiling 2.15
 CLASS_C = "009900000010000"  # class C service, ceiling 5.50 at level 3
+#: A bill whose female-only line the in-event rules move to self-pay unless a doctor overrides.
+RESTRICTED = [(OMEPRAZOLE, "2", "6.90", 7, "101"), (FEMALE_ONLY, "10", "2.15", 10, "101")]
+DOCTOR = Principal(role="doctor", name="dr.wang", dr_codg="D0001")
+TOKEN = "t"
 
 
 def _body(tag: str, lines: list[tuple[str, str, str, int | None, str]], **extra) -> bytes:
@@ -107,8 +113,8 @@ def test_a_restricted_item_moves_to_self_pay_unless_a_doctor_overrides_and_the_s
         record.psn_cash_pay >= record.feedetl[1].det_item_fee_sumamt + record.feedetl[2].det_item_fee_sumamt
     )
 
-    override = [{"rule_id": "gender_restriction", "dr_codg": "D0001", "reason": "transgender patient on HRT"}]
-    record, _ = parse_settlement(_body("OVR", lines, overrides=override))
+    override = [{"rule_id": "gender_restriction", "reason": "transgender patient on HRT"}]
+    record, _ = parse_settlement(_body("OVR", lines, overrides=override), caller=DOCTOR)
     outcome = asyncio.run(checks.settle(record))
     assert {r.rule_id: r.outcome for r in record.rule_hits}["gender_restriction"] == "overridden"
     assert "OVR-1" not in outcome.self_pay_lines and record.overrides[0].dr_codg == "D0001"
@@ -132,7 +138,9 @@ def test_shadow_rules_are_recorded_but_change_nothing(desk):
     assert shadow and shadow[0]["shadow"] is True and shadow[0]["mode"] == "shadow"
 
 
-def test_the_http_api_refuses_previews_checks_and_lists_medications(desk, tmp_path):
+def _serve(desk, tmp_path, scenario) -> None:
+    """``scenario(http, outbox, users)`` against the real HIS API with the desk checks; ``http`` sends the HIS
+    token unless a request names another, and ``users`` is the agent's own users table."""
     from aiohttp import ClientSession
     from aiohttp.test_utils import TestServer
 
@@ -143,39 +151,99 @@ def test_the_http_api_refuses_previews_checks_and_lists_medications(desk, tmp_pa
     config = AgentConfig(home=tmp_path, agent_id="H1-01", fixmedins_code="H37021100001", hosp_lv="3")
 
     async def main() -> None:
-        server = TestServer(create_app(config, outbox, None, "t", policy=checks.policy, desk=checks))
+        server = TestServer(create_app(config, outbox, None, TOKEN, policy=checks.policy, desk=checks))
         await server.start_server()
         try:
             async with ClientSession(
-                str(server.make_url("/")), headers={"Authorization": "Bearer t"}
+                str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
             ) as http:
-                async with http.post(
-                    "/v1/settlements", data=_body("P1", [(OMEPRAZOLE, "1", "9.90", 7, "101")])
-                ) as r:
-                    assert r.status == 422 and (await r.json())["error"]["code"] == "rule_refused"
-                assert outbox.last_seq == 0  # refused: nothing written
-                good = _body(
-                    "G1", [(OMEPRAZOLE, "2", "6.90", 14, "101"), (CLASS_C, "1", "5.50", None, "201")]
-                )
-                async with http.post("/v1/settlements/preview", data=good) as r:
-                    preview = await r.json()
-                    assert r.status == 200 and preview["checks"]["split"]["computed"] is True
-                assert outbox.last_seq == 0  # a preview commits nothing
-                amounts = preview["amounts"]
-                assert amounts["fund_pay_sumamt"] + amounts["acct_pay"] + amounts["psn_cash_pay"] == 1930
-                async with http.post("/v1/settlements", data=good) as r:
-                    settled = await r.json()
-                    assert r.status == 201 and "checks" in settled
-                async with http.get("/v1/persons/37020000000001234567/medications?days=30") as r:
-                    meds = await r.json()
-                assert [m["med_list_codg"] for m in meds["medications"]] == [OMEPRAZOLE]
-                assert meds["medications"][0]["supply_until"] and meds["cross_hospital"] is False
-                async with http.get("/v1/persons/37020000000001234567/medications?days=0") as r:
-                    assert r.status == 400
+                with UserStore(tmp_path / "users.db") as users:
+                    await scenario(http, outbox, users)
         finally:
             await server.close()
 
     asyncio.run(main())
+
+
+def test_the_http_api_refuses_previews_checks_and_lists_medications(desk, tmp_path):
+    async def scenario(http, outbox, _users):
+        async with http.post("/v1/settlements", data=_body("P1", [(OMEPRAZOLE, "1", "9.90", 7, "101")])) as r:
+            assert r.status == 422 and (await r.json())["error"]["code"] == "rule_refused"
+        assert outbox.last_seq == 0  # refused: nothing written
+        good = _body("G1", [(OMEPRAZOLE, "2", "6.90", 14, "101"), (CLASS_C, "1", "5.50", None, "201")])
+        async with http.post("/v1/settlements/preview", data=good) as r:
+            preview = await r.json()
+            assert r.status == 200 and preview["checks"]["split"]["computed"] is True
+        assert outbox.last_seq == 0  # a preview commits nothing
+        amounts = preview["amounts"]
+        assert amounts["fund_pay_sumamt"] + amounts["acct_pay"] + amounts["psn_cash_pay"] == 1930
+        async with http.post("/v1/settlements", data=good) as r:
+            settled = await r.json()
+            assert r.status == 201 and "checks" in settled
+        async with http.get("/v1/persons/37020000000001234567/medications?days=30") as r:
+            meds = await r.json()
+        assert [m["med_list_codg"] for m in meds["medications"]] == [OMEPRAZOLE]
+        assert meds["medications"][0]["supply_until"] and meds["cross_hospital"] is False
+        async with http.get("/v1/persons/37020000000001234567/medications?days=0") as r:
+            assert r.status == 400
+
+    _serve(desk, tmp_path, scenario)
+
+
+def _stored(outbox: Outbox) -> dict:
+    """The settlements in the outbox by his_setl_no, decoded from the chain entries that travel."""
+    records = (decode_body(decode_entry(p.raw)) for p in outbox.read_pending(0, 100, 1 << 30))
+    return {r.his_setl_no: r for r in records}
+
+
+def test_an_override_is_the_signed_in_doctors_and_nobody_elses(desk, tmp_path):
+    override = {"rule_id": "gender_restriction", "reason": "transgender patient on HRT"}
+
+    async def post(http, path: str, tag: str, token: str, **change) -> tuple[int, dict]:
+        body = _body(tag, RESTRICTED, overrides=[override | change])
+        async with http.post(path, data=body, headers={"Authorization": f"Bearer {token}"}) as r:
+            return r.status, await r.json()
+
+    async def scenario(http, outbox, users):
+        doctor = users.add("dr.wang", "doctor", dr_codg="D0001")
+        cashier = users.add("li.na", "cashier")
+        for path in ("/v1/settlements", "/v1/settlements/preview"):  # a preview must not promise it either
+            for token, who in ((TOKEN, "the HIS system token"), (cashier, "cashier li.na's token")):
+                status, answer = await post(http, path, "REF", token)
+                assert status == 403 and answer["error"]["code"] == "override_needs_doctor", answer
+                assert who in answer["error"]["message"] and "own token" in answer["error"]["message"]
+            status, answer = await post(http, path, "REF", doctor, dr_codg="D0002")
+            assert status == 403 and answer["error"]["code"] == "override_doctor_mismatch"
+            assert answer["error"]["details"] == [
+                {"field": "overrides[0].dr_codg", "message": "D0002 is not the signed-in doctor's code"}
+            ]
+        assert outbox.last_seq == 0  # every refusal: nothing written
+
+        status, answer = await post(http, "/v1/settlements", "OVR", doctor)
+        assert status == 201
+        assert {h["rule_id"]: h["outcome"] for h in answer["checks"]["hits"]}[
+            "gender_restriction"
+        ] == "overridden"
+        status, _ = await post(
+            http, "/v1/settlements", "OVR2", doctor, dr_codg="D0001"
+        )  # the same code: fine
+        assert status == 201
+        stored = _stored(outbox)
+        for tag in ("OVR", "OVR2"):
+            assert [(o.rule_id, o.dr_codg) for o in stored[tag].overrides] == [
+                ("gender_restriction", "D0001")
+            ]
+            assert stored[tag].opter_name == "dr.wang"  # who signed in, not the HIS's "cashier 7"
+        # A retry of the doctor's settlement under the HIS token is refused too: overrides need the doctor.
+        status, answer = await post(http, "/v1/settlements", "OVR", TOKEN)
+        assert status == 403 and outbox.last_seq == 2
+
+        users.disable("dr.wang")
+        status, answer = await post(http, "/v1/settlements", "OVR3", doctor)
+        assert status == 401 and answer["error"]["code"] == "token_disabled"
+        assert "dr.wang" in answer["error"]["message"] and outbox.last_seq == 2
+
+    _serve(desk, tmp_path, scenario)
 
 
 def test_the_year_so_far_counts_this_hospitals_earlier_settlements_offline(desk):
@@ -237,3 +305,26 @@ def test_a_rules_bundle_the_checks_cannot_load_keeps_the_previous_rules_and_rais
     with pytest.raises(RuleRefused):
         asyncio.run(checks.settle(record))  # the previous rules still apply
     assert checks.alarms["rules"]["code"] == "checks_bundle_unusable"
+
+
+def test_a_suspended_doctors_override_is_refused_like_the_visits_doctor(desk, tmp_path):
+    """The override's doctor is the signed-in one, so a doctor suspended by the centre (a blacklisted
+    ``dr_codg``) cannot override in a visit someone else leads: refused, nothing written."""
+    checks, _outbox = desk
+    checks.policy.apply_blacklist(
+        BundleHeader("blacklist", "370200", 1, None, "2026-11-25T00:00:00Z"),
+        [BlacklistEntry("+", "doctor", "D0009", "suspended", "test", "")],
+    )
+    override = [{"rule_id": "gender_restriction", "reason": "transgender patient on HRT"}]
+
+    async def scenario(http, outbox, users):
+        suspended = users.add("dr.zhao", "doctor", dr_codg="D0009")
+        body = _body("SUS", RESTRICTED, overrides=override)
+        as_doctor = {"Authorization": f"Bearer {suspended}"}
+        async with http.post("/v1/settlements", data=body, headers=as_doctor) as r:
+            err = (await r.json())["error"]
+        assert r.status == 403 and err["code"] == "blacklisted" and outbox.last_seq == 0
+        async with http.post("/v1/settlements", data=_body("SUS", RESTRICTED)) as r:
+            assert r.status == 201  # the same visit without the suspended doctor's override settles
+
+    _serve(desk, tmp_path, scenario)

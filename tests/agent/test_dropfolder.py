@@ -212,6 +212,16 @@ def test_malformed_files_are_rejected_with_reasons_and_nothing_settles(tmp_path)
         "values.csv": bad_csv.encode(),
         "wrong.txt": b"hello",
         "other-hospital.json": json.dumps({**example_settlement("S-OTHER"), "fixmedins_code": "H1"}).encode(),
+        # No doctor signs a file: an override needs the doctor's own token on the HIS API.
+        "override.json": json.dumps(
+            {
+                **example_settlement("S-OVR"),
+                "overrides": [{"rule_id": "R1", "dr_codg": "D1", "reason": "because"}],
+            }
+        ).encode(),
+        "override.csv": EXAMPLE_CSV.format(his_setl_no="S-OVRCSV")
+        .replace("opter,C0007", "opter,C0007\noverrides[0].rule_id,R1\noverrides[0].reason,because")
+        .encode(),
     }
 
     async def scenario(folder, outbox, root):
@@ -235,6 +245,10 @@ def test_malformed_files_are_rejected_with_reasons_and_nothing_settles(tmp_path)
         assert any(d["field"].startswith("feedetl[0]") and d.get("line") == 25 for d in v), v
         assert error("wrong.txt")["error"]["details"][0]["message"].endswith(".json or .csv")
         assert error("other-hospital.json")["error"]["details"][0]["field"] == "fixmedins_code"
+        for name in ("override.json", "override.csv"):
+            refused = error(name)
+            assert refused["status"] == 403 and refused["error"]["code"] == "override_needs_doctor"
+            assert "drop-folder file cannot carry overrides" in refused["error"]["message"]
         # The answer in results/ is the body the API would have answered.
         assert json.loads((root / "results" / "fields.json").read_text()) == {"error": e["error"]}
 

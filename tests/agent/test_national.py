@@ -29,7 +29,9 @@ from agent.evoucher import open_verifier
 from agent.national import NATIONAL_PATH
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
+from agent.users import UserStore
 from protocol.bundles import BlacklistEntry, BundleHeader
+from protocol.chain import decode_body, decode_entry
 from simulators.evoucher import Issuer
 
 TOKEN = "his-secret-token"
@@ -582,6 +584,34 @@ def test_wrong_token_is_401_like_the_rest_of_the_api(tmp_path):
             NATIONAL_PATH, json=c.envelope("9001", {}), headers={"Authorization": "Bearer x"}
         ) as r:
             assert r.status == 401 and (await r.json())["error"]["code"] == "unauthorized"
+
+    run(tmp_path, scenario)
+
+
+def test_no_override_enters_through_the_envelope_whoever_sends_it(tmp_path):
+    """2206/2207 are built from the visit, never from a body's overrides: an override needs a doctor's own
+    sign-in on POST /v1/settlements, so one sent in the envelope is refused (even with a doctor's token),
+    nothing is written, and the settlement made afterwards carries none."""
+
+    async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
+        with UserStore(home / "users.db") as users:
+            doctor = users.add("dr.wang", "doctor", dr_codg="D0001")
+        await register_visit(c)
+        override = [{"rule_id": "gender_restriction", "dr_codg": "D0001", "reason": "on HRT"}]
+        data = c.fill(step("2207")["input"])["data"]
+        for infno in ("2206", "2207"):
+            await c.error(infno, {"data": data | {"overrides": override}}, "input.data.overrides",
+                          "POST /v1/settlements", "doctor's own token")  # fmt: skip
+            await c.error(infno, {"data": data, "overrides": override}, "input.overrides")
+        body = c.envelope("2207", {"data": data | {"overrides": override}})
+        async with c.http.post(NATIONAL_PATH, json=body, headers={"Authorization": f"Bearer {doctor}"}) as r:
+            answer = await r.json()
+        assert r.status == 200 and answer["infcode"] == -1 and "input.data.overrides" in answer["err_msg"]
+        assert outbox.last_seq == 0
+        await c.ok("2207", step("2207")["input"])
+        [pending] = outbox.read_pending(0, 10, 1 << 30)
+        record = decode_body(decode_entry(pending.raw))
+        assert record.overrides == [] and outbox.last_seq == 1
 
     run(tmp_path, scenario)
 

@@ -84,6 +84,17 @@ def test_pending_settlements_make_reconcile_say_behind_by_n(tmp_path, central):
         assert "complete up to " in central.cli(
             "reconcile", "--hospital", HOSPITAL, "--from", today.isoformat(), "--to", today.isoformat()
         )
+        # The agent's own status shows the sender: delivered beats, then a link that is down.
+        beat = agent.status()["heartbeat"]
+        assert beat["last_error"] is None and beat["sent"] >= 2 and beat["interval_s"] == 0.3
+        assert datetime.fromisoformat(beat["last_sent_at"]) <= datetime.now(UTC)
+        link.set(down=True)
+        down = wait_until(
+            lambda: (b := agent.status()["heartbeat"])["last_error"] == "central_unreachable" and b,
+            30,
+            what="the status to show the heartbeat undelivered",
+        )
+        assert down["last_sent_at"] is not None and down["sent"] >= beat["sent"]
     finally:
         agent.proc.stop()
         link.stop()
@@ -115,6 +126,11 @@ def test_a_refused_heartbeat_keeps_the_centres_reason_and_a_down_link_says_unrea
             assert asyncio.run(once(link.url)) is False and sender.last_error == "central_unreachable"
         finally:
             link.stop()
-        assert sender.sent == 0 and sender.status()["last_sent_at"] is None
+        assert sender.status() == {
+            "last_sent_at": None,
+            "last_error": "central_unreachable",
+            "sent": 0,
+            "interval_s": config.heartbeat_s,
+        }
     finally:
         outbox.close()
