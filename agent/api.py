@@ -27,15 +27,14 @@ import msgspec
 from aiohttp import web
 
 from protocol.errors import ProtocolError, ValidationFailed
-from protocol.records import SPLIT_FIELDS, Settlement, decimal_text
+from protocol.records import SPLIT_FIELDS, decimal_text
 from protocol.rules.model import Bill
 
 from .card import CardReader
-from .checks import DeskChecks, DeskOutcome, bill_from_request
+from .checks import DeskChecks, bill_from_request
 from .config import AgentConfig
 from .errors import (
     AgentError,
-    Blacklisted,
     BodyTooLarge,
     NoReader,
     NotFound,
@@ -45,11 +44,16 @@ from .errors import (
 )
 from .evoucher import VoucherVerifier
 from .heartbeat import HeartbeatSender
-from .identity import CERT_TYPE_EVOUCHER, Identity
+from .identity import Identity
 from .intake import account_balance, parse_reversal, parse_settlement
 from .policy import PolicyClient, policy_status
-from .policy_store import BlacklistHit, PolicyStore
-from .store import Outbox, Receipt
+from .policy_store import PolicyStore
+from .settle import (
+    error_answer,
+    refuse_blacklisted,
+    settle_body,
+)
+from .store import Outbox
 from .uploader import Uploader
 from .users import HIS_SYSTEM, Principal, UserStore, open_users
 
@@ -96,134 +100,6 @@ _WAIT_HELP = f"seconds to wait for a card, 0 to {MAX_CARD_WAIT_S:g}"
 
 def _identity_json(identity: Identity, **extra: object) -> web.Response:
     return web.json_response({"identity": msgspec.to_builtins(identity), **extra})
-
-
-#: What the cashier does, per list: the HIS shows it as is.
-BLACKLIST_ACTIONS = {
-    "card": "do not settle with this card: tell the patient the card is blocked and ask them to contact the "
-    "social-insurance agency; identify the patient another way (e-voucher) or settle as self-pay",
-    "person": "this person's insurance benefits are suspended: settle as self-pay and refer the patient to "
-    "the social-insurance agency",
-    "employer": "the employer's insurance is suspended: settle as self-pay and refer the patient to their "
-    "employer or the social-insurance agency",
-    "doctor": "this doctor's medical-insurance service is suspended: the fund cannot pay for this visit; "
-    "have another doctor see the patient, or settle as self-pay",
-    "hospital": "this hospital's medical-insurance agreement is suspended: settle as self-pay; the "
-    "hospital's management must contact the medical-insurance bureau",
-}
-_LIST_NAMES = {
-    "card": "card", "person": "insured person", "employer": "employer", "doctor": "doctor",
-    "hospital": "hospital",
-}  # fmt: skip
-
-
-def blacklisted_error(hit: BlacklistHit) -> Blacklisted:
-    """The refusal the HIS receives: list, reason, list version and what to do; never the number."""
-    action = BLACKLIST_ACTIONS.get(hit.list_type, "")
-    return Blacklisted(
-        f"refused: this {_LIST_NAMES.get(hit.list_type, hit.list_type)} is on the blacklist (list version "
-        f"{hit.list_version}, reason: {hit.reason or 'not given'}); {action}",
-        list_type=hit.list_type,
-        reason=hit.reason,
-        list_version=hit.list_version,
-        action=action,
-    )
-
-
-def error_answer(exc: AgentError | ProtocolError) -> tuple[int, dict[str, Any]]:
-    """HTTP status and body of a refusal: one shape for the API and the drop folder's error files."""
-    if isinstance(exc, AgentError):
-        return exc.http_status, exc.to_wire()
-    return exc.http_status, {"error": exc.to_wire()}
-
-
-def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
-    """The one blacklist check before a settlement is written (API, drop folder, national envelope).
-
-    A doctor who overrides is checked like the visit's doctor: a suspended doctor's decision is not
-    honoured either.
-    """
-    if policy is None:
-        return
-    psn = record.psn
-    hit = policy.is_blacklisted(
-        card_sn=psn.card_sn,
-        psn_no=psn.psn_no,
-        emp_no=psn.emp_no,
-        dr_codg=record.mdtrt.dr_codg,
-        fixmedins_code=record.fixmedins_code,
-    )
-    for dr_codg in sorted({o.dr_codg for o in record.overrides} - {record.mdtrt.dr_codg}):
-        hit = hit or policy.is_blacklisted(card_sn=None, dr_codg=dr_codg)
-    if hit is not None:
-        log.info("settlement refused: %s blacklisted (list version %s)", hit.list_type, hit.list_version)
-        raise blacklisted_error(hit)
-
-
-async def settle_record(
-    record: Settlement,
-    digest: bytes,
-    outbox: Outbox,
-    *,
-    policy: PolicyStore | None,
-    desk: DeskChecks | None,
-    acct_balance: int | None,
-    before_append: Callable[[Settlement], None] | None = None,
-) -> tuple[Receipt, DeskOutcome | None]:
-    """Check and durably append one parsed settlement: the blacklist, the in-event rules and the split
-    (``desk``), then the outbox. The REST body, the drop folder and the national 2207 all end here.
-
-    A retry of a settlement the agent already holds gets its first answer with no checks again.
-    ``before_append`` may refuse the checked record (the national envelope needs a computed split).
-    """
-    outcome = None
-    if not outbox.has_settlement(record.his_setl_no):
-        refuse_blacklisted(policy, record)
-        if desk is not None:
-            outcome = await desk.settle(record, acct_balance=acct_balance)
-        if before_append is not None:
-            before_append(record)
-    return await outbox.append_settlement(record, digest), outcome
-
-
-async def settle_body(
-    body: bytes,
-    config: AgentConfig,
-    outbox: Outbox,
-    *,
-    vouchers: VoucherVerifier | None = None,
-    policy: PolicyStore | None = None,
-    desk: DeskChecks | None = None,
-    caller: Principal | None = None,
-) -> tuple[int, dict[str, Any]]:
-    """Settle one HIS settlement body: (201 or 200 for a held ``his_setl_no``, the answer), or raise.
-
-    The one settlement path: ``POST /v1/settlements`` and the drop folder both call it, so a file
-    is checked, refused and made durable exactly as a request is. Raises ``AgentError`` /
-    ``ProtocolError`` (see ``error_answer``) with nothing written. ``caller`` is who signed in; None
-    (a drop-folder file) is no one, so such a body may carry no overrides.
-    """
-    record, digest = parse_settlement(body, fixmedins_code=config.fixmedins_code or None, caller=caller)
-    if record.mdtrt_cert_type == CERT_TYPE_EVOUCHER and not (
-        vouchers is not None and vouchers.ledger.seen(record.mdtrt_cert_no or "")
-    ):
-        raise ValidationFailed(
-            "settlement does not validate; correct the listed fields",
-            details=[
-                {
-                    "field": "mdtrt_cert_no",
-                    "message": "this agent has not accepted an e-voucher with this nonce: scan the "
-                    "patient's code first (POST /v1/evoucher) and send the mdtrt_cert_no it returns",
-                }
-            ],
-        )
-    receipt, outcome = await settle_record(
-        record, digest, outbox, policy=policy, desk=desk, acct_balance=account_balance(body)
-    )
-    answer = receipt.to_json()
-    if outcome is not None and not receipt.duplicate:
-        answer["checks"] = outcome.to_json()
-    return (200 if receipt.duplicate else 201), answer
 
 
 def prescription_bill(body: bytes, fixmedins_code: str, hosp_lv: str) -> Bill:

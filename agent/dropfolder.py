@@ -44,10 +44,10 @@ from typing import Any
 
 from protocol.errors import ProtocolError, ValidationFailed
 
-from .api import error_answer
 from .config import AgentConfig
 from .durable import write_atomic
 from .errors import AgentError, BodyTooLarge
+from .settle import error_answer
 
 __all__ = ["DIRS", "DropFolder", "Settle", "csv_to_body", "prepare_dirs", "write_atomic"]
 

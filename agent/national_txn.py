@@ -118,7 +118,7 @@ def _blacklist_json(nat: National, identity: Identity) -> dict[str, Any] | None:
     hit = nat.policy.is_blacklisted(card_sn=identity.card_sn, psn_no=identity.psn_no)
     if hit is None:
         return None
-    from .api import BLACKLIST_ACTIONS
+    from .settle import BLACKLIST_ACTIONS
 
     return {
         "list_type": hit.list_type,
@@ -799,7 +799,7 @@ async def _checked(
 ) -> tuple[Settlement, bytes, Any]:
     """The record as POST /v1/settlements/preview checks it: blacklist, in-event rules, split (2206)."""
     record, digest, _raw = _build(nat, env, d, got, visit, fees)
-    from .api import refuse_blacklisted
+    from .settle import refuse_blacklisted
 
     refuse_blacklisted(nat.policy, record)
     outcome = None
@@ -846,7 +846,7 @@ async def settle(nat: National, env: Envelope) -> Stored:
     _must_be_open(visit, d)
     # The REST path's checks and durable append. Held in the outbox but not marked here (the agent
     # stopped between the two writes): like a retry of POST /v1/settlements, answered from the outbox.
-    from .api import settle_record
+    from .settle import settle_record
 
     record, digest, _raw = _build(nat, env, d, got, visit, fees)
     receipt, outcome = await settle_record(

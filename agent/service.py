@@ -14,7 +14,7 @@ from aiohttp import web
 from protocol.batch import KeyPair
 from protocol.sdnotify import keep_watchdog, notify
 
-from .api import create_app, settle_body
+from .api import create_app
 from .card import CardReader
 from .checks import DeskChecks
 from .config import AgentConfig
@@ -29,6 +29,7 @@ from .metrics import install as install_metrics
 from .policy import PolicyClient, issuers_from_keys_bundle
 from .policy_store import Applied, PolicyStore
 from .resync import Resync
+from .settle import settle_body
 from .store import Outbox
 from .tls import ClientTls, client_ssl, client_tls, his_server_ssl
 from .uploader import Uploader

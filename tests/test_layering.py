@@ -61,3 +61,8 @@ def test_no_central_module_imports_the_api_that_registers_it() -> None:
         m for m, names in imports("central").items() if _uses(names, "central.api") and m != "central.api"
     }
     assert users <= _RUNNERS["central"], sorted(users - _RUNNERS["central"])
+
+
+def test_no_agent_module_imports_the_api_that_registers_it() -> None:
+    users = {m for m, names in imports("agent").items() if _uses(names, "agent.api") and m != "agent.api"}
+    assert users <= _RUNNERS["agent"], sorted(users - _RUNNERS["agent"])
