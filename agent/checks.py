@@ -402,7 +402,7 @@ class DeskChecks:
         settled and has not yet uploaded; with no answer from the centre, this hospital's only
         (``ytd_partial``). ``in_pool(med_type)`` says whether a medical type shares the bill's pool.
 
-        Approximations shared with the centre's audit (``central.split_audit``), so the two agree:
+        Approximations shared with the centre's audit (``central.monitoring.split_audit``), so the two agree:
         eligible ≈ the pool's total cost this year, and it counts towards a per-year deductible;
         pooled fund paid ≈ ``hifp_pay``.
         """

@@ -37,7 +37,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-#: The verbs that propose a change request (``central.changes``) rather than publish at once.
+#: The verbs that propose a change request (``central.policy.changes``) rather than publish at once.
 _PROPOSING = {("blacklist", "add"), ("blacklist", "remove"), ("blacklist", "import"), ("policy", "publish"),
               ("rules", "publish"), ("catalogue", "import"), ("keys", "publish")}  # fmt: skip
 _CHANGE = re.compile(r"^change (\d+) \[pending\] .* digest ([0-9a-f]{64})\)$", re.M)

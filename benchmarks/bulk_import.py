@@ -29,10 +29,10 @@ import pyarrow.parquet as pq
 from _common import Bodies, Failed, emit, median, parse_args
 
 from agent.intake import parse_settlement
-from central.bulk_import import FLAT_COLUMNS, import_settlements
-from central.hospitals import set_hospital
-from central.policy import Actor
-from central.store import Store
+from central.intake.bulk_import import FLAT_COLUMNS, import_settlements
+from central.intake.hospitals import set_hospital
+from central.policy.bundles import Actor
+from central.storage.store import Store
 
 PROVINCE_YEAR = 200_000_000
 

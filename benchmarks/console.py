@@ -1,7 +1,8 @@
 """Console page times with a large queue: p95 of each main page's GET, logged in, 100,000 suspicions.
 
 A real ``yibao-central serve`` (its own process, ``--insecure-dev``) over a centre database holding
-``--suspicions`` suspicions (``central.suspicions.record_findings``, half in each of two pooling areas),
+``--suspicions`` suspicions (``central.monitoring.suspicions.record_findings``, half in each of two pooling
+areas),
 an operator logged in through the console's own form (nonce, session cookie). Each page is fetched
 ``--rounds`` times: the queue's first page, a filtered queue page, one suspicion, the fleet, the
 analysis, the risk map and the audit log. The headline is the worst page's p95; the issue's bound is
@@ -26,8 +27,8 @@ from _common import Failed, emit, parse_args
 from suspicions import findings
 
 from central.config import CentralConfig
-from central.store import Store
-from central.suspicions import record_findings
+from central.monitoring.suspicions import record_findings
+from central.storage.store import Store
 
 LIMIT_MS = 300.0
 

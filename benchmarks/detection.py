@@ -20,7 +20,7 @@ templates (aims 0.95 and 0.90).
 Dates: the agent stamps ``setl_time`` itself, so every settlement is settled today; the simulated
 days are in the visits' own times (see ``simulators/fraud.py``).
 
-**Risk per object** (issue 16, ``central.risk``): after each scenario the objects (person, doctor,
+**Risk per object** (issue 16, ``central.monitoring.risk``): after each scenario the objects (person, doctor,
 hospital) are ranked by their risk score and by **plain total amount** (the baseline the score must
 beat), and each ranking's ROC-AUC against the labels and its precision among the first 50 (or all the
 objects when there are fewer) are printed, ``ratio`` to the 0.90 AUC aim. The existing scenario is the
@@ -205,7 +205,7 @@ def _ranking_figures(prefix: str, by: str, rows: list[Any], labels: dict[str, bo
 
 
 def _risk_rows(db: Path, by: str, lo: str, hi: str) -> list[Any]:
-    from central.risk import object_risk
+    from central.monitoring.risk import object_risk
 
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -218,13 +218,13 @@ def providers_run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, A
     """The second scenario: generate, ingest per hospital, screen in full, rank objects."""
     import hashlib
 
-    from central.deaths import import_deaths
-    from central.enrol import enrol_agent, issue_token
-    from central.hospitals import set_hospital
-    from central.ingest import Ingestor
-    from central.policy import Actor
-    from central.screening import load_area_rules, screen
-    from central.store import Store
+    from central.intake.deaths import import_deaths
+    from central.intake.enrol import enrol_agent, issue_token
+    from central.intake.hospitals import set_hospital
+    from central.intake.ingest import Ingestor
+    from central.monitoring.screening import load_area_rules, screen
+    from central.policy.bundles import Actor
+    from central.storage.store import Store
     from protocol.batch import KeyPair, encode_batch, sign_batch
     from protocol.chain import GENESIS, encode_body, encode_entry
     from protocol.wire import EnrollRequest

@@ -4,7 +4,8 @@
 (``--plain``: its ``--insecure-dev`` plain HTTP, the setting of ``tests/central/test_history_http.py``,
 which used to assert the bound); an agent key registered through the enrolment endpoint, with its TLS
 client certificate; the history uploaded as the agent uploads it (signed batches of its hash chain to
-``POST /v1/batches``, so ``central.lines`` writes ``hist_lines`` at ingest): the checked person's visits
+``POST /v1/batches``, so ``central.intake.lines`` writes ``hist_lines`` at ingest): the checked person's
+visits
 (two lines each) within the last 80 days, and other persons' visits around them. Then
 ``GET /v1/persons/{psn_no}/history`` through the agent's own client (``agent.history.CentralHistory``:
 signed headers, one kept-alive aiohttp session over the agent's TLS context), timed each, every answer

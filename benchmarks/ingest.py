@@ -11,7 +11,7 @@ per batch on the store's writer thread (WAL, ``synchronous=FULL``).
 The baseline inserts exactly the rows that ingestion wrote (read back from its database,
 prebuilt as tuples: records, settlements, each settlement's ``hist_lines`` and its ``hist_visits``
 row) into a fresh
-database with the same schema (``central._schema``, indexes included), the same pragmas, the
+database with the same schema (``central.storage.schema``, indexes included), the same pragmas, the
 same statements, ``executemany``, one transaction per batch, and the same agent-row update per
 batch. The ratio is then the cost of verification, decoding and
 Python row building. Aim: ratio >= 0.5. Rounds alternate which side goes first; figures
@@ -32,12 +32,12 @@ from pathlib import Path
 from _common import Bodies, Failed, emit, median, parse_args
 
 from agent.intake import parse_settlement
-from central._schema import migrate
-from central.enrol import enrol_agent, issue_token
-from central.ingest import _INSERT_RECORD, _INSERT_SETTLEMENT, Ingestor
-from central.lines import INSERT_HIST_LINE
-from central.store import Store
-from central.visits import INSERT_VISIT, VISIT_COLUMNS
+from central.intake.enrol import enrol_agent, issue_token
+from central.intake.ingest import _INSERT_RECORD, _INSERT_SETTLEMENT, Ingestor
+from central.intake.lines import INSERT_HIST_LINE
+from central.intake.visits import INSERT_VISIT, VISIT_COLUMNS
+from central.storage.schema import migrate
+from central.storage.store import Store
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry
 from protocol.rules import HIST_COLUMNS

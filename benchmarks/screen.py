@@ -37,10 +37,10 @@ from pathlib import Path
 
 from _common import ROOT, Failed, emit, parse_args
 
-from central.enrol import enrol_agent, issue_token
-from central.ingest import Ingestor
-from central.screening import AreaRules, load_area_rules, screen, screen_new
-from central.store import Store
+from central.intake.enrol import enrol_agent, issue_token
+from central.intake.ingest import Ingestor
+from central.monitoring.screening import AreaRules, load_area_rules, screen, screen_new
+from central.storage.store import Store
 from protocol import rules as rl
 from protocol.batch import KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry

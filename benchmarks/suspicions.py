@@ -1,7 +1,8 @@
 """Recording a screen's findings as suspicions: every one new, then the same run again (all found again).
 
-What ``tests/central/test_suspicions.py`` used to time: ``central.suspicions.record_findings`` in one
-write transaction of the centre's store (``central.store.Store``, a fresh ``central.db``), with
+What ``tests/central/test_suspicions.py`` used to time: ``central.monitoring.suspicions.record_findings`` in
+one
+write transaction of the centre's store (``central.storage.store.Store``, a fresh ``central.db``), with
 findings that differ by settlement (each its own fact key), about persons of two pooling areas. The
 second call is a re-screen: every fact is held, so each finding refreshes its suspicion. Limit (the
 test's bound): 10 s per call for the test's 20,000 findings; a full screen finds ~100,000
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from _common import Failed, emit, parse_args
 
-from central.store import Store
-from central.suspicions import Finding, record_findings
+from central.monitoring.suspicions import Finding, record_findings
+from central.storage.store import Store
 from protocol.rules import Hit
 
 LIMIT_S = 10.0

@@ -20,19 +20,20 @@ Routes (``protocol.wire`` names the paths and the header):
 - ``POST /v1/agents/report`` msgpack signed ``PolicyReport`` → msgpack ``{"stored": bool}``; errors
   as for batches: 403 ``agent_unknown`` / ``agent_revoked``, 422 ``signature_invalid``, 400
   ``decode_malformed``, 413, 415.
-- ``POST /v1/agents/heartbeat`` msgpack signed ``Heartbeat`` (``central.heartbeats``) → msgpack
+- ``POST /v1/agents/heartbeat`` msgpack signed ``Heartbeat`` (``central.intake.heartbeats``) → msgpack
   ``{"stored": bool, "acked_seq": N}``: the centre's held seq, so an idle agent learns when a
   restored centre holds less than it acknowledged and resends; the same errors.
 - ``GET /v1/agents/records?after=SEQ&limit=N`` signed like the history lookup, by the agent itself →
   msgpack ``{"records": [chain entry bytes], "acked_seq": N}``: its own entries the centre holds after
-  ``after`` (``central.resync``), for an agent restored from an older backup.
+  ``after`` (``central.intake.resync``), for an agent restored from an older backup.
 - ``GET /v1/persons/{psn_no}/history?days=N`` signed by an enrolled agent (``protocol.wire.sign_request``
-  headers) → JSON history and year-to-date totals (``central.history``); JSON errors 401
+  headers) → JSON history and year-to-date totals (``central.intake.history``); JSON errors 401
   ``request_unsigned`` / ``request_stale``, 403 ``agent_unknown`` / ``agent_revoked``, 422
   ``signature_invalid``, 400 ``decode_malformed``. The access log of ``serve`` never shows a psn_no.
 
 In the background the server re-signs the snapshot and timestamp before they expire, recomputes new
-settlements' splits (``central.split_audit``) and screens them (``central.screening.screen_new``)
+settlements' splits (``central.monitoring.split_audit``) and screens them
+(``central.monitoring.screening.screen_new``)
 seconds after their batch is ingested.
 
 Every request may carry ``Yibao-Protocol``; answers carry the version chosen. No handler
@@ -59,6 +60,15 @@ import msgspec
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from central.intake.enrol import decode_enroll_request, enrol_agent
+from central.intake.heartbeats import MAX_HEARTBEAT_BYTES, record_heartbeat
+from central.intake.history import answer_history
+from central.intake.ingest import Ingestor
+from central.intake.reports import MAX_REPORT_BYTES, agent_views, record_report
+from central.intake.resync import answer_records
+from central.monitoring.routes import add_routes as add_monitor_routes
+from central.policy.tuf_repo import TufRepository
+from central.storage.store import Store, get_agent
 from protocol.sdnotify import keep_watchdog, notify
 from protocol.wire import (
     AGENT_HEADER,
@@ -82,7 +92,6 @@ from protocol.wire import (
 
 from .appkeys import CONFIG_KEY, REPO_KEY, STORE_KEY, error_response
 from .config import CentralConfig
-from .enrol import decode_enroll_request, enrol_agent
 from .errors import (
     AgentMismatch,
     AgentRevoked,
@@ -96,17 +105,9 @@ from .errors import (
     ProtocolUnsupported,
     UnsupportedMediaType,
 )
-from .heartbeats import MAX_HEARTBEAT_BYTES, record_heartbeat
-from .history import answer_history
-from .ingest import Ingestor
 from .metrics import METRICS_KEY, CentralMetrics
 from .metrics import install as install_metrics
-from .monitor_api import add_routes as add_monitor_routes
-from .reports import MAX_REPORT_BYTES, agent_views, record_report
-from .resync import answer_records
-from .store import Store, get_agent
 from .tls import ServerTls, TlsFiles, issue_client_cert, peer_agent_id
-from .tuf_repo import TufRepository
 from .web.routes import add_routes as add_console_routes
 
 __all__ = [
@@ -444,7 +445,8 @@ async def person_history(request: web.Request) -> web.Response:
 
 
 async def agent_records(request: web.Request) -> web.Response:
-    """An agent's own entries the centre holds (``central.resync``), for an agent restored from a backup."""
+    """An agent's own entries the centre holds (``central.intake.resync``), for an agent restored from a
+    backup."""
     version = None
     try:
         version = _version(request)
@@ -642,8 +644,9 @@ async def _watch(watcher: ChangeWatcher, interval: float) -> None:
 
 
 async def _audit_splits(store: Store, repo: TufRepository, interval: float = 5.0) -> None:
-    """Recompute new settlements' splits shortly after ingest (``central.split_audit``), off the hot path."""
-    from .split_audit import audit_splits
+    """Recompute new settlements' splits shortly after ingest (``central.monitoring.split_audit``), off the
+    hot path."""
+    from central.monitoring.split_audit import audit_splits
 
     loop = asyncio.get_running_loop()
     while True:
@@ -661,9 +664,9 @@ SCREEN_INTERVAL_S = 5.0
 
 
 async def _screen_new(store: Store, repo: TufRepository, interval: float) -> None:
-    """Screen new settlements seconds after a batch is ingested (``central.screening.screen_new``):
+    """Screen new settlements seconds after a batch is ingested (``central.monitoring.screening.screen_new``):
     the persons and hospitals it touched, off the event loop, until level with what is held."""
-    from .screening import screen_new
+    from central.monitoring.screening import screen_new
 
     loop = asyncio.get_running_loop()
     while True:
@@ -680,14 +683,15 @@ async def _screen_new(store: Store, repo: TufRepository, interval: float) -> Non
 async def _lift_suspensions(
     store: Store, repo: TufRepository, config: CentralConfig, interval: float = 600.0
 ) -> None:
-    """Lift suspensions whose ``until`` day has passed (``central.review.lift_ended_suspensions``).
+    """Lift suspensions whose ``until`` day has passed (``central.monitoring.review.lift_ended_suspensions``).
 
     Lifting is a signed blacklist removal: the server does it itself only when it holds operator keys
     (a demo or test home); a production server holds none, so it says, hourly, what an operator must run.
     """
+    from central.monitoring.review import lift_ended_suspensions
+    from central.policy.bundles import Actor, Policy
+
     from .operators import home_signers
-    from .policy import Actor, Policy
-    from .review import lift_ended_suspensions
 
     loop = asyncio.get_running_loop()
     actor = Actor("centre", "the suspension ended")

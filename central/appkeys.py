@@ -11,12 +11,12 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from central.policy.tuf_repo import TufRepository
+from central.storage.store import Store
 from protocol.wire import MSGPACK, PROTOCOL_HEADER
 
 from .config import CentralConfig
 from .errors import CentralError
-from .store import Store
-from .tuf_repo import TufRepository
 
 __all__ = ["CONFIG_KEY", "REPO_KEY", "STORE_KEY", "error_response"]
 

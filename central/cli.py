@@ -12,11 +12,11 @@ Who acts (``central.operators``): every verb that changes something is done by t
 token is in ``--token-file FILE`` (before the verb) or ``$YIBAO_OPERATOR_TOKEN``, and is audited
 under their name with ``--reason``. ``policy`` operators do the blacklist, document, bundle and
 ``changes`` verbs; ``admin`` operators the operators, enrolment, agent revocation, hospitals,
-deaths, root and TLS verbs; reviewers and supervisors the review verbs (``central.cli_monitor``).
+deaths, root and TLS verbs; reviewers and supervisors the review verbs (``central.monitoring.cli``).
 Listings and reports (list, show, audit, reconcile, export, screen, analysis…) need no token.
 
-Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.documents``). Blacklist
-changes and document publishes are **proposed** (``central.changes``: maker-checker) and published
+Policy verbs (``docs/POLICY.md``; the input schemas are in ``central.policy.documents``). Blacklist
+changes and document publishes are **proposed** (``central.policy.changes``: maker-checker) and published
 when another policy operator approves them; verbs that sign with operator keys take ``--key FILE``
 (repeatable; default: every ``*.pem`` in ``HOME/operators/``)::
 
@@ -40,7 +40,7 @@ when another policy operator approves them; verbs that sign with operator keys t
                 [--rotate-online] [--key FILE]...
     audit [--limit N] [--json]
 
-Hospitals and personal-data access (``central.hospitals``, ``central.history``)::
+Hospitals and personal-data access (``central.intake.hospitals``, ``central.intake.history``)::
 
     hospitals set --hospital CODE [--level 0|1|2|3] [--name N] [--admdvs 6DIGITS] [--lat DEG --lon DEG]
                                             (audited; a new hospital needs --level)
@@ -49,13 +49,15 @@ Hospitals and personal-data access (``central.hospitals``, ``central.history``):
     cards gate CARD_SN [--area A] [--json]  may a lost card's replacement be issued? (exit 2: not yet)
     access-log [--psn-no P] [--agent A] [--limit N] [--json]   who looked up whose history
 
-Bulk import of historical settlements (``central.bulk_import``, ``central.cli_import``, docs/IMPORT.md)::
+Bulk import of historical settlements (``central.intake.bulk_import``, ``central.intake.cli``,
+docs/IMPORT.md)::
 
     import settlements FILE… [--format jsonl|csv|parquet] [--money fen|yuan] [--strict] [--rejects OUT]
     import status [--json] | import rejects ID
 
-Screening and analysis (issue 6, ``docs/MONITORING.md``; ``central.screening``, ``central.analysis``,
-``central.deaths``); the review workflow's verbs come from ``central.cli_monitor``::
+Screening and analysis (issue 6, ``docs/MONITORING.md``; ``central.monitoring.screening``,
+``central.monitoring.analysis``,
+``central.intake.deaths``); the review workflow's verbs come from ``central.monitoring.cli``::
 
     screen --from D --to D [--workers N] [--quiet] [--json]   full screen, progress bar on stderr
     screen --new [--json]                   incremental: what was ingested since the last screen
@@ -83,14 +85,24 @@ from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 
+from central.intake import cli as cli_import
+from central.intake.enrol import check_hospital_code, issue_token, revoke_agent
+from central.intake.export import export_settlements
+from central.intake.history import access_log
+from central.intake.hospitals import list_hospitals, set_hospital
+from central.intake.reconcile import reconcile, render_table
+from central.intake.reports import agent_views
+from central.monitoring import cli as cli_monitor
+from central.policy import cards, changes
+from central.policy.bundles import Policy, default_area, set_default_area
+from central.policy.tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
+from central.storage.store import Store
 from protocol import backup
 from protocol.bundles import BLACKLIST_TYPES
 from protocol.logging_json import JsonFormatter
 
-from . import cards, changes, cli_import, cli_monitor
 from .api import serve
 from .config import DEFAULT_LISTEN, HOME_ENV, CentralConfig
-from .enrol import check_hospital_code, issue_token, revoke_agent
 from .errors import (
     CentralError,
     ConfigInvalid,
@@ -99,16 +111,8 @@ from .errors import (
     RoleForbidden,
     SigningRefused,
 )
-from .export import export_settlements
-from .history import access_log
-from .hospitals import list_hospitals, set_hospital
 from .operators import TOKEN_ENV, Operator, acting_operator, bootstrap_admin
-from .policy import Policy, default_area, set_default_area
-from .reconcile import reconcile, render_table
-from .reports import agent_views
-from .store import Store
 from .tls import TlsFiles, create_tls, import_server_cert, rotate_server_cert, trust_digest
-from .tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
 
 __all__ = ["EXIT_OPERATOR", "build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
 
@@ -365,7 +369,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     ls_p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     for kind, verb in _DOCUMENT_VERBS.items():
-        p = verbs.add_parser(kind, help=f"{verb} a {kind} document (schema: central.documents)")
+        p = verbs.add_parser(kind, help=f"{verb} a {kind} document (schema: central.policy.documents)")
         sub = p.add_subparsers(dest=f"{kind}_verb", required=True, metavar="ACTION")
         doc_p = sub.add_parser(
             verb, parents=[*signing, why], help=f"validate a {kind} JSON document and propose publishing it"
@@ -683,7 +687,7 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
 
 
 def _splits(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
-    from .split_audit import audit_splits
+    from central.monitoring.split_audit import audit_splits
 
     if args.action == "check":
         total = {"checked": 0, "flagged": 0, "skipped": 0}
@@ -766,7 +770,8 @@ def _print_json(obj: Any) -> None:
 
 def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
     """screen, rules backtest|quality, deaths, analysis."""
-    from . import analysis, deaths, screening
+    from central.intake import deaths
+    from central.monitoring import analysis, screening
 
     if args.verb == "screen":
         repo = TufRepository.open(config)
@@ -814,7 +819,7 @@ def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) ->
         return 0
     if args.verb == "rules":
         if args.rules_verb == "quality":
-            from .review import rule_quality
+            from central.monitoring.review import rule_quality
 
             rows = store.read(rule_quality)
             if args.json:
@@ -826,7 +831,7 @@ def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) ->
                     f"reviewed {row['reviewed']:>6} confirmed {row['confirmed']:>6} precision {precision}"
                 )
             return 0
-        from .documents import load_json_document
+        from central.policy.documents import load_json_document
 
         doc = load_json_document(args.file)
         catalogue = load_json_document(args.catalogue) if args.catalogue else None

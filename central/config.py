@@ -102,7 +102,7 @@ class CentralConfig:
     - ``client_cert_days``: life of an agent's client certificate (365 d); agents renew at two thirds.
     - ``tls_check_s``: how often the server looks for a rotated server certificate (60 s).
     - ``approvals_required``: how many operators must agree before a blacklist change or a policy,
-      rules, catalogue or keys document is published (``central.changes``): 2 (the maker and one
+      rules, catalogue or keys document is published (``central.policy.changes``): 2 (the maker and one
       checker) by default, so no single operator can change what agents enforce. 1 publishes at the
       maker's word: only for a development or single-operator setup, and every verb says so.
 

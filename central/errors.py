@@ -4,7 +4,7 @@ Every refusal ``central`` raises is a ``CentralError`` with a stable ``code`` (a
 operators' scripts branch on it) and the ``http_status`` the API answers with. Messages
 say what the operator or agent should do next and never carry personal data.
 
-Protocol errors (``protocol.errors``) are translated at the edge of ``central.ingest`` by
+Protocol errors (``protocol.errors``) are translated at the edge of ``central.intake.ingest`` by
 ``from_protocol`` so callers only ever catch ``CentralError``.
 """
 
@@ -238,7 +238,8 @@ class DocumentInvalid(CentralError):
         super().__init__("\n".join(lines))
 
 
-# -- monitoring: operators and the review workflow (central.operators, central.review) ----------------
+# -- monitoring: operators and the review workflow (central.operators, central.monitoring.review)
+# ----------------
 
 
 class OperatorUnknown(CentralError):
@@ -325,7 +326,7 @@ class OperatorTokenRequired(CentralError):
     http_status = 401
 
 
-# -- maker-checker: policy change requests (central.changes) -----------------------------------------
+# -- maker-checker: policy change requests (central.policy.changes) -----------------------------------------
 
 
 class ChangeState(CentralError):

@@ -57,8 +57,8 @@ from protocol.metrics import (
 from .errors import CentralError
 
 if TYPE_CHECKING:
-    from .store import Store
-    from .tuf_repo import TufRepository
+    from central.policy.tuf_repo import TufRepository
+    from central.storage.store import Store
 
 __all__ = ["CONTENT_TYPE", "METRICS_KEY", "METRICS_PATH", "CentralMetrics", "install"]
 
@@ -140,7 +140,7 @@ class CentralMetrics:
     # ---- read at scrape time ----------------------------------------------------------------------
 
     def _agents(self, conn: sqlite3.Connection, scope: frozenset[str] | None) -> Iterator[Metric]:
-        from .reports import agent_views
+        from central.intake.reports import agent_views
 
         acked = _family(
             "yibao_central_agent_acked_seq", "Highest contiguous seq held of each agent", "agent_id"
@@ -219,7 +219,7 @@ class CentralMetrics:
         yield from (seq, age)
 
     def _screening(self, conn: sqlite3.Connection) -> Iterator[Metric]:
-        from .screening import CURSOR_KEY
+        from central.monitoring.screening import CURSOR_KEY
 
         runs = CounterMetricFamily(
             "yibao_central_screen_runs", "Screening runs recorded, per kind", labels=["kind"]

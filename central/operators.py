@@ -13,7 +13,7 @@ Roles (an operator holds one or several, stored as ``role`` text joined by comma
 - ``reviewer``: initial review, cases, notes, assignment;
 - ``supervisor``: also decisions, publishing pending ones and closing cases;
 - ``policy``: proposes, approves and rejects blacklist changes and policy, rules, catalogue and keys
-  documents (``central.changes``: another ``policy`` operator must approve what one proposed), exports
+  documents (``central.policy.changes``: another ``policy`` operator must approve what one proposed), exports
   and re-syncs bundles;
 - ``admin``: the installation's administrator: operators, enrolment tokens, agents' revocation,
   hospitals, dates of death, the TUF root and the TLS certificates. These acts concern the whole
@@ -46,8 +46,12 @@ from typing import Any
 
 from securesystemslib.signer import CryptoSigner
 
+from central.policy.bundles import Actor, audit_in
+from central.policy.documents import check_area
+from central.policy.tuf_repo import load_signer
+from central.storage.store import Store, now_iso
+
 from .config import CentralConfig
-from .documents import check_area
 from .errors import (
     AreaForbidden,
     DocumentInvalid,
@@ -59,9 +63,6 @@ from .errors import (
     OperatorUnknown,
     RoleForbidden,
 )
-from .policy import Actor, audit_in
-from .store import Store, now_iso
-from .tuf_repo import load_signer
 
 __all__ = [
     "MONITORING_ROLES",
@@ -404,7 +405,7 @@ def home_signers(config: CentralConfig, key_files: Sequence[str | Path] | None =
 
     The same choice as ``central.cli.operator_signers`` without its refusal: the monitoring API
     and CLI fall back to recording a blacklist decision as ``pending_publish`` when no keys are
-    at hand. Kept here so ``central.monitor_api`` does not import the CLI (which imports the API).
+    at hand. Kept here so ``central.monitoring.routes`` does not import the CLI (which imports the API).
     """
     if key_files:
         return [load_signer(Path(k)) for k in key_files]

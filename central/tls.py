@@ -42,8 +42,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from central.policy.tuf_repo import atomic_write
+
 from .errors import CertificateInvalid, ConfigInvalid
-from .tuf_repo import atomic_write
 
 __all__ = [
     "EXPIRY_WARNING_DAYS",

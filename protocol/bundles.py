@@ -1,6 +1,6 @@
 """Policy bundles: what operators push to every agent, and how a bundle file is laid out.
 
-A bundle is a TUF target (``central.tuf_repo`` publishes it, ``agent.policy`` fetches it with
+A bundle is a TUF target (``central.policy.tuf_repo`` publishes it, ``agent.policy`` fetches it with
 ``tuf.ngclient``); TUF proves *which* file is current and untampered, this module says what is
 inside it. Kinds:
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent.config import load_config, save_config
-from central.reconcile import PERIOD_TZ
+from central.intake.reconcile import PERIOD_TZ
 from central.tls import trust_digest
 
 from .evoucher import Issuer

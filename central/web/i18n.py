@@ -229,9 +229,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "Your session has ended; log in again and resubmit.",
     ),
     "approvals_readonly": (
-        "只读列表：批准与驳回由 central.changes 提供（yibao-central changes），本页暂不提供操作。",
-        "Read-only: approving and rejecting come with central.changes (yibao-central changes); this page "
-        "does not act on them yet.",
+        "只读列表：批准与驳回由 central.policy.changes 提供（yibao-central changes），本页暂不提供操作。",
+        "Read-only: approving and rejecting come with central.policy.changes (yibao-central changes); "
+        "this page does not act on them yet.",
     ),
 }
 

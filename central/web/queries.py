@@ -1,10 +1,12 @@
 """The few scoped reads the console needs that the monitoring library has no function for.
 
-Everything else a page shows comes from the same library calls the JSON API makes (``central.review``,
-``central.suspicions``, ``central.analysis``, ``central.reports``, ``central.screening``,
-``central.policy``), with the same ``Operator`` scope. What is here reads tables the library owns but
+Everything else a page shows comes from the same library calls the JSON API makes
+(``central.monitoring.review``,
+``central.monitoring.suspicions``, ``central.monitoring.analysis``, ``central.intake.reports``,
+``central.monitoring.screening``,
+``central.policy.bundles``), with the same ``Operator`` scope. What is here reads tables the library owns but
 does not list *per operator*: the audit log, the blacklist entries and each hospital's open
-suspicions. Each narrows to the operator's areas in SQL (``central.store.Where``), as the library's
+suspicions. Each narrows to the operator's areas in SQL (``central.storage.store.Where``), as the library's
 listings do, so a page never holds another area's rows even briefly.
 """
 
@@ -15,10 +17,10 @@ import sqlite3
 from collections.abc import Collection
 from typing import Any
 
+from central.intake.reports import agent_views
 from central.operators import Operator
-from central.policy import area_of_hospital
-from central.reports import agent_views
-from central.store import Where
+from central.policy.bundles import area_of_hospital
+from central.storage.store import Where
 
 __all__ = [
     "OPEN_STATUSES", "audit_rows", "blacklist_entries", "fleet", "hospital_risk", "pending_changes",

@@ -1,7 +1,7 @@
 """The console's pages under ``/console/`` (``docs/CONSOLE.md``): server-rendered, scoped like the JSON API.
 
 Every page and action looks the operator up again from the session's token (``central.operators``) and
-calls the same library functions as ``central.monitor_api`` with that ``Operator``, so the scope, the
+calls the same library functions as ``central.monitoring.routes`` with that ``Operator``, so the scope, the
 role checks and the refusals are the library's own: a ``CentralError`` becomes a page with its message
 and its HTTP status (403 ``area_forbidden``/``role_forbidden``, 404 ``not_found``, 409 ...). A POST is
 refused without the session's CSRF token; after one that succeeds the browser is sent back to a page
@@ -23,12 +23,10 @@ from urllib.parse import urlencode
 import jinja2
 from aiohttp import web
 
-from central.analysis import BY, MEASURES, analyse
 from central.config import CentralConfig
 from central.errors import CentralError, ConfigInvalid, MonitorInputInvalid, OperatorTokenInvalid
-from central.operators import Operator, home_signers, operator_by_token, require_area, require_supervisor
-from central.policy import Policy
-from central.review import (
+from central.monitoring.analysis import BY, MEASURES, analyse
+from central.monitoring.review import (
     add_note,
     assign_case,
     close_case,
@@ -42,8 +40,10 @@ from central.review import (
     visible_suspicion,
     yuan_to_fen,
 )
-from central.screening import backtest, rules_in_force
-from central.suspicions import STATUSES
+from central.monitoring.screening import backtest, rules_in_force
+from central.monitoring.suspicions import STATUSES
+from central.operators import Operator, home_signers, operator_by_token, require_area, require_supervisor
+from central.policy.bundles import Policy
 from protocol.errors import RulesInvalid
 
 from . import charts, queries
@@ -428,7 +428,8 @@ def _date(value: Any, name: str) -> str:
 
 
 async def rules_backtest(request: web.Request, op: Operator) -> Any:
-    """A candidate beside the rules in force, through ``central.screening.backtest``; nothing stored."""
+    """A candidate beside the rules in force, through ``central.monitoring.screening.backtest``; nothing
+    stored."""
     require_supervisor(op, "backtest rules")
     form = request["form"]
     lo, hi = _date(form.get("from"), "from"), _date(form.get("to"), "to")
@@ -472,7 +473,7 @@ async def blacklists(request: web.Request, op: Operator) -> Any:
 
 # -- analysis, map, audit ----------------------------------------------------------------------
 
-#: Measures ``central.analysis`` gives in fen (money per visit or per disease).
+#: Measures ``central.monitoring.analysis`` gives in fen (money per visit or per disease).
 FEN_MEASURES = ("cost_per_visit", "cost_per_disease")
 #: Periods the "over time" chart splits the range into (one ranking each).
 PERIODS = 4

@@ -84,7 +84,7 @@ CREATE INDEX IF NOT EXISTS temp.cur_lines_setl ON cur_lines (psn_no, setl_id, me
 """
 
 #: Columns of ``hist_visits`` (and ``cur_visits``): one row per held, unreversed settlement
-#: (docs/MONITORING.md, "Tables"). The same order as ``central.visits.VISIT_COLUMNS``, which builds
+#: (docs/MONITORING.md, "Tables"). The same order as ``central.intake.visits.VISIT_COLUMNS``, which builds
 #: the rows (a test holds them together; protocol does not import central).
 VISIT_COLUMNS = (
     "setl_id", "psn_no", "fixmedins_code", "area", "hosp_lv", "setl_time", "setl_date", "begn_date",

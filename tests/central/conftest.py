@@ -23,11 +23,11 @@ from tuf.ngclient import Updater
 from central.api import STORE_KEY, app_runner
 from central.cli import init_home, operator_signers
 from central.config import CentralConfig
-from central.enrol import enrol_agent, issue_token
+from central.intake.enrol import enrol_agent, issue_token
 from central.metrics import CentralMetrics
-from central.policy import Actor, Policy
-from central.store import Store
-from central.tuf_repo import TufRepository
+from central.policy.bundles import Actor, Policy
+from central.policy.tuf_repo import TufRepository
+from central.storage.store import Store
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry, record_hash
 from protocol.records import FeeDetail, Person, Reversal, Settlement, Visit

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from central.monitoring.suspicions import Finding, record_findings
 from central.operators import Operator, add_operator
-from central.policy import Actor
-from central.store import Store
-from central.suspicions import Finding, record_findings
+from central.policy.bundles import Actor
+from central.storage.store import Store
 from protocol.rules import Hit
 
 AREA = "110100"  # HOSPITAL's area in tests/central/conftest.py
@@ -53,7 +53,7 @@ def finding(
 
 def suspect(store: Store, *findings: Finding) -> list[int]:
     """Record findings; returns the ids of their suspicions, in order."""
-    from central.suspicions import fact_key
+    from central.monitoring.suspicions import fact_key
 
     store.write(lambda c: record_findings(c, findings, run_id=None, at="2026-11-24T10:00:00+00:00"))
     keys = [fact_key(f) for f in findings]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from central.analysis import analyse, list_results
 from central.errors import ConfigInvalid
-from central.hospitals import set_hospital
-from central.ingest import Ingestor
-from central.store import Store
+from central.intake.hospitals import set_hospital
+from central.intake.ingest import Ingestor
+from central.monitoring.analysis import analyse, list_results
+from central.storage.store import Store
 
 from .conftest import ACTOR, enrol, settlement
 

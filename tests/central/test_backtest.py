@@ -6,8 +6,8 @@ import copy
 import json
 
 from central.cli import main
-from central.screening import backtest
-from central.store import Store
+from central.monitoring.screening import backtest
+from central.storage.store import Store
 
 from .test_screening import RULES, dispensing, ingest, published  # noqa: F401 - the fixture
 

@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from central.bulk_import import FLAT_COLUMNS, import_rejects, import_settlements, import_status
 from central.errors import ImportInvalid
-from central.hospitals import set_hospital
-from central.reconcile import reconcile
-from central.screening import screen
-from central.store import Store, iter_settlements
+from central.intake.bulk_import import FLAT_COLUMNS, import_rejects, import_settlements, import_status
+from central.intake.hospitals import set_hospital
+from central.intake.reconcile import reconcile
+from central.monitoring.screening import screen
+from central.storage.store import Store, iter_settlements
 from protocol.records import Reversal, Settlement
 
 from .conftest import ACTOR, HOSPITAL, enrol, reversal, settlement
@@ -405,7 +405,7 @@ def test_enrolment_tokens_for_a_file_of_hospitals_go_to_a_private_file(
     tmp_path, config, store, capsys, act_as
 ) -> None:
     from central.cli import main
-    from central.enrol import enrol_agent
+    from central.intake.enrol import enrol_agent
     from protocol.batch import KeyPair
     from protocol.wire import EnrollRequest
 

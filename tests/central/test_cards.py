@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from central.cards import replacement_gate
 from central.cli import main
 from central.errors import NotFound
-from central.reports import record_report
+from central.intake.reports import record_report
+from central.policy.cards import replacement_gate
 from protocol.wire import PolicyReport, sign_report
 
 from .conftest import ACTOR, AREA, Chain, enrol
@@ -46,7 +46,7 @@ def test_the_replacement_waits_for_every_agent_of_the_area(store, policy, signer
 def test_an_agent_that_never_reported_has_not_applied_it_and_a_revoked_one_does_not_count(
     store, policy, signers
 ) -> None:
-    from central.enrol import revoke_agent
+    from central.intake.enrol import revoke_agent
 
     silent, gone = enrol(store), enrol(store)
     policy.blacklist_add(ACTOR, signers, list_type="card", entry_id="C-LOST", reason="lost", area=AREA)

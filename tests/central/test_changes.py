@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from central import changes
 from central.config import CentralConfig
 from central.errors import (
     ChangeBaseMoved,
@@ -23,11 +22,12 @@ from central.errors import (
     RoleForbidden,
     SelfApproval,
 )
+from central.monitoring.review import make_decision, open_case, review_suspicion
 from central.operators import Operator, add_operator
-from central.policy import Policy
-from central.review import make_decision, open_case, review_suspicion
-from central.store import Store
-from central.tuf_repo import TufRepository
+from central.policy import changes
+from central.policy.bundles import Policy
+from central.policy.tuf_repo import TufRepository
+from central.storage.store import Store
 from protocol.bundles import iter_blacklist
 
 from .conftest import ACTOR, AREA, HOSPITAL, Server, tuf_client

@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 from central.cli import main
-from central.enrol import enrol_agent
-from central.store import Store
+from central.intake.enrol import enrol_agent
+from central.storage.store import Store
 from protocol.batch import KeyPair
 from protocol.wire import EnrollRequest
 
@@ -118,8 +118,8 @@ def test_serve_answers_health_and_stops_cleanly_on_sigterm(config) -> None:
 def test_agents_list_shows_what_each_agents_signed_heartbeat_says(config, store, chain, capsys) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from central.heartbeats import record_heartbeat
-    from central.ingest import Ingestor
+    from central.intake.heartbeats import record_heartbeat
+    from central.intake.ingest import Ingestor
 
     from .test_heartbeats import beat
 

@@ -1,7 +1,7 @@
 """Incremental and full screens agree when settlements arrive late, and a fact keeps its identity.
 
 Real ingest from signed chains, the rules in force published as bundles, suspicions read back from
-``central.db``. The contract (docs/MONITORING.md, "Findings"; ``central.suspicions``):
+``central.db``. The contract (docs/MONITORING.md, "Findings"; ``central.monitoring.suspicions``):
 
 - one readmission is one suspicion, whatever older stays arrive later (its evidence grows);
 - a late older settlement re-judges what it changes (template 17's peer medians of its group) so
@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from central.hospitals import set_hospital
-from central.policy import Policy
-from central.screening import screen, screen_new
-from central.store import Store
+from central.intake.hospitals import set_hospital
+from central.monitoring.screening import screen, screen_new
+from central.policy.bundles import Policy
+from central.storage.store import Store
 from protocol.records import Settlement
 
 from .conftest import ACTOR, AREA, HOSPITAL, Chain, reversal, settlement

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from central.cli import main
-from central.deaths import DeathsInvalid, import_deaths
 from central.errors import ConfigInvalid
-from central.hospitals import set_hospital
-from central.store import Store
+from central.intake.deaths import DeathsInvalid, import_deaths
+from central.intake.hospitals import set_hospital
+from central.storage.store import Store
 
 from .conftest import ACTOR, HOSPITAL
 

@@ -12,13 +12,13 @@ from typing import Any
 import msgspec
 import pytest
 
-import central._schema as schema
-from central.bulk_import import import_settlements
+import central.storage.schema as schema
 from central.cli import main
-from central.declarations import check_declaration, open_reupload_requests, store_declaration
 from central.errors import DeclarationInvalid
-from central.hospitals import set_hospital
-from central.store import Store
+from central.intake.bulk_import import import_settlements
+from central.intake.declarations import check_declaration, open_reupload_requests, store_declaration
+from central.intake.hospitals import set_hospital
+from central.storage.store import Store
 
 from .conftest import ACTOR, HOSPITAL, Chain, enrol, reversal, settlement
 from .test_screening import ingest
@@ -180,11 +180,13 @@ def test_migration_14_gives_held_settlements_their_insurance_type(tmp_path: Path
             set_hospital(old, ACTOR, HOSPITAL, "2")
             chain = enrol(old)
             # Written as schema 13's ingest did: without the insutype column.
-            from central.ingest import Ingestor
+            from central.intake.ingest import Ingestor
 
-            m.setattr("central.ingest._INSERT_SETTLEMENT", _schema13_insert())
-            real = __import__("central.ingest", fromlist=["_settlement_row"])._settlement_row
-            m.setattr("central.ingest._settlement_row", lambda *a: (lambda r: (r[0][:-1], *r[1:]))(real(*a)))
+            m.setattr("central.intake.ingest._INSERT_SETTLEMENT", _schema13_insert())
+            real = __import__("central.intake.ingest", fromlist=["_settlement_row"])._settlement_row
+            m.setattr(
+                "central.intake.ingest._settlement_row", lambda *a: (lambda r: (r[0][:-1], *r[1:]))(real(*a))
+            )
             s = settlement("S1")
             chain.append(s)
             chain.append(reversal(s, "R1"))
@@ -198,6 +200,6 @@ def test_migration_14_gives_held_settlements_their_insurance_type(tmp_path: Path
 
 
 def _schema13_insert() -> str:
-    from central import ingest
+    from central.intake import ingest
 
     return ingest._INSERT_SETTLEMENT.replace(", insutype)", ")").replace("?, ?) ON", "?) ON")

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from central.api import CONFIG_KEY
-from central.enrol import issue_token
-from central.tuf_repo import TufRepository
+from central.intake.enrol import issue_token
+from central.policy.tuf_repo import TufRepository
 from protocol.batch import KeyPair, key_fingerprint
 from protocol.wire import ENROLL_PATH, PROTOCOL_HEADER, root_fingerprint
 

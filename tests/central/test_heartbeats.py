@@ -1,5 +1,5 @@
-"""Signed heartbeats at the centre, and what reconcile says with them (``central.heartbeats``,
-``central.reconcile``): real SQLite, real signatures, the real HTTP route."""
+"""Signed heartbeats at the centre, and what reconcile says with them (``central.intake.heartbeats``,
+``central.intake.reconcile``): real SQLite, real signatures, the real HTTP route."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 
 from central.cli import main
 from central.errors import AgentMismatch, AgentUnknown, MalformedRequest, SignatureInvalid
-from central.heartbeats import SILENT_AFTER_S, held_heartbeats, record_heartbeat
-from central.ingest import Ingestor
-from central.reconcile import reconcile, render_table
-from central.store import Store
+from central.intake.heartbeats import SILENT_AFTER_S, held_heartbeats, record_heartbeat
+from central.intake.ingest import Ingestor
+from central.intake.reconcile import reconcile, render_table
+from central.storage.store import Store
 from protocol.batch import KeyPair
 from protocol.chain import GENESIS, record_hash
 from protocol.wire import HEARTBEAT_PATH, MSGPACK, PROTOCOL_HEADER, Heartbeat, sign_heartbeat

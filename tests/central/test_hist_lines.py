@@ -7,9 +7,9 @@ import sqlite3
 import pytest
 
 from central.errors import InternalError
-from central.hospitals import set_hospital
-from central.ingest import Ingestor
-from central.store import Store
+from central.intake.hospitals import set_hospital
+from central.intake.ingest import Ingestor
+from central.storage.store import Store
 from protocol.records import Settlement
 from protocol.rules import HIST_COLUMNS
 from protocol.rules.tables import pric_fen

@@ -12,10 +12,10 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import Response
 
 from central.api import RedactingAccessLogger
-from central.enrol import revoke_agent
-from central.history import LINE_FIELDS, person_history
-from central.hospitals import set_hospital
-from central.ingest import Ingestor
+from central.intake.enrol import revoke_agent
+from central.intake.history import LINE_FIELDS, person_history
+from central.intake.hospitals import set_hospital
+from central.intake.ingest import Ingestor
 from protocol.batch import KeyPair
 from protocol.benefit import is_inpatient
 from protocol.records import Settlement

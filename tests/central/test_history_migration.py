@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import central._schema as schema
+import central.storage.schema as schema
 from central.cli import init_home
 from central.config import CentralConfig
-from central.ingest import Ingestor
-from central.store import Store
+from central.intake.ingest import Ingestor
+from central.storage.store import Store
 from protocol.batch import BatchLimits
 from protocol.rules import HIST_COLUMNS
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from central.cli import main
-from central.history import answer_history
-from central.ingest import Ingestor
-from central.store import Store
+from central.intake.history import answer_history
+from central.intake.ingest import Ingestor
+from central.storage.store import Store
 from protocol.wire import PERSON_HISTORY_PATH, sign_request
 
 from .conftest import HOSPITAL, Chain, settlement

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import json
 
-from central.export import export_settlements
-from central.ingest import Ingestor
-from central.store import Store
+from central.intake.export import export_settlements
+from central.intake.ingest import Ingestor
+from central.storage.store import Store
 
 from .conftest import HOSPITAL, enrol, settlement
 

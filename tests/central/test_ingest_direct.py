@@ -14,8 +14,8 @@ from central.errors import (
     MalformedRequest,
     SignatureInvalid,
 )
-from central.ingest import Ingestor
-from central.store import Store, get_agent, security_events
+from central.intake.ingest import Ingestor
+from central.storage.store import Store, get_agent, security_events
 from protocol.batch import BatchLimits, KeyPair
 
 from .conftest import Chain, settlement

@@ -9,7 +9,7 @@ import msgspec
 
 from central.cli import init_home
 from central.config import CentralConfig
-from central.enrol import revoke_agent
+from central.intake.enrol import revoke_agent
 from protocol.batch import BatchLimits, KeyPair
 from protocol.chain import encode_body, encode_entry
 from protocol.wire import PROTOCOL_HEADER, decode_ack

@@ -15,12 +15,12 @@ import pytest
 from central.api import REPO_KEY
 from central.cli import init_home
 from central.config import CentralConfig
-from central.hospitals import set_hospital
+from central.intake.hospitals import set_hospital
 from central.metrics import CentralMetrics
+from central.monitoring.screening import screen
 from central.operators import add_operator
-from central.policy import Policy
-from central.screening import screen
-from central.tuf_repo import TufRepository
+from central.policy.bundles import Policy
+from central.policy.tuf_repo import TufRepository
 from tests.metrics_page import curl, samples, value
 
 from .conftest import ACTOR, AREA, HOSPITAL, Server, enrol, settlement, start_server

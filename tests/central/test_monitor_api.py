@@ -229,7 +229,7 @@ def test_screening_backtest_and_analysis_over_http(server: Server, sup: Client, 
 def test_a_limit_over_the_maximum_is_refused_not_cut(server: Server, sup: Client) -> None:
     """limit past the maximum is a 400 naming it (a silently cut list looks like the whole one); at the
     maximum and below, the listings answer as before."""
-    from central.monitor_api import MAX_LIMIT, MAX_RUNS
+    from central.monitoring.routes import MAX_LIMIT, MAX_RUNS
 
     (s,) = suspect(server.store, finding())
     sup.post(f"/suspicions/{s}/review", {"outcome": "confirm", "reason": "ok"})

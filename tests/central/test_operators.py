@@ -19,6 +19,13 @@ from central.errors import (
     OperatorTokenInvalid,
     OperatorUnknown,
 )
+from central.monitoring.review import (
+    get_case,
+    open_case,
+    review_suspicion,
+    scoped_suspicions,
+    visible_suspicion,
+)
 from central.operators import (
     disable_operator,
     get_operator,
@@ -29,8 +36,7 @@ from central.operators import (
     set_areas,
     token_hash,
 )
-from central.review import get_case, open_case, review_suspicion, scoped_suspicions, visible_suspicion
-from central.store import Store
+from central.storage.store import Store
 
 from .conftest import Server
 from .monitor_helpers import ADMIN, AREA, OTHER, finding, hit, operator, suspect

@@ -13,11 +13,11 @@ from tuf.api.exceptions import DownloadHTTPError
 from tuf.ngclient import FetcherInterface, Updater
 
 from central.config import CentralConfig
-from central.documents import load_json_document, validate_document
 from central.errors import AreaRequired, BlacklistEntryUnknown, ConfigInvalid, DocumentInvalid, InternalError
-from central.policy import Policy, live_targets
-from central.store import Store
-from central.tuf_repo import TufRepository
+from central.policy.bundles import Policy, live_targets
+from central.policy.documents import load_json_document, validate_document
+from central.policy.tuf_repo import TufRepository
+from central.storage.store import Store
 from protocol.bundles import iter_blacklist, read_document
 
 from .conftest import ACTOR, AREA
@@ -147,7 +147,7 @@ def test_an_area_is_needed(store: Store, config: CentralConfig, policy: Policy, 
         policy.blacklist_add(ACTOR, signers, list_type="card", entry_id="C1", reason="lost")
     with pytest.raises(DocumentInvalid, match="6-digit"):
         policy.blacklist_add(ACTOR, signers, list_type="card", entry_id="C1", reason="lost", area="3702")
-    from central.policy import set_default_area
+    from central.policy.bundles import set_default_area
 
     set_default_area(store, "370200")
     assert _add(policy, signers, "C1").area == AREA  # explicit --area still wins

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from central.cli import main
-from central.tuf_repo import TufRepository
+from central.policy.tuf_repo import TufRepository
 
 from .conftest import AREA
 

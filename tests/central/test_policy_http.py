@@ -12,11 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from central.enrol import enrol_agent, issue_token, revoke_agent
 from central.errors import AreaRequired
-from central.policy import Policy, set_default_area
-from central.store import security_events
-from central.tuf_repo import TufRepository
+from central.intake.enrol import enrol_agent, issue_token, revoke_agent
+from central.policy.bundles import Policy, set_default_area
+from central.policy.tuf_repo import TufRepository
+from central.storage.store import security_events
 from protocol.batch import KeyPair
 from protocol.wire import (
     MSGPACK,

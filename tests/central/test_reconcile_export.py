@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime
 from io import StringIO
 
 from central.cli import main
-from central.export import export_settlements
-from central.heartbeats import record_heartbeat
-from central.ingest import Ingestor
-from central.reconcile import reconcile
-from central.store import Store
+from central.intake.export import export_settlements
+from central.intake.heartbeats import record_heartbeat
+from central.intake.ingest import Ingestor
+from central.intake.reconcile import reconcile
+from central.storage.store import Store
 
 from .conftest import HOSPITAL, Chain, enrol, reversal, settlement
 from .test_heartbeats import beat

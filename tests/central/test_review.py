@@ -16,8 +16,7 @@ from central.errors import (
     RoleForbidden,
     WorkflowState,
 )
-from central.policy import Policy
-from central.review import (
+from central.monitoring.review import (
     add_note,
     add_suspicions,
     assign_case,
@@ -33,8 +32,9 @@ from central.review import (
     rule_quality,
     yuan_to_fen,
 )
-from central.store import Store
-from central.suspicions import get_suspicion
+from central.monitoring.suspicions import get_suspicion
+from central.policy.bundles import Policy
+from central.storage.store import Store
 
 from .monitor_helpers import AREA, HOSPITAL, OTHER, OTHER_HOSPITAL, finding, hit, operator, suspect
 
@@ -59,7 +59,7 @@ def sup(store: Store):
 @pytest.fixture
 def confirmed(store: Store, sup) -> list[int]:
     """Three confirmed suspicions of AREA, confirmed by a reviewer: ``sup`` is the second person who
-    may decide a blacklist or suspension on them (``central.review``'s two-person rule)."""
+    may decide a blacklist or suspension on them (``central.monitoring.review``'s two-person rule)."""
     ids = suspect(store, *(finding(hit(f"R{i}")) for i in range(3)))
     first = operator(store, "first", AREA, role="reviewer")[0]
     for i in ids:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from central.risk import RULE_CAP, WEIGHTS, by_category, object_risk
-from central.store import Store
-from central.suspicions import record_findings
+from central.monitoring.risk import RULE_CAP, WEIGHTS, by_category, object_risk
+from central.monitoring.suspicions import record_findings
+from central.storage.store import Store
 
 from . import monitor_helpers as helpers
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from central.hospitals import set_hospital
-from central.ingest import Ingestor
-from central.policy import Policy
-from central.screening import rules_in_force, screen, screen_new
-from central.store import Store
+from central.intake.hospitals import set_hospital
+from central.intake.ingest import Ingestor
+from central.monitoring.screening import rules_in_force, screen, screen_new
+from central.policy.bundles import Policy
+from central.storage.store import Store
 from protocol.records import Settlement
 
 from .conftest import ACTOR, AREA, HOSPITAL, Chain, enrol, reversal, settlement
@@ -283,7 +283,7 @@ def test_the_server_screens_a_batch_seconds_after_it_is_ingested(config, monkeyp
     import time
 
     import central.api
-    from central.tuf_repo import TufRepository
+    from central.policy.tuf_repo import TufRepository
 
     from .conftest import start_server
 
@@ -346,7 +346,7 @@ OUTLIER_RULES = RULES | {
 
 
 def test_an_outlier_doctor_is_one_suspicion_whatever_the_chunks_and_incremental(store, chain) -> None:
-    from central.screening import load_area_rules
+    from central.monitoring.screening import load_area_rules
 
     set_hospital(store, ACTOR, HOSPITAL, "2")
     areas = {AREA: load_area_rules(OUTLIER_RULES, CATALOGUE, area=AREA)}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from central.ingest import Ingestor
-from central.split_audit import audit_splits
+from central.intake.ingest import Ingestor
+from central.monitoring.split_audit import audit_splits
 from protocol.benefit import BillLine, SplitInput, YearToDate, compute_split, load_policy
 
 from .conftest import ACTOR, AREA, enrol, settlement

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from central._schema import MIGRATIONS, SCHEMA_VERSION
 from central.errors import HomeNotInitialised, SchemaTooNew
-from central.store import Store
+from central.storage.schema import MIGRATIONS, SCHEMA_VERSION
+from central.storage.store import Store
 
 
 def test_new_store_is_wal_with_every_migration_recorded(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_central_never_imports_agent() -> None:
 
 
 def test_a_burst_of_security_events_from_one_source_folds_into_one_row(tmp_path: Path) -> None:
-    from central.store import record_security_event, security_events
+    from central.storage.store import record_security_event, security_events
 
     with Store(tmp_path / "central.db", create=True) as store:
         for _ in range(500):

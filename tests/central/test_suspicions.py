@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from central.store import Store
-from central.suspicions import (
+from central.monitoring.suspicions import (
     Finding,
     fact_key,
     get_suspicion,
@@ -15,6 +14,7 @@ from central.suspicions import (
     score,
     severity,
 )
+from central.storage.store import Store
 from protocol.rules import Hit
 
 from . import monitor_helpers as helpers

@@ -17,7 +17,7 @@ from tuf.ngclient import Updater
 from central.cli import init_home, operator_signers
 from central.config import CentralConfig
 from central.errors import DocumentInvalid, InternalError, RootRotationRefused, SigningRefused
-from central.tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
+from central.policy.tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
 from protocol.bundles import iter_blacklist, read_document
 from protocol.wire import root_fingerprint
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-import central._schema as schema
+import central.storage.schema as schema
 from central.cli import init_home
 from central.config import CentralConfig
 from central.errors import InternalError
-from central.hospitals import set_hospital
-from central.ingest import Ingestor
-from central.store import Store
-from central.visits import VISIT_COLUMNS
+from central.intake.hospitals import set_hospital
+from central.intake.ingest import Ingestor
+from central.intake.visits import VISIT_COLUMNS
+from central.storage.store import Store
 from protocol.batch import BatchLimits
 from protocol.records import Settlement
 

@@ -13,7 +13,7 @@ which is exactly what TLS forbids); an agent given an ``http://`` centre is enro
 Operators: ``init`` registers the first admin (its token in ``HOME/admin.token``) and ``Central``
 adds two policy operators, ``maker`` and ``checker``. ``cli`` acts as the admin, except the verbs
 that propose a change (``blacklist add``, ``rules publish``…), which ``maker`` proposes and
-``checker`` approves with the digest printed, as two people would (``central.changes``);
+``checker`` approves with the digest printed, as two people would (``central.policy.changes``);
 ``cli_as(token, …)`` acts as any operator.
 """
 

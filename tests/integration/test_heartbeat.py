@@ -17,7 +17,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.heartbeat import HeartbeatSender
 from agent.service import open_outbox
-from central.reconcile import PERIOD_TZ
+from central.intake.reconcile import PERIOD_TZ
 from protocol.batch import KeyPair
 from simulators.faultnet import FaultyLink
 from tests.conftest import example_settlement

@@ -404,7 +404,7 @@ def _doc(**changes: object) -> dict:
 
 
 class _Fraction:
-    """What ``central.documents.load_json_document`` reads a JSON number with a fraction into."""
+    """What ``central.policy.documents.load_json_document`` reads a JSON number with a fraction into."""
 
     def __init__(self, text: str) -> None:
         self.text = text
@@ -501,7 +501,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
 
 
 def test_the_format_before_segments_still_loads() -> None:
-    # The format central/documents.py has documented since the policy bundle shipped.
+    # The format central/policy/documents.py has documented since the policy bundle shipped.
     old = {"area": "370200", "name": "old", "benefits": [
         {"year": 2026, "insutype": "310", "psn_type": "11", "hosp_lv": "3", "med_type": "21",
          "deductible": 120000, "ceiling": 40000000, "fund_ratio": "0.85",

@@ -91,7 +91,7 @@ def keys(hits: list[Hit]) -> list[tuple[str, str]]:
 
 
 def test_the_visit_columns_are_the_centres() -> None:
-    from central.visits import VISIT_COLUMNS as CENTRAL
+    from central.intake.visits import VISIT_COLUMNS as CENTRAL
 
     assert VISIT_COLUMNS == CENTRAL
 

@@ -25,7 +25,7 @@ def _doc(*rules: dict[str, Any], **top: Any) -> dict[str, Any]:
 
 
 class _Float:
-    """What ``central.documents.load_json_document`` makes of a JSON number with a fraction."""
+    """What ``central.policy.documents.load_json_document`` makes of a JSON number with a fraction."""
 
     def __init__(self, text: str) -> None:
         self.text = text

@@ -177,7 +177,7 @@ def test_a_bad_catalogue_is_refused_with_its_path(doc: Any, problem: str) -> Non
 
 
 def test_the_earlier_catalogue_format_still_loads() -> None:
-    """What ``central/documents.py`` accepted before (no format, no knowledge fields) still loads."""
+    """What ``central/policy/documents.py`` accepted before (no format, no knowledge fields) still loads."""
     old = {
         "area": AREA,
         "items": [

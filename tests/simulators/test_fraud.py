@@ -427,7 +427,7 @@ def _screening_db(traffic: Traffic, path: Path, stamping: str) -> dict[str, str]
     benchmark's agents do); ``visit_end`` — stamped at the visit's end (an agent settling as the
     visit closes: stays on their discharge day, the week's clinics on their days).
     """
-    from central.visits import INSERT_VISIT, visit_row
+    from central.intake.visits import INSERT_VISIT, visit_row
     from protocol import rules as rl
     from protocol.rules import tables
 
@@ -465,8 +465,8 @@ def _screening_db(traffic: Traffic, path: Path, stamping: str) -> dict[str, str]
 
 @pytest.mark.parametrize("stamping", ["run", "visit_end"])
 def test_screening_finds_every_pattern_and_no_lookalike(traffic, tmp_path, stamping):
-    from central.screening import ChunkResult, Screener, load_area_rules
-    from central.suspicions import fact_key
+    from central.monitoring.screening import ChunkResult, Screener, load_area_rules
+    from central.monitoring.suspicions import fact_key
 
     ids = _screening_db(traffic, tmp_path / "central.db", stamping)
     rules = load_area_rules(

@@ -28,8 +28,8 @@ from agent.dropfolder import DropFolder, csv_to_body
 from agent.intake import parse_settlement
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
-from central.screening import ChunkResult, Screener, load_area_rules
-from central.visits import INSERT_VISIT, visit_row
+from central.intake.visits import INSERT_VISIT, visit_row
+from central.monitoring.screening import ChunkResult, Screener, load_area_rules
 from protocol import rules as rl
 from protocol.bundles import BundleHeader
 from protocol.rules import tables

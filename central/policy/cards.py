@@ -1,0 +1,97 @@
+"""The replacement-card gate: a lost card's successor only once every institution enforces the loss.
+
+A reported lost (or stolen) social-security card is put on the card blacklist; the blacklist travels to
+every agent of the pooling area in signed bundles. Issuing the replacement before every institution
+refuses the old card leaves a window in which both cards settle — the classic double-use of a "lost"
+card. So the card office asks the centre first: has every agent of the area applied the bundle that
+blacklisted the old card?
+
+The centre knows from each agent's signed policy report (``central.intake.reports``) which blacklist bundle
+it holds; an agent applied the entry when its reported blacklist version is at least the bundle seq
+that added it. A revoked agent does not count; an agent that never reported has not applied it.
+
+Not yet: agents do not send card-usage logs, so the gate cannot also show that each institution
+*logged* the entry (issue 18, card lifecycle) — it shows application only, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+from typing import Any
+
+from central.errors import NotFound
+from central.storage.store import Store
+
+__all__ = ["add_parsers", "replacement_gate", "run"]
+
+
+def replacement_gate(conn: sqlite3.Connection, card_sn: str, area: str | None = None) -> dict[str, Any]:
+    """Per area holding the card's entry: which agents applied it, which not yet, and the verdict."""
+    sql = "SELECT area, added_seq, added_at, effective_at FROM blacklist WHERE list_type = 'card' AND id = ?"
+    params: tuple[str, ...] = (card_sn,)
+    if area:
+        sql += " AND area = ?"
+        params += (area,)
+    entries = conn.execute(sql + " ORDER BY area", params).fetchall()
+    if not entries:
+        where = f" in area {area}" if area else ""
+        raise NotFound(
+            f"card {card_sn} is on no card blacklist{where}: report it lost first "
+            "(`yibao-central blacklist add --type card --id CARD_SN`); the replacement waits until every "
+            "agent of the area applied that entry"
+        )
+    reports = {
+        agent_id: json.loads(versions).get("blacklist", 0)
+        for agent_id, versions in conn.execute("SELECT agent_id, versions FROM agent_reports")
+    }
+    areas = []
+    for entry_area, added_seq, added_at, effective_at in entries:
+        agents = conn.execute(
+            "SELECT agent_id, fixmedins_code FROM agents WHERE pooling_area = ? AND revoked_at IS NULL "
+            "ORDER BY agent_id",
+            (entry_area,),
+        ).fetchall()
+        applied, waiting = [], []
+        for agent_id, hospital in agents:
+            held = reports.get(agent_id)
+            row = {"agent_id": agent_id, "fixmedins_code": hospital, "blacklist_version": held}
+            (applied if held is not None and held >= added_seq else waiting).append(row)
+        areas.append({
+            "area": entry_area, "bundle_seq": added_seq, "added_at": added_at, "effective_at": effective_at,
+            "agents": len(agents), "applied": applied, "waiting": waiting,
+        })  # fmt: skip
+    allowed = all(not a["waiting"] for a in areas)
+    return {"card_sn": card_sn, "replacement_allowed": allowed, "areas": areas, "logged_by_agents": None}
+
+
+def add_parsers(verbs: argparse._SubParsersAction) -> None:
+    cards = verbs.add_parser("cards", help="the replacement gate of a lost card")
+    sub = cards.add_subparsers(dest="cards_verb", required=True, metavar="ACTION")
+    gate = sub.add_parser(
+        "gate", help="may the replacement be issued? (every agent applied the old card's entry)"
+    )
+    gate.add_argument("card_sn", metavar="CARD_SN")
+    gate.add_argument("--area", help="only this pooling area")
+    gate.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def run(args: argparse.Namespace, store: Store) -> int:
+    gate = store.read(lambda c: replacement_gate(c, args.card_sn, args.area))
+    if args.json:
+        print(json.dumps(gate, ensure_ascii=False))
+    else:
+        verdict = "ALLOWED" if gate["replacement_allowed"] else "NOT YET"
+        print(f"replacement card for {args.card_sn}: {verdict}")
+        for a in gate["areas"]:
+            print(f"  area {a['area']}: entry in blacklist bundle {a['bundle_seq']} ({a['added_at']}); "
+                  f"{len(a['applied'])} of {a['agents']} agents applied it")  # fmt: skip
+            for w in a["waiting"]:
+                held = w["blacklist_version"]
+                state = "never reported" if held is None else f"holds blacklist bundle {held}"
+                print(f"    waiting for {w['agent_id']} ({w['fixmedins_code']}): {state}")
+        print(
+            "  (agents send no card-usage logs yet: this checks that the entry is applied, not logged)"
+        )
+    return 0 if gate["replacement_allowed"] else 2
