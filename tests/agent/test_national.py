@@ -325,7 +325,7 @@ def test_envelope_errors_name_the_field_and_write_nothing(tmp_path):
         await c.sign_in()
         before = rows(home / "national.db", "SELECT count(*) FROM msgs")
         msg = await c.error("9999", {}, "infno", "9999 is not supported", "2207")
-        assert "supported: 1101, 2201" in msg
+        assert "supported: 1101, 1301" in msg and "2401" in msg and "3202" in msg
         body = c.envelope("1101", {})
         for name in ("msgid", "opter", "fixmedins_code", "inf_time"):
             del body[name]
@@ -677,7 +677,7 @@ def test_no_person_number_in_the_logs(tmp_path, caplog):
 
 
 def test_an_unexpected_failure_is_still_an_infcode_answer(tmp_path, monkeypatch, caplog):
-    import agent.national_rules as national_rules
+    import agent.national.reconcile as national_rules
 
     def broken(*_args: Any) -> str:
         raise KeyError(PSN)
