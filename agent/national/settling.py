@@ -289,8 +289,12 @@ def build(
                 (
                     d.at("medfee_sumamt"),
                     f"the uploaded fee lines add up to {fen_to_text(total)}, not "
-                    f"{fen_to_text(got['medfee_sumamt'])}: send their sum, or correct the lines "
-                    f"({kind.cancel_fees}, {kind.fees})",
+                    f"{fen_to_text(got['medfee_sumamt'])}: send their sum, or correct "
+                    + (
+                        "drugdetail[]"
+                        if kind.code == "drug"
+                        else f"the lines ({kind.cancel_fees}, {kind.fees})"
+                    ),
                 )
             ]
         )
