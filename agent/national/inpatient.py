@@ -48,12 +48,16 @@ from .settling import (
 __all__ = ["INPATIENT_TRANSACTIONS", "ipt_days"]
 
 
+def _local(text: str) -> dt.datetime:
+    """A time as the HIS sent it (local, or with an offset) as naive local time, so two compare."""
+    moment = dt.datetime.fromisoformat(text)
+    return moment.astimezone().replace(tzinfo=None) if moment.tzinfo else moment
+
+
 def ipt_days(begntime: str, endtime: str) -> int:
     """Days in hospital: discharge date minus admission date, at least 1 (admitted and discharged the same
     day is one day)."""
-    begin = dt.datetime.fromisoformat(begntime).date()
-    end = dt.datetime.fromisoformat(endtime).date()
-    return max(1, (end - begin).days)
+    return max(1, (_local(endtime).date() - _local(begntime).date()).days)
 
 
 def _main(valid: list[dict[str, Any]]) -> tuple[str, str | None]:
@@ -158,7 +162,7 @@ async def _update_stay(
         if valid:
             reg["dise_codg"], reg["dise_name"] = _main(valid)
         if reg.get("endtime"):
-            if reg["endtime"] < reg["begntime"]:
+            if _local(reg["endtime"]) < _local(reg["begntime"]):
                 raise NationalError([(d.at("endtime"), f"is before the admission time {reg['begntime']}")])
             reg["ipt_days"] = ipt_days(reg["begntime"], reg["endtime"])
         conn.execute(

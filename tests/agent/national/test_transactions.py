@@ -381,3 +381,39 @@ def test_catalogue_download_without_a_catalogue_bundle_is_an_error(tmp_path):
         await c.error("1301", {"data": {"ver": "0"}}, "catalogue_not_held", "no catalogue bundle")
 
     run(tmp_path, scenario, with_desk=False)
+
+
+# ---- national.db schema 1 → 2 ---------------------------------------------------------------------------
+
+_SCHEMA_1 = """
+CREATE TABLE signins (sign_no TEXT PRIMARY KEY, opter TEXT NOT NULL, fixmedins_code TEXT NOT NULL,
+    signed_in_at REAL NOT NULL, expires_at REAL NOT NULL, signed_out_at REAL);
+CREATE TABLE msgs (msgid TEXT PRIMARY KEY, infno TEXT NOT NULL, digest BLOB NOT NULL, answer TEXT NOT NULL,
+    at REAL NOT NULL);
+CREATE TABLE persons (psn_no TEXT PRIMARY KEY, gend TEXT, brdy TEXT, insuplc_admdvs TEXT, card_sn TEXT,
+    at REAL NOT NULL);
+CREATE TABLE visits (mdtrt_id TEXT PRIMARY KEY, psn_no TEXT NOT NULL, state TEXT NOT NULL, reg TEXT NOT NULL,
+    diseinfo TEXT, settle_round INTEGER NOT NULL DEFAULT 0, setl_id TEXT, setlinfo TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE fees (mdtrt_id TEXT NOT NULL, feedetl_sn TEXT NOT NULL, line TEXT NOT NULL,
+    PRIMARY KEY (mdtrt_id, feedetl_sn));
+INSERT INTO persons VALUES ('P1', '1', '1958-04-02', '370211', NULL, 0);
+INSERT INTO visits VALUES ('V1', 'P1', 'open', '{}', NULL, 0, NULL, NULL, 0, 0);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_national_db_is_migrated_in_place(tmp_path):
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "national.db")
+    conn.executescript(_SCHEMA_1)
+    conn.close()
+
+    async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
+        assert rows(home / "national.db", "PRAGMA user_version") == [(2,)]
+        assert rows(home / "national.db", "SELECT kind FROM visits") == [("otp",)]
+        assert rows(home / "national.db", "SELECT gend, emp_no, insutype FROM persons") == [("1", None, None)]
+        await c.sign_in()  # and it serves
+
+    run(tmp_path, scenario)
