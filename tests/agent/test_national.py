@@ -685,12 +685,12 @@ def test_no_person_number_in_the_logs(tmp_path, caplog):
 
 
 def test_an_unexpected_failure_is_still_an_infcode_answer(tmp_path, monkeypatch, caplog):
-    import agent.national.reconcile as national_rules
+    import agent.national.reconcile as national_reconcile
 
     def broken(*_args: Any) -> str:
         raise KeyError(PSN)
 
-    monkeypatch.setattr(national_rules, "_local_date", broken)
+    monkeypatch.setattr(national_reconcile, "_local_date", broken)
 
     async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
         await register_visit(c)
