@@ -327,7 +327,7 @@ def create_app(
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/whoami", whoami)
     app.router.add_get("/openapi.json", get_openapi)
-    from .national import add_national_routes  # the national envelope (docs/NATIONAL.md); imports api lazily
+    from .national import add_national_routes  # the national envelope, agent/national/ (docs/NATIONAL.md)
 
     add_national_routes(
         app, config, outbox, card_reader=card_reader, vouchers=vouchers, policy=policy, desk=desk

@@ -131,28 +131,36 @@ def step(infno: str) -> dict[str, Any]:
 Scenario = Callable[[Client, Outbox, Path], Awaitable[None]]
 
 
-def run(tmp_path: Path, scenario: Scenario, *, with_desk: bool = True, blacklist: list | None = None) -> None:
+def run(
+    tmp_path: Path,
+    scenario: Scenario,
+    *,
+    with_desk: bool = True,
+    blacklist: list | None = None,
+    hosp_lv: str = "3",
+    kinds: tuple[str, ...] = ("rules", "catalogue", "policy"),
+) -> None:
     issuer = Issuer.generate()
     config = AgentConfig(
         home=tmp_path,
         agent_id="H1-01",
         fixmedins_code=CODE,
-        hosp_lv="3",
+        hosp_lv=hosp_lv,
         evoucher_issuers=issuer.issuers_config(),
         evoucher_skew_s=30,
     )
 
     async def main() -> None:
-        outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", hosp_lv="3")
+        outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", hosp_lv=hosp_lv)
         store = PolicyStore(tmp_path / "policy.db")
         desk = None
         if with_desk:
             for seq, kind in enumerate(("rules", "catalogue", "policy"), start=1):
-                if store.held_seq(kind):  # a restart of the same home
+                if store.held_seq(kind) or kind not in kinds:  # a restart of the same home
                     continue
                 doc = json.loads((SAMPLES / f"{kind}.json").read_text())
                 store.apply_document(BundleHeader(kind, "370200", seq, None, "2026-11-25T00:00:00Z"), doc)
-            desk = DeskChecks(tmp_path / "agent.db", store, None, hosp_lv="3")
+            desk = DeskChecks(tmp_path / "agent.db", store, None, hosp_lv=hosp_lv)
         if blacklist:
             store.apply_blacklist(
                 BundleHeader("blacklist", "370200", 1, None, "2026-11-25T00:00:00Z"), blacklist
@@ -325,7 +333,7 @@ def test_envelope_errors_name_the_field_and_write_nothing(tmp_path):
         await c.sign_in()
         before = rows(home / "national.db", "SELECT count(*) FROM msgs")
         msg = await c.error("9999", {}, "infno", "9999 is not supported", "2207")
-        assert "supported: 1101, 2201" in msg
+        assert "supported: 1101, 1301" in msg and "2401" in msg and "3202" in msg
         body = c.envelope("1101", {})
         for name in ("msgid", "opter", "fixmedins_code", "inf_time"):
             del body[name]
@@ -677,12 +685,12 @@ def test_no_person_number_in_the_logs(tmp_path, caplog):
 
 
 def test_an_unexpected_failure_is_still_an_infcode_answer(tmp_path, monkeypatch, caplog):
-    import agent.national_rules as national_rules
+    import agent.national.reconcile as national_reconcile
 
     def broken(*_args: Any) -> str:
         raise KeyError(PSN)
 
-    monkeypatch.setattr(national_rules, "_local_date", broken)
+    monkeypatch.setattr(national_reconcile, "_local_date", broken)
 
     async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
         await register_visit(c)

@@ -1,14 +1,12 @@
-"""National transactions 3101/3102 (pre-event and in-event analysis) and 3201 (reconciliation of totals).
+"""National transactions 3101/3102 (pre-event and in-event analysis).
 
 3101/3102 run our rule library (``agent.checks`` → ``protocol.rules.evaluate``, the same evaluation as
 ``POST /v1/checks/prescription`` and the settlement's in-event check) over the platform's
-``patient_dtos[]`` and answer its ``result[]`` shape. 3201 compares the HIS's totals for a period with
-the agent's own ``settlements`` table, the record of what was made durable here.
+``patient_dtos[]`` and answer its ``result[]`` shape.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 from typing import Any
@@ -16,8 +14,9 @@ from typing import Any
 from protocol.records import fen_to_text, line_total_fen
 from protocol.rules import Bill, Line
 
-from .national import Envelope, Fields, National, NationalError
-from .national_txn import list_type_of
+from .envelope import Envelope, National
+from .fields import Fields, NationalError
+from .settling import list_type_of
 
 __all__ = ["RULE_TRANSACTIONS", "SEV_DEG", "rule_name", "sev_deg"]
 
@@ -179,66 +178,8 @@ async def in_event(nat: National, env: Envelope) -> dict[str, Any]:
     return await _analyse(nat, env, "in")
 
 
-def _local_date(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch).date().isoformat()
-
-
-async def reconcile(nat: National, env: Envelope) -> dict[str, Any]:
-    inp = Fields(env.input, "input")
-    d = inp.child("data")
-    if d is None:
-        inp.check()
-    assert d is not None
-    d.text("insutype", required=False, pattern=r"\d{3}")
-    d.text("clr_type", required=False, max_len=6)
-    optins = d.text("setl_optins", required=False, pattern=r"\d{6}", hint="the 6-digit clearing area")
-    begin, end = d.date("stmt_begndate"), d.date("stmt_enddate")
-    his = {
-        "medfee_sumamt": d.money("medfee_sumamt"),
-        "fund_pay_sumamt": d.money("fund_pay_sumamt"),
-        "acct_pay": d.money("acct_pay"),
-        "fixmedins_setl_cnt": d.integer("fixmedins_setl_cnt", required=True, low=-(10**9), high=10**9),
-    }
-    inp.check()
-    assert begin and end
-    if end < begin:
-        raise NationalError([("input.data.stmt_enddate", "must not be before stmt_begndate")])
-    ours = {"medfee_sumamt": 0, "fund_pay_sumamt": 0, "acct_pay": 0, "fixmedins_setl_cnt": 0}
-    rows = await asyncio.to_thread(
-        nat.read_agent,
-        "SELECT created_at, medfee_sumamt, fund_pay_sumamt, acct_pay, reversal_setl_id FROM settlements",
-    )
-    for created_at, total, fund, acct, reversal_setl_id in rows:
-        signs = []
-        if begin <= _local_date(created_at) <= end:
-            signs.append(1)
-        if reversal_setl_id:  # the reversal's time is in its id: institution-epoch ms-random
-            parts = str(reversal_setl_id).rsplit("-", 2)
-            if len(parts) == 3 and parts[1].isdigit() and begin <= _local_date(int(parts[1]) / 1000) <= end:
-                signs.append(-1)
-        for sign in signs:
-            ours["medfee_sumamt"] += sign * total
-            ours["fund_pay_sumamt"] += sign * (fund or 0)
-            ours["acct_pay"] += sign * (acct or 0)
-            ours["fixmedins_setl_cnt"] += sign
-    differences = []
-    for name, value in ours.items():
-        if his[name] != value:
-            show = (lambda v: str(v)) if name == "fixmedins_setl_cnt" else fen_to_text
-            differences.append(f"{name}: HIS {show(his[name])}, agent {show(value)}")
-    return {
-        "stmtinfo": {
-            "setl_optins": optins,
-            "stmt_rslt": "1" if differences else "0",
-            "stmt_rslt_dscr": "; ".join(differences) if differences else f"totals agree for {begin} to {end}",
-        },
-        "agent_totals": {k: (v if k == "fixmedins_setl_cnt" else fen_to_text(v)) for k, v in ours.items()},
-    }
-
-
 #: infno → (handler, whether its answer is kept for msgid replay): read-only, so none is.
 RULE_TRANSACTIONS = {
     "3101": (pre_event, False),
     "3102": (in_event, False),
-    "3201": (reconcile, False),
 }

@@ -17,9 +17,10 @@ Behaviour that mirrors the platform:
 - The same ``msgid`` again answers the first answer (the HIS retries after a lost answer); the same
   ``msgid`` with different content is refused.
 
-The transactions themselves live in ``agent.national_txn`` (visits, person, settlement) and
-``agent.national_rules`` (analysis and reconciliation); this module owns the envelope, the field
-readers and the storage helpers they share. See docs/NATIONAL.md for examples and our choices.
+The transactions live in the package's other modules (``outpatient``, ``inpatient``, ``pharmacy``,
+``reconcile``, ``catalogue``, ``rules``, ``person``); this module owns the envelope, ``national.db`` and
+sign-in, and receives the transaction table from ``agent.national.add_national_routes`` (it imports none
+of them). See docs/NATIONAL.md for examples and our choices.
 """
 
 from __future__ import annotations
@@ -30,30 +31,31 @@ import itertools
 import json
 import logging
 import re
+import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from protocol.errors import ProtocolError
-from protocol.records import decimal_text, to_fen
 
-from .card import CardReader
-from .checks import DeskChecks
-from .config import AgentConfig
-from .errors import AgentError, ConfigError, StoreError
-from .evoucher import VoucherVerifier
-from .policy_store import PolicyStore
-from .store import Outbox
+from ..card import CardReader
+from ..checks import DeskChecks
+from ..config import AgentConfig
+from ..errors import AgentError, ConfigError, StoreError
+from ..evoucher import VoucherVerifier
+from ..policy_store import PolicyStore
+from ..store import Outbox
+from .fields import Fields, NationalError
 
-__all__ = ["NATIONAL_PATH", "SIGN_TTL_S", "NationalError", "add_national_routes"]
+__all__ = ["NATIONAL_PATH", "SIGN_TTL_S", "Envelope", "Handler", "National", "Stored", "stored_write"]
 
 log = logging.getLogger("yibao.agent.national")
 
@@ -63,186 +65,6 @@ SIGN_TTL_S = 24 * 3600.0
 
 _MSGID = re.compile(r"^(?P<code>[A-Za-z0-9]{12})(?P<ts>\d{14})(?P<seq>\d{4})$")
 _INF_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-class NationalError(AgentError):
-    """A transaction refused: ``infcode`` -1 with every problem as ``field: what is expected``.
-
-    An ``AgentError`` so that, raised inside the outbox writer, it fails only its own write."""
-
-    code = "national_refused"
-    http_status = 200
-
-    def __init__(self, problems: list[tuple[str, str]] | str) -> None:
-        if isinstance(problems, str):
-            problems = [("", problems)]
-        self.problems = problems
-        super().__init__("; ".join(f"{f}: {m}" if f else m for f, m in problems))
-
-
-# ---- reading the input -----------------------------------------------------------------------
-
-
-class Fields:
-    """Reads one JSON object of a request, collecting every problem with its full path.
-
-    Why not msgspec structs as in ``agent.intake``: the platform's HIS developers expect one message
-    listing each field and what it should be; structs stop at the first problem."""
-
-    def __init__(self, obj: Any, path: str, problems: list[tuple[str, str]] | None = None) -> None:
-        self.path = path
-        self.problems = problems if problems is not None else []
-        if not isinstance(obj, dict):
-            self.problems.append((path, "must be a JSON object"))
-            obj = {}
-        self.obj: dict[str, Any] = obj
-
-    def at(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def add(self, name: str, message: str) -> None:
-        self.problems.append((self.at(name), message))
-
-    def text(
-        self,
-        name: str,
-        *,
-        required: bool = True,
-        pattern: str | None = None,
-        hint: str = "",
-        max_len: int = 64,
-    ) -> str | None:
-        value = self.obj.get(name)
-        if value is None or value == "":
-            if required:
-                self.add(name, f"required{': ' + hint if hint else ''}")
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
-        if not isinstance(value, str):
-            self.add(name, f"must be text{': ' + hint if hint else ''}")
-            return None
-        if len(value) > max_len:
-            self.add(name, f"at most {max_len} characters")
-            return None
-        if pattern and not re.fullmatch(pattern, value):
-            self.add(name, hint or f"must match {pattern}")
-            return None
-        return value
-
-    def code(self, name: str, table: dict[str, str], *, required: bool = True) -> str | None:
-        value = self.text(name, required=required, max_len=8)
-        if value is not None and value not in table:
-            choices = ", ".join(f"{k} {v}" for k, v in table.items())
-            self.add(name, f"unknown code {value!r}; one of: {choices}")
-            return None
-        return value
-
-    def _decimal(self, name: str, required: bool) -> Decimal | None:
-        value = self.obj.get(name)
-        if value is None or value == "":
-            if required:
-                self.add(name, "required: a decimal number such as 12.30")
-            return None
-        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-            self.add(name, "must be a decimal number (text or JSON number) such as 12.30")
-            return None
-        try:
-            dec = Decimal(value) if not isinstance(value, Decimal) else value
-        except InvalidOperation:
-            self.add(name, f"{value!r} is not a decimal number such as 12.30")
-            return None
-        if not dec.is_finite():
-            self.add(name, "must be a finite decimal number")
-            return None
-        return dec
-
-    def money(self, name: str, *, required: bool = True) -> int | None:
-        """An amount in yuan → integer fen (exact; more than 2 decimals is refused, never rounded)."""
-        dec = self._decimal(name, required)
-        if dec is None:
-            return None
-        try:
-            return to_fen(dec)
-        except ValueError:
-            self.add(name, "an amount in yuan with at most 2 decimals, such as 12.30")
-            return None
-
-    def decimal(self, name: str, places: int, *, required: bool = True, positive: bool = False) -> str | None:
-        dec = self._decimal(name, required)
-        if dec is None:
-            return None
-        if positive and dec <= 0:
-            self.add(name, "must be greater than 0")
-            return None
-        try:
-            return decimal_text(dec, places)
-        except ValueError:
-            self.add(name, f"a decimal number with at most {places} decimals")
-            return None
-
-    def integer(self, name: str, *, required: bool = False, low: int = 0, high: int = 10**6) -> int | None:
-        value = self.obj.get(name)
-        if value is None or value == "":
-            if required:
-                self.add(name, f"required: a whole number {low}-{high}")
-            return None
-        try:
-            number = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
-        except ValueError:
-            number = None
-        if number is None or not low <= number <= high:
-            self.add(name, f"a whole number {low}-{high}")
-            return None
-        return number
-
-    def date_time(self, name: str, *, required: bool = True) -> str | None:
-        """``yyyy-MM-dd HH:mm:ss`` (the platform's format; ISO-8601 with ``T`` or an offset accepted)."""
-        value = self.text(name, required=required, max_len=40, hint="a time such as 2026-11-25 09:30:00")
-        if value is None:
-            return None
-        try:
-            datetime.fromisoformat(value)
-        except ValueError:
-            self.add(name, f"{value!r} is not a time such as 2026-11-25 09:30:00")
-            return None
-        return value
-
-    def date(self, name: str, *, required: bool = True) -> str | None:
-        value = self.text(name, required=required, max_len=10, hint="a date such as 2026-11-25")
-        if value is None:
-            return None
-        try:
-            return datetime.strptime(value, "%Y-%m-%d").date().isoformat()
-        except ValueError:
-            self.add(name, f"{value!r} is not a date such as 2026-11-25")
-            return None
-
-    def child(self, name: str, *, required: bool = True) -> Fields | None:
-        value = self.obj.get(name)
-        if value is None:
-            if required:
-                self.add(name, "required: a JSON object")
-            return None
-        return Fields(value, self.at(name), self.problems)
-
-    def items(self, name: str, *, required: bool = True, max_items: int = 2000) -> list[Fields]:
-        value = self.obj.get(name)
-        if value is None or value == []:
-            if required:
-                self.add(name, "required: a non-empty JSON array")
-            return []
-        if not isinstance(value, list):
-            self.add(name, "must be a JSON array")
-            return []
-        if len(value) > max_items:
-            self.add(name, f"at most {max_items} items")
-            return []
-        return [Fields(v, f"{self.at(name)}[{i}]", self.problems) for i, v in enumerate(value)]
-
-    def check(self) -> None:
-        if self.problems:
-            raise NationalError(self.problems)
 
 
 # ---- the envelope --------------------------------------------------------------------------------
@@ -282,17 +104,29 @@ CREATE TABLE IF NOT EXISTS msgs (
     msgid TEXT PRIMARY KEY, infno TEXT NOT NULL, digest BLOB NOT NULL, answer TEXT NOT NULL, at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS persons (
-    psn_no TEXT PRIMARY KEY, gend TEXT, brdy TEXT, insuplc_admdvs TEXT, card_sn TEXT, at REAL NOT NULL
+    psn_no TEXT PRIMARY KEY, gend TEXT, brdy TEXT, insuplc_admdvs TEXT, card_sn TEXT, at REAL NOT NULL,
+    emp_no TEXT, insutype TEXT, psn_type TEXT
 );
 CREATE TABLE IF NOT EXISTS visits (
     mdtrt_id TEXT PRIMARY KEY, psn_no TEXT NOT NULL, state TEXT NOT NULL, reg TEXT NOT NULL, diseinfo TEXT,
     settle_round INTEGER NOT NULL DEFAULT 0, setl_id TEXT, setlinfo TEXT, created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL, kind TEXT NOT NULL DEFAULT 'otp'
 );
 CREATE TABLE IF NOT EXISTS fees (
     mdtrt_id TEXT NOT NULL, feedetl_sn TEXT NOT NULL, line TEXT NOT NULL, PRIMARY KEY (mdtrt_id, feedetl_sn)
 );
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
+"""
+
+#: Version 1 → 2: what the HIS said of the person's employer and insurance (1101 answers it, the next
+#: visit carries ``emp_no`` into the settlement for the employer blacklist), and the kind of visit
+#: (``otp`` outpatient 22xx, ``ipt`` inpatient 24xx/23xx, ``drug`` drug-store 21xx).
+_MIGRATE_2 = """
+ALTER TABLE persons ADD COLUMN emp_no TEXT;
+ALTER TABLE persons ADD COLUMN insutype TEXT;
+ALTER TABLE persons ADD COLUMN psn_type TEXT;
+ALTER TABLE visits ADD COLUMN kind TEXT NOT NULL DEFAULT 'otp';
+PRAGMA user_version = 2;
 """
 
 
@@ -303,11 +137,13 @@ def _open(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > 1:
+        if version > 2:
             conn.close()
             raise ConfigError(f"{path} was written by a newer agent (schema {version}); run that version")
         if version < 1:
             conn.executescript(_SCHEMA)
+        elif version == 1:
+            conn.executescript("BEGIN IMMEDIATE;" + _MIGRATE_2 + "COMMIT;")
     except sqlite3.Error as exc:
         raise StoreError(
             f"cannot open {path}: {exc}; check the agent's disk and the file's permissions"
@@ -336,6 +172,7 @@ class National:
         policy: PolicyStore | None = None,
         desk: DeskChecks | None = None,
         sign_ttl_s: float = SIGN_TTL_S,
+        transactions: dict[str, tuple[Handler, bool]] | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
@@ -351,11 +188,8 @@ class National:
         self._agent_db = sqlite3.connect(f"file:{outbox.path}?mode=ro", uri=True, check_same_thread=False)
         self._agent_lock = threading.Lock()
         self._refseq = itertools.count(1)
-        from .national_rules import RULE_TRANSACTIONS
-        from .national_txn import TRANSACTIONS
-
         #: infno → (handler, stored): ``stored`` answers are kept for msgid replay (they wrote something).
-        self.transactions: dict[str, tuple[Handler, bool]] = {**TRANSACTIONS, **RULE_TRANSACTIONS}
+        self.transactions: dict[str, tuple[Handler, bool]] = {**SIGN_TRANSACTIONS, **(transactions or {})}
 
     def close(self) -> None:
         self._db.close()
@@ -597,31 +431,65 @@ def _fields_only(exc: NationalError) -> str:
     return ", ".join(sorted({f for f, _m in exc.problems if f})) or "envelope"
 
 
-def add_national_routes(
-    app: web.Application,
-    config: AgentConfig,
-    outbox: Outbox,
-    *,
-    card_reader: CardReader | None = None,
-    vouchers: VoucherVerifier | None = None,
-    policy: PolicyStore | None = None,
-    desk: DeskChecks | None = None,
-    sign_ttl_s: float = SIGN_TTL_S,
-) -> National:
-    """Serve the national envelope on ``app`` (behind its HIS-token middleware); the reader closes with it."""
-    national = National(
-        config,
-        outbox,
-        card_reader=card_reader,
-        vouchers=vouchers,
-        policy=policy,
-        desk=desk,
-        sign_ttl_s=sign_ttl_s,
-    )
-    app.router.add_post(NATIONAL_PATH, national.handle)
+async def stored_write(nat: National, env: Envelope, fn: Callable[[sqlite3.Connection], Any]) -> Stored:
+    """Run ``fn(conn) -> output`` in one writer transaction that also keeps the answer (``msgid`` replay)."""
 
-    async def close(_app: web.Application) -> None:
-        national.close()
+    def run(conn: sqlite3.Connection) -> Stored:
+        held = nat.held_answer(conn, env)
+        if held is not None:
+            return Stored(held)
+        answer = nat.answer(env, fn(conn))
+        nat.store_answer(conn, env, answer)
+        return Stored(answer)
 
-    app.on_cleanup.append(close)
-    return national
+    return await nat.write(run)
+
+
+# ---- 9001 / 9002 ---------------------------------------------------------------------------------
+
+
+async def sign_in(nat: National, env: Envelope) -> Stored:
+    inp = Fields(env.input, "input")
+    s = inp.child("signIn")
+    opter_no = s.text("opter_no", hint="the operator's code") if s else None
+    if s:
+        s.text("mac", required=False, max_len=64)
+        s.text("ip", required=False, max_len=64)
+    inp.check()
+    sign_no = secrets.token_hex(12)
+    now = time.time()
+    sign_time = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S")
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        conn.execute(
+            "INSERT INTO signins (sign_no, opter, fixmedins_code, signed_in_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (sign_no, opter_no, env.fixmedins_code, now, now + nat.sign_ttl_s),
+        )
+        return {"signinoutb": {"sign_time": sign_time, "sign_no": sign_no}}
+
+    return await stored_write(nat, env, write)
+
+
+async def sign_out(nat: National, env: Envelope) -> Stored:
+    inp = Fields(env.input, "input")
+    s = inp.child("signOut")
+    sign_no = s.text("sign_no", hint="the sign_no to sign out") if s else None
+    if s:
+        s.text("opter_no", hint="the operator's code")
+    inp.check()
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        done = conn.execute(
+            "UPDATE signins SET signed_out_at = ? WHERE sign_no = ? AND signed_out_at IS NULL "
+            "AND fixmedins_code = ?",
+            (time.time(), sign_no, env.fixmedins_code),
+        ).rowcount
+        if not done:
+            raise NationalError([("input.signOut.sign_no", "not a signed-in sign_no of this institution")])
+        return {"signoutoutb": {"sign_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}}
+
+    return await stored_write(nat, env, write)
+
+
+SIGN_TRANSACTIONS: dict[str, tuple[Handler, bool]] = {"9001": (sign_in, True), "9002": (sign_out, True)}
