@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+
+import pytest
 
 from central.monitoring.risk import RULE_CAP, WEIGHTS, by_category, object_risk
 from central.monitoring.suspicions import record_findings
 from central.storage.store import Store
 
 from . import monitor_helpers as helpers
+from .conftest import Server
 
 
-def _visits(store: Store, hospital: str, n: int, fen: int, start: int = 0) -> None:
-    rows = [(f"{hospital}-{i}", f"P{start + i:09d}", hospital, "110100", "2", "2026-11-24T10:00:00+08:00",
+def _visits(store: Store, hospital: str, n: int, fen: int, start: int = 0, area: str = helpers.AREA) -> None:
+    rows = [(f"{hospital}-{i}", f"P{start + i:09d}", hospital, area, "2", "2026-11-24T10:00:00+08:00",
              "2026-11-24", "2026-11-24", "2026-11-24", "11", "J06.900", "J06.900", f"D-{hospital}", "A03.01",
              None, fen, 0, "1", "1970-01-01", "310", "11") for i in range(n)]  # fmt: skip
     store.write(lambda c: c.executemany(f"INSERT INTO hist_visits VALUES ({','.join('?' * 21)})", rows))
 
 
-def _suspect(store: Store, hospital: str, rules: list[str], count: int) -> None:
+def _suspect(store: Store, hospital: str, rules: list[str], count: int, area: str = helpers.AREA) -> None:
     fs = []
     for rule in rules:
         for i in range(count):
             h = helpers.hit(rule, setl_id=f"{hospital}-{i}", psn_no=f"P{i:09d}")
-            f = helpers.finding(h, hospital=hospital, object_id=f"P{i:09d}", setl_ids=(f"{hospital}-{i}",))
+            f = helpers.finding(h, hospital=hospital, object_id=f"P{i:09d}", setl_ids=(f"{hospital}-{i}",),
+                                area=area)  # fmt: skip
             fs.append(dataclasses.replace(f, anchor_date="2026-11-24", category=f"cat-{rule}"))
     store.write(lambda c: record_findings(c, fs, run_id=1, at="t"))
 
@@ -61,3 +66,86 @@ def test_findings_by_category(store: Store) -> None:
     _suspect(store, "H1", ["R-A", "R-B"], 2)
     cats = store.read(lambda c: by_category(c, date_from="2026-11-01", date_to="2026-11-30"))
     assert {c["category"]: c["holding"] for c in cats} == {"cat-R-A": 2, "cat-R-B": 2}
+
+
+def _district(store: Store) -> None:
+    """Two hospitals of the operator's area (H1 with findings of two rules) and one of another area."""
+    _visits(store, "H1", 100, 10_000)
+    _visits(store, "H2", 100, 10_000, start=1000)
+    _visits(store, "HX", 100, 10_000, start=2000, area=helpers.OTHER)
+    _suspect(store, "H1", ["R-A", "R-B"], 10)
+    _suspect(store, "HX", ["R-A", "R-B", "R-C"], 30, area=helpers.OTHER)
+
+
+def _get(server: Server, token: str, query: str) -> tuple[int, dict]:
+    reply = server.request("GET", "/v1/monitor" + query, headers={"Authorization": f"Bearer {token}"})
+    return reply.status, reply.json()
+
+
+def test_risk_over_http_in_the_operators_scope(server: Server) -> None:
+    _district(server.store)
+    _, token = helpers.operator(server.store, "rev", role="reviewer")
+    window = "from=2026-11-01&to=2026-11-30"
+    status, body = _get(server, token, f"/risk?by=hospital&{window}")
+    assert status == 200 and body["by"] == "hospital"
+    rows = body["results"]
+    assert [r["object_id"] for r in rows] == ["H1", "H2"]  # HX is another area's: not listed
+    top = rows[0]
+    assert top["rank"] == 1 and top["score"] > rows[1]["score"]
+    assert {r["rule_id"] for r in top["rules"]} == {"R-A", "R-B"}  # explained: which rules, how much
+    assert set(top["parts"]) >= {"rules", "money", "indicators", "combination_bonus", "volume_shrink"}
+    # ten settlements found by two rules: their money (5120 fen each finding) counts once
+    assert top["at_stake_fen"] == 10 * 5120 and top["total_fen"] == 100 * 10_000
+    status, body = _get(server, token, f"/risk?by=person&{window}&limit=3")
+    assert status == 200 and len(body["results"]) == 3
+    status, body = _get(server, token, f"/categories?{window}")
+    assert status == 200 and {c["category"] for c in body["categories"]} == {"cat-R-A", "cat-R-B"}
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "code"),
+    [
+        ("/risk?by=ward&from=2026-11-01&to=2026-11-30", 400, "input_invalid"),
+        ("/risk?by=hospital&from=2026-12-01&to=2026-11-30", 400, "input_invalid"),
+        ("/risk?by=hospital&from=2026-11-01&to=2026-11-30&min_visits=-1", 400, "input_invalid"),
+        ("/risk?by=hospital&from=2026-11-01&to=2026-11-30&limit=100000", 400, "input_invalid"),
+        (f"/risk?by=hospital&from=2026-11-01&to=2026-11-30&area={helpers.OTHER}", 403, "area_forbidden"),
+        (f"/categories?from=2026-11-01&to=2026-11-30&area={helpers.OTHER}", 403, "area_forbidden"),
+    ],
+)
+def test_risk_refuses_bad_queries_clearly(server: Server, query: str, status: int, code: str) -> None:
+    _district(server.store)
+    _, token = helpers.operator(server.store, "rev", role="reviewer")
+    got, body = _get(server, token, query)
+    assert (got, body["error"]["code"]) == (status, code)
+    assert body["error"]["message"]  # says what to do
+    if "by=ward" in query:
+        assert "person, doctor, department, hospital" in body["error"]["message"]
+
+
+def test_risk_without_a_token_is_refused(server: Server) -> None:
+    _district(server.store)
+    reply = server.request("GET", "/v1/monitor/risk?by=hospital&from=2026-11-01&to=2026-11-30")
+    assert reply.status == 401
+
+
+def test_the_cli_lists_risk_and_categories(config, store: Store, act_as, capsys) -> None:
+    from central.cli import main
+
+    _district(store)
+    act_as("rev", "reviewer", area=helpers.AREA)
+    base = ["--home", str(config.home), "risk", "--from", "2026-11-01", "--to", "2026-11-30"]
+    assert main([*base, "--by", "hospital"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out] == ["H1", "H2"]
+    assert "top rules R-A×10, R-B×10" in out[0] and "combination +" in out[0]
+    assert main([*base, "--by", "doctor", "--json", "--limit", "1"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 1 and rows[0]["object_type"] == "doctor" and rows[0]["rank"] == 1
+    assert main([*base, "--categories", "--json"]) == 0
+    cats = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {c["category"]: c["holding"] for c in cats} == {"cat-R-A": 10, "cat-R-B": 10}
+    assert main([*base, "--area", helpers.OTHER]) != 0
+    assert "does not manage pooling area" in capsys.readouterr().err
+    assert main([*base, "--min-visits", "-3"]) != 0
+    assert "--min-visits" in capsys.readouterr().err
