@@ -431,12 +431,17 @@ def _contributions(r: dict[str, Any]) -> str:
     bits = [f"rules {p['rules']:.2f}", f"money {p['money']:.2f}", f"indicators {p['indicators']:.2f}"]
     if p.get("combination_bonus"):
         bits.append(f"combination +{p['combination_bonus']:.2f}")
+    if p.get("providers"):
+        bits.append(f"providers {p['providers']:.2f}")
     bits.append(f"volume ×{p['volume_shrink']:.2f}")
-    top = sorted(r["rules"], key=lambda x: -x["part"])[:3]
+    top = [x for x in sorted(r["rules"], key=lambda x: -x["part"]) if x["part"] > 0][:3]
     if top:
         bits.append("top rules " + ", ".join(f"{x['rule_id']}×{x['suspicions']}" for x in top))
-    ind = sorted(r["indicators"].items(), key=lambda kv: -kv[1]["part"])[:2]
-    bits += [f"{name} {v['ratio']:.2f}× peers" for name, v in ind if v["part"] > 0]
+    ind = r["indicators"]
+    measures = sorted(((k, v) for k, v in ind.items() if "z" in v), key=lambda kv: -kv[1]["part"])
+    bits += [f"{name} {v['ratio']:.2f}× peers (z {v['z']:.1f})" for name, v in measures[:2] if v["part"] > 0]
+    if ind.get("worst_doctor", {}).get("part"):
+        bits.append(f"worst doctor {ind['worst_doctor']['doctor']} ({ind['worst_doctor']['score']:.0f})")
     return "; ".join(bits)
 
 

@@ -22,10 +22,15 @@ def _visits(store: Store, hospital: str, n: int, fen: int, start: int = 0, area:
     store.write(lambda c: c.executemany(f"INSERT INTO hist_visits VALUES ({','.join('?' * 21)})", rows))
 
 
-def _suspect(store: Store, hospital: str, rules: list[str], count: int, area: str = helpers.AREA) -> None:
+def _suspect(
+    store: Store, hospital: str, rules: list[str], count: int, area: str = helpers.AREA, *, apart: bool = True
+) -> None:
+    """``count`` findings of each rule at the hospital; ``apart``: each rule on its own settlements (else
+    every rule on the same ones)."""
     fs = []
-    for rule in rules:
-        for i in range(count):
+    for n, rule in enumerate(rules):
+        for j in range(count):
+            i = j + (n * count if apart else 0)
             h = helpers.hit(rule, setl_id=f"{hospital}-{i}", psn_no=f"P{i:09d}")
             f = helpers.finding(h, hospital=hospital, object_id=f"P{i:09d}", setl_ids=(f"{hospital}-{i}",),
                                 area=area)  # fmt: skip
@@ -42,23 +47,63 @@ def test_several_rules_outrank_one_and_no_rule_carries_the_score(store: Store) -
     order = [r.object_id for r in rows]
     assert order.index("H2") < order.index("H1") < order.index("H3")
     one = next(r for r in rows if r.object_id == "H1")
-    assert one.parts["rules"] <= RULE_CAP and one.score <= 100 * (
-        WEIGHTS["rules"] * RULE_CAP + WEIGHTS["money"]
-    )
+    assert one.parts["rules"] <= RULE_CAP
+    # one rule alone, through the hospital or through its doctor, stays under its cap and the money
+    assert one.score <= 100 * max(WEIGHTS["rules"] * RULE_CAP + WEIGHTS["money"], WEIGHTS["providers"] * 0.5)
     three = next(r for r in rows if r.object_id == "H2")
     assert three.parts["combination_bonus"] > 0 and len(three.rules) == 3
-    assert {r["rule_id"] for r in three.rules} == {"R-A", "R-B", "R-C"}  # explained: which rules, how many
+    assert {r["rule_id"] for r in three.rules} == {"R-A", "R-B", "R-C"}  # explained: which rules, how much
+    # R-A is common at H1, so ten of it at H2 is no surprise; R-B and R-C are found nowhere else
+    parts = {r["rule_id"]: r for r in three.rules}
+    assert parts["R-A"]["part"] == 0 and parts["R-B"]["part"] > 0 and parts["R-B"]["expected"] < 10
+
+
+def test_rules_finding_the_same_settlements_count_once(store: Store) -> None:
+    """Three rules on the same ten settlements are one piece of evidence, not three: the weaker ones
+    count only for settlements the strongest has not found (``new_share``)."""
+    _visits(store, "H1", 100, 10_000)
+    _visits(store, "H2", 100, 10_000, start=1000)
+    for i in range(3, 9):  # peers without findings: the rules are rare
+        _visits(store, f"H{i}", 100, 10_000, start=1000 * i)
+    _suspect(store, "H1", ["R-A", "R-B", "R-C"], 10, apart=False)
+    _suspect(store, "H2", ["R-A", "R-B", "R-C"], 10, apart=True)
+    rows = store.read(lambda c: object_risk(c, by="hospital", date_from="2026-11-01", date_to="2026-11-30"))
+    same, apart = (next(r for r in rows if r.object_id == h) for h in ("H1", "H2"))
+    assert sorted(r["new_share"] for r in same.rules) == [0.0, 0.0, 1.0]
+    assert same.parts["combination_bonus"] == 0 and apart.parts["combination_bonus"] > 0
+    assert apart.score > same.score
+    assert same.at_stake_fen == 10 * 5120  # a settlement's money once, whatever rules found it
+
+
+def test_an_indicator_finds_what_no_rule_does(store: Store) -> None:
+    """Volume fraud under every rule: a hospital whose patients come back three times as often as its
+    peers' is found by the visits-per-patient indicator alone, and the indicator says so."""
+    for i in range(8):
+        _visits(store, f"H{i}", 60, 10_000, start=1000 * i)
+    rows = [(f"X-{i}", f"P{9000 + i % 20:09d}", "HX", helpers.AREA, "2", "2026-11-24T10:00:00+08:00",
+             "2026-11-24", "2026-11-24", "2026-11-24", "11", "J06.900", "J06.900", "D-HX", "A03.01",
+             None, 10_000, 0, "1", "1970-01-01", "310", "11") for i in range(60)]  # fmt: skip
+    store.write(lambda c: c.executemany(f"INSERT INTO hist_visits VALUES ({','.join('?' * 21)})", rows))
+    ranked = store.read(lambda c: object_risk(c, by="hospital", date_from="2026-11-01", date_to="2026-11-30"))
+    top = ranked[0]
+    assert top.object_id == "HX" and not top.rules
+    vpp = top.indicators["visits_per_patient"]
+    assert vpp["value"] == 3.0 and vpp["peer_median"] == 1.0 and vpp["part"] > 0 and vpp["z"] > 2
+    assert top.parts["indicators"] > 0 and all(r.score == 0 for r in ranked[1:])
 
 
 def test_a_tiny_provider_is_shrunk_by_its_volume(store: Store) -> None:
+    """The same rules finding a fifth of its visits: the provider with 200 visits ranks above the one
+    with 3, whose score the volume shrink cuts (and whose one finding is little surprise)."""
     _visits(store, "BIG", 200, 10_000)
     _visits(store, "TINY", 3, 10_000, start=5000)
+    _visits(store, "PEER", 200, 10_000, start=6000)
     _suspect(store, "BIG", ["R-A", "R-B"], 20)
-    _suspect(store, "TINY", ["R-A", "R-B"], 3)
+    _suspect(store, "TINY", ["R-A"], 1)
     rows = store.read(lambda c: object_risk(c, by="hospital", date_from="2026-11-01", date_to="2026-11-30"))
     assert rows[0].object_id == "BIG"
     tiny = next(r for r in rows if r.object_id == "TINY")
-    assert tiny.parts["volume_shrink"] < 0.1
+    assert tiny.parts["volume_shrink"] < 0.2 and tiny.score < rows[0].score / 4
 
 
 def test_findings_by_category(store: Store) -> None:
@@ -94,8 +139,7 @@ def test_risk_over_http_in_the_operators_scope(server: Server) -> None:
     assert top["rank"] == 1 and top["score"] > rows[1]["score"]
     assert {r["rule_id"] for r in top["rules"]} == {"R-A", "R-B"}  # explained: which rules, how much
     assert set(top["parts"]) >= {"rules", "money", "indicators", "combination_bonus", "volume_shrink"}
-    # ten settlements found by two rules: their money (5120 fen each finding) counts once
-    assert top["at_stake_fen"] == 10 * 5120 and top["total_fen"] == 100 * 10_000
+    assert top["at_stake_fen"] == 20 * 5120 and top["total_fen"] == 100 * 10_000
     status, body = _get(server, token, f"/risk?by=person&{window}&limit=3")
     assert status == 200 and len(body["results"]) == 3
     status, body = _get(server, token, f"/categories?{window}")
