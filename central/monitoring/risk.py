@@ -29,9 +29,10 @@ evidence that is **surprising for an object of its kind and volume**, and every 
   fraud, upcoding and unnecessary admissions that sit under every rule's threshold.
 - **providers** (0.9): a hospital's or department's worst doctor's score; a person's doctors' scores
   weighted by the share of the person's visits with each (a phantom patient is all visits with one
-  suspect doctor). The score takes the larger of the object's own evidence and 0.9 × this, not both:
-  a doctor's findings are the hospital's findings too, and counting them twice would let one rule
-  carry a hospital.
+  suspect doctor). The score takes the larger of the object's own evidence and 0.9 × this (0.5 × for
+  a person: most patients of a suspect doctor are genuine, and a person's own fact must outrank
+  merely having seen that doctor), not both: a doctor's findings are the hospital's findings too, and
+  counting them twice would let one rule carry a hospital.
 - **volume** shrinks what little data shows: the score is multiplied by ``n / (n + min_visits)``
   (``MIN_VISITS``; none for persons, whose single fact can be certain).
 
@@ -74,7 +75,7 @@ COMBO_MAX = 0.24
 #: A rule's part from which its category counts for the combination bonus.
 COMBO_MIN_PART = 0.1
 INDICATOR_CAP = 0.5
-WEIGHTS = {"rules": 0.45, "money": 0.20, "indicators": 0.7, "providers": 0.9}
+WEIGHTS = {"rules": 0.45, "money": 0.20, "indicators": 0.7, "providers": 0.9, "exposure": 0.5}
 #: Default volume (visits in the range) at which the volume shrink halves a score, per object type.
 MIN_VISITS = {"person": 0, "doctor": 10, "department": 10, "hospital": 20}
 #: Surprise (-log10 of the Poisson tail) at which a rule starts to count, and how much more to its cap.
@@ -445,7 +446,8 @@ def _score(
             r.indicators["exposure"] = {"doctors": len(a.doctors), "part": round(providers, 4)}
         shrink = a.n / (a.n + k0) if k0 else 1.0
         raw = WEIGHTS["rules"] * rules_part + WEIGHTS["money"] * money + WEIGHTS["indicators"] * ind + combo
-        raw = max(min(1.0, raw), WEIGHTS["providers"] * providers)  # the same findings, not more of them
+        weight = WEIGHTS["exposure" if by == "person" else "providers"]
+        raw = max(min(1.0, raw), weight * providers)  # the same findings, not more of them
         r.score = 100 * shrink * min(1.0, raw)
         top = max(rule_parts, default=0.0)
         r.parts = {
