@@ -57,10 +57,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from central.errors import MonitorInputInvalid
+
 __all__ = [
     "BY",
     "COMBO_MAX",
     "COMBO_STEP",
+    "MIN_VISITS",
     "RULE_CAP",
     "WEIGHTS",
     "ObjectRisk",
@@ -84,25 +87,13 @@ RULE_S0, RULE_S1 = 1.0, 3.0
 IND_Z0, IND_Z1 = 2.0, 4.0
 #: Visits an indicator is shrunk by toward its peers (a doctor with 5 visits is mostly the median).
 SHRINK_VISITS = 10
+#: Visits a (type, grade, diagnosis) group needs for its own median cost; fewer: (type, grade)'s.
 MIN_CASE_MIX = 5
 #: Visits of prior at the rule's rate everywhere when reading its rate among an object's peers.
 PEER_PRIOR = 200
+#: The least spread an indicator's z divides by (all peers alike must not make a tiny gap a huge z).
 MIN_SPREAD = 0.02
 _COUNTED = "s.holds = 1 AND s.status NOT IN ('dismissed', 'no_longer_holds', 'shadow')"
-
-_OBJ = {
-    "person": "v.psn_no",
-    "doctor": "v.dr_codg",
-    "department": "v.fixmedins_code || '/' || coalesce(v.dept_codg, '?')",
-    "hospital": "v.fixmedins_code",
-}
-_PEER = {
-    "person": "''",
-    "doctor": "coalesce(v.dept_codg, '?') || '|' || coalesce(v.hosp_lv, '?')",
-    "department": "coalesce(v.dept_codg, '?') || '|' || coalesce(v.hosp_lv, '?')",
-    "hospital": "coalesce(v.hosp_lv, '?')",
-}
-
 
 @dataclass(slots=True)
 class ObjectRisk:
@@ -265,7 +256,6 @@ class _Acc:
     cost_index: float = 0.0
     patients: set[str] = field(default_factory=set)
     peers: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    parents: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     doctors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -290,8 +280,6 @@ def _accumulate(by: str, visits: list[tuple]) -> dict[str, _Acc]:
             a.cost_index += math.log(v[8] / yardstick)
         a.patients.add(v[1])
         a.peers[_peer(by, v)] += 1
-        if by == "doctor":
-            a.parents[v[3]] += 1
         if v[2] is not None and by != "doctor":
             a.doctors[v[2]] += 1
     return out
@@ -356,7 +344,7 @@ def object_risk(
     volume at which the shrink halves the score (``MIN_VISITS`` by default).
     """
     if by not in BY:
-        raise ValueError(f"by must be one of {', '.join(BY)}, not {by!r}")
+        raise MonitorInputInvalid(f"by must be one of {', '.join(BY)}, not {by!r}")
     lo, hi = str(date_from), str(date_to)
     k0 = MIN_VISITS[by] if min_visits is None else max(0, int(min_visits))
     visits = _visits(conn, lo, hi, areas)

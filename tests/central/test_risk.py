@@ -193,3 +193,24 @@ def test_the_cli_lists_risk_and_categories(config, store: Store, act_as, capsys)
     assert "does not manage pooling area" in capsys.readouterr().err
     assert main([*base, "--min-visits", "-3"]) != 0
     assert "--min-visits" in capsys.readouterr().err
+
+
+def test_surprise_is_the_poisson_tail() -> None:
+    """-log10 P(X >= k): exact for small counts, finite for large ones, nothing when k is not above E."""
+    import math
+
+    from central.monitoring.risk import _surprise
+
+    assert _surprise(1, 0.001) == pytest.approx(-math.log10(1 - math.exp(-0.001)), rel=1e-9)
+    tail = 1 - sum(math.exp(-2.0) * 2.0**i / math.factorial(i) for i in range(6))
+    assert _surprise(6, 2.0) == pytest.approx(-math.log10(tail), rel=1e-6)
+    assert _surprise(3, 3.0) == 0 and _surprise(0, 1.0) == 0 and _surprise(2, 0) == 0
+    big = _surprise(5000, 1000.0)
+    assert math.isfinite(big) and big > 1000
+
+
+def test_a_bad_by_is_refused_by_the_library(store: Store) -> None:
+    from central.errors import MonitorInputInvalid
+
+    with pytest.raises(MonitorInputInvalid, match="person, doctor, department, hospital"):
+        store.read(lambda c: object_risk(c, by="ward", date_from="2026-11-01", date_to="2026-11-30"))
