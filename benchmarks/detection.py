@@ -20,15 +20,20 @@ templates (aims 0.95 and 0.90).
 Dates: the agent stamps ``setl_time`` itself, so every settlement is settled today; the simulated
 days are in the visits' own times (see ``simulators/fraud.py``).
 
-**Risk per object** (issue 16, ``central.monitoring.risk``): after each scenario the objects (person, doctor,
-hospital) are ranked by their risk score and by **plain total amount** (the baseline the score must
-beat), and each ranking's ROC-AUC against the labels and its precision among the first 50 (or all the
-objects when there are fewer) are printed, ``ratio`` to the 0.90 AUC aim. The existing scenario is the
-one the score's weights were chosen against; the second (``simulators.providers``: many hospitals,
-volume fraud, upcoding, phantom patients and unnecessary admissions at drawn intensities, not at the
-rules' thresholds) was not used to tune anything. It is ingested directly through the real
-``Ingestor`` (one enrolled agent and signed chain per hospital) and screened in full with the monitoring
-rules plus templates 19-20, since agents would stamp every settlement today.
+**Risk per object** (issue 16, ``central.monitoring.risk``): after each scenario the objects (person,
+doctor, hospital) are ranked by their risk score and by **plain total amount** (the baseline the score
+must beat), and each ranking's ROC-AUC against the labels, its precision among the first 50 (or all
+the objects when there are fewer: with 40 hospitals that is just the fraud share) and its precision
+among the first (number of frauds) are printed, AUC with ``ratio`` to the 0.90 aim. The second scenario
+(``simulators.providers``: many hospitals, volume fraud, upcoding, phantom patients and unnecessary
+admissions at drawn intensities, not at the rules' thresholds) runs at the **tuning seeds**
+(``--tuning-seeds``: the seeds the risk model's weights and thresholds were chosen on) and at the
+**held-out seeds** (``--heldout-seeds``: never tuned on); each figure is the mean over the seeds, with
+each seed's value and the worst beside it. The held-out figures are the ones that count. Each seed's
+scenario is ingested directly through the real ``Ingestor`` (one enrolled agent and signed chain per
+hospital) and screened in full with the monitoring rules plus the sample rules of templates 19-20
+(``docs/samples/rules.json``), since agents would stamp every settlement today. The first scenario's
+objects are ranked too (``existing_*``), but its fraud is placed at the rules' thresholds.
 """
 
 from __future__ import annotations
@@ -55,16 +60,14 @@ from simulators.providers import generate_providers
 
 AIM_AUC = 0.90
 TOP_K = 50
-#: Rules beside docs/samples/monitoring_rules.json for the second scenario: the new templates 19-20.
-EXTRA_RULES = [
-    {"id": "admit_unreasonable", "version": 1, "template": "unreasonable_admission", "severity": "warn",
-     "mode": "enforce", "action": "prompt", "moments": ["post"],
-     "params": {"outpatient_prefixes": ["J06", "J20", "K29", "M54", "460", "465"], "max_stay_days": 1}},
-    {"id": "treatment_repeated", "version": 1, "template": "repeated_treatment", "severity": "warn",
-     "mode": "enforce", "action": "prompt", "moments": ["post"],
-     "params": {"days": 30, "min_visits": 4, "exclude_codes": ["001102000010000", "001109000010000",
-                                                            "001201000030000"]}},
-]  # fmt: skip
+#: Rules beside docs/samples/monitoring_rules.json for the second scenario: the sample rules of the new
+#: templates 19-20 (unreasonable admission, repeated treatment) from docs/samples/rules.json.
+EXTRA_TEMPLATES = ("unreasonable_admission", "repeated_treatment")
+#: Seeds of the second scenario the risk model's weights and thresholds were chosen on, and seeds it
+#: was never tuned on (2001-2006 were looked at once before the model's last change, 3001-3006 never
+#: before it was final): the held-out figures are the ones that count.
+TUNING_SEEDS = "20261126,1001,1002,1003"
+HELDOUT_SEEDS = "2001,2002,2003,2004,2005,2006,3001,3002,3003,3004,3005,3006"
 AIM_RECALL = 0.95
 AIM_PRECISION = 0.90
 AREA = "370200"
@@ -183,24 +186,59 @@ def roc_auc(scores: list[float], labels: list[bool]) -> float | None:
     return (r_pos - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-def _ranking_figures(prefix: str, by: str, rows: list[Any], labels: dict[str, bool]) -> list[dict[str, Any]]:
-    """AUC and precision@50 of the risk score and of plain total amount for one object type."""
+def _ranking(rows: list[Any], labels: dict[str, bool]) -> dict[str, float | None]:
+    """AUC, precision among the first 50 and among the first (number of frauds), for the risk score and
+    for plain total amount, over the labelled objects."""
     objs = [r for r in rows if r.object_id in labels]
     y = [labels[r.object_id] for r in objs]
-    out = []
+    out: dict[str, float | None] = {"objects": len(objs), "fraud": sum(y)}
     k = min(TOP_K, len(objs))
     for what, key in (("risk", lambda r: r.score), ("amount", lambda r: float(r.total_fen))):
         scores = [key(r) for r in objs]
-        auc = roc_auc(scores, y)
         ranked = sorted(zip(scores, y, [r.object_id for r in objs], strict=True), key=lambda t: (-t[0], t[2]))
-        p_at = sum(t[1] for t in ranked[:k]) / k if k else 0.0
-        out.append({"name": f"{prefix}_{by}_auc_{what}", "value": round(auc, 4) if auc is not None else 0.0,
-                    "ratio": round((auc or 0.0) / AIM_AUC, 4), "objects": len(objs), "fraud": sum(y),
-                    "undefined": auc is None})  # fmt: skip
-        out.append({"name": f"{prefix}_{by}_precision_at_{TOP_K}_{what}", "value": round(p_at, 4), "k": k})
-    if objs:  # what carries the score: the mean share of its top rule among the flagged objects
-        shares = [r.parts.get("top_rule_share", 0.0) for r in objs if r.rules]
-        out[0]["mean_top_rule_share"] = round(sum(shares) / len(shares), 3) if shares else 0.0
+        out[f"auc_{what}"] = roc_auc(scores, y)
+        out[f"p50_{what}"] = sum(t[1] for t in ranked[:k]) / k if k else 0.0
+        n = sum(y)
+        out[f"pfraud_{what}"] = sum(t[1] for t in ranked[:n]) / n if n else None
+    shares = [r.parts.get("top_rule_share", 0.0) for r in objs if r.rules]
+    out["top_rule_share"] = sum(shares) / len(shares) if shares else 0.0
+    return out
+
+
+def _ranking_figures(prefix: str, by: str, rows: list[Any], labels: dict[str, bool]) -> list[dict[str, Any]]:
+    """AUC and precision@50 of the risk score and of plain total amount for one object type."""
+    return _mean_figures(prefix, by, [_ranking(rows, labels)], [None])
+
+
+def _mean_figures(prefix: str, by: str, runs: list[dict[str, Any]], seeds: list[Any]) -> list[dict[str, Any]]:
+    """The figures of one object type over several seeds: the mean, and each seed's value beside it."""
+
+    def mean(key: str) -> tuple[float, list[float | None]]:
+        values = [r[key] for r in runs]
+        held = [v for v in values if v is not None]
+        rounded = [round(v, 4) if v is not None else None for v in values]
+        return (sum(held) / len(held) if held else 0.0), rounded
+
+    out = []
+    per_seed = [s for s in seeds if s is not None]
+    for what in ("risk", "amount"):
+        auc, aucs = mean(f"auc_{what}")
+        row = {"name": f"{prefix}_{by}_auc_{what}", "value": round(auc, 4), "ratio": round(auc / AIM_AUC, 4),
+               "objects": sum(r["objects"] for r in runs), "fraud": sum(r["fraud"] for r in runs),
+               "undefined": all(r[f"auc_{what}"] is None for r in runs)}  # fmt: skip
+        if per_seed:
+            worst = min((a for a in aucs if a is not None), default=0.0)
+            row.update(seeds=per_seed, per_seed=aucs, worst=worst)
+        if what == "risk":
+            row["mean_top_rule_share"] = round(sum(r["top_rule_share"] for r in runs) / len(runs), 3)
+        out.append(row)
+        p50, p50s = mean(f"p50_{what}")
+        k = min(TOP_K, runs[0]["objects"])
+        out.append({"name": f"{prefix}_{by}_precision_at_{TOP_K}_{what}", "value": round(p50, 4), "k": k,
+                    **({"per_seed": p50s} if per_seed else {})})  # fmt: skip
+        pf, pfs = mean(f"pfraud_{what}")
+        out.append({"name": f"{prefix}_{by}_precision_at_fraud_{what}", "value": round(pf, 4),
+                    **({"per_seed": pfs} if per_seed else {})})  # fmt: skip
     return out
 
 
@@ -214,8 +252,10 @@ def _risk_rows(db: Path, by: str, lo: str, hi: str) -> list[Any]:
         con.close()
 
 
-def providers_run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The second scenario: generate, ingest per hospital, screen in full, rank objects."""
+def providers_run(
+    args: argparse.Namespace, tmp: Path, seed: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The second scenario at one seed: generate, ingest per hospital, screen in full, rank objects."""
     import hashlib
 
     from central.intake.deaths import import_deaths
@@ -230,14 +270,15 @@ def providers_run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, A
     from protocol.wire import EnrollRequest
 
     t0 = time.perf_counter()
-    sc = generate_providers(args.seed + 1, hospitals=args.hospitals, persons=args.persons, days=args.days,
+    sc = generate_providers(seed, hospitals=args.hospitals, persons=args.persons, days=args.days,
                             area=AREA)  # fmt: skip
-    store = Store(tmp / "providers.db", create=True)
+    db = tmp / f"providers-{seed}.db"
+    store = Store(db, create=True)
     actor = Actor("bench", "second detection scenario")
     for h in sc.hospitals:
         set_hospital(store, actor, h.code, h.hosp_lv)
     if sc.deaths:
-        csv_path = tmp / "provider_deaths.csv"
+        csv_path = tmp / f"provider_deaths-{seed}.csv"
         csv_path.write_text("psn_no,death_date,source\n" + "".join(f"{p},{d},bench\n" for p, d in sc.deaths))
         import_deaths(store, actor, csv_path)
     ingestor = Ingestor(store)
@@ -265,7 +306,12 @@ def providers_run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, A
                 raise Failed(f"providers: {code} batch refused: {ack.code} {ack.rejected[:1]}")
     ingest_s = time.perf_counter() - t0
     rules_doc = json.loads((SAMPLES / "monitoring_rules.json").read_text())
-    rules_doc = {**rules_doc, "area": AREA, "rules": rules_doc["rules"] + EXTRA_RULES}
+    extra = [
+        {**r, "moments": ["post"]}
+        for r in json.loads((SAMPLES / "rules.json").read_text())["rules"]
+        if r["template"] in EXTRA_TEMPLATES
+    ]
+    rules_doc = {**rules_doc, "area": AREA, "rules": rules_doc["rules"] + extra}
     catalogue = json.loads((SAMPLES / "catalogue.json").read_text())
     catalogue["area"] = AREA
     areas = {AREA: load_area_rules(rules_doc, catalogue, area=AREA)}
@@ -274,28 +320,54 @@ def providers_run(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, A
     summary = screen(store, lo, hi, areas=areas, workers=1)
     screen_s = time.perf_counter() - t1
     store.close()
-    figures = []
+    rankings = {}
     for by in ("hospital", "doctor", "person"):
-        rows = _risk_rows(tmp / "providers.db", by, lo, hi)
-        figures += _ranking_figures("providers", by, rows, sc.labels[by])
+        rankings[by] = _ranking(_risk_rows(db, by, lo, hi), sc.labels[by])
     # recall per scheme: the fraud hospitals of each scheme among the first (number of fraud hospitals)
-    rows = _risk_rows(tmp / "providers.db", "hospital", lo, hi)
+    rows = _risk_rows(db, "hospital", lo, hi)
     n_fraud = sum(sc.labels["hospital"].values())
     top = {r.object_id for r in rows[:n_fraud]}
+    schemes = {}
     for scheme in ("volume", "upcoding", "phantom", "admission"):
         hs = [h for h, sch in sc.schemes.items() if scheme in sch]
-        figures.append({"name": f"providers_recall_at_{n_fraud}_{scheme}",
-                        "value": round(sum(h in top for h in hs) / len(hs), 4) if hs else 0.0,
-                        "hospitals": len(hs), "undefined": not hs})  # fmt: skip
+        schemes[scheme] = (sum(h in top for h in hs), len(hs))
     info = {"settlements": len(sc.records), "hospitals": len(sc.hospitals), "fraud_hospitals": n_fraud,
-            "suspicions": summary["new_suspicions"], "per_rule": summary["per_rule"],
-            "ingest_s": round(ingest_s, 2), "screen_s": round(screen_s, 2)}  # fmt: skip
+            "suspicions": summary["new_suspicions"], "ingest_s": round(ingest_s, 2),
+            "screen_s": round(screen_s, 2), "schemes": schemes}  # fmt: skip
+    return rankings, info
+
+
+def providers_figures(args: argparse.Namespace, tmp: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The second scenario over the tuning seeds and the held-out seeds: mean figures per object type."""
+    figures: list[dict[str, Any]] = []
+    info: dict[str, Any] = {}
+    for name, text in (("tuned", args.tuning_seeds), ("heldout", args.heldout_seeds)):
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+        if not seeds:
+            continue
+        runs = [providers_run(args, tmp, seed) for seed in seeds]
+        for by in ("hospital", "doctor", "person"):
+            figures += _mean_figures(f"providers_{name}", by, [r[0][by] for r in runs], seeds)
+        found: Counter[str] = Counter()
+        total: Counter[str] = Counter()
+        for _, i in runs:
+            for scheme, (hit, n) in i["schemes"].items():
+                found[scheme] += hit
+                total[scheme] += n
+        for scheme in ("volume", "upcoding", "phantom", "admission"):
+            figures.append({"name": f"providers_{name}_recall_at_fraud_{scheme}",
+                            "value": round(found[scheme] / total[scheme], 4) if total[scheme] else 0.0,
+                            "hospitals": total[scheme], "undefined": not total[scheme]})  # fmt: skip
+        info[name] = {"seeds": seeds, "settlements": sum(i["settlements"] for _, i in runs),
+                      "suspicions": sum(i["suspicions"] for _, i in runs),
+                      "ingest_s": round(sum(i["ingest_s"] for _, i in runs), 2),
+                      "screen_s": round(sum(i["screen_s"] for _, i in runs), 2)}  # fmt: skip
     return figures, info
 
 
 def run(args: argparse.Namespace, tmp: Path) -> int:
     today = datetime.now().astimezone().date()
-    provider_figures, provider_info = providers_run(args, tmp)
+    provider_figures, provider_info = providers_figures(args, tmp)
     t0 = time.perf_counter()
     traffic = generate_traffic(args.seed, size=args.size, fraud_rate=args.fraud_rate, today=today)
     files = traffic.write(tmp / "traffic")
@@ -414,8 +486,8 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     for f in existing_figures + provider_figures:
         f = dict(f)
         emit(f.pop("name"), f.pop("value"), "count", **f)
-    rest = {k: v for k, v in provider_info.items() if k != "settlements"}
-    emit("providers_settlements", provider_info["settlements"], "count", **rest)
+    settled = sum(v["settlements"] for v in provider_info.values())
+    emit("providers_settlements", settled, "count", **provider_info)
     emit(
         "detection_seconds",
         time.perf_counter() - t0,
@@ -444,8 +516,12 @@ def main() -> int:
     ap.add_argument("--hospitals", type=int, default=40, help="second scenario: hospitals")
     ap.add_argument("--persons", type=int, default=3000, help="second scenario: persons")
     ap.add_argument("--days", type=int, default=90, help="second scenario: days")
+    ap.add_argument("--tuning-seeds", default=TUNING_SEEDS, help="second scenario: seeds the risk model was "
+                    "tuned on (comma-separated; empty: none)")
+    ap.add_argument("--heldout-seeds", default=HELDOUT_SEEDS, help="second scenario: seeds never tuned on")
     ap.add_argument("--keep", metavar="DIR", help="copy the run (homes, traffic, truth) to DIR")
-    args = parse_args(ap, size=300, concurrency=2, hospitals=12, persons=400, days=30)
+    args = parse_args(ap, size=300, concurrency=2, hospitals=12, persons=400, days=30, tuning_seeds="1001",
+                      heldout_seeds="2001")
     if args.small:
         args.size = 800
     with tempfile.TemporaryDirectory(prefix="bench-detection-") as d:

@@ -66,6 +66,7 @@ from central.intake.history import answer_history
 from central.intake.ingest import Ingestor
 from central.intake.reports import MAX_REPORT_BYTES, agent_views, record_report
 from central.intake.resync import answer_records
+from central.monitoring.risk_routes import add_routes as add_risk_routes
 from central.monitoring.routes import add_routes as add_monitor_routes
 from central.policy.tuf_repo import TufRepository
 from central.storage.store import Store, get_agent
@@ -621,6 +622,7 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     app.router.add_get(PERSON_HISTORY_PATH, person_history, allow_head=False)
     app.router.add_get(RECORDS_PATH, agent_records, allow_head=False)
     add_monitor_routes(app)
+    add_risk_routes(app)
     add_console_routes(app, store=lambda: app[STORE_KEY], repo=lambda: app[REPO_KEY], config=config)
     install_metrics(
         app,

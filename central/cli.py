@@ -302,7 +302,8 @@ def _screening_parsers(verbs: argparse._SubParsersAction) -> None:
     an.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
     an.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
     an.add_argument("--area", help="only this pooling area's visits")
-    an.add_argument("--min-visits", type=int, default=1, help="leave out objects with fewer visits")
+    an.add_argument("--min-visits", type=int, help="leave out objects with fewer visits (default: keep "
+                    "them, ranked after those with central.monitoring.analysis.MIN_VISITS visits)")
     an.add_argument("--limit", type=int, default=30, help="rows to print (all are stored)")
     an.add_argument("--json", action="store_true")  # fmt: skip
 

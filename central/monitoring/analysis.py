@@ -23,6 +23,12 @@ Measures over the visits settled in the range (``hist_visits``; reversed settlem
 
 Each row: ``value``, ``peer_median`` (median of the peer group's values, the object included),
 ``ratio`` = value ÷ peer median, ``rank`` (1 = the highest ratio; rows without a ratio last).
+
+**Minimum volume.** A provider with three visits has a cost per visit, but not one that says anything:
+ranked by ratio alone, the tiny providers fill the top. So, unless the caller gives ``min_visits``,
+objects with fewer visits than ``MIN_VISITS[by]`` are kept but marked ``low_volume`` and ranked after
+every object with enough visits, and the peer medians are taken over the objects with enough visits
+(over all of them when none has). A ``min_visits`` given leaves out the objects under it instead.
 """
 
 from __future__ import annotations
@@ -36,10 +42,12 @@ from typing import Any
 from central.errors import ConfigInvalid
 from central.storage.store import Store
 
-__all__ = ["BY", "MEASURES", "analyse", "list_results"]
+__all__ = ["BY", "MEASURES", "MIN_VISITS", "analyse", "list_results"]
 
 BY = ("hospital", "department", "doctor")
 MEASURES = ("cost_per_visit", "drug_share", "visits_per_patient", "growth", "cost_per_disease")
+#: Visits in the range below which an object is ranked after the others (when no ``min_visits`` is given).
+MIN_VISITS = {"hospital": 30, "department": 20, "doctor": 20}
 
 _OBJECT = {
     "hospital": "v.fixmedins_code",
@@ -104,9 +112,13 @@ def analyse(
     date_from: date | str,
     date_to: date | str,
     area: str | None = None,
-    min_visits: int = 1,
+    min_visits: int | None = None,
 ) -> dict[str, Any]:
-    """Rank every object of ``by`` on ``measure`` over the range against its peers; store and return it."""
+    """Rank every object of ``by`` on ``measure`` over the range against its peers; store and return it.
+
+    ``min_visits``: leave out objects with fewer visits; None: keep them, ranked after the objects with
+    at least ``MIN_VISITS[by]`` visits and marked ``low_volume`` (see the module docstring).
+    """
     if by not in BY:
         raise ConfigInvalid(f"--by must be one of {', '.join(BY)}, not {by!r}")
     if measure not in MEASURES:
@@ -115,7 +127,7 @@ def analyse(
     hi = date_to if isinstance(date_to, date) else date.fromisoformat(date_to)
     if lo > hi:
         raise ConfigInvalid(f"--from {lo} is after --to {hi}")
-    if min_visits < 1:
+    if min_visits is not None and min_visits < 1:
         raise ConfigInvalid("--min-visits must be at least 1")
 
     def read(conn: sqlite3.Connection) -> list[tuple]:
@@ -127,9 +139,11 @@ def analyse(
         before = {r[0]: r[4] for r in _rows(conn, by, measure, start, end, area)}
         return [(o, g, a, n, (v / before[o]) if before.get(o) else None) for o, g, a, n, v in rows]
 
-    rows = [r for r in store.read(read) if r[3] >= min_visits]
+    rows = [r for r in store.read(read) if min_visits is None or r[3] >= min_visits]
+    floor = MIN_VISITS[by] if min_visits is None else 1
+    enough = [r for r in rows if r[3] >= floor] or rows  # the peers whose medians mean something
     peers: dict[str, list[float]] = defaultdict(list)
-    for _o, group, _a, _n, value in rows:
+    for _o, group, _a, _n, value in enough:
         if value is not None:
             peers[group].append(float(value))
     medians = {g: statistics.median(values) for g, values in peers.items()}
@@ -140,9 +154,10 @@ def analyse(
         results.append({
             "object_id": object_id, "area": obj_area, "visits": visits,
             "value": float(value) if value is not None else None, "peer_median": median, "ratio": ratio,
-            "peer_group": group,
+            "peer_group": group, "low_volume": visits < floor,
         })  # fmt: skip
-    results.sort(key=lambda r: (r["ratio"] is None, -(r["ratio"] or 0), -(r["value"] or 0), r["object_id"]))
+    results.sort(key=lambda r: (r["low_volume"], r["ratio"] is None, -(r["ratio"] or 0), -(r["value"] or 0),
+                                r["object_id"]))  # fmt: skip
     for rank, row in enumerate(results, start=1):
         row["rank"] = rank
 
@@ -159,7 +174,9 @@ def analyse(
     run_id = store.write(write)
     return {
         "run_id": run_id, "by": by, "measure": measure, "date_from": lo.isoformat(),
-        "date_to": hi.isoformat(), "area": area, "objects": len(results), "results": results,
+        "date_to": hi.isoformat(), "area": area,
+        "min_visits": min_visits if min_visits is not None else floor,
+        "min_visits_given": min_visits is not None, "objects": len(results), "results": results,
     }  # fmt: skip
 
 

@@ -20,6 +20,9 @@ only their pooling areas; the ``operators`` verbs that change something by an ad
                    [--amount YUAN] [--until DATE] --reason R [--key FILE]... [--no-publish]
     decisions list [--case ID] [--hospital H] [--kind K] [--status S] [--json]
     decisions publish [--key FILE]...
+    risk --by hospital|department|doctor|person --from D --to D [--area A] [--min-visits N]
+         [--limit N] [--json]                     objects ranked by risk, each score's contributions
+    risk --categories --from D --to D [--area A] [--json]   suspicions per rule category
 
 Roles are ``reviewer``, ``supervisor``, ``policy`` and ``admin`` (several joined by commas). A
 blacklist or suspension decision needs a supervisor other than the reviewer who confirmed the case's
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import date
 from typing import Any
 
 from central.config import CentralConfig
@@ -46,6 +50,7 @@ from central.operators import (
     home_signers,
     issue_token,
     list_operators,
+    require_area,
     set_areas,
 )
 from central.policy.bundles import Policy
@@ -69,12 +74,14 @@ from .review import (
     scoped_suspicions,
     visible_suspicion,
 )
+from .risk import BY as RISK_BY
+from .risk import by_category, object_risk
 from .suspicions import SEVERITIES, STATUSES
 
 __all__ = ["VERBS", "add_parsers", "run"]
 
 #: The top-level verbs this module owns.
-VERBS: frozenset[str] = frozenset({"operators", "suspicions", "cases", "decisions"})
+VERBS: frozenset[str] = frozenset({"operators", "suspicions", "cases", "decisions", "risk"})
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
@@ -191,6 +198,24 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     dec_verbs.add_parser(
         "publish", parents=[acting, keys], help="sign and publish pending blacklist decisions"
     )
+
+    risk = verbs.add_parser(
+        "risk", parents=[acting, as_json], help="persons, doctors, departments or hospitals ranked by risk"
+    )
+    risk.add_argument("--by", choices=RISK_BY, default="hospital", help="object type (default hospital)")
+    risk.add_argument("--categories", action="store_true", help="suspicions per rule category instead")
+    risk.add_argument("--from", dest="date_from", required=True, type=_date, help="YYYY-MM-DD")
+    risk.add_argument("--to", dest="date_to", required=True, type=_date, help="YYYY-MM-DD")
+    risk.add_argument("--area", help="one of the operator's areas (default: all of them)")
+    risk.add_argument("--min-visits", type=int, help="volume at which the small-volume shrink halves a score")
+    risk.add_argument("--limit", type=int, default=30, help="objects to print (default 30)")
+
+
+def _date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-24") from None
 
 
 def _yuan(fen: int | None) -> str:
@@ -400,10 +425,72 @@ def _decisions(args: argparse.Namespace, config: CentralConfig, store: Store, op
     return 0
 
 
+def _contributions(r: dict[str, Any]) -> str:
+    """The parts of one score in a line: what a reviewer reads to see why the object is where it is."""
+    p = r["parts"]
+    bits = [f"rules {p['rules']:.2f}", f"money {p['money']:.2f}", f"indicators {p['indicators']:.2f}"]
+    if p.get("combination_bonus"):
+        bits.append(f"combination +{p['combination_bonus']:.2f}")
+    if p.get("providers"):
+        bits.append(f"providers {p['providers']:.2f}")
+    bits.append(f"volume ×{p['volume_shrink']:.2f}")
+    top = [x for x in sorted(r["rules"], key=lambda x: -x["part"]) if x["part"] > 0][:3]
+    if top:
+        bits.append("top rules " + ", ".join(f"{x['rule_id']}×{x['suspicions']}" for x in top))
+    ind = r["indicators"]
+    measures = sorted(((k, v) for k, v in ind.items() if "z" in v), key=lambda kv: -kv[1]["part"])
+    bits += [f"{name} {v['ratio']:.2f}× peers (z {v['z']:.1f})" for name, v in measures[:2] if v["part"] > 0]
+    if ind.get("worst_doctor", {}).get("part"):
+        bits.append(f"worst doctor {ind['worst_doctor']['doctor']} ({ind['worst_doctor']['score']:.0f})")
+    return "; ".join(bits)
+
+
+def _risk(args: argparse.Namespace, store: Store, op: Operator) -> int:
+    if args.area is not None:
+        require_area(op, args.area)
+    areas = [args.area] if args.area is not None else sorted(op.scope)
+    if args.date_from > args.date_to:
+        raise MonitorInputInvalid(f"--from {args.date_from} is after --to {args.date_to}")
+    if args.categories:
+        rows = store.read(
+            lambda c: by_category(c, date_from=args.date_from, date_to=args.date_to, areas=areas)
+        )
+        for row in rows:
+            if args.json:
+                _print_json(row)
+                continue
+            precision = "-" if row["precision"] is None else f"{row['precision']:.2f}"
+            print(f"{row['category']:<28} {row['holding']:>6} holding {row['no_longer_holds']:>5} retracted "
+                  f"{row['confirmed']:>5} confirmed {row['dismissed']:>5} dismissed precision {precision:>4} "
+                  f"{_yuan(row['at_stake_fen']):>14} yuan  {row['objects']} objects")  # fmt: skip
+        print(f"{len(rows)} categories", file=sys.stderr)
+        return 0
+    if args.min_visits is not None and args.min_visits < 0:
+        raise MonitorInputInvalid("--min-visits must be 0 or more")
+    if args.limit < 1:
+        raise MonitorInputInvalid("--limit must be at least 1")
+    rows = store.read(
+        lambda c: object_risk(c, by=args.by, date_from=args.date_from, date_to=args.date_to, areas=areas,
+                              min_visits=args.min_visits, limit=args.limit)
+    )  # fmt: skip
+    for r in (x.to_json() for x in rows):
+        if args.json:
+            _print_json(r)
+            continue
+        print(f"{r['rank']:>4} {r['object_id']:<24} score {r['score']:>5.1f} visits {r['visits']:>6} "
+              f"total {_yuan(r['total_fen']):>13} at stake {_yuan(r['at_stake_fen']):>12}  "
+              f"{_contributions(r)}")  # fmt: skip
+    print(f"{len(rows)} {args.by} objects by risk, {args.date_from}..{args.date_to}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
     """Run one of ``VERBS``; returns the exit code."""
     if args.verb == "operators":
         return _operators(args, store)
+    if args.verb == "risk":
+        op = store.read(lambda c: acting_operator(c, args.token_file, MONITORING_ROLES, "read risk"))
+        return _risk(args, store, op)
     what = f"{args.verb} {getattr(args, args.verb + '_verb')}"
     op = store.read(lambda c: acting_operator(c, args.token_file, MONITORING_ROLES, what))
     if args.verb == "suspicions":

@@ -127,7 +127,34 @@ def test_the_cli_json_is_one_ranked_row_per_line(config, held: Store, capsys) ->
     run = {"run_id": rows[0]["run_id"], "by": "hospital", "measure": "cost_per_visit",
            "date_from": "2026-11-01", "date_to": "2026-11-30"}  # fmt: skip
     assert all({k: r[k] for k in run} == run for r in rows)
-    row_keys = {"object_id", "area", "visits", "value", "peer_median", "ratio", "peer_group", "rank"}
+    row_keys = {"object_id", "area", "visits", "value", "peer_median", "ratio", "peer_group", "rank",
+                "low_volume"}
     assert set(rows[0]) == set(run) | row_keys
     assert main(argv) == 0
     assert len(capsys.readouterr().out.splitlines()) == 3  # every object, under the default --limit
+
+
+def _busy(store: Store, hospital: str, visits: int, fen: int, start: int) -> None:
+    rows = [(f"{hospital}-{i}", f"P{start + i:09d}", hospital, "110100", "2", "2026-11-24T10:00:00+08:00",
+             "2026-11-24", "2026-11-24", "2026-11-24", "11", "I10.x00", "I10.x00", f"D-{hospital}", "A03",
+             None, fen, 0, "1", "1970-01-01", "310", "11") for i in range(visits)]  # fmt: skip
+    store.write(lambda c: c.executemany(f"INSERT INTO hist_visits VALUES ({','.join('?' * 21)})", rows))
+
+
+def test_tiny_providers_do_not_fill_the_top_of_a_ranking(store: Store) -> None:
+    """Two busy hospitals and a tiny one that is dearest per visit: by default the tiny one is kept but
+    ranked last (low_volume), and the peers' median is the busy ones'; --min-visits leaves it out."""
+    _busy(store, "H-BUSY-1", 40, 1000, 0)
+    _busy(store, "H-BUSY-2", 40, 3000, 100)
+    _busy(store, "H-TINY", 3, 9000, 200)
+    window = {"date_from": "2026-11-01", "date_to": "2026-11-30"}
+    result = analyse(store, by="hospital", measure="cost_per_visit", **window)
+    order = [(r["object_id"], r["low_volume"]) for r in result["results"]]
+    assert order == [("H-BUSY-2", False), ("H-BUSY-1", False), ("H-TINY", True)]
+    assert result["results"][0]["peer_median"] == 2000  # the busy ones' median, not pulled by the tiny one
+    assert result["min_visits"] == 30 and not result["min_visits_given"]
+    kept = analyse(store, by="hospital", measure="cost_per_visit", min_visits=10, **window)
+    assert [r["object_id"] for r in kept["results"]] == ["H-BUSY-2", "H-BUSY-1"]
+    assert all(not r["low_volume"] for r in kept["results"])
+    with pytest.raises(ConfigInvalid, match="at least 1"):
+        analyse(store, by="hospital", measure="cost_per_visit", min_visits=0, **window)
