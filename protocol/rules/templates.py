@@ -156,10 +156,12 @@ def _msg_over_quantity(rule: Rule, rows: list[dict[str, Any]], names: Mapping[st
     for r in rows:
         if r["kind"] == "days":
             course = "for a chronic-disease prescription" if r["chronic"] else "outside chronic-disease care"
-            limit = f"the limit {course} is {r['threshold']} days"
+            # a whole number of days, whichever engine ran the UNION (where it shares a REAL column)
+            threshold = int(r["threshold"])
+            limit = f"the limit {course} is {threshold} days"
             parts.append(f"is prescribed for {r['days']} days; {limit}")
             evidence.append({"med_list_codg": r["med_list_codg"], "kind": "days", "value": r["days"],
-                             "threshold": r["threshold"]})  # fmt: skip
+                             "threshold": threshold})  # fmt: skip
         else:
             allowed = r["threshold"] * r["days"]
             parts.append(
