@@ -413,8 +413,10 @@ class SparkEngine(Engine):
     name = "spark"
     dialect = "spark"
 
-    def __init__(self, export: Export, *, session: Any = None, cores: int | None = None) -> None:
-        self.spark = session if session is not None else spark_session(cores=cores)
+    def __init__(
+        self, export: Export, *, session: Any = None, cores: int | None = None, memory: str = "4g"
+    ) -> None:
+        self.spark = session if session is not None else spark_session(cores=cores, memory=memory)
         self.export = export
         for table in HISTORY_TABLES:
             self.spark.read.parquet(str(export.path(table))).createOrReplaceTempView(table)
