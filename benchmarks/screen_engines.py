@@ -90,6 +90,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
                                        areas=areas, engine_options=options)  # fmt: skip
                 cores = args.cores
         summary["wall_s"] = time.perf_counter() - start
+        print(f"{engine}: {summary['wall_s']:.1f} s, {summary['hits']} hits", file=sys.stderr, flush=True)
         summary["cores"] = cores
         results[engine] = summary
         facts[engine] = _facts(db)
@@ -142,6 +143,7 @@ def main() -> int:
     ap.add_argument(
         "--cache", help="directory for the generated database (default: $TMPDIR/yibao-bench-screen)"
     )
+    ap.add_argument("--spark-memory", default="8g", help="Spark's driver memory (local mode: all of Spark)")
     ap.add_argument("--rebuild", action="store_true", help="generate the data again")
     args = parse_args(ap, visits=2_000)
     args.persons = args.persons or max(300, args.visits // 10)

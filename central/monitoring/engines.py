@@ -408,7 +408,10 @@ def spark_session(*, cores: int | None = None, memory: str = "4g", tmp: Path | s
 
 
 class SparkEngine(Engine):
-    """Spark SQL over the Parquet export: temp views, the transpiled SQL, ``spark.sql(text, args=…)``."""
+    """Spark SQL over the Parquet export: temp views, the transpiled SQL, ``spark.sql(text, args=…)``.
+
+    Temp views belong to the session, so one ``SparkEngine`` at a time per session (the screen opens
+    one; the tests take turns)."""
 
     name = "spark"
     dialect = "spark"
@@ -420,11 +423,14 @@ class SparkEngine(Engine):
         self.export = export
         for table in HISTORY_TABLES:
             self.spark.read.parquet(str(export.path(table))).createOrReplaceTempView(table)
-        self._cached: list[Any] = []
+        self._cached: list[Any] = []  # cur_visits, cur_lines of the scope
+        self._kb: list[Any] = []
 
     def install(self, rules: AreaRules, kb_dir: Path) -> None:
-        for table in KB_TABLES:
-            df = self.spark.read.parquet(str(kb_dir / f"{table}.parquet")).cache()
+        for df in self._kb:
+            df.unpersist()
+        self._kb = [self.spark.read.parquet(str(kb_dir / f"{table}.parquet")).cache() for table in KB_TABLES]
+        for table, df in zip(KB_TABLES, self._kb, strict=True):
             df.createOrReplaceTempView(table)
 
     def _uncache(self) -> None:
@@ -453,6 +459,9 @@ class SparkEngine(Engine):
 
     def close(self) -> None:
         self._uncache()
+        for df in self._kb:
+            df.unpersist()
+        self._kb.clear()
 
 
 def open_engine(name: str, db_path: Path | str, export: Export | None = None, **options: Any) -> Engine:
