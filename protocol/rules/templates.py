@@ -459,7 +459,7 @@ JOIN hist_lines AS h ON h.psn_no = pc.psn_no AND h.med_list_codg = pc.pcode
      AND h.setl_date >= {date_add("pc.setl_date", ":p_back")} AND h.setl_date <= pc.setl_date
 LEFT JOIN kb_items AS kh ON kh.code = h.med_list_codg
 WHERE h.setl_id <> pc.setl_id AND h.days IS NOT NULL
-ORDER BY 1, 2, 3, 10 DESC, 11
+ORDER BY 1, 2, 3, 10 DESC, 11, 4, 9
 """
 
 
