@@ -60,6 +60,7 @@ Screening and analysis (issue 6, ``docs/MONITORING.md``; ``central.monitoring.sc
 ``central.intake.deaths``); the review workflow's verbs come from ``central.monitoring.cli``::
 
     screen --from D --to D [--workers N] [--quiet] [--json]   full screen, progress bar on stderr
+    screen --from D --to D --engine duckdb|spark [--export-dir DIR]   the same on DuckDB / Spark local
     screen --new [--json]                   incremental: what was ingested since the last screen
     rules backtest FILE --from D --to D [--catalogue FILE] [--json]   nothing is stored
     rules quality [--json]                  per rule: found, reviewed, confirmed, precision
@@ -279,6 +280,9 @@ def _screening_parsers(verbs: argparse._SubParsersAction) -> None:
         "--new", action="store_true", help="incremental: what was ingested since the last screen"
     )
     scr.add_argument("--workers", type=int, help="worker processes for a full screen (default: up to 2)")
+    scr.add_argument("--engine", choices=("sqlite", "duckdb", "spark"), default="sqlite",
+                     help="the SQL engine of a full screen (duckdb/spark read a Parquet export)")  # fmt: skip
+    scr.add_argument("--export-dir", help="where duckdb/spark's Parquet export goes (default: HOME/parquet)")
     scr.add_argument("--quiet", action="store_true", help="no progress bar")
     scr.add_argument("--json", action="store_true", help="the summary as JSON")
 
@@ -777,6 +781,8 @@ def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) ->
     if args.verb == "screen":
         repo = TufRepository.open(config)
         if args.new:
+            if args.engine != "sqlite":
+                raise ConfigInvalid("--new (incremental) screens on SQLite: leave out --engine")
             if args.date_from or args.date_to:
                 raise ConfigInvalid(
                     "--new screens what was ingested since the last screen: leave out --from/--to"
@@ -798,8 +804,15 @@ def _screening(args: argparse.Namespace, config: CentralConfig, store: Store) ->
             raise ConfigInvalid("screen needs --from and --to (a full screen of that range), or --new")
         update, total_cb, close = _progress(args.quiet)
         try:
-            summary = screening.screen(store, args.date_from, args.date_to, repo=repo, progress=update,
-                                       total=total_cb, workers=args.workers)  # fmt: skip
+            if args.engine != "sqlite":  # central.monitoring.engines: the same rules on DuckDB or Spark
+                from central.monitoring.engines import screen_on
+
+                summary = screen_on(store, str(args.date_from), str(args.date_to), engine=args.engine,
+                                    export_dir=args.export_dir or config.home / "parquet", repo=repo,
+                                    progress=update)  # fmt: skip
+            else:
+                summary = screening.screen(store, args.date_from, args.date_to, repo=repo, progress=update,
+                                           total=total_cb, workers=args.workers)  # fmt: skip
         except ValueError as exc:
             raise ConfigInvalid(str(exc)) from None
         finally:

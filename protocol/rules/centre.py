@@ -599,7 +599,7 @@ WITH r AS (
   FROM cur_visits AS v
   JOIN cur_lines AS c ON c.psn_no = v.psn_no AND c.setl_id = v.setl_id
   WHERE {f} AND {types} AND NOT ({exclude})
-  GROUP BY c.psn_no, c.setl_id, c.med_list_codg
+  GROUP BY c.psn_no, c.setl_id, c.med_list_codg, v.fixmedins_code, v.setl_date
 )
 , h AS (
   SELECT r.psn_no, r.setl_id, r.code, x.setl_id AS h_setl_id, max(x.setl_date) AS h_date,

@@ -1,7 +1,7 @@
-"""The one place SQL dialect differences live: SQLite text of the templates → PostgreSQL and Spark SQL.
+"""The one place SQL dialect differences live: SQLite text of the templates → PostgreSQL, Spark SQL, DuckDB.
 
 The templates are written once, in SQLite (the agent and today's centre run them as they are).
-``transpile(sql, dialect)`` carries that text to ``postgres`` or ``spark`` through SQLGlot, with
+``transpile(sql, dialect)`` carries that text to ``postgres``, ``spark`` or ``duckdb`` through SQLGlot, with
 ``unsupported_level=RAISE``: what SQLGlot cannot carry is an error, never a silently wrong query.
 
 SQLGlot's SQLite reader does not understand SQLite's date idioms: ``date(x, '-30 days')`` and
@@ -28,8 +28,9 @@ helper (SQLite text)                   becomes
 
 Dates stay ISO text (``YYYY-MM-DD``) in every dialect, as the tables declare them (``TEXT``):
 ``date_add`` formats its result back to text, so comparisons between dates are the same string
-comparisons everywhere. Named parameters ``:name`` are kept as ``:name`` in every dialect (Spark
-SQL reads them; for PostgreSQL a driver or SQLAlchemy ``text()`` binds them). ``WITH … AS
+comparisons everywhere. Named parameters ``:name`` are kept as ``:name`` (Spark SQL's
+``spark.sql(text, args=…)`` binds them; for PostgreSQL a driver or SQLAlchemy ``text()`` does), and
+written ``$name`` for DuckDB, whose ``execute(text, {name: value})`` binds that form. ``WITH … AS
 MATERIALIZED`` (a SQLite and PostgreSQL planner hint) is dropped for Spark, which has no such syntax.
 Any other unknown function left after the rewrite is refused (``UnsupportedError``).
 """
@@ -40,6 +41,7 @@ import functools
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.duckdb import DuckDB
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.dialects.spark import Spark
 from sqlglot.errors import ErrorLevel, UnsupportedError
@@ -55,7 +57,7 @@ __all__ = [
 ]
 
 #: The dialects ``transpile`` writes (``sqlite`` returns the text unchanged).
-DIALECTS = ("sqlite", "postgres", "spark")
+DIALECTS = ("sqlite", "postgres", "spark", "duckdb")
 
 
 # -- helpers the templates write (SQLite text of one fixed shape each) ---------------------------
@@ -160,6 +162,30 @@ def _rewrite_node(node: exp.Expr) -> exp.Expr:
     return node
 
 
+def _truth(node: exp.Expr) -> exp.Expr:
+    """SQLite's ``0``/``1`` where a condition stands, as ``FALSE``/``TRUE``: the templates write ``0`` for
+    "no such filter" (SQLite has no boolean type), which Spark and PostgreSQL refuse as a condition."""
+    if isinstance(node, exp.Literal) and not node.is_string and node.this in ("0", "1"):
+        return exp.Boolean(this=node.this == "1")
+    return node
+
+
+def _booleans(tree: exp.Expr) -> exp.Expr:
+    """Integer literals where a condition stands (AND/OR, NOT, WHERE, HAVING, ON, CASE WHEN) → booleans."""
+    conditions = exp.Connector | exp.Not | exp.Where | exp.Having | exp.If
+    for node in list(tree.walk()):
+        if isinstance(node, exp.And | exp.Or):
+            node.set("this", _truth(node.this))
+            node.set("expression", _truth(node.expression))
+        elif isinstance(node, exp.Not | exp.Where | exp.Having | exp.If) or (
+            isinstance(node, exp.Paren) and isinstance(node.parent, conditions)
+        ):
+            node.set("this", _truth(node.this))
+        elif isinstance(node, exp.Join) and node.args.get("on") is not None:
+            node.set("on", _truth(node.args["on"]))
+    return tree
+
+
 # -- the target dialects: ``:name`` parameters kept ------------------------------------------
 
 
@@ -175,12 +201,21 @@ class _SparkNamed(Spark):
             return f":{expression.name}" if expression.name else "?"
 
 
-_TARGETS: dict[str, type[sqlglot.Dialect]] = {"postgres": _PostgresNamed, "spark": _SparkNamed}
+class _DuckDBNamed(DuckDB):
+    class Generator(DuckDB.Generator):
+        def placeholder_sql(self, expression: exp.Placeholder) -> str:
+            return f"${expression.name}" if expression.name else "?"
+
+
+_TARGETS: dict[str, type[sqlglot.Dialect]] = {
+    "postgres": _PostgresNamed, "spark": _SparkNamed, "duckdb": _DuckDBNamed,
+}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1024)
 def transpile(sql: str, dialect: str) -> str:
-    """``sql`` (SQLite text, one or more statements) in ``dialect`` (``postgres`` | ``spark`` | ``sqlite``).
+    """``sql`` (SQLite text, one or more statements) in ``dialect`` (``postgres`` | ``spark`` | ``duckdb`` |
+    ``sqlite``).
 
     Raises ``sqlglot.errors.ParseError`` for text SQLGlot cannot read and ``UnsupportedError`` for
     anything it cannot carry to ``dialect`` (an unknown function, a construct the target lacks).
@@ -199,7 +234,7 @@ def transpile(sql: str, dialect: str) -> str:
             raise UnsupportedError(
                 f"strftime() is not carried to {dialect}: use a protocol.rules.dialect helper"
             )
-        tree = statement.transform(_rewrite_node)
+        tree = _booleans(statement.transform(_rewrite_node))
         for call in tree.find_all(exp.Anonymous):
             raise UnsupportedError(
                 f"{call.name}() is not a function SQLGlot can carry from SQLite to {dialect}: "
@@ -208,5 +243,7 @@ def transpile(sql: str, dialect: str) -> str:
         if dialect == "spark":
             for cte in tree.find_all(exp.CTE):
                 cte.set("materialized", None)
+            for shift in tree.find_all(exp.DateAdd):  # Spark's date_add takes an INT, not a BIGINT column
+                shift.set("expression", exp.cast(shift.expression, "INT"))
         out.append(target().generate(tree, unsupported_level=ErrorLevel.RAISE))
     return ";\n".join(out)

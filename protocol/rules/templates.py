@@ -156,10 +156,12 @@ def _msg_over_quantity(rule: Rule, rows: list[dict[str, Any]], names: Mapping[st
     for r in rows:
         if r["kind"] == "days":
             course = "for a chronic-disease prescription" if r["chronic"] else "outside chronic-disease care"
-            limit = f"the limit {course} is {r['threshold']} days"
+            # a whole number of days, whichever engine ran the UNION (where it shares a REAL column)
+            threshold = int(r["threshold"])
+            limit = f"the limit {course} is {threshold} days"
             parts.append(f"is prescribed for {r['days']} days; {limit}")
             evidence.append({"med_list_codg": r["med_list_codg"], "kind": "days", "value": r["days"],
-                             "threshold": r["threshold"]})  # fmt: skip
+                             "threshold": threshold})  # fmt: skip
         else:
             allowed = r["threshold"] * r["days"]
             parts.append(
@@ -457,7 +459,7 @@ JOIN hist_lines AS h ON h.psn_no = pc.psn_no AND h.med_list_codg = pc.pcode
      AND h.setl_date >= {date_add("pc.setl_date", ":p_back")} AND h.setl_date <= pc.setl_date
 LEFT JOIN kb_items AS kh ON kh.code = h.med_list_codg
 WHERE h.setl_id <> pc.setl_id AND h.days IS NOT NULL
-ORDER BY 1, 2, 3, 10 DESC, 11
+ORDER BY 1, 2, 3, 10 DESC, 11, 4, 9
 """
 
 

@@ -1,5 +1,5 @@
-"""The dialect layer: every template's SQL (edge 1-11, centre 13-18) carries to PostgreSQL and Spark SQL
-through SQLGlot without error, keeps its ``:name`` parameters, and leaves none of SQLite's own date
+"""The dialect layer: every template's SQL (edge 1-11, centre 13-20) carries to PostgreSQL, Spark SQL and
+DuckDB through SQLGlot without error, keeps its ``:name`` parameters, and leaves none of SQLite's own date
 idioms behind; the helpers compute in SQLite what their translations compute elsewhere."""
 
 from __future__ import annotations
@@ -85,13 +85,18 @@ def test_the_variants_cover_every_sql_template() -> None:
     assert {r.template for r in RULES} == {name for name, t in TEMPLATES.items() if t.sql}
 
 
-@pytest.mark.parametrize("dialect", ["postgres", "spark"])
+@pytest.mark.parametrize("dialect", ["postgres", "spark", "duckdb"])
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.id}-{r.template}")
 def test_every_template_transpiles_and_keeps_its_parameters(rule: Rule, dialect: str) -> None:
     compiled = compile_rule(rule)
     out = transpile(compiled.sql, dialect)
-    assert set(re.findall(r":([a-z_][a-z0-9_]*)", out)) == set(compiled.params)
-    assert "%(" not in out and not re.search(r"JULIANDAY|STRFTIME|INSTR\(", out, re.IGNORECASE)
+    mark = "$" if dialect == "duckdb" else ":"
+    assert set(re.findall(rf"\{mark}([a-z_][a-z0-9_]*)", out)) == set(compiled.params)
+    assert "%(" not in out and not re.search(r"JULIANDAY|INSTR\(", out, re.IGNORECASE)
+    if dialect == "duckdb":  # DuckDB's own strftime, written by date_add with the one ISO format
+        assert set(re.findall(r"STRFTIME\([^']*'([^']*)'\)", out)) <= {"%Y-%m-%d"}
+    else:
+        assert "STRFTIME" not in out.upper()
     assert not re.search(r"\bDATE\([^()]*,", out)  # no two-argument (SQLite modifier) date()
     if dialect == "spark":
         assert "MATERIALIZED" not in out.upper()
@@ -103,7 +108,7 @@ def test_every_template_transpiles_and_keeps_its_parameters(rule: Rule, dialect:
 def test_sqlite_is_the_text_itself() -> None:
     sql = compile_rule(RULES[0]).sql
     assert transpile(sql, "sqlite") is sql
-    with pytest.raises(ValueError, match="not one of sqlite, postgres, spark"):
+    with pytest.raises(ValueError, match="not one of sqlite, postgres, spark, duckdb"):
         transpile(sql, "oracle")
 
 
@@ -140,10 +145,38 @@ def test_the_helpers_in_postgres_and_spark() -> None:
         "AS BIGINT) AS z, POSITION(',' || :p IN ',' || a.codes) > 0 AS w FROM a"
     )
     assert transpile(sql, "spark") == (
-        "SELECT DATE_FORMAT(DATE_ADD(TO_DATE(a.d), :n), 'yyyy-MM-dd') AS x, DATEDIFF(a.d, a.e) AS y, "
+        "SELECT DATE_FORMAT(DATE_ADD(TO_DATE(a.d), CAST(:n AS INT)), 'yyyy-MM-dd') AS x, "
+        "DATEDIFF(a.d, a.e) AS y, "
         "CAST((UNIX_TIMESTAMP(CAST(a.t AS TIMESTAMP)) - UNIX_TIMESTAMP(CAST(a.u AS TIMESTAMP))) AS BIGINT) "
         "AS z, LOCATE(',' || :p, ',' || a.codes) > 0 AS w FROM a"
     )
+
+
+def test_the_helpers_in_duckdb_and_what_duckdb_computes() -> None:
+    import duckdb
+
+    sql = (
+        f"SELECT {date_add('a.d', ':n')} AS x, {days_between('a.d', 'a.e')} AS y, "
+        f"{seconds_between('a.t', 'a.u')} AS z, {in_code_list('a.codes', ':p')} AS w FROM a"
+    )
+    out = transpile(sql, "duckdb")
+    assert "$n" in out and "$p" in out and ":n" not in out
+    conn = duckdb.connect()
+    conn.execute(
+        "CREATE TABLE a AS SELECT '2026-03-01' AS d, '2026-02-27' AS e, '2026-11-24T09:30:00+08:00' AS t, "
+        "'2026-11-24T01:00:00Z' AS u, 'I10.x00,E11.900' AS codes"
+    )
+    assert conn.execute(out, {"n": -1, "p": "E11"}).fetchone() == ("2026-02-28", 2, 1800, True)
+
+
+def test_integer_conditions_become_booleans_outside_sqlite() -> None:
+    """SQLite's ``0``/``1`` as a condition (a template's "no such filter") is refused by Spark and
+    PostgreSQL; transpile writes FALSE/TRUE there and leaves integer values alone."""
+    sql = "SELECT CASE WHEN 0 THEN 1 ELSE 0 END AS x FROM a WHERE NOT (0) AND (1 OR a.b = 2)"
+    for dialect in ("spark", "postgres", "duckdb"):
+        out = transpile(sql, dialect)
+        assert "CASE WHEN FALSE THEN 1 ELSE 0 END" in out, out
+        assert "NOT (FALSE)" in out and "(TRUE OR" in out, out
 
 
 @pytest.mark.parametrize(
@@ -156,7 +189,7 @@ def test_the_helpers_in_postgres_and_spark() -> None:
         "SELECT unixepoch(a.t) FROM a",
     ],
 )
-@pytest.mark.parametrize("dialect", ["postgres", "spark"])
+@pytest.mark.parametrize("dialect", ["postgres", "spark", "duckdb"])
 def test_what_sqlglot_cannot_carry_is_an_error(sql: str, dialect: str) -> None:
     with pytest.raises(UnsupportedError):
         transpile(sql, dialect)
