@@ -33,6 +33,8 @@ from protocol.rules.model import Bill
 from .card import CardReader
 from .checks import DeskChecks, bill_from_request
 from .config import AgentConfig
+from .desk import PREFIX as DESK_PREFIX
+from .desk import add_desk_routes
 from .errors import (
     AgentError,
     BodyTooLarge,
@@ -183,7 +185,7 @@ def create_app(
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
-            if request.path not in _OPEN_PATHS:
+            if request.path not in _OPEN_PATHS and not request.path.startswith(DESK_PREFIX + "/"):
                 request[CALLER] = caller_of(request)
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -332,6 +334,8 @@ def create_app(
     add_national_routes(
         app, config, outbox, card_reader=card_reader, vouchers=vouchers, policy=policy, desk=desk
     )
+    add_desk_routes(app, config, outbox, his_token=his_token, users=user_store, card_reader=card_reader,
+                    vouchers=vouchers, policy=policy, desk=desk)  # the desk pages: docs/DESK.md  # fmt: skip
     if own_users:
 
         async def close_users(_app: web.Application) -> None:

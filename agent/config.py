@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import ConfigError
 
 __all__ = ["AgentConfig", "load_config", "save_config"]
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:]+\](:\d{1,5})?$")
 
 
 @dataclass
@@ -100,6 +103,10 @@ class AgentConfig:
     dropfolder_poll_s: float = 2.0
     #: Files settled at once (bounded concurrency; concurrent settlements share a group commit).
     dropfolder_workers: int = 8
+    #: HIS origins allowed to embed the desk pages in an iframe (``https://his.example:8443``); the CSP
+    #: ``frame-ancestors`` of ``/desk/``. Empty: this origin only. A cross-site HIS needs the agent on
+    #: HTTPS too (the session cookie is then ``SameSite=None; Secure``; docs/DESK.md).
+    desk_frame_ancestors: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -164,6 +171,9 @@ class AgentConfig:
         for name in ("blacklist_max_age_s", "policy_poll_s", "policy_changes_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive")
+        for origin in self.desk_frame_ancestors:
+            if not _ORIGIN.match(str(origin)):
+                problems.append(f"desk_frame_ancestors: {origin!r} is not an origin such as https://his.example:8443")
         if bool(self.his_tls_cert) != bool(self.his_tls_key):
             problems.append("his_tls_cert and his_tls_key go together: set both (HTTPS) or neither")
         if not 0 < self.heartbeat_s <= 60:
