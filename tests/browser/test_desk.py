@@ -124,17 +124,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             tokens = {
                 "cashier_a": _cli(a, "users", "add", "--name", "li.na", "--role", "cashier"),
                 "cashier_b": _cli(b, "users", "add", "--name", "zhou", "--role", "cashier"),
-                "doctor_b": _cli(
-                    b, "users", "add", "--name", "dr.wang", "--role", "doctor", "--dr-codg", DOCTOR_CODE
-                ),  # fmt: skip
+                "doctor_b": _cli(b, "users", "add", "--name", "dr.wang", "--role", "doctor",
+                                 "--dr-codg", DOCTOR_CODE),
                 "gone_b": _cli(b, "users", "add", "--name", "gone", "--role", "cashier"),
             }
             _cli(b, "users", "disable", "--name", "gone")
+            kinds = ("rules", "catalogue", "policy", "blacklist")
             for agent in agents:
-                kinds = ("rules", "catalogue", "policy", "blacklist")
                 wait_until(lambda g=agent: all((g.status()["policy"]["bundles"].get(k) or {}).get("seq")
                                                for k in kinds),
-                           timeout=60, what="the agent applying the rules, catalogue, policy and blacklist")  # fmt: skip
+                           timeout=60, what="the agent applying its rules, catalogue, policy and blacklist")
             # P1 got omeprazole for 14 days at A (the HIS API): B's doctor must hear of it
             body = _bill("A-OME-1", P1, [OMEPRAZOLE_LINE], HOSPITAL_A)
             body["psn"]["insuplc_admdvs"] = P1[:6]  # the HIS API takes the whole person
@@ -201,7 +200,8 @@ def _settled(agent: Agent, his_setl_no: str) -> list[Any]:
 def test_cashier_settles_a_bill_through_the_virtual_card(world: dict, context: BrowserContext):
     a, reader = world["a"], world["reader"]
     # the HIS read a personal-account balance of 30.00 yuan; the year's outpatient deductible is not met
-    bill = _post_bill(a, {**_bill("DESK-A-1", P1, [AMLODIPINE, CONSULT], HOSPITAL_A), "acct_balance": "30.00"})
+    bill = _post_bill(a, {**_bill("DESK-A-1", P1, [AMLODIPINE, CONSULT], HOSPITAL_A),
+                          "acct_balance": "30.00"})
     page = _page(context)
     page.goto(a.url + bill["cashier_url"])
     shot(page, "desk_login")
