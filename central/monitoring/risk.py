@@ -93,6 +93,8 @@ MIN_CASE_MIX = 5
 PEER_PRIOR = 200
 #: The least spread an indicator's z divides by (all peers alike must not make a tiny gap a huge z).
 MIN_SPREAD = 0.02
+#: The most overdispersion (α of the negative binomial) a rule's counts are read with.
+MAX_DISPERSION = 2.0
 _COUNTED = "s.holds = 1 AND s.status NOT IN ('dismissed', 'no_longer_holds', 'shadow')"
 
 @dataclass(slots=True)
@@ -214,23 +216,48 @@ def _noisy_or(parts: list[float]) -> float:
     return 1.0 - rest
 
 
-def _surprise(k: int, expected: float) -> float:
-    """``-log10 P(X >= k)`` for X ~ Poisson(expected): how unlikely this many findings are for an object of
-    this volume, had it the rule's rate over every object. A rule that fires on every tenth visit
+def _surprise(k: int, expected: float, dispersion: float = 0.0) -> float:
+    """``-log10 P(X >= k)`` for X with mean ``expected``: how unlikely this many findings are for an object
+    of this volume, had it the rule's rate among its peers. A rule that fires on every tenth visit
     everywhere says little about anyone; one finding of a rule that fires once in a thousand visits, or
-    forty where twenty were expected, says a lot."""
+    forty where twenty were expected, says a lot. X is Poisson, or with ``dispersion`` α > 0 negative
+    binomial (variance ``μ + α μ²``): a rule whose rate differs between honest objects anyway (practice
+    style, patient mix) says less for the same excess (``_dispersion``)."""
     if k <= 0 or expected <= 0 or k <= expected:
         return 0.0
-    log_e = math.log(expected)
-    first = -expected + k * log_e - math.lgamma(k + 1)
+    if dispersion > 1e-9:
+        r = 1.0 / dispersion
+        log_q = math.log(expected / (r + expected))  # log(1 - p)
+        first = (math.lgamma(k + r) - math.lgamma(r) - math.lgamma(k + 1)
+                 + r * math.log(r / (r + expected)) + k * log_q)  # fmt: skip
+
+        def step(i: int) -> float:
+            return math.log((i - 1 + r) / i) + log_q
+    else:
+        log_e = math.log(expected)
+        first = -expected + k * log_e - math.lgamma(k + 1)
+
+        def step(i: int) -> float:
+            return log_e - math.log(i)
     total, i, term = 0.0, k, first
     while True:
         total += math.exp(term - first)
         i += 1
-        term += log_e - math.log(i)
+        term += step(i)
         if term - first < -30 or i > k + 100_000:
             break
     return max(0.0, -(first + math.log(total)) / math.log(10))
+
+
+def _dispersion(pairs: list[tuple[int, float]]) -> float:
+    """The rule's overdispersion α over the objects of a kind, from (count, expected) pairs: the method of
+    moments ``Σ((k - μ)² - k) / Σ μ²``, at least 0 (Poisson) and at most ``MAX_DISPERSION``. Counts vary
+    more between objects than chance alone when honest objects differ in how often the rule fires."""
+    den = sum(mu * mu for _, mu in pairs)
+    if den <= 0:
+        return 0.0
+    num = sum((k - mu) ** 2 - k for k, mu in pairs)
+    return min(MAX_DISPERSION, max(0.0, num / den))
 
 
 def _ramp(x: float, start: float, span: float, cap: float) -> float:
@@ -369,6 +396,22 @@ def _score(
             for f in fs:
                 per_rule_total[f[0]] += 1
                 per_rule_peer[(f[0], peer[obj])] += 1
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for obj, fs in found.items():
+        for f in fs:
+            counts[obj][f[0]] += 1
+
+    def expect(rule_id: str, obj: str, k: int) -> float:
+        """The rule's count for the object's volume at its rate among the object's peers (itself left
+        out), pulled toward its rate everywhere."""
+        a = acc[obj]
+        others_k = per_rule_peer[(rule_id, peer[obj])] - k
+        others_n = peer_n[peer[obj]] - a.n
+        rate_all = per_rule_total[rule_id] / n_all
+        return a.n * (others_k + PEER_PRIOR * rate_all) / (others_n + PEER_PRIOR)
+
+    dispersion = {rule: _dispersion([(counts[o].get(rule, 0), expect(rule, o, counts[o].get(rule, 0)))
+                                     for o in acc]) for rule in per_rule_total}  # fmt: skip
     indicators = _indicators(by, acc, MIN_VISITS[by] if k0 == 0 else k0)
     # providers: a hospital's or department's worst doctor, a person's doctors (scored first)
     doctor_scores: dict[str, float] = {}
@@ -385,14 +428,10 @@ def _score(
         for rule_id, fs in per_rule.items():
             k = len(fs)
             mean = sum(f[2] for f in fs) / k / 100
-            # the rule's rate among the object's peers (itself left out), pulled toward its rate everywhere
-            others_k = per_rule_peer[(rule_id, peer[obj])] - k
-            others_n = peer_n[peer[obj]] - a.n
-            rate_all = per_rule_total[rule_id] / n_all
-            rate = (others_k + PEER_PRIOR * rate_all) / (others_n + PEER_PRIOR)
-            surprise = _surprise(k, rate * a.n)
+            mu = expect(rule_id, obj, k)
+            surprise = _surprise(k, mu, dispersion.get(rule_id, 0.0))
             part = _ramp(surprise, RULE_S0, RULE_S1, RULE_CAP) * (0.5 + 0.5 * min(1.0, mean))
-            judged.append((part, rule_id, fs, rate * a.n, surprise, mean))
+            judged.append((part, rule_id, fs, mu, surprise, mean))
         rule_parts = []
         anchors_money: dict[str, int] = {}
         standing_money: dict[str, int] = {}
