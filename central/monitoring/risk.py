@@ -95,6 +95,8 @@ PEER_PRIOR = 200
 MIN_SPREAD = 0.02
 #: The most overdispersion (α of the negative binomial) a rule's counts are read with.
 MAX_DISPERSION = 2.0
+#: Objects of the kind (besides the one judged) a rule's overdispersion is estimated from; fewer: Poisson.
+MIN_DISPERSION_OBJECTS = 10
 _COUNTED = "s.holds = 1 AND s.status NOT IN ('dismissed', 'no_longer_holds', 'shadow')"
 
 @dataclass(slots=True)
@@ -249,14 +251,16 @@ def _surprise(k: int, expected: float, dispersion: float = 0.0) -> float:
     return max(0.0, -(first + math.log(total)) / math.log(10))
 
 
-def _dispersion(pairs: list[tuple[int, float]]) -> float:
-    """The rule's overdispersion α over the objects of a kind, from (count, expected) pairs: the method of
-    moments ``Σ((k - μ)² - k) / Σ μ²``, at least 0 (Poisson) and at most ``MAX_DISPERSION``. Counts vary
-    more between objects than chance alone when honest objects differ in how often the rule fires."""
-    den = sum(mu * mu for _, mu in pairs)
-    if den <= 0:
+def _dispersion(k: int, mu: float, moments: tuple[float, float, int]) -> float:
+    """A rule's overdispersion α for one object: the method of moments ``Σ((k - μ)² - k) / Σ μ²`` over the
+    **other** objects of its kind (one object's own excess must not explain itself away), at least 0
+    (Poisson) and at most ``MAX_DISPERSION``; Poisson with fewer than ``MIN_DISPERSION_OBJECTS`` others.
+    Counts vary more between objects than chance alone when honest objects differ in how often the rule
+    fires."""
+    num, den, n = moments
+    num, den = num - ((k - mu) ** 2 - k), den - mu * mu
+    if n - 1 < MIN_DISPERSION_OBJECTS or den <= 1e-12:
         return 0.0
-    num = sum((k - mu) ** 2 - k for k, mu in pairs)
     return min(MAX_DISPERSION, max(0.0, num / den))
 
 
@@ -410,8 +414,10 @@ def _score(
         rate_all = per_rule_total[rule_id] / n_all
         return a.n * (others_k + PEER_PRIOR * rate_all) / (others_n + PEER_PRIOR)
 
-    dispersion = {rule: _dispersion([(counts[o].get(rule, 0), expect(rule, o, counts[o].get(rule, 0)))
-                                     for o in acc]) for rule in per_rule_total}  # fmt: skip
+    moments: dict[str, tuple[float, float, int]] = {}
+    for rule in per_rule_total:
+        pairs = [(counts[o].get(rule, 0), expect(rule, o, counts[o].get(rule, 0))) for o in acc]
+        moments[rule] = (sum((k - mu) ** 2 - k for k, mu in pairs), sum(mu * mu for _, mu in pairs), len(pairs))
     indicators = _indicators(by, acc, MIN_VISITS[by] if k0 == 0 else k0)
     # providers: a hospital's or department's worst doctor, a person's doctors (scored first)
     doctor_scores: dict[str, float] = {}
@@ -429,7 +435,7 @@ def _score(
             k = len(fs)
             mean = sum(f[2] for f in fs) / k / 100
             mu = expect(rule_id, obj, k)
-            surprise = _surprise(k, mu, dispersion.get(rule_id, 0.0))
+            surprise = _surprise(k, mu, _dispersion(k, mu, moments[rule_id]))
             part = _ramp(surprise, RULE_S0, RULE_S1, RULE_CAP) * (0.5 + 0.5 * min(1.0, mean))
             judged.append((part, rule_id, fs, mu, surprise, mean))
         rule_parts = []
