@@ -440,7 +440,7 @@ def _score(
             judged.append((part, rule_id, fs, mu, surprise, mean))
         rule_parts = []
         anchors_money: dict[str, int] = {}
-        standing_money: dict[str, int] = {}
+        standing_money: dict[str, float] = {}
         standing_categories = set()
         covered: set[str] = set()
         for part, rule_id, fs, expected, surprise, mean in sorted(judged, key=lambda j: (-j[0], j[1])):
@@ -453,8 +453,8 @@ def _score(
             rule_parts.append(part)
             for f in fs:  # the money of one settlement counts once, whatever rules found it
                 anchors_money[f[4]] = max(anchors_money.get(f[4], 0), int(f[3]))
-                if part > 0:
-                    standing_money[f[4]] = max(standing_money.get(f[4], 0), int(f[3]))
+                if part > 0:  # money at stake counts as much as the rule behind it stands out
+                    standing_money[f[4]] = max(standing_money.get(f[4], 0.0), int(f[3]) * part / RULE_CAP)
             if part >= COMBO_MIN_PART:
                 standing_categories.add(fs[0][1])
             r.rules.append({"rule_id": rule_id, "category": fs[0][1], "suspicions": len(fs),
