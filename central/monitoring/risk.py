@@ -77,6 +77,8 @@ COMBO_STEP = 0.08
 COMBO_MAX = 0.24
 #: A rule's part from which its category counts for the combination bonus.
 COMBO_MIN_PART = 0.1
+#: A rule's part from which the money of its settlements counts in full (below: in proportion).
+MONEY_FULL_PART = 0.25
 INDICATOR_CAP = 0.5
 WEIGHTS = {"rules": 0.45, "money": 0.20, "indicators": 0.7, "providers": 0.9, "exposure": 0.5}
 #: Default volume (visits in the range) at which the volume shrink halves a score, per object type.
@@ -417,7 +419,8 @@ def _score(
     moments: dict[str, tuple[float, float, int]] = {}
     for rule in per_rule_total:
         pairs = [(counts[o].get(rule, 0), expect(rule, o, counts[o].get(rule, 0))) for o in acc]
-        moments[rule] = (sum((k - mu) ** 2 - k for k, mu in pairs), sum(mu * mu for _, mu in pairs), len(pairs))
+        excess = sum((k - mu) ** 2 - k for k, mu in pairs)
+        moments[rule] = (excess, sum(mu * mu for _, mu in pairs), len(pairs))
     indicators = _indicators(by, acc, MIN_VISITS[by] if k0 == 0 else k0)
     # providers: a hospital's or department's worst doctor, a person's doctors (scored first)
     doctor_scores: dict[str, float] = {}
@@ -454,7 +457,8 @@ def _score(
             for f in fs:  # the money of one settlement counts once, whatever rules found it
                 anchors_money[f[4]] = max(anchors_money.get(f[4], 0), int(f[3]))
                 if part > 0:  # money at stake counts as much as the rule behind it stands out
-                    standing_money[f[4]] = max(standing_money.get(f[4], 0.0), int(f[3]) * part / RULE_CAP)
+                    weighed = int(f[3]) * min(1.0, part / MONEY_FULL_PART)
+                    standing_money[f[4]] = max(standing_money.get(f[4], 0.0), weighed)
             if part >= COMBO_MIN_PART:
                 standing_categories.add(fs[0][1])
             r.rules.append({"rule_id": rule_id, "category": fs[0][1], "suspicions": len(fs),
