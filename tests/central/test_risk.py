@@ -214,3 +214,72 @@ def test_a_bad_by_is_refused_by_the_library(store: Store) -> None:
 
     with pytest.raises(MonitorInputInvalid, match="person, doctor, department, hospital"):
         store.read(lambda c: object_risk(c, by="ward", date_from="2026-11-01", date_to="2026-11-30"))
+
+
+def test_surprise_with_overdispersion_is_the_negative_binomial_tail() -> None:
+    """With dispersion α the tail is the negative binomial's (variance μ + αμ²), exact against its pmf;
+    the same excess is less surprising the more the rule's counts vary between objects anyway."""
+    import math
+
+    from central.monitoring.risk import _surprise
+
+    mu, alpha, k = 4.0, 0.5, 12
+    r = 1 / alpha
+    p = r / (r + mu)
+
+    def pmf(x: int) -> float:
+        return math.exp(math.lgamma(x + r) - math.lgamma(r) - math.lgamma(x + 1) + r * math.log(p)
+                        + x * math.log(1 - p))  # fmt: skip
+
+    tail = 1 - sum(pmf(x) for x in range(k))
+    assert _surprise(k, mu, alpha) == pytest.approx(-math.log10(tail), rel=1e-6)
+    assert _surprise(k, mu, 0.0) == _surprise(k, mu) > _surprise(k, mu, 0.1) > _surprise(k, mu, alpha) > 0
+    assert _surprise(3, 4.0, alpha) == 0
+
+
+def test_dispersion_leaves_the_object_out_and_needs_enough_others() -> None:
+    from central.monitoring.risk import MAX_DISPERSION, MIN_DISPERSION_OBJECTS, _dispersion
+
+    def moments(pairs: list[tuple[int, float]]) -> tuple[float, float, int]:
+        return sum((k - m) ** 2 - k for k, m in pairs), sum(m * m for _, m in pairs), len(pairs)
+
+    even = [(5, 5.0)] * 20  # no more spread than chance: Poisson
+    assert _dispersion(5, 5.0, moments(even)) == 0.0
+    # the judged object's own 40 findings do not make the rule look dispersed
+    assert _dispersion(40, 5.0, moments([*even, (40, 5.0)])) == 0.0
+    uneven = [(0, 5.0), (10, 5.0)] * 10
+    alpha = _dispersion(10, 5.0, moments(uneven))
+    assert 0.5 < alpha <= MAX_DISPERSION
+    few = uneven[:MIN_DISPERSION_OBJECTS]  # the judged one and too few others
+    assert _dispersion(10, 5.0, moments(few)) == 0.0
+
+
+def test_a_rule_that_varies_between_honest_objects_says_less(store: Store) -> None:
+    """Twelve findings at H12 of a rule that fires about five times at every hospital stand out; the same
+    twelve of a rule that fires ten times at half the hospitals and never at the others much less."""
+    for i in range(1, 14):
+        _visits(store, f"H{i}", 100, 10_000, start=1000 * i)
+    for i in range(1, 12):
+        _suspect(store, f"H{i}", ["R-EVEN"], 5)
+        if i % 2:
+            _suspect(store, f"H{i}", ["R-UNEVEN"], 10)
+    _suspect(store, "H12", ["R-EVEN"], 12)
+    _suspect(store, "H12", ["R-UNEVEN"], 12)
+    _suspect(store, "H13", ["R-EVEN"], 10)
+    rows = store.read(lambda c: object_risk(c, by="hospital", date_from="2026-11-01", date_to="2026-11-30"))
+    h12 = next(r for r in rows if r.object_id == "H12")
+    rules = {r["rule_id"]: r for r in h12.rules}
+    assert rules["R-EVEN"]["expected"] == pytest.approx(rules["R-UNEVEN"]["expected"], rel=0.25)
+    assert rules["R-EVEN"]["surprise"] > 1.5 * rules["R-UNEVEN"]["surprise"]
+    assert rules["R-EVEN"]["part"] > rules["R-UNEVEN"]["part"]
+    assert h12.rank == 1
+    # the money behind a rule counts as much as the rule stands out: in full from MONEY_FULL_PART
+    from central.monitoring.risk import MONEY_FULL_PART
+
+    weight = min(1.0, rules["R-EVEN"]["part"] / MONEY_FULL_PART)
+    assert h12.parts["money"] == pytest.approx(12 * 5120 * weight / h12.total_fen, rel=1e-3)
+    barely = next(r for r in rows if r.object_id == "H13")  # ten where about five were expected
+    part = barely.rules[0]["part"]
+    assert 0 < part < MONEY_FULL_PART
+    assert barely.parts["money"] == pytest.approx(10 * 5120 * part / MONEY_FULL_PART / barely.total_fen, rel=1e-3)
+    assert barely.parts["money"] < 10 * 5120 / barely.total_fen
