@@ -281,5 +281,6 @@ def test_a_rule_that_varies_between_honest_objects_says_less(store: Store) -> No
     barely = next(r for r in rows if r.object_id == "H13")  # ten where about five were expected
     part = barely.rules[0]["part"]
     assert 0 < part < MONEY_FULL_PART
-    assert barely.parts["money"] == pytest.approx(10 * 5120 * part / MONEY_FULL_PART / barely.total_fen, rel=1e-3)
+    weighed = 10 * 5120 * part / MONEY_FULL_PART
+    assert barely.parts["money"] == pytest.approx(weighed / barely.total_fen, rel=1e-3)
     assert barely.parts["money"] < 10 * 5120 / barely.total_fen
