@@ -9,9 +9,12 @@ evidence that is **surprising for an object of its kind and volume**, and every 
 - **rules** (weight 0.45): per rule, the object's held suspicions (a person-level fact counts for the
   doctor, department and hospital of its anchor visit) against how many its volume would have at the
   rule's rate among its peers (same department and grade; the object itself left out, pulled toward
-  the rule's rate everywhere by ``PEER_PRIOR`` visits). The surprise is ``-log10`` of the Poisson tail
+  the rule's rate everywhere by ``PEER_PRIOR`` visits). The surprise is ``-log10`` of the tail
   ``P(X >= k)``: a rule that fires on every tenth visit everywhere says little; forty findings where
-  twenty were expected, or one finding of a rule that fires once in a thousand visits, says a lot. The
+  twenty were expected, or one finding of a rule that fires once in a thousand visits, says a lot. X is
+  negative binomial with the rule's own **overdispersion** (estimated over the other objects of the
+  kind, Poisson when counts vary no more than chance): a rule that fires more at some honest objects
+  than at others anyway (practice style, patient mix) says less for the same excess. The
   part ramps from ``RULE_S0`` to ``RULE_S0 + RULE_S1`` up to ``RULE_CAP`` (times 0.5-1 by the findings'
   mean score). **No rule may carry the score**: parts are capped and combine as independent evidence
   (``1 - Π(1 - part)``), and **rules that find the same settlements are one piece of evidence**: taken
@@ -19,7 +22,9 @@ evidence that is **surprising for an object of its kind and volume**, and every 
 - **combination bonus**: ``COMBO_STEP`` per category beyond the first whose rule part is at least
   ``COMBO_MIN_PART`` (up to ``COMBO_MAX``): several kinds of irregularity on one object.
 - **money** (0.20): the money of the settlements behind the rules that stand out, as a share of the
-  object's total (one settlement's money counts once).
+  object's total (one settlement's money counts once), each settlement's money weighed by how far its
+  strongest rule stands out (in full from a part of ``MONEY_FULL_PART``): money behind a rule that barely
+  stands out is barely at stake.
 - **indicators** (0.70; doctors, departments, hospitals): with no threshold, each object against the
   others of its kind: **case-mix cost** (the mean log ratio of each visit's cost to the median of
   visits of the same type, hospital grade and diagnosis category), **visits per patient** and
