@@ -64,9 +64,10 @@ TOP_K = 50
 #: Rules beside docs/samples/monitoring_rules.json for the second scenario: the sample rules of the new
 #: templates 19-20 (unreasonable admission, repeated treatment) from docs/samples/rules.json.
 EXTRA_TEMPLATES = ("unreasonable_admission", "repeated_treatment")
-#: Seeds of the second scenario the risk model's weights and thresholds were chosen on, and seeds it
-#: was never tuned on (2001-2006 were looked at once before the model's last change, 3001-3006 never
-#: before it was final): the held-out figures are the ones that count.
+#: Seeds of the second scenario the risk model's weights and thresholds were chosen on (1004-1030 added
+#: for the overdispersed rules and the weighed money), and seeds it was never tuned on (2001-2006 and
+#: 3001-3006 were each looked at before some change of the model, docs/MONITORING.md): the held-out
+#: figures are the ones that count.
 TUNING_SEEDS = "20261126," + ",".join(str(s) for s in range(1001, 1031))
 #: 4001-4012 were first seen with the model final (overdispersed rules, money weighed by its rule).
 HELDOUT_SEEDS = ",".join(str(s) for s in (*range(2001, 2007), *range(3001, 3007), *range(4001, 4013)))
