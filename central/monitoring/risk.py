@@ -443,15 +443,16 @@ def _score(
             k = len(fs)
             mean = sum(f[2] for f in fs) / k / 100
             mu = expect(rule_id, obj, k)
-            surprise = _surprise(k, mu, _dispersion(k, mu, moments[rule_id]))
+            alpha = _dispersion(k, mu, moments[rule_id])
+            surprise = _surprise(k, mu, alpha)
             part = _ramp(surprise, RULE_S0, RULE_S1, RULE_CAP) * (0.5 + 0.5 * min(1.0, mean))
-            judged.append((part, rule_id, fs, mu, surprise, mean))
+            judged.append((part, rule_id, fs, mu, surprise, mean, alpha))
         rule_parts = []
         anchors_money: dict[str, int] = {}
         standing_money: dict[str, float] = {}
         standing_categories = set()
         covered: set[str] = set()
-        for part, rule_id, fs, expected, surprise, mean in sorted(judged, key=lambda j: (-j[0], j[1])):
+        for part, rule_id, fs, expected, surprise, mean, alpha in sorted(judged, key=lambda j: (-j[0], j[1])):
             # rules that find the same settlements are one piece of evidence, not several: a rule counts
             # for the share of its settlements no stronger rule has found already
             anchors = {f[4] for f in fs}
@@ -467,7 +468,8 @@ def _score(
             if part >= COMBO_MIN_PART:
                 standing_categories.add(fs[0][1])
             r.rules.append({"rule_id": rule_id, "category": fs[0][1], "suspicions": len(fs),
-                            "expected": round(expected, 2), "surprise": round(surprise, 2),
+                            "expected": round(expected, 2), "dispersion": round(alpha, 3),
+                            "surprise": round(surprise, 2),
                             "new_share": round(new, 3), "mean_score": round(mean * 100, 1),
                             "part": round(part, 4), "amount_fen": sum(int(f[3]) for f in fs)})  # fmt: skip
         r.categories = sorted({f[1] for fs in per_rule.values() for f in fs})

@@ -271,6 +271,7 @@ def test_a_rule_that_varies_between_honest_objects_says_less(store: Store) -> No
     rules = {r["rule_id"]: r for r in h12.rules}
     assert rules["R-EVEN"]["expected"] == pytest.approx(rules["R-UNEVEN"]["expected"], rel=0.25)
     assert rules["R-EVEN"]["surprise"] > 1.5 * rules["R-UNEVEN"]["surprise"]
+    assert rules["R-UNEVEN"]["dispersion"] > rules["R-EVEN"]["dispersion"] >= 0  # shown: why it says less
     assert rules["R-EVEN"]["part"] > rules["R-UNEVEN"]["part"]
     assert h12.rank == 1
     # the money behind a rule counts as much as the rule stands out: in full from MONEY_FULL_PART
