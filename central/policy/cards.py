@@ -28,7 +28,7 @@ from typing import Any
 from central.errors import NotFound
 from central.storage.store import Store
 
-__all__ = ["add_parsers", "replacement_gate", "run"]
+__all__ = ["add_parsers", "add_routes", "replacement_gate", "run"]
 
 
 def replacement_gate(conn: sqlite3.Connection, card_sn: str, area: str | None = None) -> dict[str, Any]:
@@ -117,3 +117,33 @@ def run(args: argparse.Namespace, store: Store) -> int:
                     lacks.append("no blacklist_applied log" if seq is None else f"logged bundle {seq}")
                 print(f"    waiting for {w['agent_id']} ({w['fixmedins_code']}): {'; '.join(lacks)}")
     return 0 if gate["replacement_allowed"] else 2
+
+
+async def _gate_route(request: Any, op: Any) -> dict[str, Any]:
+    """``GET /v1/monitor/cards/{card_sn}/gate?area=``: the gate within the operator's areas (an area
+    outside them is refused; a card blacklisted only outside them is ``not_found``)."""
+    from central.monitoring import routes as m
+    from central.operators import require_area
+
+    area = request.query.get("area") or None
+    if area:
+        require_area(op, area)
+    card_sn = request.match_info["card_sn"]
+
+    def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        gate = replacement_gate(conn, card_sn, area)
+        gate["areas"] = [a for a in gate["areas"] if a["area"] in op.scope]
+        if not gate["areas"]:
+            raise NotFound(f"card {card_sn} is on no card blacklist of your areas")
+        gate["replacement_allowed"] = all(not a["waiting"] for a in gate["areas"])
+        gate["logged_by_agents"] = sum(len(a["logged"]) for a in gate["areas"])
+        return gate
+
+    return await m._store(request).read_async(read)
+
+
+def add_routes(app: Any) -> None:
+    """Register the gate's JSON route (from ``central.api.create_app``)."""
+    from central.monitoring import routes as m
+
+    app.router.add_get("/v1/monitor/cards/{card_sn}/gate", m._route(_gate_route), allow_head=False)

@@ -134,3 +134,25 @@ def test_card_logs_table_comes_from_a_new_migration(store: Store) -> None:
         return [r[0] for r in c.execute("SELECT name FROM _migrations ORDER BY version")]
 
     assert store.read(names)[-1] == "_m016_card_logs"
+
+
+def test_the_gate_over_http_within_the_operators_areas(server, policy, signers) -> None:
+    from tests.central.monitor_helpers import operator
+
+    from .test_monitor_api import Client, _error
+
+    store = server.store
+    a = enrol(store)
+    lost = policy.blacklist_add(ACTOR, signers, list_type="card", entry_id="C-LOST", reason="lost", area=AREA)
+    mine = Client(server, operator(store, "mine", AREA, role="reviewer")[1])
+    other = Client(server, operator(store, "other", "370200", role="reviewer")[1])
+    status, gate = mine.get("/cards/C-LOST/gate")
+    assert status == 200 and gate["replacement_allowed"] is False  # type: ignore[index]
+    assert [w["agent_id"] for w in gate["areas"][0]["waiting"]] == [a.agent_id]  # type: ignore[index]
+    report(store, a, lost.seq)
+    append_log(a, card_log("blacklist_applied", 1, area=AREA, bundle_seq=lost.seq))
+    Ingestor(store).ingest(a.batch(1, 1))
+    status, gate = mine.get("/cards/C-LOST/gate")
+    assert status == 200 and gate["replacement_allowed"] is True  # type: ignore[index]
+    assert _error(other.get("/cards/C-LOST/gate")) == (404, "not_found")  # not an area of theirs
+    assert _error(other.get(f"/cards/C-LOST/gate?area={AREA}"))[0] == 403
