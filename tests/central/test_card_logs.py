@@ -68,6 +68,15 @@ def test_card_logs_are_stored_once_and_a_lost_card_becomes_a_pending_change(
         (4, "lost", "110100D15600000503", None, "lost on the bus", change_id),
     ]
     assert rows(store, "SELECT count(*) FROM settlements") == [(1,)]
+    from central.intake.reconcile import verify_stored_chain
+    from central.storage.store import get_agent
+
+    def verified(c: sqlite3.Connection) -> tuple:
+        agent = get_agent(c, chain.agent_id)
+        assert agent is not None
+        return verify_stored_chain(c, agent)
+
+    assert store.read(verified) == (True, True, None)  # card logs count as held records, not missing ones
     change = store.read(lambda c: changes.get_change(c, change_id))
     assert (change["status"], change["action"], change["area"], change["maker"]) == (
         "pending", "blacklist.add", AREA, f"desk:{chain.agent_id}"
