@@ -31,6 +31,7 @@ from protocol.records import SPLIT_FIELDS, decimal_text
 from protocol.rules.model import Bill
 
 from .card import CardReader
+from .cardlog import identify_and_log, report_lost
 from .checks import DeskChecks, bill_from_request
 from .config import AgentConfig
 from .desk import PREFIX as DESK_PREFIX
@@ -97,6 +98,14 @@ class _QrIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _qr_decoder = msgspec.json.Decoder(_QrIn)
+
+
+class _LostIn(msgspec.Struct, forbid_unknown_fields=True):
+    card_sn: str
+    reason: str
+
+
+_lost_decoder = msgspec.json.Decoder(_LostIn)
 _WAIT_HELP = f"seconds to wait for a card, 0 to {MAX_CARD_WAIT_S:g}"
 
 
@@ -280,7 +289,9 @@ def create_app(
                     {"field": "wait", "message": f"seconds to wait for a card, 0 to {MAX_CARD_WAIT_S:g}"}
                 ],
             )
-        identity = await asyncio.to_thread(card_reader.identify, wait)
+        identity = await identify_and_log(
+            card_reader, outbox, wait, fixmedins_code=config.fixmedins_code, opter=request[CALLER].name
+        )
         stats = card_reader.stats
         return _identity_json(
             identity,
@@ -289,6 +300,24 @@ def create_app(
                 "psam_apdus": stats.psam_apdus,
                 "ms": round(stats.seconds * 1e3),
             },
+        )
+
+    async def post_card_lost(request: web.Request) -> web.Response:
+        """The cashier reports a card lost: chained as a ``lost`` card log, 201 once durable."""
+        caller = require_role(request, _CASHIER_SIDE, "report a lost card")
+        try:
+            body = _lost_decoder.decode(await request.read())
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValidationFailed(
+                "body must be JSON {\"card_sn\": \"…\", \"reason\": \"…\"}", details=[{"message": str(exc)}]
+            ) from None
+        receipt = await report_lost(
+            outbox, fixmedins_code=config.fixmedins_code, opter=caller.name, card_sn=body.card_sn,
+            reason=body.reason,
+        )  # fmt: skip
+        return web.json_response(
+            {"log_id": receipt.setl_id, "seq": receipt.seq, "hash": receipt.hash.hex(), "event": "lost"},
+            status=201,
         )
 
     async def post_evoucher(request: web.Request) -> web.Response:
@@ -322,6 +351,7 @@ def create_app(
     app.router.add_post("/v1/settlements/{setl_id}/reversal", post_reversal)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/card", get_card)
+    app.router.add_post("/v1/card/lost", post_card_lost)
     app.router.add_post("/v1/settlements/preview", post_preview)
     app.router.add_post("/v1/checks/prescription", post_prescription)
     app.router.add_get("/v1/persons/{psn_no}/medications", get_medications)

@@ -326,13 +326,17 @@ class CardReader:
             scard.SCardDisconnect(handle, scard.SCARD_LEAVE_CARD)
         if not self._psam_check(readers, data.card_no, challenge, answer):
             log.warning("card failed internal authentication (issuing area %s)", data.insuplc_admdvs)
-            raise CardCounterfeit(_MSG["counterfeit"])
+            refused: CardCounterfeit | CardExpired = CardCounterfeit(_MSG["counterfeit"])
+            refused.card_sn = data.card_sn  # for the card log (agent.cardlog), never the answer or a log line
+            raise refused
         today = self._today or dt.date.today()
         if data.expiry_date < today:
-            raise CardExpired(
+            refused = CardExpired(
                 f"the card expired on {data.expiry_date.isoformat()}: ask the patient to renew it at the "
                 "card office, and use the medical-insurance e-voucher meanwhile"
             )
+            refused.card_sn = data.card_sn
+            raise refused
         return Identity(
             method="card",
             mdtrt_cert_type=CERT_TYPE_CARD,

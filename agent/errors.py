@@ -161,6 +161,9 @@ class CardError(AgentError):
 
     code = "card_error"
     http_status = 422
+    #: The refused card's identification code when the read got that far (``agent.cardlog`` chains an
+    #: ``auth_failed`` log with it); never part of the message or the answer.
+    card_sn: str | None = None
 
 
 class CardServiceDown(CardError):

@@ -12,10 +12,12 @@ import aiohttp
 from aiohttp import web
 
 from protocol.batch import KeyPair
+from protocol.errors import ProtocolError
 from protocol.sdnotify import keep_watchdog, notify
 
 from .api import create_app
 from .card import CardReader
+from .cardlog import blacklist_applied_log
 from .checks import DeskChecks
 from .config import AgentConfig
 from .dropfolder import DropFolder, prepare_dirs
@@ -53,9 +55,14 @@ def open_outbox(config: AgentConfig) -> Outbox:
 
 
 def open_policy(
-    config: AgentConfig, *, key: KeyPair | None = None, vouchers: VoucherVerifier | None = None
-) -> tuple[PolicyStore, PolicyClient]:
-    """The policy store and its TUF client; a held ``keys`` bundle replaces agent.json's voucher issuers."""
+    config: AgentConfig, *, key: KeyPair | None = None, vouchers: VoucherVerifier | None = None,
+    outbox: Outbox | None = None,
+) -> tuple[PolicyStore, PolicyClient]:  # fmt: skip
+    """The policy store and its TUF client; a held ``keys`` bundle replaces agent.json's voucher issuers.
+
+    With ``outbox``, every applied blacklist bundle chains a ``blacklist_applied`` card log: the
+    centre's replacement gate counts this institution only once it has applied *and* logged a lost
+    card's entry (``agent.cardlog``)."""
     store = PolicyStore(config.policy_db_path)
 
     def use_keys() -> None:
@@ -69,11 +76,24 @@ def open_policy(
         if issuers is not None:
             vouchers.set_issuers(issuers, source=f"keys bundle seq {store.held_seq('keys')}")
 
+    def log_blacklist(seq: int) -> None:
+        if outbox is None or not config.pooling_area or seq <= 0:
+            return
+        try:  # not awaited: the policy client's thread must not wait on the outbox writer
+            outbox.submit_card_log(blacklist_applied_log(config.fixmedins_code, config.pooling_area, seq))
+        except (AgentError, ProtocolError) as exc:  # a bad log must not undo the apply
+            log.error("the blacklist_applied log of bundle %d was not chained: %s", seq, exc)
+
     def on_applied(applied: Applied) -> None:
         if applied.kind == "keys":
             use_keys()
+        if applied.kind == "blacklist":
+            log_blacklist(applied.seq)
 
     use_keys()
+    # Once at start too: a crash between an apply and its log, or an agent upgraded while holding a
+    # blacklist, must not leave the gate waiting for the next bundle. A repeat costs one small record.
+    log_blacklist(store.held_seq("blacklist") or 0)
     return store, PolicyClient(config, store, key=key, on_applied=on_applied)
 
 
@@ -129,7 +149,7 @@ async def serve(config: AgentConfig, *, ready: asyncio.Event | None = None) -> N
     resync = Resync(config, outbox, key)  # holds appends now if the home was restored from a backup
     card_reader = CardReader(config.card_reader, config.psam_reader)
     vouchers = open_verifier(config)
-    policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers)
+    policy_store, policy_client = open_policy(config, key=key, vouchers=vouchers, outbox=outbox)
     tls = client_tls(config.home, config.central_url)
     history = CentralHistory(
         config.central_url,

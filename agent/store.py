@@ -38,7 +38,7 @@ import sqlite_utils
 
 from protocol.chain import GENESIS, LOST_MARKER_LEN, decode_body, decode_entry, encode_body, encode_entry
 from protocol.errors import ProtocolError
-from protocol.records import Reversal, Settlement, fen_to_text
+from protocol.records import CardLog, Reversal, Settlement, check_card_log, fen_to_text
 from protocol.rules import HISTORY_DDL, HISTORY_INSERT, history_rows_from_settlement
 from protocol.wire import Rejection
 
@@ -506,6 +506,31 @@ class Outbox:
             self.submit(lambda conn: self._append_reversal(conn, orig_setl_id, req, fixmedins_code))
         )
 
+    def _append_card_log(self, conn: sqlite3.Connection, record: CardLog, body: bytes) -> Receipt:
+        self._check_capacity(conn, len(body) + 128)
+        seq, digest = self._chain(conn, "card", record.log_id, body)
+        return Receipt(record.log_id, seq, digest, "card", False, 0)
+
+    async def append_card_log(self, record: CardLog) -> Receipt:
+        """Durably chain a card log (validated first: a bad one raises and changes nothing).
+
+        Card logs share the settlements' chain on purpose: one signature and one seq order prove
+        to the centre that the institution logged a lost card, or applied a blacklist bundle, at a
+        point in its sequence of settlements — and a log can no more vanish than a settlement.
+        """
+        import asyncio
+
+        check_card_log(record)
+        body = encode_body(record)
+        return await asyncio.wrap_future(self.submit(lambda conn: self._append_card_log(conn, record, body)))
+
+    def submit_card_log(self, record: CardLog) -> cf.Future:
+        """Chain a card log without waiting (the policy client's callback must not block on the writer);
+        the future holds the ``Receipt``. Validated first: a bad log raises here and nothing is queued."""
+        check_card_log(record)
+        body = encode_body(record)
+        return self.submit(lambda conn: self._append_card_log(conn, record, body))
+
     # ---- recovery after a restore -------------------------------------------------------
 
     def _recover(self, conn: sqlite3.Connection, entries: list[bytes]) -> int:
@@ -525,9 +550,10 @@ class Outbox:
                     "(yibao-central reconcile) before this agent settles again"
                 )
             digest = hashlib.sha256(raw).digest()
+            record_id = record.log_id if isinstance(record, CardLog) else record.setl_id
             conn.execute(
                 "INSERT INTO outbox(seq, kind, setl_id, hash, record, created_at) VALUES (?,?,?,?,?,?)",
-                (entry.seq, entry.kind, record.setl_id, digest, raw, time.time()),
+                (entry.seq, entry.kind, record_id, digest, raw, time.time()),
             )
             if isinstance(record, Settlement):
                 conn.execute(

@@ -68,6 +68,7 @@ from central.intake.reports import MAX_REPORT_BYTES, agent_views, record_report
 from central.intake.resync import answer_records
 from central.monitoring.risk_routes import add_routes as add_risk_routes
 from central.monitoring.routes import add_routes as add_monitor_routes
+from central.policy.cards import add_routes as add_card_gate_routes
 from central.policy.tuf_repo import TufRepository
 from central.storage.store import Store, get_agent
 from protocol.sdnotify import keep_watchdog, notify
@@ -623,6 +624,7 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     app.router.add_get(RECORDS_PATH, agent_records, allow_head=False)
     add_monitor_routes(app)
     add_risk_routes(app)
+    add_card_gate_routes(app)
     add_console_routes(app, store=lambda: app[STORE_KEY], repo=lambda: app[REPO_KEY], config=config)
     install_metrics(
         app,

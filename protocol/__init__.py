@@ -31,11 +31,13 @@ from .errors import (
     error_body,
 )
 from .records import (
+    CardLog,
     FeeDetail,
     Person,
     Reversal,
     Settlement,
     Visit,
+    check_card_log,
     check_reversal,
     check_settlement,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "Batch",
     "BatchLimits",
     "BatchRefused",
+    "CardLog",
     "ChainBroken",
     "DecodeError",
     "EncodingError",
@@ -61,6 +64,7 @@ __all__ = [
     "Settlement",
     "ValidationFailed",
     "Visit",
+    "check_card_log",
     "check_reversal",
     "check_settlement",
     "decode_batch",

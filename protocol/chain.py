@@ -9,7 +9,8 @@ Rules:
 2. ``prev_hash`` is the hash of the entry with ``seq - 1``; so the hash of the newest entry
    (the chain head) commits to every record before it. A gap, a reorder, a changed byte
    anywhere changes the head.
-3. ``kind`` says how ``body`` decodes: ``setl`` a ``Settlement``, ``revs`` a ``Reversal``.
+3. ``kind`` says how ``body`` decodes: ``setl`` a ``Settlement``, ``revs`` a ``Reversal``,
+   ``card`` a ``CardLog`` (card usage, failed authentication, lost card, blacklist applied).
 4. The hash is computed over the bytes as stored and sent; nobody re-encodes to verify.
 5. A record an agent can no longer read (corrupted on its disk) travels as its 32-byte
    hash alone, a *lost marker*: the agent vouches for the hash with its batch signature,
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .errors import ChainBroken, DecodeError
-from .records import Reversal, Settlement, check_reversal, check_settlement
+from .records import CardLog, Reversal, Settlement, check_card_log, check_reversal, check_settlement
 
 __all__ = [
     "ENTRY_VERSION",
@@ -46,7 +47,12 @@ __all__ = [
 
 ENTRY_VERSION = 1
 GENESIS = bytes(32)
-KINDS: dict[str, type[Settlement] | type[Reversal]] = {"setl": Settlement, "revs": Reversal}
+Record = Settlement | Reversal | CardLog
+KINDS: dict[str, type[Settlement] | type[Reversal] | type[CardLog]] = {
+    "setl": Settlement,
+    "revs": Reversal,
+    "card": CardLog,
+}
 
 _body_encoder = msgspec.msgpack.Encoder()
 _body_decoders = {kind: msgspec.msgpack.Decoder(cls) for kind, cls in KINDS.items()}
@@ -64,7 +70,7 @@ class Entry(msgspec.Struct, array_like=True, frozen=True):
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 
 
-def encode_body(record: Settlement | Reversal) -> bytes:
+def encode_body(record: Record) -> bytes:
     """Canonical bytes of a record body (fields are declared in canonical key order)."""
     return _body_encoder.encode(record)
 
@@ -109,7 +115,7 @@ def decode_entry(data: bytes) -> Entry:
     return entry
 
 
-def decode_body(entry: Entry) -> Settlement | Reversal:
+def decode_body(entry: Entry) -> Record:
     """Typed, validated body of an entry; refuses bodies that are not canonical."""
     raw = bytes(entry.body)
     try:
@@ -120,8 +126,10 @@ def decode_body(entry: Entry) -> Settlement | Reversal:
         raise DecodeError(f"record at seq {entry.seq} is not canonical (unknown or reordered fields)")
     if isinstance(record, Settlement):
         check_settlement(record)
-    else:
+    elif isinstance(record, Reversal):
         check_reversal(record)
+    else:
+        check_card_log(record)
     return record
 
 

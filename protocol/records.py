@@ -1,4 +1,4 @@
-"""Record types: the settlement and the reversal, in the national field codes.
+"""Record types: the settlement, the reversal and the card log, in the national field codes.
 
 Invariants (``check_settlement`` and ``check_reversal`` enforce them; both sides call them):
 
@@ -12,6 +12,11 @@ Invariants (``check_settlement`` and ``check_reversal`` enforce them; both sides
   whose split is not yet computed carries ``None`` in all six fields.
 - A reversal is a record of its own that names the settlement it cancels and carries that
   settlement's amounts negated; nothing is ever deleted.
+- A card log (``CardLog``, ``check_card_log``) says what happened to a social-security card at the
+  desk (used, failed authentication, reported lost) or that the agent applied a blacklist bundle. It
+  travels in the same signed chain as settlements, so the centre can prove an institution *logged*
+  a lost card's blacklist entry, not only that it was sent one. It carries the card identification
+  code ``card_sn`` and never the holder's name or ID number.
 
 Struct fields are declared in sorted key order so that msgspec's encoder emits canonical
 msgpack (see ``protocol.canonical``). ID numbers and names are not fields: ``psn_no``
@@ -28,8 +33,10 @@ import msgspec
 from .errors import ValidationFailed
 
 __all__ = [
+    "CARD_EVENTS",
     "CERT_TYPES",
     "SPLIT_FIELDS",
+    "CardLog",
     "FeeDetail",
     "Override",
     "Person",
@@ -37,6 +44,7 @@ __all__ = [
     "RuleHit",
     "Settlement",
     "Visit",
+    "check_card_log",
     "check_reversal",
     "check_settlement",
     "decimal_text",
@@ -366,4 +374,83 @@ def check_reversal(rec: Reversal) -> Reversal:
     problems.extend(_split_problems(rec, rec.medfee_sumamt))
     if problems:
         raise ValidationFailed("reversal does not validate; correct the listed fields", details=problems)
+    return rec
+
+
+#: What a card log records. ``used``: the card was read and proved genuine at the desk;
+#: ``auth_failed``: it was read but refused (``code`` says why: failed internal authentication,
+#: expired, blacklisted); ``lost``: the cashier reported it lost (``reason`` is the holder's account);
+#: ``blacklist_applied``: the agent applied blacklist bundle ``bundle_seq`` of its area, so every card
+#: entry up to that bundle is enforced here (the replacement gate counts it).
+CARD_EVENTS = ("used", "auth_failed", "lost", "blacklist_applied")
+_CARD_SN_MAX = 32
+_CODE_MAX = 64
+_REASON_MAX = 200
+
+
+class CardLog(msgspec.Struct, kw_only=True):
+    """One card event at an institution (fields in canonical key order; no personal data)."""
+
+    area: str | None = None  # the pooling area of a blacklist_applied bundle
+    at: str  # ISO-8601 with offset, when it happened at the desk
+    bundle_seq: int | None = None
+    card_sn: str | None = None
+    code: str | None = None  # the error code an auth_failed answered (card_auth_failed…)
+    event: str
+    fixmedins_code: str
+    log_id: str
+    opter: str
+    reason: str | None = None
+
+
+def card_log_problems(rec: CardLog) -> list[dict[str, str]]:
+    """Every field-level problem of a card log; each event carries exactly the fields it needs."""
+    from datetime import datetime
+
+    problems: list[dict[str, str]] = []
+    if rec.event not in CARD_EVENTS:
+        problems.append({"field": "event", "message": f"one of {', '.join(CARD_EVENTS)}"})
+    if not rec.log_id or len(rec.log_id) > 64:
+        problems.append({"field": "log_id", "message": "1-64 characters"})
+    if not rec.opter or len(rec.opter) > 64:
+        problems.append({"field": "opter", "message": "1-64 characters"})
+    try:
+        if datetime.fromisoformat(rec.at).utcoffset() is None:
+            raise ValueError
+    except ValueError:
+        problems.append({"field": "at", "message": "ISO-8601 time with its offset"})
+    applied = rec.event == "blacklist_applied"
+    if applied:
+        if rec.bundle_seq is None or not 0 < rec.bundle_seq < 2**63:
+            problems.append({"field": "bundle_seq", "message": "the applied bundle's seq (positive)"})
+        if rec.area is None or len(rec.area) != 6 or not rec.area.isdigit():
+            problems.append({"field": "area", "message": "the bundle's 6-digit pooling area"})
+        if rec.card_sn is not None:
+            problems.append({"field": "card_sn", "message": "a bundle log names no card"})
+    else:
+        if rec.bundle_seq is not None or rec.area is not None:
+            problems.append({"field": "bundle_seq", "message": "only a blacklist_applied log names a bundle"})
+        sn = rec.card_sn
+        if not sn or len(sn) > _CARD_SN_MAX or not (sn.isascii() and sn.isalnum()):
+            message = f"the card identification code (1-{_CARD_SN_MAX} letters or digits)"
+            problems.append({"field": "card_sn", "message": message})
+    if rec.event == "auth_failed":
+        if not rec.code or len(rec.code) > _CODE_MAX:
+            problems.append({"field": "code", "message": "the error code the desk answered"})
+    elif rec.code is not None:
+        problems.append({"field": "code", "message": "only an auth_failed log carries a code"})
+    if rec.event == "lost":
+        if not rec.reason or not rec.reason.strip() or len(rec.reason) > _REASON_MAX:
+            message = f"why the card is reported lost (1-{_REASON_MAX} characters)"
+            problems.append({"field": "reason", "message": message})
+    elif rec.reason is not None and len(rec.reason) > _REASON_MAX:
+        problems.append({"field": "reason", "message": f"at most {_REASON_MAX} characters"})
+    return problems
+
+
+def check_card_log(rec: CardLog) -> CardLog:
+    """Raise ``ValidationFailed`` listing every problem, or return the record unchanged."""
+    problems = card_log_problems(rec)
+    if problems:
+        raise ValidationFailed("card log does not validate; correct the listed fields", details=problems)
     return rec

@@ -44,6 +44,16 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "type": ("类别", "Type"),
     "total": ("合计（元）", "Total (yuan)"),
     "patient": ("患者", "Patient"),
+    "lost_card": ("挂失社保卡", "Report a lost card"),
+    "card_sn": ("卡识别码", "Card identification code"),
+    "lost_reason": ("挂失原因", "Reason"),
+    "report_lost": ("挂失", "Report lost"),
+    "lost_reported": (
+        "已登记挂失（日志序号 {seq}），将上传中心；中心审核后该卡列入黑名单。",
+        "Loss reported (log seq {seq}); it goes to the centre, where an operator puts the card on the "
+        "blacklist.",
+    ),
+    "card_notice": ("卡片通知", "Card notice"),
     "read_card": ("读卡", "Read card"),
     "scan_qr": ("扫码（电子凭证）", "Scan code (e-voucher)"),
     "qr_help": ("扫描或粘贴患者的医保电子凭证二维码内容", "Scan or paste the patient's e-voucher code"),

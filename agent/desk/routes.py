@@ -30,6 +30,7 @@ import jinja2
 from aiohttp import web
 
 from agent.card import CardReader
+from agent.cardlog import identify_and_log, report_lost
 from agent.checks import DeskChecks, bill_from_request
 from agent.config import AgentConfig
 from agent.errors import (
@@ -279,10 +280,13 @@ async def home(request: web.Request) -> web.StreamResponse:
 # -- identity ----------------------------------------------------------------------------------
 
 
-async def _read_card(d: _Desk) -> Identity:
+async def _read_card(d: _Desk, user: Principal) -> Identity:
+    """The card read and its card log chained (``agent.cardlog``), as the HIS API's ``GET /v1/card``."""
     if d.card_reader is None:
         raise NoReader("this agent runs without a card reader (started with card reading off)")
-    return await asyncio.to_thread(d.card_reader.identify, CARD_WAIT_S)
+    return await identify_and_log(
+        d.card_reader, d.outbox, CARD_WAIT_S, fixmedins_code=d.config.fixmedins_code, opter=user.name
+    )
 
 
 async def _verify_qr(d: _Desk, form: Any) -> Identity:
@@ -346,6 +350,24 @@ async def cashier_home(request: web.Request, user: Principal) -> Any:
 
 
 @_page("cashier", post=True)
+async def cashier_lost(request: web.Request, user: Principal) -> Any:
+    """The cashier reports a card lost (the holder at the counter, card number from the HIS or the
+    holder's papers): a ``lost`` card log goes up; the centre makes it a pending blacklist change."""
+    d, form = request.app[DESK_KEY], request["form"]
+    t = translator(_lang(request))
+    try:
+        receipt = await report_lost(
+            d.outbox, fixmedins_code=d.config.fixmedins_code, opter=user.name,
+            card_sn=str(form.get("card_sn") or ""), reason=str(form.get("reason") or ""),
+        )  # fmt: skip
+    except (AgentError, ProtocolError) as exc:
+        _flash(request, "error", _refused(request, exc), _wire(exc)["code"])
+    else:
+        _flash(request, "ok", t("lost_reported", seq=receipt.seq), "lost_reported")
+    raise _Redirect(f"{PREFIX}/cashier")
+
+
+@_page("cashier", post=True)
 async def cashier_new(request: web.Request, user: Principal) -> Any:
     d = request.app[DESK_KEY]
     try:
@@ -368,7 +390,7 @@ async def _identify(request: web.Request, user: Principal, how: str, then: Calla
     if bill.receipt is not None:
         raise _Redirect(f"{PREFIX}/{page}/{bill.id}")
     try:
-        identity = await (_read_card(d) if how == "card" else _verify_qr(d, request["form"]))
+        identity = await (_read_card(d, user) if how == "card" else _verify_qr(d, request["form"]))
         bill.set_identity(identity)
         if then is not None:
             await then(bill)
@@ -448,7 +470,7 @@ async def doctor_home(request: web.Request, user: Principal) -> Any:
 @_page("doctor", post=True)
 async def doctor_card_home(request: web.Request, user: Principal) -> Any:
     try:
-        request["session"].patient = await _read_card(request.app[DESK_KEY])
+        request["session"].patient = await _read_card(request.app[DESK_KEY], user)
     except (AgentError, ProtocolError) as exc:
         _flash(request, "error", _refused(request, exc), _wire(exc)["code"])
     raise _Redirect(f"{PREFIX}/doctor")
@@ -592,6 +614,7 @@ def add_desk_routes(
     r.add_get(PREFIX + "/lang/{lang}", switch_lang)
     r.add_get(PREFIX + "/cashier", cashier_home)
     r.add_post(PREFIX + "/cashier/bills", cashier_new)
+    r.add_post(PREFIX + "/cashier/lost", cashier_lost)
     r.add_get(PREFIX + "/cashier/{bill}", cashier_bill)
     r.add_post(PREFIX + "/cashier/{bill}/card", cashier_card)
     r.add_post(PREFIX + "/cashier/{bill}/qr", cashier_qr)

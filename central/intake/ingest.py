@@ -25,6 +25,10 @@ step before the write passes, and all writes for a batch are one transaction):
    that became a row deletes the lines and the visit row of the settlement it cancels (same
    ``setl_id`` and hospital). A duplicate batch, a rejected record or a lost marker adds nothing.
 
+7. A card log (chain kind ``card``) that decodes and validates, and names the agent's hospital, becomes
+   a ``card_logs`` row in the same transaction (``central.intake.cardlogs``); a ``lost`` one also
+   becomes a pending blacklist change request. Only new seqs are stored, so a re-sent log is once.
+
 The ack always carries the highest contiguous seq held (``protocol.wire``): "resend from
 ``acked_seq + 1``" is always right for the agent.
 """
@@ -33,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from central.errors import (
@@ -51,10 +55,12 @@ from central.storage.store import Store, get_agent, now_iso, record_security_eve
 from protocol.batch import Batch, BatchLimits, decode_batch, verify_batch
 from protocol.chain import decode_body
 from protocol.errors import BadSignature, ProtocolError
-from protocol.records import Reversal, Settlement
+from protocol.records import CardLog, Reversal, Settlement
 from protocol.rules import history_rows_from_settlement
 from protocol.wire import BatchAck, Rejection
 
+from .cardlogs import CardLogRefused, store_card_logs
+from .cardlogs import card_log_row as _card_log_row
 from .lines import HOSP_LV_INDEX, INSERT_HIST_LINE
 from .visits import INSERT_VISIT, VISIT_HOSP_LV_INDEX, visit_row
 
@@ -107,6 +113,7 @@ class Prepared:
     lines: list[list[tuple] | None]  # each settlement's hist_lines rows, None if not a valid settlement
     hosp_lv: str | None  # the hospital's grade the lines were built with
     visits: list[tuple | None]  # each settlement's hist_visits row, None if not a valid settlement
+    cards: dict[int, tuple] = field(default_factory=dict)  # seq → card_logs row of each valid card log
 
 
 def _problem_text(exc: ProtocolError) -> str:
@@ -237,6 +244,7 @@ class Ingestor:
         settlements: list[tuple | None] = []
         lines: list[list[tuple] | None] = []
         visits: list[tuple | None] = []
+        cards: dict[int, tuple] = {}
         for rec in linked:
             seq, digest, entry = rec.seq, rec.hash, rec.entry
             hashes.append(digest)
@@ -249,10 +257,15 @@ class Ingestor:
                 continue
             prevs.append(entry.prev_hash)
             try:
-                row, rows, visit = _settlement_row(decode_body(entry), agent_id, seq, hospital, hosp_lv, area)
+                body = decode_body(entry)
+                if isinstance(body, CardLog):  # rule 7: a card log, not a settlement
+                    cards[seq] = _card_log_row(body, agent_id, seq, hospital, area, received)
+                    row, rows, visit = None, None, None
+                else:
+                    row, rows, visit = _settlement_row(body, agent_id, seq, hospital, hosp_lv, area)
             except ProtocolError as exc:
                 code, message = exc.code, _problem_text(exc)
-            except _Refused as exc:
+            except (_Refused, CardLogRefused) as exc:
                 code, message = exc.code, exc.message
             except Exception as exc:  # untrusted body: any failure rejects the record, not the batch
                 log.exception("record %s/%s could not be validated", agent_id, seq)
@@ -267,7 +280,7 @@ class Ingestor:
             settlements.append(None)
             lines.append(None)
             visits.append(None)
-        return Prepared(batch, hospital, hashes, prevs, records, settlements, lines, hosp_lv, visits)
+        return Prepared(batch, hospital, hashes, prevs, records, settlements, lines, hosp_lv, visits, cards)
 
     def commit(self, prepared: Prepared, *, remote: str | None = None) -> BatchAck:
         """Step 4 and 5 in one write transaction."""
@@ -347,6 +360,8 @@ class Ingestor:
             setl_rows = self._claim_vouchers(conn, setl_rows, records, first_index=held_seq + 1, at=stamp)
         self._store_settlements(conn, setl_rows, records, first_index=held_seq + 1)
         self._store_lines(conn, p, k, records)
+        if p.cards:
+            store_card_logs(conn, p.cards, records)
         conn.executemany(_INSERT_RECORD, records)
         conn.execute(
             "UPDATE agents SET acked_seq = ?, head_hash = ?, last_seen = ? WHERE agent_id = ?",

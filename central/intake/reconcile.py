@@ -200,13 +200,18 @@ def verify_stored_chain(conn: sqlite3.Connection, agent: AgentRow) -> tuple[bool
     complete = count == agent.acked_seq and (count == 0 or (low == 1 and high == agent.acked_seq))
     problem = _chain_problem(conn, agent)
     if problem is None:
-        ok_records, settlements = conn.execute(
-            "SELECT (SELECT count(*) FROM records WHERE agent_id = ?1 AND status = 'ok'), "
-            "(SELECT count(*) FROM settlements WHERE agent_id = ?1)",
+        # Card logs (kind ``card``) are chain records too, held in card_logs, not settlements.
+        ok_records, settlements, ok_cards, card_logs = conn.execute(
+            "SELECT (SELECT count(*) FROM records WHERE agent_id = ?1 AND status = 'ok' AND kind != 'card'), "
+            "(SELECT count(*) FROM settlements WHERE agent_id = ?1), "
+            "(SELECT count(*) FROM records WHERE agent_id = ?1 AND status = 'ok' AND kind = 'card'), "
+            "(SELECT count(*) FROM card_logs WHERE agent_id = ?1)",
             (agent.agent_id,),
         ).fetchone()
         if ok_records != settlements:
             problem = f"{ok_records} records were stored ok but {settlements} settlements are held"
+        elif ok_cards != card_logs:
+            problem = f"{ok_cards} card logs were stored ok but {card_logs} are held in card_logs"
     return complete, problem is None, problem
 
 

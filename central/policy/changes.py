@@ -65,6 +65,7 @@ __all__ = [
     "propose_blacklist_import",
     "propose_blacklist_remove",
     "propose_document",
+    "propose_lost_card",
     "reject",
 ]
 
@@ -257,6 +258,49 @@ def propose_blacklist_add(
     return _propose(store, policy, op, action="blacklist.add", kind="blacklist", area=area,
                     what=f"+ {list_type} {entry_id}: {reason.strip()}", reason=why, entries=iter([row]),
                     count=1, signers=signers)  # fmt: skip
+
+
+def propose_lost_card(
+    conn: sqlite3.Connection, *, agent_id: str, area: str, card_sn: str, reason: str, log_seq: int
+) -> int:
+    """A lost-card report an agent chained becomes a pending ``blacklist.add`` of the card, in the
+    caller's (the ingest's) transaction; returns the change id.
+
+    The maker is ``desk:AGENT_ID``, not an operator: the cashier reported it, and it is signed by the
+    agent's chain, but nothing an agent says is published unchecked — a ``policy`` operator approves it
+    (``changes approve``, as any request; the maker cannot be a checker, since no operator is named so).
+    It stays pending whatever ``approvals_required`` is: the centre holds no signing key here. A card the
+    area already blacklists still gets a request (the operator sees the new report and may reject it).
+    """
+    source = f"desk report {agent_id}#{log_seq}"
+    problems, when = check_blacklist_fields("card", card_sn, reason, source, None)
+    if problems:  # the card log validated, so only a centre-side rule can refuse it
+        raise DocumentInvalid("the lost-card report", [f"{f}: {m}" for f, m in problems])
+    at = now_iso()
+    what = f"+ card {card_sn}: {reason.strip()} (lost-card report, agent {agent_id} seq {log_seq})"
+    maker = f"desk:{agent_id}"
+    change_id = conn.execute(
+        f"INSERT INTO change_requests ({_COLUMNS}) "
+        "VALUES (NULL, 'blacklist.add', 'blacklist', ?, '', NULL, ?, 1, '', ?, ?, ?, 'pending', NULL, NULL, "
+        "NULL, NULL)",
+        (area, what, maker, "lost-card report at the desk", at),
+    ).lastrowid
+    assert change_id is not None
+    conn.execute(
+        f"INSERT INTO change_entries (change_id, line, {_ENTRY}) VALUES (?, 1, '+', 'card', ?, ?, ?, ?)",
+        (change_id, card_sn, reason.strip(), source, when),
+    )
+    change = _row(conn, change_id)
+    change["digest"], change["base"] = _digest(conn, change), _base(conn, change)
+    conn.execute(
+        "UPDATE change_requests SET digest = ?, base = ? WHERE id = ?",
+        (change["digest"], change["base"], change_id),
+    )
+    audit_in(conn, Actor(maker, "lost-card report at the desk"), "change.propose", {
+        "change": change_id, "action": "blacklist.add", "area": area, "what": "card lost at the desk",
+        "entries": 1, "digest": change["digest"], "agent": agent_id, "seq": log_seq,
+    })  # fmt: skip
+    return change_id
 
 
 def propose_blacklist_remove(

@@ -670,6 +670,21 @@ def _m015_console_indexes(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m016_card_logs(db: sqlite_utils.Database) -> None:
+    """Card logs the agents chain (``protocol.records.CardLog``, issue 18): card usage, failed
+    authentication, lost cards, blacklist bundles applied. Keyed on the chain position (agent, seq), so a
+    record is stored once however often it is re-sent; ``change_id`` is the blacklist change request a
+    lost-card report became. The replacement gate reads ``blacklist_applied`` rows per agent."""
+    db.execute(
+        "CREATE TABLE card_logs (agent_id TEXT NOT NULL, seq INTEGER NOT NULL, log_id TEXT NOT NULL, "
+        "event TEXT NOT NULL, fixmedins_code TEXT NOT NULL, card_sn TEXT, code TEXT, reason TEXT, area TEXT, "
+        "bundle_seq INTEGER, opter TEXT NOT NULL, at TEXT NOT NULL, received_at TEXT NOT NULL, "
+        "change_id INTEGER, PRIMARY KEY (agent_id, seq))"
+    )
+    db.execute("CREATE INDEX card_logs_card ON card_logs (card_sn, at)")
+    db.execute("CREATE INDEX card_logs_applied ON card_logs (agent_id, event, bundle_seq)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -686,6 +701,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m013_imported_settlements,
     _m014_declarations,
     _m015_console_indexes,
+    _m016_card_logs,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

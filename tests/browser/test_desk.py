@@ -426,3 +426,38 @@ def test_sign_in_roles_csrf_english_and_framing(world: dict, browser: Browser):
     assert status == 400 and answer["error"]["code"] == "validation_failed"
     status, answer = http("POST", b.url + "/desk/api/bills", {**bad, "psn": {"certno": "1"}}, b.token)
     assert status == 400 and answer["error"]["details"][0]["field"] == "psn.certno"
+
+
+def test_a_lost_card_reported_at_the_desk_becomes_a_pending_change(world: dict, context: BrowserContext):
+    """The cashier's lost-card form chains a ``lost`` card log; it reaches the centre signed, and there it is
+    a pending blacklist change of the card made by ``desk:AGENT_ID``; the agent's ``blacklist_applied`` log
+    of the bundle it holds is at the centre too (the replacement gate counts it)."""
+    a, central = world["a"], world["central"]
+    page = _page(context)
+    page.goto(a.url + "/desk/cashier")
+    page.fill("#token", world["tokens"]["cashier_a"])
+    page.click("#sign-in")
+    page.wait_for_selector("#lost-card")
+    page.fill("#lost-card input[name=card_sn]", "3702 bad")  # not a card identification code
+    page.fill("#lost-card input[name=reason]", "lost on the bus")
+    page.click("#report-lost")
+    page.wait_for_selector("#refusal")
+    assert page.get_attribute("#refusal", "data-code") == "validation_failed"
+    page.fill("#lost-card input[name=card_sn]", "370200D15600000999")
+    page.fill("#lost-card input[name=reason]", "lost on the bus")
+    page.click("#report-lost")
+    page.wait_for_selector(".flash.ok[data-code=lost_reported]")
+    shot(page, "desk_cashier_lost_card")
+    wait_until(a.drained, timeout=30, what="the lost-card log reaching the centre")
+    conn = sqlite3.connect(f"file:{central.home / 'central.db'}?mode=ro", uri=True)
+    try:
+        logs = conn.execute("SELECT agent_id, event, card_sn, opter, change_id FROM card_logs").fetchall()
+        lost = [r for r in logs if r[1] == "lost"]
+        assert [(r[2], r[3]) for r in lost] == [("370200D15600000999", "li.na")]  # the bad report never went
+        change = conn.execute("SELECT status, maker, kind, area FROM change_requests WHERE id = ?",
+                              (lost[0][4],)).fetchone()  # fmt: skip
+        assert change == ("pending", f"desk:{lost[0][0]}", "blacklist", AREA)
+        applied = {r[0] for r in logs if r[1] == "blacklist_applied"}
+        assert lost[0][0] in applied
+    finally:
+        conn.close()

@@ -1,4 +1,5 @@
-"""The replacement-card gate: allowed only once every agent of the area applied the lost card's entry."""
+"""The replacement-card gate: allowed only once every agent of the area applied (and logged) the lost card's
+entry; tests/central/test_card_logs.py covers the logging half."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 
 from central.cli import main
 from central.errors import NotFound
+from central.intake.ingest import Ingestor
 from central.intake.reports import record_report
 from central.policy.cards import replacement_gate
+from protocol.chain import encode_body
+from protocol.records import CardLog
 from protocol.wire import PolicyReport, sign_report
 
-from .conftest import ACTOR, AREA, Chain, enrol
+from .conftest import ACTOR, AREA, HOSPITAL, Chain, enrol
 
 
 def report(store, agent: Chain, blacklist: int) -> None:
@@ -29,6 +33,12 @@ def test_the_replacement_waits_for_every_agent_of_the_area(store, policy, signer
     report(store, a, lost.seq)
     report(store, b, lost.seq - 1)  # still holds the bundle before the loss
     report(store, other_area, 0)
+    for agent in (a, b):  # both logged the bundle: this test is about applying it (test_card_logs: logging)
+        log = CardLog(event="blacklist_applied", at="2026-11-24T10:00:00+08:00", fixmedins_code=HOSPITAL,
+                      log_id=f"C-{agent.agent_id}", opter="agent", area=AREA,
+                      bundle_seq=lost.seq)  # fmt: skip
+        agent.append_body("card", encode_body(log))
+        assert Ingestor(store).ingest(agent.batch(1, 1)).rejected == []
     gate = store.read(lambda c: replacement_gate(c, "C-LOST"))
     assert gate["replacement_allowed"] is False
     (area,) = gate["areas"]
