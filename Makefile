@@ -19,13 +19,15 @@ BENCHES := $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
 # page tests (tests/browser: Playwright drives it, never a browser of its own download); Debian's
 # python3-venv, which the yibao-edge package needs to make /opt/yibao-edge (tests/packaging/test_deb);
 # a CJK font (WenQuanYi Micro Hei, 5 MB) so the pages' Chinese labels render in the screenshots;
-# Java 17 for Spark local (the screen on Spark, tests/central/test_engines.py).
+# Java 17 for Spark local (the screen on Spark, tests/central/test_engines.py); Debian's postgresql for
+# the scratch servers tests/pg start with initdb (simulators/pgserver.py).
 SYSDEPS := pcscd vsmartcard-vpcd libpcsclite-dev swig systemd curl chromium python3-venv fonts-wqy-microhei \
-	openjdk-17-jre-headless
+	openjdk-17-jre-headless postgresql
 SYSDEPS_OK := command -v swig >/dev/null && command -v systemd-analyze >/dev/null && command -v curl >/dev/null \
 	&& test -x /usr/sbin/pcscd && test -x /usr/bin/chromium && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null \
 	&& test -f /usr/lib/pcsc/drivers/serial/libifdvpcd.so && test -f /usr/include/PCSC/winscard.h \
-	&& test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc && command -v java >/dev/null
+	&& test -f /usr/share/fonts/truetype/wqy/wqy-microhei.ttc && command -v java >/dev/null \
+	&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
 
 .PHONY: all test lint pytest demo bench venv clean-venv sysdeps
 

@@ -70,7 +70,8 @@ from central.monitoring.risk_routes import add_routes as add_risk_routes
 from central.monitoring.routes import add_routes as add_monitor_routes
 from central.policy.cards import add_routes as add_card_gate_routes
 from central.policy.tuf_repo import TufRepository
-from central.storage.store import Store, get_agent
+from central.storage.base import SETTLEMENTS_CHANNEL, is_postgres
+from central.storage.store import Store, get_agent, open_store
 from protocol.sdnotify import keep_watchdog, notify
 from protocol.wire import (
     AGENT_HEADER,
@@ -580,8 +581,16 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         repo = await loop.run_in_executor(None, TufRepository.open, config)
-        store = await loop.run_in_executor(None, Store, config.db_path)
+        store = await loop.run_in_executor(None, open_store, config)
         app[STORE_KEY] = store
+        if is_postgres(store):
+            counted = app[METRICS_KEY]
+
+            def heard(_payload: str) -> None:
+                counted.cluster_batches.inc()
+
+            # Every collector hears every collector's stored batches (LISTEN/NOTIFY).
+            store.listen(SETTLEMENTS_CHANNEL, heard)
         app[REPO_KEY] = repo
         app[INGESTOR_KEY] = Ingestor(store, config.batch_limits)
         watcher = ChangeWatcher(repo.metadata_dir / "timestamp.json")
@@ -589,7 +598,7 @@ def create_app(config: CentralConfig, *, metrics: CentralMetrics | None = None) 
         app[WATCHER_KEY] = watcher
         tasks = [
             asyncio.create_task(_watch(watcher, config.changes_check_s), name="tuf-watch"),
-            asyncio.create_task(_resign(repo, config, watcher), name="tuf-resign"),
+            asyncio.create_task(_resign(store, repo, config, watcher), name="tuf-resign"),
             asyncio.create_task(_audit_splits(store, repo), name="split-audit"),
             asyncio.create_task(_screen_new(store, repo, SCREEN_INTERVAL_S), name="screen-new"),
             asyncio.create_task(_lift_suspensions(store, repo, config), name="lift-suspensions"),
@@ -647,6 +656,16 @@ async def _watch(watcher: ChangeWatcher, interval: float) -> None:
             log.debug("timestamp version %d published", watcher.version)
 
 
+def _one_collector(store: Store, job: str, fn: Callable[[], Any]) -> Any:
+    """``fn()`` unless another collector on the same database is doing ``job`` now (advisory lock); None then.
+
+    With two collectors behind one address each runs the background jobs' loops; the lock makes one of
+    them do each round's work, so TUF metadata is re-signed once and a settlement is audited once.
+    """
+    with store.exclusive(f"yibao-central:{job}") as held:
+        return fn() if held else None
+
+
 async def _audit_splits(store: Store, repo: TufRepository, interval: float = 5.0) -> None:
     """Recompute new settlements' splits shortly after ingest (``central.monitoring.split_audit``), off the
     hot path."""
@@ -656,8 +675,10 @@ async def _audit_splits(store: Store, repo: TufRepository, interval: float = 5.0
     while True:
         await asyncio.sleep(interval)
         try:
-            counts = await loop.run_in_executor(None, audit_splits, store, repo)
-            if counts["flagged"]:
+            counts = await loop.run_in_executor(
+                None, _one_collector, store, "split-audit", lambda: audit_splits(store, repo)
+            )
+            if counts and counts["flagged"]:
                 log.warning("%d settlement(s) with a split that differs from the centre's", counts["flagged"])
         except Exception:
             log.exception("the split audit failed; retrying in %.0f s", interval)
@@ -672,6 +693,12 @@ async def _screen_new(store: Store, repo: TufRepository, interval: float) -> Non
     the persons and hospitals it touched, off the event loop, until level with what is held."""
     from central.monitoring.screening import screen_new
 
+    if is_postgres(store):
+        log.warning(
+            "the incremental screen runs on SQLite only so far; on PostgreSQL screen with "
+            "`yibao-central screen --engine duckdb` (docs/POSTGRES.md)"
+        )
+        return
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
@@ -702,7 +729,11 @@ async def _lift_suspensions(
     warned = 0.0
 
     def lift(signers: list[Any]) -> list[dict[str, Any]]:
-        return lift_ended_suspensions(store, actor, Policy(store, repo, config), signers)
+        policy = Policy(store, repo, config)
+        done = _one_collector(
+            store, "lift-suspensions", lambda: lift_ended_suspensions(store, actor, policy, signers)
+        )
+        return done or []
 
     def due(conn: sqlite3.Connection) -> int:
         return conn.execute(
@@ -725,14 +756,16 @@ async def _lift_suspensions(
         await asyncio.sleep(interval)
 
 
-async def _resign(repo: TufRepository, config: CentralConfig, watcher: ChangeWatcher) -> None:
+async def _resign(store: Store, repo: TufRepository, config: CentralConfig, watcher: ChangeWatcher) -> None:
     """Re-sign snapshot and timestamp (online keys) before they expire; warn about operator roles."""
     loop = asyncio.get_running_loop()
     interval = min(config.resign_check_s, config.timestamp_expiry_s / 4, config.snapshot_expiry_s / 4)
     warned: float | None = None
     while True:
         try:
-            version = await loop.run_in_executor(None, repo.resign_online)
+            version = await loop.run_in_executor(
+                None, _one_collector, store, "tuf-resign", repo.resign_online
+            )
             if version is not None:
                 log.info("re-signed the online TUF roles: timestamp v%d", version)
                 watcher.poll()
@@ -781,7 +814,9 @@ async def serve(config: CentralConfig, *, on_started: Callable[[list[Any]], None
     await runner.setup()
     watch = asyncio.create_task(_watch_tls(tls, config.tls_check_s)) if tls is not None else None
     try:
-        site = web.TCPSite(runner, host, port, ssl_context=tls.context if tls else None)
+        site = web.TCPSite(
+            runner, host, port, ssl_context=tls.context if tls else None, reuse_port=config.reuse_port or None
+        )
         await site.start()
         addresses = list(runner.addresses)
         scheme = "https" if tls else "http"

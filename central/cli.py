@@ -97,7 +97,7 @@ from central.monitoring import cli as cli_monitor
 from central.policy import cards, changes
 from central.policy.bundles import Policy, default_area, set_default_area
 from central.policy.tuf_repo import TufRepository, generate_key_file, load_public_key, load_signer
-from central.storage.store import Store
+from central.storage.store import Store, open_store
 from protocol import backup
 from protocol.bundles import BLACKLIST_TYPES
 from protocol.logging_json import JsonFormatter
@@ -139,7 +139,7 @@ def ensure_repository(config: CentralConfig) -> list[Path]:
 
 def init_home(config: CentralConfig, *, area: str | None = None) -> list[str]:
     """Create the home, its database and its TUF repository (idempotent); returns the migrations applied."""
-    with Store(config.db_path, create=True) as store:
+    with open_store(config, create=True) as store:
         applied = store.applied_migrations
         if area is not None:
             set_default_area(store, area)
@@ -919,7 +919,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.tls_check_s is not None:
             extra["tls_check_s"] = args.tls_check_s
         config = CentralConfig.from_home(args.home, listen=args.listen, **extra)
-        Store(config.db_path).close()  # refuse an uninitialised home before binding the port
+        open_store(config).close()  # refuse an uninitialised home before binding the port
         TufRepository.open(config)  # a home from before policy bundles: `init` adds the repository
         if not config.insecure_dev:
             TlsFiles(config.tls_dir).require()  # a home from before TLS: `init` adds the CA
@@ -928,7 +928,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "tls":
         config = CentralConfig.from_home(args.home)
         if args.tls_verb != "show":
-            with Store(config.db_path) as store:
+            with open_store(config) as store:
                 _acting(store, args, "admin", f"{args.tls_verb} the TLS certificate")
         return _tls(args, config)
     if args.verb in ("backup", "restore"):
@@ -936,7 +936,7 @@ def _run(args: argparse.Namespace) -> int:
     ttl = getattr(args, "ttl_hours", None)
     config = CentralConfig.from_home(args.home, **({"token_ttl_hours": ttl} if ttl is not None else {}))
     if args.verb == "init":
-        with Store(config.db_path, create=True) as store:
+        with open_store(config, create=True) as store:
             applied = store.applied_migrations
             if args.area is not None:
                 set_default_area(store, args.area)
@@ -965,7 +965,7 @@ def _run(args: argparse.Namespace) -> int:
         if admin is not None:
             _print_admin(admin[0], admin[1], args.admin_token_file)
         return 0
-    with Store(config.db_path) as store:
+    with open_store(config) as store:
         if args.verb == "enroll-token" and args.hospitals_file:
             _acting(store, args, "admin", "issue enrolment tokens")
             if not args.out:

@@ -73,6 +73,10 @@ def _settings_file(path: Path) -> dict[str, object]:
     return data
 
 
+def _looks_like_dsn(text: str) -> bool:
+    return text.startswith(("postgresql://", "postgres://")) or ("=" in text and "dbname" in text)
+
+
 @dataclass(frozen=True)
 class CentralConfig:
     """Settings of one central collector.
@@ -105,6 +109,10 @@ class CentralConfig:
       rules, catalogue or keys document is published (``central.policy.changes``): 2 (the maker and one
       checker) by default, so no single operator can change what agents enforce. 1 publishes at the
       maker's word: only for a development or single-operator setup, and every verb says so.
+    - ``database``: ``"sqlite"`` (``home/central.db``, the embedded default) or a PostgreSQL DSN
+      (``docs/POSTGRES.md``); the DSN may carry a password, which no log line or message repeats.
+    - ``reuse_port``: bind the listen address with SO_REUSEPORT so a second collector on the same machine
+      serves the same address (the kernel spreads connections); PostgreSQL only.
 
     Any of these but ``home`` and ``batch_limits`` may be set in ``home/central.json`` (a JSON object;
     an unknown key or a value of the wrong type is refused); arguments given to ``from_home`` win.
@@ -133,6 +141,8 @@ class CentralConfig:
     client_cert_days: int = 365
     tls_check_s: float = 60.0
     approvals_required: int = 2
+    database: str = "sqlite"
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home))
@@ -158,6 +168,16 @@ class CentralConfig:
             raise ConfigInvalid("client_cert_days must be at least 1")
         if not 1 <= self.approvals_required <= 5:
             raise ConfigInvalid("approvals_required must be between 1 and 5 (2: a maker and one checker)")
+        if self.database != "sqlite" and not _looks_like_dsn(self.database):
+            raise ConfigInvalid(
+                f"database must be \"sqlite\" or a PostgreSQL DSN (postgresql://USER@HOST/DB or "
+                f"'host=… dbname=…'), not {self.database!r}"
+            )
+        if self.reuse_port and self.database == "sqlite":
+            raise ConfigInvalid(
+                "reuse_port lets several collectors share one address, which needs a shared database: set "
+                "`database` to a PostgreSQL DSN (one SQLite file has one collector)"
+            )
 
     @classmethod
     def from_home(cls, home: str | os.PathLike[str] | None, **kwargs: object) -> CentralConfig:
@@ -171,6 +191,15 @@ class CentralConfig:
     @property
     def db_path(self) -> Path:
         return self.home / DB_NAME
+
+    @property
+    def where(self) -> str:
+        """The database in words, password left out: the SQLite file, or the PostgreSQL server."""
+        if self.database == "sqlite":
+            return str(self.db_path)
+        from central.storage.postgres import redact_dsn
+
+        return redact_dsn(self.database)
 
     @property
     def tuf_dir(self) -> Path:

@@ -108,6 +108,11 @@ class CentralMetrics:
             buckets=_INGEST_BUCKETS,
             registry=self.registry,
         )
+        self.cluster_batches = Counter(
+            "yibao_central_cluster_batches",
+            "Batches any collector on this database stored, as NOTIFY announced them (SQLite: 0)",
+            registry=self.registry,
+        )
         self.collect_errors = Counter(
             "yibao_central_metrics_collect_errors",
             "Scrapes where reading one source failed (it was left out)",

@@ -35,6 +35,7 @@ from central.errors import (
     TokenInvalid,
     TokenUsed,
 )
+from central.storage.base import for_update
 from central.storage.schema import _area_of
 from central.storage.store import Store, now_iso
 from protocol.batch import key_fingerprint
@@ -163,7 +164,7 @@ def enrol_agent(
     def tx(conn: sqlite3.Connection) -> tuple[EnrollResponse, bool]:
         row = conn.execute(
             "SELECT fixmedins_code, expires_at, used_at, agent_id, pooling_area FROM enrol_tokens "
-            "WHERE token_hash = ?",
+            "WHERE token_hash = ?" + for_update(conn),
             (_token_hash(request.token),),
         ).fetchone()
         if row is None:

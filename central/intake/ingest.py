@@ -51,6 +51,7 @@ from central.errors import (
     SignatureInvalid,
     from_protocol,
 )
+from central.storage.base import DB_ERRORS, SETTLEMENTS_CHANNEL, for_update, notify
 from central.storage.store import Store, get_agent, now_iso, record_security_event
 from protocol.batch import Batch, BatchLimits, decode_batch, verify_batch
 from protocol.chain import decode_body
@@ -289,7 +290,7 @@ class Ingestor:
         except (ChainConflict, ChainInvalid) as exc:
             self._security_event(prepared.batch.agent_id, exc, remote)
             raise
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             log.exception("storing a batch of agent %s failed", prepared.batch.agent_id)
             raise InternalError(
                 f"the centre could not store the batch ({type(exc).__name__}); check disk space and the "
@@ -310,8 +311,11 @@ class Ingestor:
     def _commit(self, conn: sqlite3.Connection, p: Prepared) -> BatchAck:
         batch = p.batch
         agent_id, first, last = batch.agent_id, batch.first_seq, batch.last_seq
+        # The agent's head decides what is stored; another collector on the same PostgreSQL database
+        # may hold a batch of the same agent right now, so the head's row is locked until commit.
         row = conn.execute(
-            "SELECT acked_seq, head_hash, revoked_at FROM agents WHERE agent_id = ?", (agent_id,)
+            "SELECT acked_seq, head_hash, revoked_at FROM agents WHERE agent_id = ?" + for_update(conn),
+            (agent_id,),
         ).fetchone()
         if row is None:
             raise AgentUnknown(f"agent {agent_id!r} is not enrolled; enrol it with a new token")
@@ -367,6 +371,7 @@ class Ingestor:
             "UPDATE agents SET acked_seq = ?, head_hash = ?, last_seen = ? WHERE agent_id = ?",
             (last, p.hashes[-1], stamp, agent_id),
         )
+        notify(conn, SETTLEMENTS_CHANNEL, f"{agent_id}:{last}")
         rejected = [Rejection(seq=r[1], code=r[5], message=r[6]) for r in records if r[4] == "rejected"]
         return BatchAck(
             code="stored", acked_seq=last, stored=len(records), duplicates=n_dup, rejected=repeated + rejected

@@ -18,16 +18,32 @@ import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from central.errors import HomeNotInitialised
+from central.errors import ConfigInvalid, HomeNotInitialised
 
 from .schema import migrate
 
-__all__ = ["AgentRow", "Store", "Where", "get_agent", "list_agents", "now_iso", "record_security_event"]
+if TYPE_CHECKING:
+    from central.config import CentralConfig
+
+    from .base import BaseStore
+
+__all__ = [
+    "AgentRow",
+    "SqliteStore",
+    "Store",
+    "Where",
+    "get_agent",
+    "list_agents",
+    "now_iso",
+    "open_store",
+    "record_security_event",
+]
 
 T = TypeVar("T")
 
@@ -89,8 +105,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Store:
+class SqliteStore:
     """The collector's database, safe to share between the event loop and CLI code."""
+
+    dialect = "sqlite"
 
     def __init__(self, path: Path | str, *, create: bool = False) -> None:
         self.path = Path(path)
@@ -148,7 +166,7 @@ class Store:
                 conn.close()
             self._read_conns.clear()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> SqliteStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -186,6 +204,35 @@ class Store:
     async def run_async(self, fn: Callable[..., T], *args: Any) -> T:
         """CPU work that also reads (decoding, verifying) off the event loop, on a reader thread."""
         return await asyncio.wrap_future(self._readers.submit(fn, *args))
+
+    # -- the backend contract (``central.storage.base``) ---------------------------------
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Always held: one SQLite file has one collector (``reuse_port`` is refused with SQLite)."""
+        yield True
+
+    def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Nothing to hear: no other collector writes this file."""
+
+
+#: The name every module imports; the SQLite store is the embedded default.
+Store = SqliteStore
+
+
+def open_store(config: CentralConfig, *, create: bool = False) -> BaseStore:
+    """The store ``config.database`` names: the home's SQLite file, or a PostgreSQL server."""
+    if config.database == "sqlite":
+        return SqliteStore(config.db_path, create=create)
+    try:
+        from .postgres import PgStore
+    except ImportError as exc:  # pragma: no cover - psycopg is a dependency of the package
+        raise ConfigInvalid(f"database is a PostgreSQL DSN but psycopg cannot be imported ({exc})") from None
+    return PgStore(config.database, create=create)
 
 
 # -- queries -------------------------------------------------------------------------

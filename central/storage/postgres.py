@@ -1,0 +1,356 @@
+"""The centre on a PostgreSQL server (psycopg 3): the same store, for a province's volume and two collectors.
+
+``PgStore`` keeps ``SqliteStore``'s contract, so ingest, enrolment, policy, review and the rest run on it
+unchanged (their SQL is translated, ``central.storage.sql``):
+
+1. ``write(fn)``: ``fn(conn)`` is one transaction on this collector's writer thread; when it returns the
+   commit is durable (``synchronous_commit`` stays ``on``). Other collectors write at the same time, so
+   what must not race takes a row lock (``for_update``: the agent head in ingest, the enrolment token);
+   a transaction that loses a deadlock or a serialisation conflict is run again, so ``fn`` must be
+   repeatable — every write function in ``central`` only reads and writes the database.
+2. ``read(fn)``: the calling thread's own autocommit connection; never blocks a writer.
+3. ``exclusive(name)``: a session advisory lock, so work one collector should do at a time (re-signing
+   TUF metadata, the split audit, lifting suspensions) is done by one; the other skips that round.
+4. ``central.storage.base.notify(conn, channel, payload)`` inside a write: delivered to every
+   ``listen``-er when the transaction commits (PostgreSQL LISTEN/NOTIFY), so the other collector
+   learns of stored settlements without polling.
+5. Opening applies pending migrations (``central.storage.pg_schema``) under an advisory lock, so two
+   collectors starting at once migrate once; a database never initialised is refused unless ``create``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.adapt import Loader
+
+from central.errors import CentralError, HomeNotInitialised, SchemaTooNew
+
+from .pg_schema import pg_steps, pg_tables
+from .sql import Tables, translate
+
+__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "redact_dsn"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How often a transaction that lost a deadlock or serialisation conflict is tried again.
+RETRIES = 8
+_MIGRATE_LOCK = "yibao-central:migrate"
+
+
+class DatabaseUnavailable(CentralError):
+    """The PostgreSQL server cannot be reached or refused the login."""
+
+    code = "database_unavailable"
+    http_status = 503
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, fit for a log line or an error message."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable DSN>"
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items()})
+
+
+class _NumericLoader(Loader):
+    """``numeric`` as SQLite would answer: an integer when whole (``sum`` of fen), else a float (``avg``)."""
+
+    def load(self, data: Any) -> int | float:
+        value = Decimal(bytes(data).decode())
+        return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _lock_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+class PgCursor:
+    """The part of ``sqlite3.Cursor`` the centre uses, over a psycopg cursor."""
+
+    def __init__(self, cur: psycopg.Cursor[Any], lastrowid: int | None = None) -> None:
+        self._cur = cur
+        self.lastrowid = lastrowid
+
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
+    @property
+    def description(self) -> Any:
+        return self._cur.description
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        return self._cur.fetchone() if self._cur.description is not None and self.lastrowid is None else None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._cur.fetchall() if self._cur.description is not None and self.lastrowid is None else []
+
+    def fetchmany(self, size: int = 1) -> list[tuple[Any, ...]]:
+        return (
+            self._cur.fetchmany(size) if self._cur.description is not None and self.lastrowid is None else []
+        )
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        if self._cur.description is None or self.lastrowid is not None:
+            return iter(())
+        return iter(self._cur)
+
+
+def _params(params: Sequence[Any]) -> tuple[Any, ...]:
+    # SQLite keeps booleans as integers; the columns here are BIGINT, which refuse a boolean.
+    return tuple(int(p) if isinstance(p, bool) else p for p in params)
+
+
+class PgConnection:
+    """A psycopg connection that takes the centre's SQLite-dialect SQL (``?`` parameters)."""
+
+    dialect = "postgres"
+
+    def __init__(self, raw: psycopg.Connection[Any], tables: Tables) -> None:
+        self.raw = raw
+        self._tables = tables
+        #: Rows inserted, updated or deleted through this connection, as ``sqlite3.Connection`` counts.
+        self.total_changes = 0
+
+    def _count(self, sql: str, cur: psycopg.Cursor[Any]) -> None:
+        if sql[:6].upper() in ("INSERT", "UPDATE", "DELETE") and cur.rowcount > 0:
+            self.total_changes += cur.rowcount
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
+        t = translate(sql, self._tables)
+        cur = self.raw.cursor()
+        cur.execute(t.sql, _params(params))
+        self._count(t.sql, cur)
+        if t.returns_id:
+            row = cur.fetchone()
+            return PgCursor(cur, row[0] if row else None)
+        return PgCursor(cur)
+
+    def executemany(self, sql: str, seq: Any) -> PgCursor:
+        t = translate(sql, self._tables)
+        text = t.sql.rsplit(" RETURNING ", 1)[0] if t.returns_id else t.sql
+        cur = self.raw.cursor()
+        cur.executemany(text, [_params(p) for p in seq])
+        self._count(text, cur)
+        return PgCursor(cur)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def commit(self) -> None:
+        self.raw.commit()
+
+    def __enter__(self) -> PgConnection:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.raw.commit()
+        else:
+            self.raw.rollback()
+
+
+class PgStore:
+    """The collector's database on a PostgreSQL server; shared by the event loop and CLI code."""
+
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, *, create: bool = False, readers: int = 2) -> None:
+        self.dsn = dsn
+        self.where = redact_dsn(dsn)
+        self._tables = pg_tables()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-pg-writer")
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="central-pg-reader")
+        self._local = threading.local()
+        self._conns: list[psycopg.Connection[Any]] = []
+        self._lock = threading.RLock()
+        self._listeners: list[threading.Thread] = []
+        self._closed = threading.Event()
+        self._wconn: PgConnection | None = None
+        self._advisory: psycopg.Connection[Any] | None = None
+        try:
+            self.applied_migrations: list[str] = self._writer.submit(self._open_writer, create).result()
+        except BaseException:
+            self._writer.shutdown(wait=True)
+            self._readers.shutdown(wait=True)
+            raise
+
+    # -- connections -------------------------------------------------------------------
+
+    def _connect(self, *, autocommit: bool) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=autocommit, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailable(
+                f"cannot connect to PostgreSQL at {self.where}: {str(exc).strip()}; check that the "
+                "server is up and the `database` setting in central.json"
+            ) from None
+        conn.adapters.register_loader("numeric", _NumericLoader)
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def _open_writer(self, create: bool) -> list[str]:
+        raw = self._connect(autocommit=False)
+        self._wconn = PgConnection(raw, self._tables)
+        with raw.transaction():
+            raw.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(_MIGRATE_LOCK),))
+            return self._migrate(raw, create)
+
+    def _migrate(self, raw: psycopg.Connection[Any], create: bool) -> list[str]:
+        exists = raw.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
+        if not exists:
+            if not create:
+                raise HomeNotInitialised(
+                    f"the PostgreSQL database {self.where} holds no yibao-central schema; run "
+                    "`yibao-central --home HOME init` with `database` set to it first"
+                )
+            raw.execute(
+                "CREATE TABLE _migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
+                "applied_at TEXT NOT NULL)"
+            )
+        current = raw.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()[0]
+        steps = pg_steps()
+        if current > len(steps):
+            raise SchemaTooNew(
+                f"the PostgreSQL database {self.where} is at schema version {current} but this "
+                f"yibao-central knows only {len(steps)}; upgrade yibao-central instead of opening the "
+                "database with an older one"
+            )
+        applied = []
+        for step in steps[current:]:
+            for statement in step.statements:
+                raw.execute(statement)
+            if step.data_step is not None:
+                step.data_step(PgConnection(raw, self._tables))
+            raw.execute(
+                "INSERT INTO _migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                (step.version, step.name, datetime.now(UTC).isoformat(timespec="seconds")),
+            )
+            applied.append(step.name)
+        return applied
+
+    def _read_conn(self) -> PgConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.raw.closed:
+            conn = PgConnection(self._connect(autocommit=True), self._tables)
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Finish queued writes, stop listeners, close every connection; idempotent."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        for thread in self._listeners:
+            thread.join(timeout=5)
+        with self._lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+    def __enter__(self) -> PgStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- running work ------------------------------------------------------------------
+
+    def _transaction(self, fn: Callable[[PgConnection], T]) -> T:
+        conn = self._wconn
+        assert conn is not None, "store is closed"
+        for attempt in range(1, RETRIES + 1):
+            try:
+                with conn.raw.transaction():
+                    return fn(conn)
+            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                if attempt == RETRIES:
+                    raise
+                log.info("transaction lost a conflict (%s); trying again (%d)", type(exc).__name__, attempt)
+                time.sleep(0.01 * attempt)
+            except psycopg.OperationalError as exc:
+                if conn.raw.closed or conn.raw.broken:
+                    conn.raw = self._connect(autocommit=False)
+                raise DatabaseUnavailable(
+                    f"PostgreSQL at {self.where} failed mid-transaction: {exc}"
+                ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def write(self, fn: Callable[[PgConnection], T]) -> T:
+        """Run ``fn(conn)`` as one transaction on the writer thread and wait for it."""
+        return self._writer.submit(self._transaction, fn).result()
+
+    async def write_async(self, fn: Callable[[PgConnection], T]) -> T:
+        return await asyncio.wrap_future(self._writer.submit(self._transaction, fn))
+
+    def read(self, fn: Callable[[PgConnection], T]) -> T:
+        """Run ``fn(conn)`` on this thread's autocommit connection."""
+        return fn(self._read_conn())
+
+    async def read_async(self, fn: Callable[[PgConnection], T]) -> T:
+        return await asyncio.wrap_future(self._readers.submit(self.read, fn))
+
+    async def run_async(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._readers.submit(fn, *args))
+
+    # -- two collectors ------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, name: str) -> Iterator[bool]:
+        """Hold the advisory lock ``name`` for the block if no other collector does; yields whether held."""
+        with self._lock:
+            if self._advisory is None:
+                self._advisory = self._connect(autocommit=True)
+            conn = self._advisory
+        key = _lock_key(name)
+        with self._lock:
+            got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+        try:
+            yield got
+        finally:
+            if got:
+                with self._lock:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` (on a listener thread) for every notification on ``channel``."""
+        conn = self._connect(autocommit=True)
+        conn.execute(f'LISTEN "{channel}"')
+
+        def run() -> None:
+            while not self._closed.is_set():
+                try:
+                    for note in conn.notifies(timeout=0.5):
+                        callback(note.payload)
+                except psycopg.OperationalError:
+                    if self._closed.is_set():
+                        return
+                    log.warning("listening on %s: connection lost; listening again", channel)
+                    time.sleep(1)
+                    return self.listen(channel, callback)
+                except Exception:  # a callback's fault must not end the listener
+                    log.exception("listener of %s failed", channel)
+
+        thread = threading.Thread(target=run, name=f"central-pg-listen-{channel}", daemon=True)
+        thread.start()
+        self._listeners.append(thread)
