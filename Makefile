@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=25 tests
 
 test: lint pytest
 
