@@ -202,11 +202,11 @@ def verify_stored_chain(conn: sqlite3.Connection, agent: AgentRow) -> tuple[bool
     if problem is None:
         # Card logs (kind ``card``) are chain records too, held in card_logs, not settlements.
         ok_records, settlements, ok_cards, card_logs = conn.execute(
-            "SELECT (SELECT count(*) FROM records WHERE agent_id = ?1 AND status = 'ok' AND kind != 'card'), "
-            "(SELECT count(*) FROM settlements WHERE agent_id = ?1), "
-            "(SELECT count(*) FROM records WHERE agent_id = ?1 AND status = 'ok' AND kind = 'card'), "
-            "(SELECT count(*) FROM card_logs WHERE agent_id = ?1)",
-            (agent.agent_id,),
+            "SELECT (SELECT count(*) FROM records WHERE agent_id = ? AND status = 'ok' AND kind != 'card'), "
+            "(SELECT count(*) FROM settlements WHERE agent_id = ?), "
+            "(SELECT count(*) FROM records WHERE agent_id = ? AND status = 'ok' AND kind = 'card'), "
+            "(SELECT count(*) FROM card_logs WHERE agent_id = ?)",
+            (agent.agent_id,) * 4,  # plain ``?``: numbered parameters have no PostgreSQL translation
         ).fetchone()
         if ok_records != settlements:
             problem = f"{ok_records} records were stored ok but {settlements} settlements are held"

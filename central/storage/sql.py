@@ -9,6 +9,7 @@ places where the two engines *mean* different things, so a query keeps its SQLit
   table's primary key) DO UPDATE SET`` every inserted column (``Tables`` knows the keys).
 - an ``INSERT`` into a table with an ``INTEGER PRIMARY KEY`` gets ``RETURNING`` that key, so the
   cursor's ``lastrowid`` means what it means on SQLite.
+- ``sum(<comparison>)`` → ``sum(CASE WHEN … THEN 1 ELSE 0 END)`` (SQLite's truth values are integers).
 - ``LIKE`` → ``ILIKE`` (SQLite's LIKE ignores ASCII case); ``INT`` → ``BIGINT`` (SQLite integers are
   64-bit); ``json_each(x)`` → ``json_array_elements_text(x::json)``; ``json_group_array`` →
   ``json_agg``; JSON paths read text as ``json``; a subquery in ``FROM`` gets the alias PostgreSQL
@@ -76,7 +77,9 @@ def _translate(sql: str, tables: Tables) -> Translated:
     returns_id = False
     aliases = iter(range(1, 1_000_000))
 
-    def rewrite(node: exp.Expression) -> exp.Expression:
+    def leaves(node: exp.Expression) -> exp.Expression:
+        # A first pass of its own: ``transform`` does not descend into a node it has just replaced, so
+        # a literal under a rewritten LIKE or function would be missed by the second.
         if isinstance(node, exp.Literal) and node.is_string and "%" in node.this:
             # psycopg reads ``%`` as the start of a placeholder; a literal percent sign is ``%%``.
             return exp.Literal.string(node.this.replace("%", "%%"))
@@ -85,6 +88,21 @@ def _translate(sql: str, tables: Tables) -> Translated:
             exp.DataType.Type.SMALLINT,
         ):
             return exp.DataType.build("BIGINT")
+        return node
+
+    def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Sum | exp.Avg) and isinstance(
+            node.this, exp.Predicate | exp.Connector | exp.Not
+        ):
+            # SQLite's comparisons are 0/1 integers, so ``sum(kind = 'setl')`` counts; PostgreSQL's are
+            # booleans, which sum() does not take.
+            node.set(
+                "this",
+                exp.Case(
+                    ifs=[exp.If(this=node.this, true=exp.Literal.number(1))], default=exp.Literal.number(0)
+                ),
+            )
+            return node
         if isinstance(node, exp.Like):
             return exp.ILike(this=node.this, expression=node.expression)
         if isinstance(node, exp.Subquery) and not node.alias and isinstance(node.parent, exp.From | exp.Join):
@@ -107,7 +125,7 @@ def _translate(sql: str, tables: Tables) -> Translated:
                 )
         return node
 
-    tree = tree.transform(rewrite)
+    tree = tree.transform(leaves).transform(rewrite)
     if isinstance(tree, exp.Insert):
         table = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
         name = table.name if isinstance(table, exp.Table) else ""

@@ -159,6 +159,11 @@ def store(config: CentralConfig) -> Iterator[Store]:
         yield s
 
 
+def rows(store: Store, sql: str, params: tuple = ()) -> list[tuple]:
+    """A query's rows through the store, so a suite reads the same on SQLite and PostgreSQL (tests/pg)."""
+    return store.read(lambda conn: [tuple(r) for r in conn.execute(sql, params).fetchall()])
+
+
 def enrol(store: Store, hospital: str = HOSPITAL) -> Chain:
     """Enrol a fresh agent the way the HTTP endpoint does; returns its empty chain."""
     key = KeyPair.generate()

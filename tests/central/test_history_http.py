@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -16,6 +15,7 @@ from central.intake.enrol import revoke_agent
 from central.intake.history import LINE_FIELDS, person_history
 from central.intake.hospitals import set_hospital
 from central.intake.ingest import Ingestor
+from central.storage.store import SqliteStore
 from protocol.batch import KeyPair
 from protocol.benefit import is_inpatient
 from protocol.records import Settlement
@@ -28,7 +28,7 @@ from protocol.wire import (
     sign_request,
 )
 
-from .conftest import ACTOR, HOSPITAL, Chain, Reply, Server, enrol, reversal, settlement
+from .conftest import ACTOR, HOSPITAL, Chain, Reply, Server, enrol, reversal, rows, settlement
 
 OTHER = "H11010100002"
 PSN = "P0000000001"
@@ -67,8 +67,8 @@ def _code(reply: Reply) -> str:
     return reply.json()["error"]["code"]  # type: ignore[index]
 
 
-def _db(server: Server) -> sqlite3.Connection:
-    return sqlite3.connect(server.store.path)
+def _rows(server: Server, sql: str, params: tuple = ()) -> list[tuple]:
+    return rows(server.store, sql, params)
 
 
 def visit(
@@ -283,9 +283,8 @@ def test_a_bad_signature_is_refused_and_recorded(server: Server, agent: Chain) -
     cases.append(server.request("GET", _path(), headers={**headers, SIGNATURE_HEADER: "not hex"}))
     for reply in cases:
         assert reply.status == 422 and _code(reply) == "signature_invalid"
-    with _db(server) as conn:
-        events = conn.execute("SELECT agent_id, code, remote, repeats FROM security_events").fetchall()
-        logged = conn.execute("SELECT count(*) FROM person_access_log").fetchone()[0]
+    events = _rows(server, "SELECT agent_id, code, remote, repeats FROM security_events")
+    logged = _rows(server, "SELECT count(*) FROM person_access_log")[0][0]
     assert events == [(agent.agent_id, "signature_invalid", "127.0.0.1", 3)]  # folded: one source, one code
     assert logged == 0
 
@@ -302,8 +301,7 @@ def test_a_stale_or_future_time_is_refused(server: Server, agent: Chain, offset_
     at = (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat(timespec="seconds")
     reply = get(server, agent, _path(), at=at)
     assert reply.status == 401 and _code(reply) == "request_stale"
-    with _db(server) as conn:
-        assert conn.execute("SELECT count(*) FROM person_access_log").fetchone()[0] == 0
+    assert _rows(server, "SELECT count(*) FROM person_access_log")[0][0] == 0
 
 
 def test_a_time_within_the_skew_is_answered(server: Server, agent: Chain) -> None:
@@ -334,19 +332,17 @@ def test_every_answered_lookup_is_in_the_access_log_without_the_psn_no(
     get(server, agent, _path(query="?days=30"))
     get(server, other, _path("P0000000002"))
     get(server, agent, _path(query="?days=0"))  # refused: not logged
-    with _db(server) as conn:
-        rows = conn.execute(
-            "SELECT at, agent_id, fixmedins_code, psn_hash, days, rows FROM person_access_log ORDER BY id"
-        ).fetchall()
-        dump = "\n".join(conn.iterdump())
+    rows = _rows(
+        server, "SELECT at, agent_id, fixmedins_code, psn_hash, days, rows FROM person_access_log ORDER BY id"
+    )
+    stored = _rows(server, "SELECT * FROM person_access_log")  # every column of every row
     digest = hashlib.sha256(PSN.encode()).hexdigest()
     assert [r[1:] for r in rows] == [
         (agent.agent_id, HOSPITAL, digest, 30, 2),
         (other.agent_id, OTHER, hashlib.sha256(b"P0000000002").hexdigest(), 90, 0),
     ]
     assert all(abs(datetime.fromisoformat(r[0]) - datetime.now(UTC)) < timedelta(seconds=30) for r in rows)
-    access_rows = [line for line in dump.splitlines() if "person_access_log" in line and "INSERT" in line]
-    assert len(access_rows) == 2 and not any("P000000000" in line for line in access_rows)
+    assert len(stored) == 2 and not any("P000000000" in repr(row) for row in stored)
 
 
 def test_logs_never_name_the_person(server: Server, agent: Chain, caplog: pytest.LogCaptureFixture) -> None:
@@ -384,14 +380,13 @@ def test_a_person_with_hundreds_of_lines_gets_them_all_by_the_index(server: Serv
     records += [visit(f"N{i:05d}", today - timedelta(days=i % 80), psn_no=f"Q{i:09d}") for i in range(10_000)]
     for i in range(0, len(records), 1000):
         upload(server, agent, *records[i : i + 1000])
-    with _db(server) as conn:
-        plan = " ".join(
-            r[3]
-            for r in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT * FROM hist_lines WHERE psn_no = ? AND setl_date >= ?", (PSN, "x")
-            )
-        )
-    assert "USING INDEX hist_lines_psn_no_setl_date" in plan
+    if isinstance(server.store, SqliteStore):
+        sql = "EXPLAIN QUERY PLAN SELECT * FROM hist_lines WHERE psn_no = ? AND setl_date >= ?"
+        plan = " ".join(r[3] for r in _rows(server, sql, (PSN, "x")))
+        assert "USING INDEX hist_lines_psn_no_setl_date" in plan
+    else:  # PostgreSQL plans by its statistics; the index the lookup needs is there
+        indexes = _rows(server, "SELECT indexdef FROM pg_indexes WHERE tablename = 'hist_lines'")
+        assert any("(psn_no NULLS FIRST, setl_date NULLS FIRST)" in r[0] for r in indexes), indexes
     reply = get(server, agent, _path())
     assert reply.status == 200
     lines = reply.json()["lines"]  # type: ignore[index]

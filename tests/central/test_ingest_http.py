@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
@@ -14,25 +13,17 @@ from protocol.batch import BatchLimits, KeyPair
 from protocol.chain import encode_body, encode_entry
 from protocol.wire import PROTOCOL_HEADER, decode_ack
 
-from .conftest import Chain, Server, enrol, reversal, settlement, start_server
+from .conftest import Chain, Server, enrol, reversal, rows, settlement, start_server
 
 
 def _counts(server: Server) -> tuple[int, int]:
-    conn = sqlite3.connect(server.store.path)
-    try:
-        records = conn.execute("SELECT count(*) FROM records").fetchone()[0]
-        settlements = conn.execute("SELECT count(*) FROM settlements").fetchone()[0]
-    finally:
-        conn.close()
+    records = rows(server.store, "SELECT count(*) FROM records")[0][0]
+    settlements = rows(server.store, "SELECT count(*) FROM settlements")[0][0]
     return records, settlements
 
 
 def _events(server: Server) -> list[tuple]:
-    conn = sqlite3.connect(server.store.path)
-    try:
-        return conn.execute("SELECT agent_id, code, remote FROM security_events ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return rows(server.store, "SELECT agent_id, code, remote FROM security_events ORDER BY id")
 
 
 def _error(reply) -> str:
@@ -146,9 +137,8 @@ def test_record_whose_totals_do_not_add_up_is_chained_but_rejected(server: Serve
     assert (ack.code, ack.acked_seq, ack.stored) == ("stored", 3, 3)
     assert [(r.seq, r.code) for r in ack.rejected] == [(2, "validation_failed")]
     assert "does not add up" in ack.rejected[0].message
-    conn = sqlite3.connect(server.store.path)
-    assert conn.execute("SELECT setl_id FROM settlements ORDER BY seq").fetchall() == [("OK-1",), ("OK-3",)]
-    assert conn.execute("SELECT seq, status FROM records ORDER BY seq").fetchall() == [
+    assert rows(server.store, "SELECT setl_id FROM settlements ORDER BY seq") == [("OK-1",), ("OK-3",)]
+    assert rows(server.store, "SELECT seq, status FROM records ORDER BY seq") == [
         (1, "ok"),
         (2, "rejected"),
         (3, "ok"),
@@ -194,10 +184,10 @@ def test_reversal_is_stored_as_its_own_record(server: Server, agent: Chain) -> N
     agent.append(original)
     agent.append(reversal(original, "REV"))
     assert decode_ack(server.post_batch(agent.batch(1, 2)).body).rejected == []
-    conn = sqlite3.connect(server.store.path)
-    row = conn.execute(
-        "SELECT kind, psn_no, orig_setl_id, medfee_sumamt, setl_date FROM settlements WHERE setl_id = 'REV'"
-    ).fetchone()
+    (row,) = rows(
+        server.store,
+        "SELECT kind, psn_no, orig_setl_id, medfee_sumamt, setl_date FROM settlements WHERE setl_id = 'REV'",
+    )
     assert row == ("revs", None, "ORIG", -original.medfee_sumamt, "2026-11-24")
 
 
@@ -207,8 +197,7 @@ def test_lost_marker_keeps_the_chain_going(server: Server, agent: Chain) -> None
     agent.extend(1)
     ack = decode_ack(server.post_batch(agent.batch(1, 3)).body)
     assert (ack.acked_seq, ack.rejected) == (3, [])
-    conn = sqlite3.connect(server.store.path)
-    assert conn.execute("SELECT seq, status FROM records ORDER BY seq").fetchall() == [
+    assert rows(server.store, "SELECT seq, status FROM records ORDER BY seq") == [
         (1, "ok"),
         (2, "lost"),
         (3, "ok"),
