@@ -41,7 +41,7 @@ from central.errors import CentralError, HomeNotInitialised, SchemaTooNew
 from .pg_schema import pg_steps, pg_tables
 from .sql import Tables, translate
 
-__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "redact_dsn"]
+__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "migrate", "redact_dsn"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -167,6 +167,47 @@ class PgConnection:
             self.raw.rollback()
 
 
+def migrate(
+    raw: psycopg.Connection[Any], tables: Tables, *, where: str, create: bool, upto: int | None = None
+) -> list[str]:
+    """Apply the pending PostgreSQL steps (``central.storage.pg_schema``) in ``raw``'s open transaction.
+
+    Returns the names applied. ``upto`` stops at that schema version: a database as an older release
+    left it, which is how ``tests/pg/test_pg_store.py`` shows an upgrade keeps its rows. The caller holds
+    the migration advisory lock, so two collectors starting at once migrate once.
+    """
+    exists = raw.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        if not create:
+            raise HomeNotInitialised(
+                f"the PostgreSQL database {where} holds no yibao-central schema; run "
+                "`yibao-central --home HOME init` with `database` set to it first"
+            )
+        raw.execute(
+            "CREATE TABLE _migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL)"
+        )
+    current = raw.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()[0]
+    steps = pg_steps()
+    if current > len(steps):
+        raise SchemaTooNew(
+            f"the PostgreSQL database {where} is at schema version {current} but this yibao-central knows "
+            f"only {len(steps)}; upgrade yibao-central instead of opening the database with an older one"
+        )
+    applied = []
+    for step in steps[current : len(steps) if upto is None else upto]:
+        for statement in step.statements:
+            raw.execute(statement)
+        if step.data_step is not None:
+            step.data_step(PgConnection(raw, tables))
+        raw.execute(
+            "INSERT INTO _migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+            (step.version, step.name, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
+        applied.append(step.name)
+    return applied
+
+
 class PgStore:
     """The collector's database on a PostgreSQL server; shared by the event loop and CLI code."""
 
@@ -185,11 +226,17 @@ class PgStore:
         self._closed = threading.Event()
         self._wconn: PgConnection | None = None
         self._advisory: psycopg.Connection[Any] | None = None
+        self._held: set[int] = set()
         try:
             self.applied_migrations: list[str] = self._writer.submit(self._open_writer, create).result()
         except BaseException:
+            # A refused open (not initialised, too new, unreachable) must not leave its connection behind.
             self._writer.shutdown(wait=True)
             self._readers.shutdown(wait=True)
+            with self._lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
             raise
 
     # -- connections -------------------------------------------------------------------
@@ -212,40 +259,7 @@ class PgStore:
         self._wconn = PgConnection(raw, self._tables)
         with raw.transaction():
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(_MIGRATE_LOCK),))
-            return self._migrate(raw, create)
-
-    def _migrate(self, raw: psycopg.Connection[Any], create: bool) -> list[str]:
-        exists = raw.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
-        if not exists:
-            if not create:
-                raise HomeNotInitialised(
-                    f"the PostgreSQL database {self.where} holds no yibao-central schema; run "
-                    "`yibao-central --home HOME init` with `database` set to it first"
-                )
-            raw.execute(
-                "CREATE TABLE _migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TEXT NOT NULL)"
-            )
-        current = raw.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()[0]
-        steps = pg_steps()
-        if current > len(steps):
-            raise SchemaTooNew(
-                f"the PostgreSQL database {self.where} is at schema version {current} but this "
-                f"yibao-central knows only {len(steps)}; upgrade yibao-central instead of opening the "
-                "database with an older one"
-            )
-        applied = []
-        for step in steps[current:]:
-            for statement in step.statements:
-                raw.execute(statement)
-            if step.data_step is not None:
-                step.data_step(PgConnection(raw, self._tables))
-            raw.execute(
-                "INSERT INTO _migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                (step.version, step.name, datetime.now(UTC).isoformat(timespec="seconds")),
-            )
-            applied.append(step.name)
-        return applied
+            return migrate(raw, self._tables, where=self.where, create=create)
 
     def _read_conn(self) -> PgConnection:
         conn = getattr(self._local, "conn", None)
@@ -317,20 +331,34 @@ class PgStore:
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """Hold the advisory lock ``name`` for the block if no other collector does; yields whether held."""
-        with self._lock:
-            if self._advisory is None:
-                self._advisory = self._connect(autocommit=True)
-            conn = self._advisory
+        """Hold the advisory lock ``name`` for the block if no other collector does; yields whether held.
+
+        The lock is a session lock on one connection this store keeps for it. PostgreSQL grants a session
+        a lock it already holds, so threads of this collector are kept apart here (``_held``): ``name`` is
+        held by one block at a time, in this process as across collectors. A connection the server dropped
+        is replaced; its locks went with it.
+        """
         key = _lock_key(name)
         with self._lock:
-            got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+            if key in self._held:
+                got = False
+            else:
+                if self._advisory is None or self._advisory.closed or self._advisory.broken:
+                    self._advisory = self._connect(autocommit=True)
+                got = bool(self._advisory.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+                if got:
+                    self._held.add(key)
+            conn = self._advisory
         try:
             yield got
         finally:
             if got:
                 with self._lock:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    self._held.discard(key)
+                    try:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    except psycopg.OperationalError:
+                        pass  # the session is gone, and its lock with it
 
     def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` (on a listener thread) for every notification on ``channel``."""
