@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.adapt import Loader
+from psycopg.adapt import Dumper, Loader
 
 from central.errors import CentralError, HomeNotInitialised, SchemaTooNew
 
@@ -76,6 +77,22 @@ class _NumericLoader(Loader):
         return int(value) if value == value.to_integral_value() else float(value)
 
 
+class _BoolAsIntDumper(Dumper):
+    """A Python bool as a ``bigint`` 0/1: SQLite keeps booleans as integers and every such column here is
+    BIGINT, which refuses a boolean. Done by the driver, so no statement's parameters need converting."""
+
+    oid = psycopg.adapters.types["int8"].oid
+
+    def dump(self, obj: bool) -> bytes:
+        return b"1" if obj else b"0"
+
+
+#: A single-row ``INSERT INTO t (cols) VALUES (%s, …)`` that ``executemany`` sends as one ``unnest``.
+_ONE_ROW = re.compile(
+    r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(%s(?:, %s)*\)((?: ON CONFLICT DO NOTHING)?)"
+)
+
+
 def _lock_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
@@ -112,11 +129,6 @@ class PgCursor:
         return iter(self._cur)
 
 
-def _params(params: Sequence[Any]) -> tuple[Any, ...]:
-    # SQLite keeps booleans as integers; the columns here are BIGINT, which refuse a boolean.
-    return tuple(int(p) if isinstance(p, bool) else p for p in params)
-
-
 class PgConnection:
     """A psycopg connection that takes the centre's SQLite-dialect SQL (``?`` parameters)."""
 
@@ -127,6 +139,7 @@ class PgConnection:
         self._tables = tables
         #: Rows inserted, updated or deleted through this connection, as ``sqlite3.Connection`` counts.
         self.total_changes = 0
+        self._types: dict[str, dict[str, str]] = {}
 
     def _count(self, sql: str, cur: psycopg.Cursor[Any]) -> None:
         if sql[:6].upper() in ("INSERT", "UPDATE", "DELETE") and cur.rowcount > 0:
@@ -135,7 +148,7 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         t = translate(sql, self._tables)
         cur = self.raw.cursor()
-        cur.execute(t.sql, _params(params))
+        cur.execute(t.sql, params)
         self._count(t.sql, cur)
         if t.returns_id:
             row = cur.fetchone()
@@ -143,12 +156,50 @@ class PgConnection:
         return PgCursor(cur)
 
     def executemany(self, sql: str, seq: Any) -> PgCursor:
+        """``sql`` once per parameter row; a plain single-row INSERT is sent as one ``INSERT … SELECT
+        FROM unnest(column arrays)``.
+
+        Ingest inserts thousands of rows per batch; row by row, the driver's per-statement work is most of
+        the cost of a batch (``benchmarks/ingest_pg.py``). One statement with one array per column keeps
+        its text (and its server-side prepared plan) the same whatever the number of rows. Only an INSERT
+        without a conflict clause or with ``ON CONFLICT DO NOTHING`` is folded: it means the same row by
+        row or at once (a row conflicting with one before it, in the table or in the same statement, is
+        skipped or refused either way), rows are inserted in the given order, and the row count is the
+        rows inserted.
+        """
         t = translate(sql, self._tables)
         text = t.sql.rsplit(" RETURNING ", 1)[0] if t.returns_id else t.sql
+        rows = seq if isinstance(seq, list) else list(seq)
         cur = self.raw.cursor()
-        cur.executemany(text, [_params(p) for p in seq])
+        fold = _ONE_ROW.fullmatch(text) if len(rows) > 1 else None
+        if fold is None:
+            cur.executemany(text, rows)
+            self._count(text, cur)
+            return PgCursor(cur)
+        table, columns, tail = fold.groups()
+        names = [c.strip() for c in columns.split(",")]
+        types = self._column_types(table)
+        arrays = ", ".join(f"%b::{types[c]}[]" for c in names)  # binary: no text escaping of each value
+        cur.execute(
+            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}){tail}",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
         self._count(text, cur)
         return PgCursor(cur)
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        """Each column's type, for the casts of ``executemany``'s arrays (asked once per table)."""
+        types = self._types.get(table)
+        if types is None:
+            types = dict(
+                self.raw.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                    (table,),
+                ).fetchall()
+            )
+            self._types[table] = types
+        return types
 
     @property
     def in_transaction(self) -> bool:
@@ -250,6 +301,7 @@ class PgStore:
                 "server is up and the `database` setting in central.json"
             ) from None
         conn.adapters.register_loader("numeric", _NumericLoader)
+        conn.adapters.register_dumper(bool, _BoolAsIntDumper)
         with self._lock:
             self._conns.append(conn)
         return conn
