@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,14 +35,14 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.adapt import Loader
+from psycopg.adapt import Dumper, Loader
 
 from central.errors import CentralError, HomeNotInitialised, SchemaTooNew
 
 from .pg_schema import pg_steps, pg_tables
 from .sql import Tables, translate
 
-__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "redact_dsn"]
+__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "migrate", "redact_dsn"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +75,22 @@ class _NumericLoader(Loader):
     def load(self, data: Any) -> int | float:
         value = Decimal(bytes(data).decode())
         return int(value) if value == value.to_integral_value() else float(value)
+
+
+class _BoolAsIntDumper(Dumper):
+    """A Python bool as a ``bigint`` 0/1: SQLite keeps booleans as integers and every such column here is
+    BIGINT, which refuses a boolean. Done by the driver, so no statement's parameters need converting."""
+
+    oid = psycopg.adapters.types["int8"].oid
+
+    def dump(self, obj: bool) -> bytes:
+        return b"1" if obj else b"0"
+
+
+#: A single-row ``INSERT INTO t (cols) VALUES (%s, …)`` that ``executemany`` sends as one ``unnest``.
+_ONE_ROW = re.compile(
+    r"INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(%s(?:, %s)*\)((?: ON CONFLICT DO NOTHING)?)"
+)
 
 
 def _lock_key(name: str) -> int:
@@ -112,11 +129,6 @@ class PgCursor:
         return iter(self._cur)
 
 
-def _params(params: Sequence[Any]) -> tuple[Any, ...]:
-    # SQLite keeps booleans as integers; the columns here are BIGINT, which refuse a boolean.
-    return tuple(int(p) if isinstance(p, bool) else p for p in params)
-
-
 class PgConnection:
     """A psycopg connection that takes the centre's SQLite-dialect SQL (``?`` parameters)."""
 
@@ -127,6 +139,7 @@ class PgConnection:
         self._tables = tables
         #: Rows inserted, updated or deleted through this connection, as ``sqlite3.Connection`` counts.
         self.total_changes = 0
+        self._types: dict[str, dict[str, str]] = {}
 
     def _count(self, sql: str, cur: psycopg.Cursor[Any]) -> None:
         if sql[:6].upper() in ("INSERT", "UPDATE", "DELETE") and cur.rowcount > 0:
@@ -135,7 +148,7 @@ class PgConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> PgCursor:
         t = translate(sql, self._tables)
         cur = self.raw.cursor()
-        cur.execute(t.sql, _params(params))
+        cur.execute(t.sql, params)
         self._count(t.sql, cur)
         if t.returns_id:
             row = cur.fetchone()
@@ -143,12 +156,50 @@ class PgConnection:
         return PgCursor(cur)
 
     def executemany(self, sql: str, seq: Any) -> PgCursor:
+        """``sql`` once per parameter row; a plain single-row INSERT is sent as one ``INSERT … SELECT
+        FROM unnest(column arrays)``.
+
+        Ingest inserts thousands of rows per batch; row by row, the driver's per-statement work is most of
+        the cost of a batch (``benchmarks/ingest_pg.py``). One statement with one array per column keeps
+        its text (and its server-side prepared plan) the same whatever the number of rows. Only an INSERT
+        without a conflict clause or with ``ON CONFLICT DO NOTHING`` is folded: it means the same row by
+        row or at once (a row conflicting with one before it, in the table or in the same statement, is
+        skipped or refused either way), rows are inserted in the given order, and the row count is the
+        rows inserted.
+        """
         t = translate(sql, self._tables)
         text = t.sql.rsplit(" RETURNING ", 1)[0] if t.returns_id else t.sql
+        rows = seq if isinstance(seq, list) else list(seq)
         cur = self.raw.cursor()
-        cur.executemany(text, [_params(p) for p in seq])
+        fold = _ONE_ROW.fullmatch(text) if len(rows) > 1 else None
+        if fold is None:
+            cur.executemany(text, rows)
+            self._count(text, cur)
+            return PgCursor(cur)
+        table, columns, tail = fold.groups()
+        names = [c.strip() for c in columns.split(",")]
+        types = self._column_types(table)
+        arrays = ", ".join(f"%b::{types[c]}[]" for c in names)  # binary: no text escaping of each value
+        cur.execute(
+            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}){tail}",
+            [list(column) for column in zip(*rows, strict=True)],
+        )
         self._count(text, cur)
         return PgCursor(cur)
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        """Each column's type, for the casts of ``executemany``'s arrays (asked once per table)."""
+        types = self._types.get(table)
+        if types is None:
+            types = dict(
+                self.raw.execute(
+                    "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                    "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                    (table,),
+                ).fetchall()
+            )
+            self._types[table] = types
+        return types
 
     @property
     def in_transaction(self) -> bool:
@@ -165,6 +216,47 @@ class PgConnection:
             self.raw.commit()
         else:
             self.raw.rollback()
+
+
+def migrate(
+    raw: psycopg.Connection[Any], tables: Tables, *, where: str, create: bool, upto: int | None = None
+) -> list[str]:
+    """Apply the pending PostgreSQL steps (``central.storage.pg_schema``) in ``raw``'s open transaction.
+
+    Returns the names applied. ``upto`` stops at that schema version: a database as an older release
+    left it, which is how ``tests/pg/test_pg_store.py`` shows an upgrade keeps its rows. The caller holds
+    the migration advisory lock, so two collectors starting at once migrate once.
+    """
+    exists = raw.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
+    if not exists:
+        if not create:
+            raise HomeNotInitialised(
+                f"the PostgreSQL database {where} holds no yibao-central schema; run "
+                "`yibao-central --home HOME init` with `database` set to it first"
+            )
+        raw.execute(
+            "CREATE TABLE _migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at TEXT NOT NULL)"
+        )
+    current = raw.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()[0]
+    steps = pg_steps()
+    if current > len(steps):
+        raise SchemaTooNew(
+            f"the PostgreSQL database {where} is at schema version {current} but this yibao-central knows "
+            f"only {len(steps)}; upgrade yibao-central instead of opening the database with an older one"
+        )
+    applied = []
+    for step in steps[current : len(steps) if upto is None else upto]:
+        for statement in step.statements:
+            raw.execute(statement)
+        if step.data_step is not None:
+            step.data_step(PgConnection(raw, tables))
+        raw.execute(
+            "INSERT INTO _migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+            (step.version, step.name, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
+        applied.append(step.name)
+    return applied
 
 
 class PgStore:
@@ -185,11 +277,17 @@ class PgStore:
         self._closed = threading.Event()
         self._wconn: PgConnection | None = None
         self._advisory: psycopg.Connection[Any] | None = None
+        self._held: set[int] = set()
         try:
             self.applied_migrations: list[str] = self._writer.submit(self._open_writer, create).result()
         except BaseException:
+            # A refused open (not initialised, too new, unreachable) must not leave its connection behind.
             self._writer.shutdown(wait=True)
             self._readers.shutdown(wait=True)
+            with self._lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
             raise
 
     # -- connections -------------------------------------------------------------------
@@ -203,6 +301,7 @@ class PgStore:
                 "server is up and the `database` setting in central.json"
             ) from None
         conn.adapters.register_loader("numeric", _NumericLoader)
+        conn.adapters.register_dumper(bool, _BoolAsIntDumper)
         with self._lock:
             self._conns.append(conn)
         return conn
@@ -212,40 +311,7 @@ class PgStore:
         self._wconn = PgConnection(raw, self._tables)
         with raw.transaction():
             raw.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(_MIGRATE_LOCK),))
-            return self._migrate(raw, create)
-
-    def _migrate(self, raw: psycopg.Connection[Any], create: bool) -> list[str]:
-        exists = raw.execute("SELECT to_regclass('_migrations') IS NOT NULL").fetchone()[0]
-        if not exists:
-            if not create:
-                raise HomeNotInitialised(
-                    f"the PostgreSQL database {self.where} holds no yibao-central schema; run "
-                    "`yibao-central --home HOME init` with `database` set to it first"
-                )
-            raw.execute(
-                "CREATE TABLE _migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, "
-                "applied_at TEXT NOT NULL)"
-            )
-        current = raw.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()[0]
-        steps = pg_steps()
-        if current > len(steps):
-            raise SchemaTooNew(
-                f"the PostgreSQL database {self.where} is at schema version {current} but this "
-                f"yibao-central knows only {len(steps)}; upgrade yibao-central instead of opening the "
-                "database with an older one"
-            )
-        applied = []
-        for step in steps[current:]:
-            for statement in step.statements:
-                raw.execute(statement)
-            if step.data_step is not None:
-                step.data_step(PgConnection(raw, self._tables))
-            raw.execute(
-                "INSERT INTO _migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                (step.version, step.name, datetime.now(UTC).isoformat(timespec="seconds")),
-            )
-            applied.append(step.name)
-        return applied
+            return migrate(raw, self._tables, where=self.where, create=create)
 
     def _read_conn(self) -> PgConnection:
         conn = getattr(self._local, "conn", None)
@@ -317,20 +383,34 @@ class PgStore:
 
     @contextmanager
     def exclusive(self, name: str) -> Iterator[bool]:
-        """Hold the advisory lock ``name`` for the block if no other collector does; yields whether held."""
-        with self._lock:
-            if self._advisory is None:
-                self._advisory = self._connect(autocommit=True)
-            conn = self._advisory
+        """Hold the advisory lock ``name`` for the block if no other collector does; yields whether held.
+
+        The lock is a session lock on one connection this store keeps for it. PostgreSQL grants a session
+        a lock it already holds, so threads of this collector are kept apart here (``_held``): ``name`` is
+        held by one block at a time, in this process as across collectors. A connection the server dropped
+        is replaced; its locks went with it.
+        """
         key = _lock_key(name)
         with self._lock:
-            got = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+            if key in self._held:
+                got = False
+            else:
+                if self._advisory is None or self._advisory.closed or self._advisory.broken:
+                    self._advisory = self._connect(autocommit=True)
+                got = bool(self._advisory.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+                if got:
+                    self._held.add(key)
+            conn = self._advisory
         try:
             yield got
         finally:
             if got:
                 with self._lock:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    self._held.discard(key)
+                    try:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+                    except psycopg.OperationalError:
+                        pass  # the session is gone, and its lock with it
 
     def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` (on a listener thread) for every notification on ``channel``."""
