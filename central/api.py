@@ -695,8 +695,8 @@ async def _screen_new(store: Store, repo: TufRepository, interval: float) -> Non
 
     if is_postgres(store):
         log.warning(
-            "the incremental screen runs on SQLite only so far; on PostgreSQL screen with "
-            "`yibao-central screen --engine duckdb` (docs/POSTGRES.md)"
+            "the incremental screen runs on SQLite only so far; screening does not run on PostgreSQL "
+            "yet (docs/POSTGRES.md, 'What runs on PostgreSQL')"
         )
         return
     loop = asyncio.get_running_loop()
