@@ -272,7 +272,8 @@ def _record_result(conn: sqlite3.Connection, result: CheckResult, at: str) -> No
     conn.executemany(
         "INSERT INTO reupload_requests (fixmedins_code, setl_id, declaration_id, requested_at) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (fixmedins_code, setl_id) DO UPDATE SET "
-        "declaration_id = excluded.declaration_id, resolved_at = NULL WHERE resolved_at IS NOT NULL",
+        "declaration_id = excluded.declaration_id, resolved_at = NULL "
+        "WHERE reupload_requests.resolved_at IS NOT NULL",  # qualified: PostgreSQL's excluded has one too
         [(result.hospital, s, result.declaration_id, at) for s in result.missing_at_centre],
     )
     _resolve_arrived(conn, result.hospital, at)

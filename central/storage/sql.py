@@ -9,7 +9,8 @@ places where the two engines *mean* different things, so a query keeps its SQLit
   table's primary key) DO UPDATE SET`` every inserted column (``Tables`` knows the keys).
 - an ``INSERT`` into a table with an ``INTEGER PRIMARY KEY`` gets ``RETURNING`` that key, so the
   cursor's ``lastrowid`` means what it means on SQLite.
-- ``sum(<comparison>)`` → ``sum(CASE WHEN … THEN 1 ELSE 0 END)`` (SQLite's truth values are integers).
+- ``WHERE 1`` → ``WHERE TRUE``; ``sum(<comparison>)`` → ``sum(CASE WHEN … THEN 1 ELSE 0 END)``
+  (SQLite's truth values are integers).
 - ``LIKE`` → ``ILIKE`` (SQLite's LIKE ignores ASCII case); ``INT`` → ``BIGINT`` (SQLite integers are
   64-bit); ``json_each(x)`` → ``json_array_elements_text(x::json)``; ``json_group_array`` →
   ``json_agg``; JSON paths read text as ``json``; a subquery in ``FROM`` gets the alias PostgreSQL
@@ -91,6 +92,10 @@ def _translate(sql: str, tables: Tables) -> Translated:
         return node
 
     def rewrite(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Where) and isinstance(node.this, exp.Literal) and not node.this.is_string:
+            # ``WHERE 1`` (a query built with no filter) is an integer condition PostgreSQL refuses.
+            node.set("this", exp.true() if float(node.this.this) else exp.false())
+            return node
         if isinstance(node, exp.Sum | exp.Avg) and isinstance(
             node.this, exp.Predicate | exp.Connector | exp.Not
         ):

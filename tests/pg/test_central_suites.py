@@ -10,6 +10,7 @@ from tests.central.test_cards import *  # noqa: F403
 from tests.central.test_changes import *  # noqa: F403
 from tests.central.test_cli import *  # noqa: F403
 from tests.central.test_deaths import *  # noqa: F403
+from tests.central.test_declarations import *  # noqa: F403
 from tests.central.test_enrol import *  # noqa: F403
 from tests.central.test_heartbeats import *  # noqa: F403
 from tests.central.test_history_http import *  # noqa: F403
