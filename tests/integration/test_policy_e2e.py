@@ -40,10 +40,15 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
         err = body["error"]
         assert (err["code"], err["list_type"], err["reason"]) == ("blacklisted", "card", "reported lost")
         assert err["list_version"] >= 1 and CARD not in err["message"]
-        # seq 1 is E2E-0; applying the bundle chains its blacklist_applied card log as seq 2, just after
-        # the apply that refuses the card (issue 18)
-        last_seq = wait_until(lambda: agent.status()["outbox"]["last_seq"] == 2 and 2, timeout=10,
-                              what="the agent chaining the blacklist_applied log")  # fmt: skip
+        # Applying a blacklist bundle chains a blacklist_applied card log just after the apply that
+        # refuses the card (issue 18): wait until the outbox has it and stands still, then settle.
+        seen: list[int] = []
+
+        def settled_down() -> int | None:
+            seen.append(agent.status()["outbox"]["last_seq"])
+            return seen[-1] if len(seen) >= 10 and seen[-1] > 1 and len(set(seen[-10:])) == 1 else None
+
+        last_seq = wait_until(settled_down, timeout=20, what="the agent chaining the blacklist_applied log")
         code, _ = agent.settle(example_settlement("E2E-REFUSED"))
         assert code == 403 and agent.status()["outbox"]["last_seq"] == last_seq  # refused: nothing written
 
