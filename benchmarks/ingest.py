@@ -53,15 +53,20 @@ _SETTLEMENT_COLUMNS = (
 )
 
 
-def enrolled_store(path: Path, key: KeyPair, hospital: str) -> tuple[Store, str]:
-    """A fresh central.db with the agent's key registered as the enrolment endpoint does it."""
-    store = Store(path, create=True)
+def enrol(store: Store, key: KeyPair, hospital: str) -> str:
+    """Register the agent's key in ``store`` (either backend) as the enrolment endpoint does; its id."""
     token = issue_token(store, hospital)
     request = EnrollRequest(token=token, fixmedins_code=hospital, public_key=key.public_bytes.hex())
     response, created = enrol_agent(store, request)
     if not created:
         raise Failed("enrolment did not create the agent")
-    return store, response.agent_id
+    return response.agent_id
+
+
+def enrolled_store(path: Path, key: KeyPair, hospital: str) -> tuple[Store, str]:
+    """A fresh central.db with the agent's key registered as the enrolment endpoint does it."""
+    store = Store(path, create=True)
+    return store, enrol(store, key, hospital)
 
 
 def build_batches(key: KeyPair, agent_id: str, n: int, size: int) -> list[bytes]:

@@ -25,27 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from _common import Bodies, Failed, emit, median, parse_args
-from ingest import build_batches
+from ingest import build_batches, enrol
 
-from central.intake.enrol import enrol_agent, issue_token
 from central.intake.ingest import Ingestor
 from central.storage.base import BaseStore
 from central.storage.postgres import PgStore
 from central.storage.store import SqliteStore
 from protocol.batch import BatchLimits, KeyPair
-from protocol.wire import EnrollRequest
 from simulators.pgserver import PgServer, PgServerMissing
 
 TEMPLATE = "bench_template"
-
-
-def enrol(store: BaseStore, key: KeyPair, hospital: str) -> str:
-    token = issue_token(store, hospital)
-    request = EnrollRequest(token=token, fixmedins_code=hospital, public_key=key.public_bytes.hex())
-    response, created = enrol_agent(store, request)
-    if not created:
-        raise Failed("enrolment did not create the agent")
-    return response.agent_id
 
 
 def count_held(store: BaseStore) -> tuple[int, int]:
