@@ -67,10 +67,6 @@ def _code(reply: Reply) -> str:
     return reply.json()["error"]["code"]  # type: ignore[index]
 
 
-def _rows(server: Server, sql: str, params: tuple = ()) -> list[tuple]:
-    return rows(server.store, sql, params)
-
-
 def visit(
     setl_id: str,
     day: date,
@@ -283,8 +279,8 @@ def test_a_bad_signature_is_refused_and_recorded(server: Server, agent: Chain) -
     cases.append(server.request("GET", _path(), headers={**headers, SIGNATURE_HEADER: "not hex"}))
     for reply in cases:
         assert reply.status == 422 and _code(reply) == "signature_invalid"
-    events = _rows(server, "SELECT agent_id, code, remote, repeats FROM security_events")
-    logged = _rows(server, "SELECT count(*) FROM person_access_log")[0][0]
+    events = rows(server.store, "SELECT agent_id, code, remote, repeats FROM security_events")
+    logged = rows(server.store, "SELECT count(*) FROM person_access_log")[0][0]
     assert events == [(agent.agent_id, "signature_invalid", "127.0.0.1", 3)]  # folded: one source, one code
     assert logged == 0
 
@@ -301,7 +297,7 @@ def test_a_stale_or_future_time_is_refused(server: Server, agent: Chain, offset_
     at = (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat(timespec="seconds")
     reply = get(server, agent, _path(), at=at)
     assert reply.status == 401 and _code(reply) == "request_stale"
-    assert _rows(server, "SELECT count(*) FROM person_access_log")[0][0] == 0
+    assert rows(server.store, "SELECT count(*) FROM person_access_log")[0][0] == 0
 
 
 def test_a_time_within_the_skew_is_answered(server: Server, agent: Chain) -> None:
@@ -332,16 +328,17 @@ def test_every_answered_lookup_is_in_the_access_log_without_the_psn_no(
     get(server, agent, _path(query="?days=30"))
     get(server, other, _path("P0000000002"))
     get(server, agent, _path(query="?days=0"))  # refused: not logged
-    rows = _rows(
-        server, "SELECT at, agent_id, fixmedins_code, psn_hash, days, rows FROM person_access_log ORDER BY id"
+    logged = rows(
+        server.store,
+        "SELECT at, agent_id, fixmedins_code, psn_hash, days, rows FROM person_access_log ORDER BY id",
     )
-    stored = _rows(server, "SELECT * FROM person_access_log")  # every column of every row
+    stored = rows(server.store, "SELECT * FROM person_access_log")  # every column of every row
     digest = hashlib.sha256(PSN.encode()).hexdigest()
-    assert [r[1:] for r in rows] == [
+    assert [r[1:] for r in logged] == [
         (agent.agent_id, HOSPITAL, digest, 30, 2),
         (other.agent_id, OTHER, hashlib.sha256(b"P0000000002").hexdigest(), 90, 0),
     ]
-    assert all(abs(datetime.fromisoformat(r[0]) - datetime.now(UTC)) < timedelta(seconds=30) for r in rows)
+    assert all(abs(datetime.fromisoformat(r[0]) - datetime.now(UTC)) < timedelta(seconds=30) for r in logged)
     assert len(stored) == 2 and not any("P000000000" in repr(row) for row in stored)
 
 
@@ -382,10 +379,10 @@ def test_a_person_with_hundreds_of_lines_gets_them_all_by_the_index(server: Serv
         upload(server, agent, *records[i : i + 1000])
     if isinstance(server.store, SqliteStore):
         sql = "EXPLAIN QUERY PLAN SELECT * FROM hist_lines WHERE psn_no = ? AND setl_date >= ?"
-        plan = " ".join(r[3] for r in _rows(server, sql, (PSN, "x")))
+        plan = " ".join(r[3] for r in rows(server.store, sql, (PSN, "x")))
         assert "USING INDEX hist_lines_psn_no_setl_date" in plan
     else:  # PostgreSQL plans by its statistics; the index the lookup needs is there
-        indexes = _rows(server, "SELECT indexdef FROM pg_indexes WHERE tablename = 'hist_lines'")
+        indexes = rows(server.store, "SELECT indexdef FROM pg_indexes WHERE tablename = 'hist_lines'")
         assert any("(psn_no NULLS FIRST, setl_date NULLS FIRST)" in r[0] for r in indexes), indexes
     reply = get(server, agent, _path())
     assert reply.status == 200
