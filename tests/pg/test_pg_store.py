@@ -109,12 +109,8 @@ def test_every_sqlite_table_and_column_exists_on_postgres_with_a_compatible_type
     assert all(pg_indexes[name] == table for name, table in lite_indexes.items())
 
 
-def _bare_database(pg_server: PgServer, name: str) -> str:
-    return pg_server.create_database(name)
-
-
 def test_a_database_left_at_an_older_version_is_upgraded_with_its_rows_kept(pg_server) -> None:
-    dsn = _bare_database(pg_server, "upgrade_from_15")
+    dsn = pg_server.create_database("upgrade_from_15")
     old = PG_BASELINE  # the last version before card logs
     assert old < SCHEMA_VERSION
     with psycopg.connect(dsn) as raw:
@@ -328,7 +324,7 @@ def _sessions(pg_server: PgServer, dbname: str) -> int:
 
 
 def test_an_empty_database_is_refused_until_init_and_nothing_is_created(pg_server) -> None:
-    dsn = _bare_database(pg_server, "never_initialised")
+    dsn = pg_server.create_database("never_initialised")
     with pytest.raises(HomeNotInitialised) as caught:
         PgStore(dsn)
     assert "yibao-central --home HOME init" in caught.value.message
