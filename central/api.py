@@ -693,19 +693,15 @@ async def _screen_new(store: Store, repo: TufRepository, interval: float) -> Non
     the persons and hospitals it touched, off the event loop, until level with what is held."""
     from central.monitoring.screening import screen_new
 
-    if is_postgres(store):
-        log.warning(
-            "the incremental screen runs on SQLite only so far; screening does not run on PostgreSQL "
-            "yet (docs/POSTGRES.md, 'What runs on PostgreSQL')"
-        )
-        return
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
         try:
             while True:
-                summary = await loop.run_in_executor(None, lambda: screen_new(store, repo=repo))
-                if summary["cursor"][0] == summary["cursor"][1]:
+                summary = await loop.run_in_executor(
+                    None, _one_collector, store, "screen-new", lambda: screen_new(store, repo=repo)
+                )
+                if summary is None or summary["cursor"][0] == summary["cursor"][1]:
                     break
         except Exception:
             log.exception("the incremental screen failed; retrying in %.0f s", interval)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from central.errors import CentralError
+from central.storage.base import is_postgres
 from central.storage.store import Store, now_iso
 from protocol import rules as rl
 from protocol.rules import centre as rc
@@ -57,7 +58,9 @@ from .screening import (
     full_judged,
     object_windows,
     rules_in_force,
+    screening_source,
 )
+from .pgscreen import PgScreeningConnection
 from .suspicions import Finding, fact_key, record_findings, retract_missing
 
 __all__ = [
@@ -115,16 +118,26 @@ def _arrow_type(declared: str) -> Any:
     t = declared.upper()
     if "INT" in t:
         return pa.int64()
-    if any(word in t for word in ("REAL", "FLOA", "DOUB")):
+    if any(word in t for word in ("REAL", "FLOA", "DOUB", "NUMERIC")):
         return pa.float64()
     return pa.string()
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> list[tuple[str, str]]:
+def _columns(conn: Any, table: str) -> list[tuple[str, str]]:
+    """(name, declared type) of each column of ``table``: SQLite's own, or PostgreSQL's (``bigint``,
+    ``double precision``, ``text``: the same affinities under ``_arrow_type``)."""
+    if getattr(conn, "dialect", "sqlite") == "postgres":
+        rows = conn.raw.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped AND attname <> 'rowid' "
+            "ORDER BY attnum",
+            (table,),
+        ).fetchall()
+        return [(name, kind) for name, kind in rows]
     return [(r[1], r[2] or "") for r in conn.execute(f"PRAGMA table_info({table})")]
 
 
-def _write_table(conn: sqlite3.Connection, table: str, path: Path, batch_rows: int = _BATCH_ROWS) -> int:
+def _write_table(conn: Any, table: str, path: Path, batch_rows: int = _BATCH_ROWS) -> int:
     """``table`` of ``conn`` as the Parquet file ``path`` (typed by the declared column types; a value
     stored under another type in a non-STRICT table is cast the way SQLite casts it)."""
     import pyarrow as pa
@@ -166,23 +179,32 @@ class Export:
 
 
 def export_parquet(
-    db_path: Path | str, directory: Path | str, *, tables: Iterable[str] = HISTORY_TABLES
+    source: Store | Path | str, directory: Path | str, *, tables: Iterable[str] = HISTORY_TABLES
 ) -> Export:
-    """Every table of ``tables`` from ``db_path`` to ``directory/<table>.parquet``, from one snapshot.
+    """Every table of ``tables`` from ``source`` (the centre's store, or a ``central.db`` file) to
+    ``directory/<table>.parquet``, from one snapshot.
 
     A full export each time (the screen reads every table in full anyway); ``manifest.json`` says
-    when, from which database and how many rows, so an operator can tell what a screen read.
+    when, from which database and how many rows, so an operator can tell what a screen read. A
+    PostgreSQL store is read in one ``REPEATABLE READ`` transaction of a session of its own.
     """
     start = time.perf_counter()
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     export = Export(out)
-    db = Path(db_path)
-    if not db.exists():
-        raise EngineFailed(f"no database at {db}: export needs the centre's central.db")
-    conn = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, isolation_level=None)
-    try:
+    where: str
+    if isinstance(source, Path | str):
+        db = Path(source)
+        if not db.exists():
+            raise EngineFailed(f"no database at {db}: export needs the centre's central.db")
+        conn: Any = sqlite3.connect(f"file:{db.resolve()}?mode=ro", uri=True, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 10000")
+        where = str(db.resolve())
+    elif is_postgres(source):
+        conn, where = PgScreeningConnection(source.dsn), source.where
+    else:
+        return export_parquet(source.path, directory, tables=tables)
+    try:
         conn.execute("BEGIN")  # one read snapshot for every table
         for table in tables:
             export.rows[table] = _write_table(conn, table, export.path(table))
@@ -191,7 +213,7 @@ def export_parquet(
         conn.close()
     export.bytes = sum(export.path(t).stat().st_size for t in export.rows)
     export.seconds = time.perf_counter() - start
-    manifest = {"database": str(db.resolve()), "exported_at": now_iso(), "rows": export.rows,
+    manifest = {"database": where, "exported_at": now_iso(), "rows": export.rows,
                 "bytes": export.bytes}  # fmt: skip
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return export
@@ -267,7 +289,8 @@ class Engine:
 
 
 class SqliteEngine(Engine):
-    """The existing path: a ``Screener``'s connection (``central.db`` attached read-only)."""
+    """The existing path: a ``Screener``'s connection (``central.db`` attached read-only; on a PostgreSQL
+    centre, its DSN: the screener's session there, ``central.monitoring.pgscreen``)."""
 
     name = "sqlite"
     dialect = "sqlite"
@@ -481,9 +504,9 @@ def open_engine(name: str, db_path: Path | str, export: Export | None = None, **
 
 
 def _attribution(
-    db_path: Path, setl_ids: list[str], with_lines: list[str]
+    store: Store, setl_ids: list[str], with_lines: list[str]
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
-    """The hits' visits (object, hospital, money) and lines' amounts, read from ``central.db`` as
+    """The hits' visits (object, hospital, money) and lines' amounts, read from the store as
     ``Screener`` reads them: attribution is the same whichever engine found the hit."""
     cols = (
         "setl_id",
@@ -497,8 +520,8 @@ def _attribution(
     )
     visits: dict[str, dict[str, Any]] = {}
     amounts: dict[str, dict[str, int]] = {}
-    conn = sqlite3.connect(f"file:{db_path.resolve()}?mode=ro", uri=True)
-    try:
+
+    def read(conn: Any) -> None:
         for i in range(0, len(setl_ids), 500):
             part = setl_ids[i : i + 500]
             marks = ",".join("?" * len(part))
@@ -513,19 +536,19 @@ def _attribution(
                 f"SELECT setl_id, feedetl_sn, amount_fen FROM hist_lines WHERE setl_id IN ({marks})", part
             ):
                 amounts.setdefault(setl_id, {})[sn] = amount
-    finally:
-        conn.close()
+
+    store.read(read)
     return visits, amounts
 
 
 def findings_of(
-    db_path: Path | str, area: str, by_rule: Iterable[tuple[rl.Rule, list[rl.Hit]]]
+    store: Store, area: str, by_rule: Iterable[tuple[rl.Rule, list[rl.Hit]]]
 ) -> list[Finding]:
     """Hits attributed to their objects (``screening.finding_of``)."""
     by_rule = [(r, h) for r, h in by_rule if h]
     setl_ids = sorted({h.setl_id for _, hits in by_rule for h in hits})
     with_lines = sorted({h.setl_id for _, hits in by_rule for h in hits if h.lines})
-    visits, amounts = _attribution(Path(db_path), setl_ids, with_lines)
+    visits, amounts = _attribution(store, setl_ids, with_lines)
     return [
         finding_of(rule, hit, visits.get(hit.setl_id), amounts.get(hit.setl_id, {}), area)
         for rule, hits in by_rule
@@ -534,7 +557,7 @@ def findings_of(
 
 
 def area_findings(
-    engine: Engine, db_path: Path | str, rules: AreaRules, lo: str, hi: str, kb_dir: Path
+    engine: Engine, store: Store, rules: AreaRules, lo: str, hi: str, kb_dir: Path
 ) -> tuple[list[Finding], Counter, Counter, int, int]:
     """One area's findings over [lo, hi] on ``engine``: (findings, hits per rule, seconds per rule and
     step, visits, lines). Every rule but the object templates over the whole range at once, those per
@@ -565,7 +588,7 @@ def area_findings(
             hits[rule_id] += len(found)
             by_rule.append((ids[rule_id], found))
     start = time.perf_counter()
-    findings = findings_of(db_path, rules.area, by_rule)
+    findings = findings_of(store, rules.area, by_rule)
     seconds["findings"] += time.perf_counter() - start
     return findings, hits, seconds, visits, lines
 
@@ -613,7 +636,7 @@ def screen_on(
     areas = dict(areas) if areas is not None else rules_in_force(store, repo)
     started = time.perf_counter()
     export_root = Path(export_dir)
-    export = export_parquet(store.path, export_root)
+    export = export_parquet(store, export_root)
     run_id = _start_run(store, "full", lo, hi)
     at = now_iso()
     summary: dict[str, Any] = {
@@ -626,13 +649,13 @@ def screen_on(
     seconds: Counter = Counter({"export": export.seconds})
     found: set[str] = set()
     try:
-        with open_engine(engine, store.path, export, **dict(engine_options or {})) as eng:
+        with open_engine(engine, screening_source(store), export, **dict(engine_options or {})) as eng:
             for area in sorted(areas):
                 rules = areas[area]
                 if not rules.rules:
                     continue
                 kb_dir = export_knowledge(rules.knowledge, export_root / "kb" / area)
-                findings, hits, secs, visits, lines = area_findings(eng, store.path, rules, lo, hi, kb_dir)
+                findings, hits, secs, visits, lines = area_findings(eng, store, rules, lo, hi, kb_dir)
                 per_rule.update(hits)
                 seconds.update(secs)
                 summary["settlements"] += visits

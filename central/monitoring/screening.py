@@ -48,11 +48,13 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from central.storage.base import committed_upto
 from central.storage.store import Store, now_iso
 from protocol import rules as rl
 from protocol.errors import ProtocolError
 from protocol.rules import centre as rc
 
+from .pgscreen import PgScreeningConnection, is_dsn
 from .suspicions import Finding, Judged, fact_key, record_findings, retract_missing
 
 __all__ = [
@@ -186,7 +188,10 @@ def _default_repo(store: Store) -> Any:
     from central.config import CentralConfig
     from central.policy.tuf_repo import TufRepository
 
-    return TufRepository.open(CentralConfig(home=store.path.parent))
+    home = getattr(store, "path", None)
+    if home is None:  # a PostgreSQL store has no home directory of its own: the caller names the repository
+        raise ValueError("screening a PostgreSQL centre needs its TUF repository passed as `repo`")
+    return TufRepository.open(CentralConfig(home=home.parent))
 
 
 #: The rules in force last loaded per database, with the bundle seqs they came from: the incremental
@@ -211,7 +216,7 @@ def rules_in_force(store: Store, repo: Any = None) -> dict[str, AreaRules]:
             ).fetchall()
         )
     )
-    key = (str(store.path.resolve()), seqs)
+    key = (screening_source(store), seqs)
     cached = _IN_FORCE.get(key[0])
     if cached is not None and cached[0] == seqs:
         return dict(cached[1])
@@ -247,15 +252,26 @@ def rules_in_force(store: Store, repo: Any = None) -> dict[str, AreaRules]:
 # -- the screening connection ----------------------------------------------------------------------
 
 
-def open_screening(db_path: Path | str) -> sqlite3.Connection:
-    """An in-memory database (kb_*, TEMP cur_*) with ``central.db`` attached read-only as ``db``."""
-    conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, uri=True)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("ATTACH DATABASE ? AS db", (f"file:{Path(db_path).resolve()}?mode=ro",))
-    conn.execute("PRAGMA db.cache_size = -262144")  # 256 MiB: history seeks over a big file
-    conn.execute("PRAGMA db.mmap_size = 17179869184")
-    conn.execute("PRAGMA cache_size = -65536")
+def screening_source(store: Store) -> str:
+    """What a screening connection opens for ``store``: its SQLite file, or its PostgreSQL DSN."""
+    dsn = getattr(store, "dsn", None)
+    return dsn if isinstance(dsn, str) else str(store.path)
+
+
+def open_screening(db_path: Path | str) -> Any:
+    """An in-memory database (kb_*, TEMP cur_*) with ``central.db`` attached read-only as ``db``; for a
+    PostgreSQL DSN, a session of its own on the centre's database with the same tables TEMP
+    (``central.monitoring.pgscreen``)."""
+    if is_dsn(db_path):
+        conn: Any = PgScreeningConnection(str(db_path))
+    else:
+        conn = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, uri=True)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("ATTACH DATABASE ? AS db", (f"file:{Path(db_path).resolve()}?mode=ro",))
+        conn.execute("PRAGMA db.cache_size = -262144")  # 256 MiB: history seeks over a big file
+        conn.execute("PRAGMA db.mmap_size = 17179869184")
+        conn.execute("PRAGMA cache_size = -65536")
     rl.create_current(conn)
     create_visits = getattr(rl, "create_current_visits", None)
     if create_visits is not None:
@@ -349,7 +365,7 @@ class Screener:
     def __init__(self, db_path: Path | str, span: tuple[str, str] | None = None) -> None:
         """``span``: the whole range of a full screen this screener takes chunks of; template 17's peer
         medians are then computed once for every date of it (``_prepare_medians``)."""
-        self.db_path = Path(db_path)
+        self.db_path = db_path
         self.conn = open_screening(db_path)
         self._kb_area: tuple[str, int] | None = None
         self.span = span
@@ -792,7 +808,7 @@ def run_chunks(
     if not tasks:
         return
     if workers <= 1 or len(tasks) == 1:
-        screener = Screener(store.path, span)
+        screener = Screener(screening_source(store), span)
         try:
             for area, a, b, objects in tasks:
                 on_result(screener.screen_range(areas[area], a, b, objects=objects))
@@ -804,7 +820,7 @@ def run_chunks(
         raise ValueError("worker processes need the rules documents (AreaRules.rules_doc)")
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(str(store.path), docs, span)
+        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(screening_source(store), docs, span)
     ) as pool:
         pending = [pool.submit(_worker_chunk, *task) for task in tasks]
         try:
@@ -983,15 +999,16 @@ class _Batch:
     reversed_: frozenset[tuple[str, str, str]] = frozenset()
 
 
-def _new_batch(conn: sqlite3.Connection, limit: int) -> _Batch:
+def _new_batch(conn: sqlite3.Connection, limit: int, upto: int | None = None) -> _Batch:
+    """``upto``: the highest rowid every row below which is committed (``committed_upto``; PostgreSQL)."""
     cursor = _cursor(conn)
     rows = conn.execute(
         "SELECT s.rowid, s.kind, s.psn_no, s.setl_date, v.fixmedins_code, s.setl_id, o.psn_no, o.setl_date, "
         "o.fixmedins_code, o.med_type FROM settlements AS s "
         "LEFT JOIN hist_visits AS v ON v.setl_id = s.setl_id "
         "LEFT JOIN settlements AS o ON o.setl_id = s.orig_setl_id "
-        "WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?",
-        (cursor, limit),
+        "WHERE s.rowid > ? AND s.rowid <= ? ORDER BY s.rowid LIMIT ?",
+        (cursor, upto if upto is not None else 2**63 - 1, limit),
     ).fetchall()
     persons, hospitals, dates, setl_ids = set(), set(), [], set()
     rev_persons, rev_dates, reversed_ = set(), [], set()
@@ -1032,7 +1049,8 @@ def screen_new(
     ``screen_runs`` row (kind ``incremental``) and the new cursor.
     """
     started = time.perf_counter()
-    batch = store.read(lambda c: _new_batch(c, limit))
+    upto = committed_upto(store)
+    batch = store.read(lambda c: _new_batch(c, limit, upto))
     summary: dict[str, Any] = {
         "kind": "incremental", "settlements": batch.settlements, "lines": 0, "hits": 0, "new_suspicions": 0,
         "again": 0, "per_rule": {}, "cursor": [batch.cursor_from, batch.cursor_to],
@@ -1048,7 +1066,7 @@ def screen_new(
     results: list[ChunkResult] = []
     judged: list[Judged] = []
     rejudged = 0
-    screener = Screener(store.path)
+    screener = Screener(screening_source(store))
     try:
         for area in sorted(areas):
             rules = areas[area]

@@ -22,6 +22,7 @@ from typing import Any
 
 from central.policy.bundles import live_targets
 from central.policy.tuf_repo import TufRepository
+from central.storage.base import committed_upto
 from central.storage.store import Store
 from protocol.benefit import (
     BillLine,
@@ -105,6 +106,8 @@ def _split_of(rec: Settlement, policy: Policy, kb: Knowledge | None, hosp_lv: st
 def audit_splits(store: Store, repo: TufRepository, *, batch: int = 500) -> dict[str, int]:
     """Audit settlements not yet audited; returns counts (checked, flagged, skipped)."""
 
+    upto = committed_upto(store)
+
     def run(conn: sqlite3.Connection) -> dict[str, int]:
         row = conn.execute("SELECT value FROM settings WHERE key = ?", (_CURSOR,)).fetchone()
         cursor = int(row[0]) if row else 0
@@ -117,8 +120,8 @@ def audit_splits(store: Store, repo: TufRepository, *, batch: int = 500) -> dict
             "JOIN records AS r ON r.agent_id = s.agent_id AND r.seq = s.seq "
             "JOIN agents AS a ON a.agent_id = s.agent_id "
             "LEFT JOIN hospitals AS h ON h.fixmedins_code = s.fixmedins_code "
-            "WHERE s.rowid > ? AND s.kind = 'setl' ORDER BY s.rowid LIMIT ?",
-            (cursor, batch),
+            "WHERE s.rowid > ? AND s.rowid <= ? AND s.kind = 'setl' ORDER BY s.rowid LIMIT ?",
+            (cursor, upto if upto is not None else 2**63 - 1, batch),
         ).fetchall()
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for rowid, setl_id, agent_id, hospital, psn_no, setl_time, raw, area, hosp_lv in rows:

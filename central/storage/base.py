@@ -37,6 +37,7 @@ __all__ = [
     "SETTLEMENTS_CHANNEL",
     "BaseStore",
     "NotOnPostgres",
+    "committed_upto",
     "for_update",
     "is_postgres",
     "notify",
@@ -94,6 +95,26 @@ def notify(conn: Any, channel: str, payload: str) -> None:
     """Announce ``payload`` on ``channel`` when ``conn``'s transaction commits (PostgreSQL only)."""
     if is_postgres(conn):
         conn.raw.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+
+def committed_upto(store: Any) -> int | None:
+    """The ``settlements`` rowid up to which every row is committed, for the cursors that follow that table
+    in rowid order (the incremental screen, the split audit); None on SQLite, where it is every row held.
+
+    On SQLite one writer commits rows in rowid order, so a cursor never passes a row still to come. On
+    PostgreSQL two collectors insert at once: a row numbered 100 can commit after row 101, and a cursor
+    moved to 101 would never see it. ``LOCK TABLE … IN SHARE MODE`` waits for every transaction inserting
+    into the table (they hold ROW EXCLUSIVE from before they draw a number) and keeps new ones out while
+    the highest number is read; so every row at or below it is committed. The lock lasts one statement.
+    """
+    if not is_postgres(store):
+        return None
+
+    def bound(conn: Any) -> int:
+        conn.raw.execute("LOCK TABLE settlements IN SHARE MODE")
+        return int(conn.execute("SELECT coalesce(max(rowid), 0) FROM settlements").fetchone()[0])
+
+    return int(store.write(bound))
 
 
 def require_sqlite(store: Any, what: str) -> None:

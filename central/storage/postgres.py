@@ -42,7 +42,7 @@ from central.errors import CentralError, HomeNotInitialised, SchemaTooNew
 from .pg_schema import pg_steps, pg_tables
 from .sql import Tables, translate
 
-__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "migrate", "redact_dsn"]
+__all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "adapt_connection", "migrate", "redact_dsn"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,11 +70,12 @@ def redact_dsn(dsn: str) -> str:
 
 
 class _NumericLoader(Loader):
-    """``numeric`` as SQLite would answer: an integer when whole (``sum`` of fen), else a float (``avg``)."""
+    """``numeric`` as SQLite would answer: an integer when written without a fraction (``sum`` of fen,
+    integer arithmetic), else a float — ``avg``, ``x * 1.0``: SQLite's REAL, even when whole (``3.0``)."""
 
     def load(self, data: Any) -> int | float:
-        value = Decimal(bytes(data).decode())
-        return int(value) if value == value.to_integral_value() else float(value)
+        text = bytes(data).decode()
+        return float(text) if "." in text or "e" in text.lower() or "n" in text.lower() else int(Decimal(text))
 
 
 class _BoolAsIntDumper(Dumper):
@@ -85,6 +86,12 @@ class _BoolAsIntDumper(Dumper):
 
     def dump(self, obj: bool) -> bytes:
         return b"1" if obj else b"0"
+
+
+def adapt_connection(conn: psycopg.Connection[Any]) -> None:
+    """Numbers and booleans as the centre's SQLite code expects them, on any connection to its database."""
+    conn.adapters.register_loader("numeric", _NumericLoader)
+    conn.adapters.register_dumper(bool, _BoolAsIntDumper)
 
 
 #: A single-row ``INSERT INTO t (cols) VALUES (%s, …)`` that ``executemany`` sends as one ``unnest``.
@@ -300,8 +307,7 @@ class PgStore:
                 f"cannot connect to PostgreSQL at {self.where}: {str(exc).strip()}; check that the "
                 "server is up and the `database` setting in central.json"
             ) from None
-        conn.adapters.register_loader("numeric", _NumericLoader)
-        conn.adapters.register_dumper(bool, _BoolAsIntDumper)
+        adapt_connection(conn)
         with self._lock:
             self._conns.append(conn)
         return conn

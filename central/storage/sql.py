@@ -9,11 +9,12 @@ places where the two engines *mean* different things, so a query keeps its SQLit
   table's primary key) DO UPDATE SET`` every inserted column (``Tables`` knows the keys).
 - an ``INSERT`` into a table with an ``INTEGER PRIMARY KEY`` gets ``RETURNING`` that key, so the
   cursor's ``lastrowid`` means what it means on SQLite.
+- ``CROSS JOIN … ON`` (SQLite's join-order hint) → ``JOIN … ON``.
 - ``WHERE 1`` → ``WHERE TRUE``; ``sum(<comparison>)`` → ``sum(CASE WHEN … THEN 1 ELSE 0 END)``
   (SQLite's truth values are integers).
 - ``LIKE`` → ``ILIKE`` (SQLite's LIKE ignores ASCII case); ``INT`` → ``BIGINT`` (SQLite integers are
   64-bit); ``json_each(x)`` → ``json_array_elements_text(x::json)``; ``json_group_array`` →
-  ``json_agg``; JSON paths read text as ``json``; a subquery in ``FROM`` gets the alias PostgreSQL
+  ``json_agg`` (``[]`` for no rows, as SQLite); JSON paths read text as ``json``; a subquery in ``FROM`` gets the alias PostgreSQL
   requires.
 - ``rowid``: every PostgreSQL table without an integer key has a ``rowid`` identity column
   (``central.storage.pg_schema``), so ``ORDER BY rowid`` keeps insertion order on both.
@@ -108,13 +109,25 @@ def _translate(sql: str, tables: Tables) -> Translated:
                 ),
             )
             return node
+        if isinstance(node, exp.Join) and (node.args.get("kind") or "").upper() == "CROSS" and node.args.get("on"):
+            # SQLite's ``CROSS JOIN … ON`` is an inner join whose order the planner keeps; PostgreSQL
+            # has no CROSS JOIN with a condition.
+            node.set("kind", None)
+            return node
         if isinstance(node, exp.Like):
             return exp.ILike(this=node.this, expression=node.expression)
         if isinstance(node, exp.Subquery) and not node.alias and isinstance(node.parent, exp.From | exp.Join):
             node.set("alias", exp.TableAlias(this=exp.to_identifier(f"_sub{next(aliases)}")))
             return node
-        if isinstance(node, exp.Anonymous) and node.name.lower() == "json_group_array":
-            return exp.Anonymous(this="json_agg", expressions=node.expressions)
+        if isinstance(node, exp.JSONArrayAgg) or (
+            isinstance(node, exp.Anonymous) and node.name.lower() == "json_group_array"
+        ):
+            # SQLite's json_group_array of no rows is ``[]``; json_agg's is NULL.
+            args = [node.this] if isinstance(node, exp.JSONArrayAgg) else node.expressions
+            return exp.Coalesce(
+                this=exp.Anonymous(this="json_agg", expressions=args),
+                expressions=[exp.cast(exp.Literal.string("[]"), "JSON")],
+            )
         if isinstance(node, exp.JSONExtract | exp.JSONExtractScalar):
             node.set("this", exp.cast(node.this, "JSON"))
             return node

@@ -29,7 +29,9 @@ helper (SQLite text)                   becomes
 Dates stay ISO text (``YYYY-MM-DD``) in every dialect, as the tables declare them (``TEXT``):
 ``date_add`` formats its result back to text, so comparisons between dates are the same string
 comparisons everywhere. Named parameters ``:name`` are kept as ``:name`` (Spark SQL's
-``spark.sql(text, args=…)`` binds them; for PostgreSQL a driver or SQLAlchemy ``text()`` does), and
+``spark.sql(text, args=…)`` binds them; for PostgreSQL a driver or SQLAlchemy ``text()`` does; the
+``psycopg`` target is the PostgreSQL text written ``%(name)s`` for psycopg, which the centre's screen on
+PostgreSQL runs), and
 written ``$name`` for DuckDB, whose ``execute(text, {name: value})`` binds that form. ``WITH … AS
 MATERIALIZED`` (a SQLite and PostgreSQL planner hint) is dropped for Spark, which has no such syntax.
 Any other unknown function left after the rewrite is refused (``UnsupportedError``).
@@ -201,6 +203,27 @@ class _SparkNamed(Spark):
             return f":{expression.name}" if expression.name else "?"
 
 
+class _PostgresPyformat(Postgres):
+    """PostgreSQL text as psycopg takes it: ``%(name)s`` parameters, a literal ``%`` doubled."""
+
+    class Generator(Postgres.Generator):
+        def placeholder_sql(self, expression: exp.Placeholder) -> str:
+            return f"%({expression.name})s" if expression.name else "%s"
+
+
+def _double_percent(text: str) -> str:
+    """``%`` inside the string literals of PostgreSQL ``text`` doubled (psycopg reads a lone one as a
+    placeholder). Done on the generated text: SQLGlot writes some literals itself (``TO_CHAR`` formats)."""
+    out, at = [], 0
+    for token in Postgres().tokenize(text):
+        if token.token_type == sqlglot.tokens.TokenType.STRING and "%" in text[token.start : token.end + 1]:
+            out.append(text[at : token.start])
+            out.append(text[token.start : token.end + 1].replace("%", "%%"))
+            at = token.end + 1
+    out.append(text[at:])
+    return "".join(out)
+
+
 class _DuckDBNamed(DuckDB):
     class Generator(DuckDB.Generator):
         def placeholder_sql(self, expression: exp.Placeholder) -> str:
@@ -208,7 +231,7 @@ class _DuckDBNamed(DuckDB):
 
 
 _TARGETS: dict[str, type[sqlglot.Dialect]] = {
-    "postgres": _PostgresNamed, "spark": _SparkNamed, "duckdb": _DuckDBNamed,
+    "postgres": _PostgresNamed, "spark": _SparkNamed, "duckdb": _DuckDBNamed, "psycopg": _PostgresPyformat,
 }  # fmt: skip
 
 
@@ -245,5 +268,6 @@ def transpile(sql: str, dialect: str) -> str:
                 cte.set("materialized", None)
             for shift in tree.find_all(exp.DateAdd):  # Spark's date_add takes an INT, not a BIGINT column
                 shift.set("expression", exp.cast(shift.expression, "INT"))
-        out.append(target().generate(tree, unsupported_level=ErrorLevel.RAISE))
+        text = target().generate(tree, unsupported_level=ErrorLevel.RAISE)
+        out.append(_double_percent(text) if dialect == "psycopg" else text)
     return ";\n".join(out)
