@@ -12,7 +12,8 @@ server. Why it is shaped so:
   written by a newer ``pg_dump``. So the tools are looked for by major version — ``PG_BINDIR``, Debian's
   ``/usr/lib/postgresql/N/bin`` and ``PATH`` — preferring the server's own major; the manifest keeps the
   ``pg_dump`` major, so a restore on a machine with only older tools is refused before it starts, saying
-  which ``postgresql-client-N`` to install.
+  which ``postgresql-client-N`` to install; and the server's, so a dump is never loaded into an older
+  server (PostgreSQL does not support a downgrade, and a newer dump's SQL can fail half-way there).
 - **Only into an empty database.** Restoring over a live centre would mix two histories. A target holding
   any table, view, sequence, function or type of its own is refused and nothing is changed;
   ``--single-transaction`` makes a load that fails half-way leave the target as empty as it was.
@@ -335,6 +336,13 @@ def loader(database: str | None = None) -> Load:
                 "(`createdb -O ROLE NAME`) and pass it with --database, or empty this one if it is truly "
                 "yours to replace; nothing was changed"
             )
+        source_major = int(str(info["server_version"]).split(".")[0])
+        if target_major < source_major:
+            raise PgBackupFailed(
+                f"the backup's database ran on PostgreSQL {info['server_version']} and {where} runs "
+                f"{target_major}: a dump is not loaded into an older server (PostgreSQL does not support "
+                f"it); restore into a server of version {source_major} or newer; nothing was changed"
+            )
         dump_major = int(info["pg_dump_major"])
         try:
             tool = find_tool("pg_restore", at_least=dump_major, prefer=max(target_major, dump_major))
@@ -349,15 +357,21 @@ def loader(database: str | None = None) -> Load:
                 str(dump_file),
             ]  # fmt: skip
             _run(argv, env, "pg_restore (nothing was loaded: it runs as one transaction)", dsn)
+        # Loaded and committed: a refusal from here on leaves the data in the database (and no home), so
+        # it says to empty the database before another attempt.
+        again = "; the database now holds the loaded dump: drop and create it again before another restore"
         with _connect(dsn) as conn:
             loaded = _schema_version(conn, where)
         if loaded != version:
             raise PgBackupFailed(
                 f"{where} holds schema version {loaded} after the restore, the backup said {version}: the "
-                "dump does not match its manifest; restore an older backup"
+                f"dump does not match its manifest; restore an older backup{again}"
             )
-        with PgStore(dsn) as store:  # opens as `serve` will; migrates an older schema forward
-            upgraded = store.applied_migrations
+        try:
+            with PgStore(dsn) as store:  # opens as `serve` will; migrates an older schema forward
+                upgraded = store.applied_migrations
+        except CentralError as exc:
+            raise PgBackupFailed(f"the restored database does not open: {exc.message}{again}") from None
         note = f", then migrated {len(upgraded)} step(s) forward" if upgraded else ""
         return (
             f"loaded the PostgreSQL dump of {info.get('source')} (schema version {version}) into {where} "

@@ -238,6 +238,14 @@ def test_a_damaged_dump_or_one_too_new_for_the_local_pg_restore_is_refused_befor
     assert "pg_dump 99.1" in caught.value.message and "postgresql-client-99" in caught.value.message
     assert _objects(target) == [] and not (tmp_path / "r2").exists()
 
+    def newer_server(obj: dict) -> None:
+        obj["dump"]["server_version"] = "99.1"
+
+    _rewrite(tmp_path / "c.tar.gz", tmp_path / "server.tar.gz", manifest_edit=newer_server)
+    with pytest.raises(PgBackupFailed, match="not loaded into an older server"):
+        restore_home(tmp_path / "server.tar.gz", tmp_path / "r5", kind="central", load=loader(target))
+    assert _objects(target) == [] and not (tmp_path / "r5").exists()
+
     def future_schema(obj: dict) -> None:
         obj["dump"]["schema_version"] = len(pg_steps()) + 1
 
