@@ -370,11 +370,9 @@ def add_parsers(
 
     Returns both parsers so a side can add its own options (the centre's ``restore --database``).
     """
-    b = verbs.add_parser(
-        "backup",
-        help=f"archive the {what}'s home while it runs (databases by SQLite's online backup, a PostgreSQL "
-        "database by pg_dump)",
-    )
+    server = ", a PostgreSQL database by pg_dump" if what == "centre" else ""
+    how = f"databases by SQLite's online backup{server}"
+    b = verbs.add_parser("backup", help=f"archive the {what}'s home while it runs ({how})")
     b.add_argument("out", help="the archive to write (tar.gz, mode 0600: it holds keys and personal data)")
     r = verbs.add_parser(
         "restore",
