@@ -451,7 +451,14 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     splits_p.add_argument("--json", action="store_true")
 
     cli_monitor.add_parsers(verbs)
-    backup.add_parsers(verbs, "centre")
+    _, restore_p = backup.add_parsers(verbs, "centre")
+    restore_p.add_argument(
+        "--database",
+        metavar="DSN",
+        help="a centre on PostgreSQL: load its dump into this empty database (no password in it: use "
+        "~/.pgpass or PGPASSFILE) and name it in the restored central.json; default: the database the "
+        "backup's central.json names",
+    )
 
     audit_p = verbs.add_parser("audit", help="the operators' audit log, newest first")
     audit_p.add_argument("--limit", type=int, default=50)
@@ -932,7 +939,7 @@ def _run(args: argparse.Namespace) -> int:
                 _acting(store, args, "admin", f"{args.tls_verb} the TLS certificate")
         return _tls(args, config)
     if args.verb in ("backup", "restore"):
-        return backup.run_cli(args, args.home or os.environ.get(HOME_ENV), "central")
+        return _backup(args)
     ttl = getattr(args, "ttl_hours", None)
     config = CentralConfig.from_home(args.home, **({"token_ttl_hours": ttl} if ttl is not None else {}))
     if args.verb == "init":
@@ -1032,6 +1039,24 @@ def _run(args: argparse.Namespace) -> int:
         else:
             return _policy(args, config, store)
     return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    """``backup``/``restore``: the home by ``protocol.backup``; a PostgreSQL database by pg_dump/pg_restore
+    (``central.storage.pg_backup``), the dump one more member of the same archive."""
+    from central.storage import pg_backup  # psycopg only when a backup runs
+
+    home = args.home or os.environ.get(HOME_ENV)
+    if args.verb == "backup":
+        database = CentralConfig.from_home(home).database if home else "sqlite"
+        dump = None if database == "sqlite" else pg_backup.dumper(database)
+        return backup.run_cli(args, home, "central", dump=dump)
+    if args.database is not None and backup.read_manifest(Path(args.archive)).dump is None:
+        raise backup.BackupError(
+            "--database is for a backup of a centre on PostgreSQL; this one holds no database dump (its "
+            "centre ran on SQLite, the data is in the home): leave out --database"
+        )
+    return backup.run_cli(args, home, "central", load=pg_backup.loader(args.database))
 
 
 def _heartbeat_text(row: dict) -> str:
