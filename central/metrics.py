@@ -213,7 +213,8 @@ class CentralMetrics:
             "yibao_central_bundle_age_seconds", "Time since the newest bundle was published", "area", "kind"
         )
         rows = conn.execute(
-            "SELECT area, kind, max(seq), created FROM bundles GROUP BY area, kind ORDER BY area, kind"
+            "SELECT b.area, b.kind, b.seq, b.created FROM bundles AS b WHERE b.seq = (SELECT max(seq) "
+            "FROM bundles WHERE area = b.area AND kind = b.kind) ORDER BY b.area, b.kind"
         ).fetchall()
         for area, kind, newest, created in rows:
             if (scope is not None and area not in scope) or not _ID.match(str(area)) or kind not in KINDS:

@@ -83,7 +83,7 @@ def _rows(
     }[measure]
     # the peer group of an object is the one most of its visits fall in (a doctor moving departments)
     sql = (
-        f"WITH g AS (SELECT {obj} AS object_id, {peer} AS peer_group, v.area AS area, count(*) AS n, "
+        f"WITH g AS (SELECT {obj} AS object_id, {peer} AS peer_group, min(v.area) AS area, count(*) AS n, "
         f"{value} AS value "
         f"FROM hist_visits AS v WHERE {where} GROUP BY 1, 2) "
         "SELECT object_id, peer_group, area, n, value FROM g ORDER BY object_id, n DESC, peer_group"

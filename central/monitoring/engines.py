@@ -51,6 +51,7 @@ from protocol import rules as rl
 from protocol.rules import centre as rc
 from protocol.rules.dialect import transpile
 
+from .pgscreen import PgScreeningConnection
 from .screening import (
     AreaRules,
     _start_run,
@@ -60,7 +61,6 @@ from .screening import (
     rules_in_force,
     screening_source,
 )
-from .pgscreen import PgScreeningConnection
 from .suspicions import Finding, fact_key, record_findings, retract_missing
 
 __all__ = [
@@ -541,9 +541,7 @@ def _attribution(
     return visits, amounts
 
 
-def findings_of(
-    store: Store, area: str, by_rule: Iterable[tuple[rl.Rule, list[rl.Hit]]]
-) -> list[Finding]:
+def findings_of(store: Store, area: str, by_rule: Iterable[tuple[rl.Rule, list[rl.Hit]]]) -> list[Finding]:
     """Hits attributed to their objects (``screening.finding_of``)."""
     by_rule = [(r, h) for r, h in by_rule if h]
     setl_ids = sorted({h.setl_id for _, hits in by_rule for h in hits})

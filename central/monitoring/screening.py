@@ -820,7 +820,10 @@ def run_chunks(
         raise ValueError("worker processes need the rules documents (AreaRules.rules_doc)")
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_worker_init, initargs=(screening_source(store), docs, span)
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(screening_source(store), docs, span),
     ) as pool:
         pending = [pool.submit(_worker_chunk, *task) for task in tasks]
         try:

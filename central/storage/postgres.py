@@ -75,7 +75,8 @@ class _NumericLoader(Loader):
 
     def load(self, data: Any) -> int | float:
         text = bytes(data).decode()
-        return float(text) if "." in text or "e" in text.lower() or "n" in text.lower() else int(Decimal(text))
+        fraction = "." in text or "e" in text.lower() or "n" in text.lower()  # 3.0, 1e-7, NaN, Infinity
+        return float(text) if fraction else int(Decimal(text))
 
 
 class _BoolAsIntDumper(Dumper):

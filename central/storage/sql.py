@@ -14,8 +14,8 @@ places where the two engines *mean* different things, so a query keeps its SQLit
   (SQLite's truth values are integers).
 - ``LIKE`` → ``ILIKE`` (SQLite's LIKE ignores ASCII case); ``INT`` → ``BIGINT`` (SQLite integers are
   64-bit); ``json_each(x)`` → ``json_array_elements_text(x::json)``; ``json_group_array`` →
-  ``json_agg`` (``[]`` for no rows, as SQLite); JSON paths read text as ``json``; a subquery in ``FROM`` gets the alias PostgreSQL
-  requires.
+  ``json_agg`` (``[]`` for no rows, as SQLite's); JSON paths read text as ``json``; a subquery in
+  ``FROM`` gets the alias PostgreSQL requires.
 - ``rowid``: every PostgreSQL table without an integer key has a ``rowid`` identity column
   (``central.storage.pg_schema``), so ``ORDER BY rowid`` keeps insertion order on both.
 
@@ -109,7 +109,8 @@ def _translate(sql: str, tables: Tables) -> Translated:
                 ),
             )
             return node
-        if isinstance(node, exp.Join) and (node.args.get("kind") or "").upper() == "CROSS" and node.args.get("on"):
+        cross = isinstance(node, exp.Join) and (node.args.get("kind") or "").upper() == "CROSS"
+        if cross and node.args.get("on"):
             # SQLite's ``CROSS JOIN … ON`` is an inner join whose order the planner keeps; PostgreSQL
             # has no CROSS JOIN with a condition.
             node.set("kind", None)

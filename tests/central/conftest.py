@@ -7,6 +7,8 @@ records built and signed with ``protocol`` exactly as an agent does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import threading
 import urllib.error
 import urllib.request
@@ -27,6 +29,7 @@ from central.intake.enrol import enrol_agent, issue_token
 from central.metrics import CentralMetrics
 from central.policy.bundles import Actor, Policy
 from central.policy.tuf_repo import TufRepository
+from central.storage.base import is_postgres
 from central.storage.store import Store
 from protocol.batch import BatchLimits, KeyPair, encode_batch, sign_batch
 from protocol.chain import GENESIS, encode_body, encode_entry, record_hash
@@ -162,6 +165,42 @@ def store(config: CentralConfig) -> Iterator[Store]:
 def rows(store: Store, sql: str, params: tuple = ()) -> list[tuple]:
     """A query's rows through the store, so a suite reads the same on SQLite and PostgreSQL (tests/pg)."""
     return store.read(lambda conn: [tuple(r) for r in conn.execute(sql, params).fetchall()])
+
+
+def set_settings(home: Path, **settings: Any) -> None:
+    """Change settings in ``home``'s central.json, keeping the others (on tests/pg, ``database``)."""
+    path = home / "central.json"
+    held = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**held, **settings}))
+
+
+@contextlib.contextmanager
+def failing_trigger(store: Store, table: str, event: str, message: str = "disk full") -> Iterator[None]:
+    """A trigger that makes ``event`` on ``table`` (``INSERT``, ``UPDATE OF acked_seq``) fail inside the
+    database, on SQLite or PostgreSQL (tests/pg); dropped on leaving."""
+    if is_postgres(store):
+        statements = [
+            "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{message}'; END $$",
+            f"CREATE TRIGGER boom BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION boom()",
+        ]
+        drops = [f"DROP TRIGGER boom ON {table}", "DROP FUNCTION boom()"]
+    else:
+        statements = [
+            f"CREATE TRIGGER boom BEFORE {event} ON {table} BEGIN SELECT RAISE(ABORT, '{message}'); END"
+        ]
+        drops = ["DROP TRIGGER boom"]
+
+    def run(sql: str) -> None:
+        store.write(lambda c: c.raw.execute(sql) if is_postgres(c) else c.execute(sql))
+
+    for sql in statements:
+        run(sql)
+    try:
+        yield
+    finally:
+        for sql in drops:
+            run(sql)
 
 
 def enrol(store: Store, hospital: str = HOSPITAL) -> Chain:

@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from central.monitoring.screening import screen
 from central.storage.store import Store, iter_settlements
 from protocol.records import Reversal, Settlement
 
-from .conftest import ACTOR, HOSPITAL, enrol, reversal, settlement
+from .conftest import ACTOR, HOSPITAL, enrol, reversal, rows, settlement
 from .test_screening import dispensing, ingest, published  # noqa: F401 - the fixture is used by name
 
 
@@ -305,12 +304,11 @@ def test_an_import_killed_mid_file_resumes_where_it_stopped_with_nothing_lost_or
         "--json",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    db = sqlite3.connect(config.db_path, timeout=30)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
-            row = db.execute("SELECT rows_read FROM imports").fetchone() if _has_imports(db) else None
-            if row and row[0] >= 2000:
+            row = rows(registered, "SELECT rows_read FROM imports")
+            if row and row[0][0] >= 2000:
                 break
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.02)
@@ -319,11 +317,10 @@ def test_an_import_killed_mid_file_resumes_where_it_stopped_with_nothing_lost_or
     finally:
         if proc.poll() is None:
             proc.kill()
-    stopped = db.execute("SELECT rows_read, status FROM imports").fetchone()
+    [stopped] = rows(registered, "SELECT rows_read, status FROM imports")
     assert stopped[1] == "running" and 0 < stopped[0] < n
-    held_then = db.execute("SELECT count(*) FROM settlements").fetchone()[0]
+    held_then = count(registered, "settlements")
     assert held_then == stopped[0]  # the checkpoint and the rows are one transaction
-    db.close()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.splitlines()[-1])
@@ -332,10 +329,6 @@ def test_an_import_killed_mid_file_resumes_where_it_stopped_with_nothing_lost_or
     assert count(registered, "settlements") == n
     assert count(registered, "hist_lines") == 2 * n
     assert count(registered, "hist_visits") == n
-
-
-def _has_imports(db: sqlite3.Connection) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'imports'").fetchone() is not None
 
 
 def _home(config) -> list[str]:

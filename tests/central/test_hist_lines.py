@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from central.errors import InternalError
@@ -14,7 +12,7 @@ from protocol.records import Settlement
 from protocol.rules import HIST_COLUMNS
 from protocol.rules.tables import pric_fen
 
-from .conftest import ACTOR, HOSPITAL, Chain, enrol, reversal, settlement
+from .conftest import ACTOR, HOSPITAL, Chain, enrol, failing_trigger, reversal, rows, settlement
 
 OTHER = "H11010100002"
 
@@ -151,19 +149,13 @@ def test_a_reversal_from_another_hospital_does_not_remove_lines(store: Store, ch
     assert _count(store) == 2
 
 
-def test_a_failed_write_leaves_no_line(store: Store, chain: Chain, config) -> None:
-    conn = sqlite3.connect(config.db_path)
-    conn.execute(
-        "CREATE TRIGGER boom BEFORE UPDATE OF acked_seq ON agents BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-    )
-    conn.commit()
+def test_a_failed_write_leaves_no_line(store: Store, chain: Chain) -> None:
     chain.extend(3)
     ingestor = Ingestor(store)
-    with pytest.raises(InternalError):
-        ingestor.ingest(chain.batch(1, 3))
-    assert conn.execute("SELECT count(*) FROM hist_lines").fetchone()[0] == 0
-    conn.execute("DROP TRIGGER boom")
-    conn.commit()
+    with failing_trigger(store, "agents", "UPDATE OF acked_seq"):
+        with pytest.raises(InternalError):
+            ingestor.ingest(chain.batch(1, 3))
+        assert rows(store, "SELECT count(*) FROM hist_lines") == [(0,)]
     assert ingestor.ingest(chain.batch(1, 3)).acked_seq == 3
     assert _count(store) == 6
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from central.errors import (
@@ -18,7 +16,7 @@ from central.intake.ingest import Ingestor
 from central.storage.store import Store, get_agent, security_events
 from protocol.batch import BatchLimits, KeyPair
 
-from .conftest import Chain, settlement
+from .conftest import Chain, failing_trigger, rows, settlement
 
 
 def test_ingest_stores_a_long_chain_in_batches(store: Store, chain: Chain) -> None:
@@ -50,21 +48,15 @@ def test_errors_are_central_errors_with_codes(store: Store, chain: Chain) -> Non
     assert [(e["code"], e["remote"]) for e in events] == [("signature_invalid", "10.0.0.9")]
 
 
-def test_a_failed_write_leaves_nothing_behind(store: Store, chain: Chain, config) -> None:
+def test_a_failed_write_leaves_nothing_behind(store: Store, chain: Chain) -> None:
     """A trigger makes the agent update fail after records and settlements were inserted."""
-    conn = sqlite3.connect(config.db_path)
-    conn.execute(
-        "CREATE TRIGGER boom BEFORE UPDATE OF acked_seq ON agents BEGIN SELECT RAISE(ABORT, 'disk full'); END"
-    )
-    conn.commit()
     chain.extend(3)
     ingestor = Ingestor(store)
-    with pytest.raises(InternalError):
-        ingestor.ingest(chain.batch(1, 3))
-    assert conn.execute("SELECT count(*) FROM records").fetchone()[0] == 0
-    assert conn.execute("SELECT count(*) FROM settlements").fetchone()[0] == 0
-    conn.execute("DROP TRIGGER boom")
-    conn.commit()
+    with failing_trigger(store, "agents", "UPDATE OF acked_seq"):
+        with pytest.raises(InternalError):
+            ingestor.ingest(chain.batch(1, 3))
+        assert rows(store, "SELECT count(*) FROM records") == [(0,)]
+        assert rows(store, "SELECT count(*) FROM settlements") == [(0,)]
     assert ingestor.ingest(chain.batch(1, 3)).acked_seq == 3
 
 

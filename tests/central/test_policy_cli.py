@@ -14,7 +14,7 @@ import pytest
 from central.cli import main
 from central.policy.tuf_repo import TufRepository
 
-from .conftest import AREA
+from .conftest import AREA, set_settings
 
 BIN = Path(sys.executable).parent / "yibao-central"
 SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
@@ -30,7 +30,7 @@ def _run(home: Path, *args: str, token: str | None = None) -> subprocess.Complet
 
 def _alone(home: Path) -> None:
     """These tests are about the verbs, not maker-checker (tests/central/test_changes.py): one operator."""
-    (home / "central.json").write_text(json.dumps({"approvals_required": 1}))
+    set_settings(home, approvals_required=1)
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from protocol.wire import (
     sign_report,
 )
 
-from .conftest import ACTOR, AREA, HOSPITAL, Chain, Server, enrol
+from .conftest import ACTOR, AREA, HOSPITAL, Chain, Server, enrol, set_settings
 
 BIN = Path(sys.executable).parent / "yibao-central"
 
@@ -52,7 +52,7 @@ def test_a_publish_from_another_process_wakes_the_long_poll(server: Server, conf
     from central.operators import add_operator
 
     _, token = add_operator(server.store, ACTOR, "ops1", area=None, role="policy")
-    (config.home / "central.json").write_text('{"approvals_required": 1}')  # one process publishes
+    set_settings(config.home, approvals_required=1)  # one process publishes
     result: dict = {}
 
     def poll() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, date, datetime
 from io import StringIO
 
@@ -14,7 +13,7 @@ from central.intake.ingest import Ingestor
 from central.intake.reconcile import reconcile
 from central.storage.store import Store
 
-from .conftest import HOSPITAL, Chain, enrol, reversal, settlement
+from .conftest import HOSPITAL, Chain, enrol, reversal, rows, settlement
 from .test_heartbeats import beat
 
 
@@ -57,13 +56,14 @@ def test_reconcile_totals_per_day_gross_and_net(store: Store, chain: Chain) -> N
 
 def test_reconcile_finds_a_corrupted_raw_row(store: Store, chain: Chain, config, capsys) -> None:
     _fill(store, chain)
-    conn = sqlite3.connect(config.db_path)
-    raw = conn.execute(
-        "SELECT raw FROM records WHERE agent_id = ? AND seq = 2", (chain.agent_id,)
-    ).fetchone()[0]
+    [(raw,)] = rows(store, "SELECT raw FROM records WHERE agent_id = ? AND seq = 2", (chain.agent_id,))
+    raw = bytes(raw)
     flipped = raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:]
-    conn.execute("UPDATE records SET raw = ? WHERE agent_id = ? AND seq = 2", (flipped, chain.agent_id))
-    conn.commit()
+    store.write(
+        lambda c: c.execute(
+            "UPDATE records SET raw = ? WHERE agent_id = ? AND seq = 2", (flipped, chain.agent_id)
+        )
+    )
     [agent] = reconcile(store, HOSPITAL, date(2026, 11, 24), date(2026, 11, 24)).agents
     assert not agent.verified and "seq 2" in agent.problem
     argv = ["--home", str(config.home), "reconcile", "--hospital", HOSPITAL, "--from", "2026-11-24"]
@@ -76,9 +76,7 @@ def test_reconcile_finds_a_corrupted_raw_row(store: Store, chain: Chain, config,
 
 def test_reconcile_finds_a_missing_record(store: Store, chain: Chain, config) -> None:
     _fill(store, chain)
-    conn = sqlite3.connect(config.db_path)
-    conn.execute("DELETE FROM records WHERE agent_id = ? AND seq = 3", (chain.agent_id,))
-    conn.commit()
+    store.write(lambda c: c.execute("DELETE FROM records WHERE agent_id = ? AND seq = 3", (chain.agent_id,)))
     [agent] = reconcile(store, HOSPITAL, date(2026, 11, 24), date(2026, 11, 24)).agents
     assert (agent.complete, agent.verified) == (False, False) and "seq 3 is missing" in agent.problem
 

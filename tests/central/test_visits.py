@@ -21,7 +21,7 @@ from central.storage.store import Store
 from protocol.batch import BatchLimits
 from protocol.records import Settlement
 
-from .conftest import ACTOR, AREA, HOSPITAL, Chain, enrol, reversal, settlement
+from .conftest import ACTOR, AREA, HOSPITAL, Chain, enrol, failing_trigger, reversal, settlement
 
 OTHER = "H11010100002"
 
@@ -105,14 +105,10 @@ def test_rejected_duplicate_and_lost_records_add_no_visit(store: Store, chain: C
 
 def test_a_batch_that_fails_to_store_leaves_no_visit(store: Store, chain: Chain) -> None:
     chain.append(settlement("S1"))
-    store.write(
-        lambda c: c.execute(
-            "CREATE TRIGGER boom BEFORE INSERT ON records BEGIN SELECT RAISE(ABORT, 'x'); END"
-        )
-    )
-    with pytest.raises(InternalError, match="could not store the batch"):
-        Ingestor(store).ingest(chain.batch(1, 1))
-    assert _visits(store) == {}
+    with failing_trigger(store, "records", "INSERT"):
+        with pytest.raises(InternalError, match="could not store the batch"):
+            Ingestor(store).ingest(chain.batch(1, 1))
+        assert _visits(store) == {}
 
 
 # -- migration 7 -----------------------------------------------------------------------------------

@@ -109,7 +109,9 @@ def test_postgres_finds_what_sqlite_finds(hits, rule_id: str) -> None:
     assert hits["postgres"][rule_id] == base
 
 
-def test_a_full_screen_on_postgres_writes_the_suspicions_sqlite_writes(lite, areas, pg_copy, tmp_path) -> None:
+def test_a_full_screen_on_postgres_writes_the_suspicions_sqlite_writes(
+    lite, areas, pg_copy, tmp_path
+) -> None:
     with Store(_lite_copy(lite, tmp_path)) as store:
         expected = screen(store, LO, HI, areas=areas, workers=1, chunk_days=7)
         want = _suspicions(store)
@@ -152,4 +154,3 @@ def test_the_screening_session_leaves_nothing_in_the_centres_schema(pg_copy, are
     screen(pg_copy, LO, HI, areas=areas, workers=1)
     assert pg_copy.read(tables) == before
     assert not {t for t in before if t.startswith(("cur_", "kb_", "scope_"))}
-
