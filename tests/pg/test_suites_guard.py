@@ -7,7 +7,8 @@ from tests.pg.suites import gather
 
 
 def test_two_suites_defining_one_fixture_name_are_refused_naming_both() -> None:
-    with pytest.raises(RuntimeError, match=r"published is defined by both .*test_backtest\.py and test_consistency"):
+    clash = r"published is defined by both .*test_backtest\.py and test_consistency"
+    with pytest.raises(RuntimeError, match=clash):
         gather(("backtest", "consistency"))
 
 
