@@ -25,7 +25,9 @@ DAY = "2026-12-01"
 
 
 def correction(old: str = OLD, new: str = NEW, fields: tuple[str, ...] = ("expires",)) -> CardsEntry:
-    return CardsEntry("+", "correction", old, correction=CardCorrection(old, new, fields, "replaced after loss"))
+    return CardsEntry(
+        "+", "correction", old, correction=CardCorrection(old, new, fields, "replaced after loss")
+    )
 
 
 def notice(nid: str, card_sn: str = OTHER, start: str = "2026-11-20", end: str = "2026-12-31",
@@ -33,7 +35,9 @@ def notice(nid: str, card_sn: str = OTHER, start: str = "2026-11-20", end: str =
     return CardsEntry("+", "notice", nid, notice=CardNotice(nid, card_sn, kind, fen, "subsidy", start, end))
 
 
-def test_a_snapshot_then_deltas_with_withdrawals_are_applied(repo: Repo, client: PolicyClient, store: PolicyStore):
+def test_a_snapshot_then_deltas_with_withdrawals_are_applied(
+    repo: Repo, client: PolicyClient, store: PolicyStore
+):
     assert TODAY and store.card_notes(OLD, at=TODAY) == {"correction": None, "notices": []}
     repo.cards(1, [correction(), notice("N1"), notice("LATER", start="2027-01-01", end="2027-01-31"),
                    notice("MSG", fen=None, kind="message")])  # fmt: skip
@@ -82,7 +86,9 @@ def test_a_bad_entry_half_way_leaves_the_held_cards_whole(store: PolicyStore, tm
     with pytest.raises(BundleInvalid, match="integer fen"):
         store.apply_file(tmp_path / "bad.bin", area=AREA)
     assert (store.card_notes(OTHER, at=TODAY), store.card_correction(OLD), store.held()["cards"]) == before
-    (tmp_path / "date.bin").write_bytes(_raw_cards(delta, ["+n", "N9", OTHER, "message", None, "t", DAY, "soon"]))
+    (tmp_path / "date.bin").write_bytes(
+        _raw_cards(delta, ["+n", "N9", OTHER, "message", None, "t", DAY, "soon"])
+    )
     with pytest.raises(BundleInvalid, match="valid_to"):
         store.apply_file(tmp_path / "date.bin", area=AREA)
     stale = BundleHeader("cards", AREA, 1, None, now_iso())

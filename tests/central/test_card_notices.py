@@ -85,7 +85,12 @@ def test_a_correction_is_proposed_approved_by_another_and_fetched_by_a_tuf_clien
     assert published is not None and (published.kind, published.seq, published.full) == ("cards", 1, True)
     assert done["status"] == "published" and done["bundle_seq"] == 1
     (held,) = policy.cards_list(AREA)["corrections"]
-    assert (held["card_sn"], held["new_card_sn"], held["fields"], held["added_seq"]) == (OLD, NEW, ["expires"], 1)
+    assert (held["card_sn"], held["new_card_sn"], held["fields"], held["added_seq"]) == (
+        OLD,
+        NEW,
+        ["expires"],
+        1,
+    )
 
     client = tuf_client(server.url, policy.repo.root_md(1).to_bytes(), tmp_path / "client")
     client.refresh()
@@ -97,7 +102,10 @@ def test_a_correction_is_proposed_approved_by_another_and_fetched_by_a_tuf_clien
         assert list(entries) == replaced()
     audit = {r["action"]: r for r in policy.audit_log(20)}
     assert audit["change.propose"]["operator"] == "maker"
-    assert audit["cards.correct"]["operator"] == "maker" and "approved by checker" in audit["cards.correct"]["reason"]
+    assert (
+        audit["cards.correct"]["operator"] == "maker"
+        and "approved by checker" in audit["cards.correct"]["reason"]
+    )
     assert audit["cards.correct"]["kind"] == "cards" and audit["cards.correct"]["seq"] == 1
     assert audit["change.approve"]["operator"] == "checker"
 
@@ -120,7 +128,9 @@ def test_notices_and_withdrawals_travel_as_deltas_then_a_snapshot(
     # with a larger area list, a change is a delta on the previous bundle
     many = [e for i in range(10) for e in notice(f"N{i}")]
     _publish(store, policy, maker, checker, many, "cards.notify", signers)
-    fourth = _publish(store, policy, maker, checker, [CardsEntry("-", "notice", "N3")], "cards.withdraw", signers)
+    fourth = _publish(
+        store, policy, maker, checker, [CardsEntry("-", "notice", "N3")], "cards.withdraw", signers
+    )
     assert (fourth.seq, fourth.base_seq) == (5, 4)  # type: ignore[attr-defined]
     path = policy.repo.targets_dir / policy.bundles(AREA, "cards")[-1]["path"]
     with open(path, "rb") as f:
@@ -128,7 +138,9 @@ def test_notices_and_withdrawals_travel_as_deltas_then_a_snapshot(
         assert header.base_seq == 4 and [(e.op, e.key) for e in entries] == [("-", "N3")]
 
 
-def test_bad_input_and_unknown_withdrawals_change_nothing(store: Store, policy: Policy, signers, maker) -> None:
+def test_bad_input_and_unknown_withdrawals_change_nothing(
+    store: Store, policy: Policy, signers, maker
+) -> None:
     before = (_state(store), _requests(Path(policy.config.home)))
     with pytest.raises(DocumentInvalid, match="--valid-to: before valid_from"):
         changes.propose_cards(store, policy, maker, notice(valid_from="2026-12-31", valid_to="2026-12-01"),
@@ -140,7 +152,8 @@ def test_bad_input_and_unknown_withdrawals_change_nothing(store: Store, policy: 
         changes.propose_cards(store, policy, maker, [CardsEntry("+", "correction", OLD, correction=bare)],
                               action="cards.correct", area=AREA)  # fmt: skip
     with pytest.raises(CardEntryUnknown, match="holds no notice NOPE"):
-        changes.propose_cards(store, policy, maker, [CardsEntry("-", "notice", "NOPE")], action="cards.withdraw",
+        withdraw = [CardsEntry("-", "notice", "NOPE")]
+        changes.propose_cards(store, policy, maker, withdraw, action="cards.withdraw",
                               area=AREA)  # fmt: skip
     for text in ("12.345", "-1", "ten", "1e3"):
         with pytest.raises(DocumentInvalid, match="--amount"):
@@ -154,7 +167,9 @@ def test_a_change_whose_card_moved_since_the_proposal_is_refused(
 ) -> None:
     stale, _ = changes.propose_cards(store, policy, maker, replaced(reason="first letter"),
                                      action="cards.correct", area=AREA)  # fmt: skip
-    _publish(store, policy, maker, checker, replaced(new=OTHER, reason="second letter"), "cards.correct", signers)
+    _publish(
+        store, policy, maker, checker, replaced(new=OTHER, reason="second letter"), "cards.correct", signers
+    )
     before = _state(store)
     with pytest.raises(ChangeBaseMoved):
         changes.approve(store, policy, checker, stale["id"], stale["digest"], signers)
@@ -175,13 +190,17 @@ def test_the_cli_proposes_corrections_notices_and_withdrawals(tmp_path: Path) ->
 
     assert _cli(home, *correct).returncode == 4  # no operator token
     assert _cli(home, *correct, token=admin).returncode == 4  # not a policy operator
-    bad_field = _cli(home, "cards", "correct", "--card-sn", OLD, "--field", "shoe", "--reason", "x", token=maker)
+    bad_field = _cli(
+        home, "cards", "correct", "--card-sn", OLD, "--field", "shoe", "--reason", "x", token=maker
+    )
     assert bad_field.returncode == 2 and "invalid choice: 'shoe'" in bad_field.stderr
-    bad_amount = _cli(home, "cards", "notify", "--id", "T1", "--card-sn", OTHER, "--type", "topup", "--amount",
+    bad_amount = _cli(home, "cards", "notify", "--id", "T1", "--card-sn", OTHER, "--type", "topup",
+                      "--amount",
                       "1.005", "--text", "t", "--valid-from", "2026-12-01", "--valid-to", "2026-12-31",
                       token=maker)  # fmt: skip
     assert bad_amount.returncode == 1 and "--amount" in bad_amount.stderr
-    bad_date = _cli(home, "cards", "notify", "--id", "T1", "--card-sn", OTHER, "--type", "message", "--text", "t",
+    bad_date = _cli(home, "cards", "notify", "--id", "T1", "--card-sn", OTHER, "--type", "message",
+                    "--text", "t",
                     "--valid-from", "2026-12-01", "--valid-to", "soon", token=maker)  # fmt: skip
     assert bad_date.returncode == 1 and "--valid-to: a date like" in bad_date.stderr
     unknown = _cli(home, "cards", "withdraw", "--notice", "T1", token=maker)
