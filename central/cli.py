@@ -399,7 +399,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     bundle_p = verbs.add_parser("bundle", help="published bundles: export for offline sites, list, sync")
     bundle_verbs = bundle_p.add_subparsers(dest="bundle_verb", required=True, metavar="ACTION")
     exp_p = bundle_verbs.add_parser("export", parents=[why], help="tar of the repository for offline sites")
-    exp_p.add_argument("--kind", required=True, help="blacklist, rules, policy, catalogue, keys or all")
+    exp_p.add_argument("--kind", required=True, help="blacklist, cards, rules, policy, catalogue, keys, all")
     exp_p.add_argument("--out", required=True, help="tar file to write")
     exp_p.add_argument("--area", help="only this pooling area's bundles")
     bls_p = bundle_verbs.add_parser("list", help="the bundle log")
