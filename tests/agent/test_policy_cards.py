@@ -138,3 +138,19 @@ def test_an_unknown_bundle_kind_is_skipped_and_reported_not_refused(repo: Repo, 
     again = client.update()  # the same skip does not add a problem every poll
     assert again.ok and again.skipped == ["vaccinations"]
     assert [p["code"] for p in store.problems(5)].count(CODE_KIND_UNKNOWN) == 1
+
+
+def test_an_offline_site_applies_the_cards_bundle_from_an_export(
+    repo: Repo, client: PolicyClient, store: PolicyStore, tmp_path: Path
+):
+    repo.cards(1, [correction(), notice("N1")])
+    repo.publish()
+    tar = repo.export(tmp_path / "cards.tar", kinds=["cards"])
+    result = client.apply_export(tar)
+    assert result.ok, [(e.code, e.message) for e in result.refused]
+    assert store.card_correction(OLD) is not None and store.held_seq("cards") == 1
+    repo.cards(2, [CardsEntry("-", "correction", OLD)], base=1)
+    repo.publish()
+    bad = client.apply_export(repo.export(tmp_path / "bad.tar", kinds=["cards"], tamper=True))
+    assert not bad.ok and store.card_correction(OLD) is not None  # a tampered file changes nothing
+    assert bad.refused[0].code == "tuf_target_mismatch" and store.held_seq("cards") == 1
