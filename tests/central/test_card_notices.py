@@ -69,6 +69,15 @@ def _publish(store: Store, policy: Policy, maker: Operator, checker: Operator, e
     return published
 
 
+def test_the_cards_tables_come_from_migration_17(store: Store) -> None:
+    def read(c: sqlite3.Connection) -> tuple:
+        name = c.execute("SELECT name FROM _migrations WHERE version = 17").fetchone()
+        return name, c.execute("SELECT count(*) FROM card_corrections").fetchone()
+
+    name, held = store.read(read)
+    assert tuple(name) == ("_m017_card_notices",) and tuple(held) == (0,)
+
+
 def test_a_correction_is_proposed_approved_by_another_and_fetched_by_a_tuf_client(
     server: Server, store: Store, policy: Policy, signers, maker, checker, tmp_path
 ) -> None:
