@@ -323,6 +323,16 @@ def test_a_replaced_card_is_shown_and_refused_and_a_notice_is_shown(world: dict,
     assert "Do not settle with the old card" in page.inner_text("#refusal")
     shot(page, "desk_cashier_card_replaced_en")
     page.click("#lang")
+    # the HIS API says the same: GET /v1/card carries the correction, the settlement is refused
+    status, read = http("GET", a.url + "/v1/card", token=a.token)
+    assert status == 200 and read["correction"]["replaced"] and read["correction"]["new_card_sn"] == NEW_CARD
+    ident = read["identity"]
+    body = _bill("DESK-A-REPL-HIS", P3, [CONSULT], HOSPITAL_A)
+    body["psn"].update(card_sn=ident["card_sn"], insuplc_admdvs=ident["insuplc_admdvs"])
+    body["mdtrt_cert_type"], body["mdtrt_cert_no"] = ident["mdtrt_cert_type"], ident["mdtrt_cert_no"]
+    status, answer = a.settle(body)
+    assert status == 403 and answer["error"]["code"] == "card_replaced", answer
+    assert answer["error"]["new_card_sn"] == NEW_CARD and _settled(a, "DESK-A-REPL-HIS") == []
     reader.remove()
 
     other = _post_bill(a, _bill("DESK-A-NOTICE", P1, [CONSULT], HOSPITAL_A))
