@@ -293,6 +293,10 @@ def create_app(
             card_reader, outbox, wait, fixmedins_code=config.fixmedins_code, opter=request[CALLER].name
         )
         stats = card_reader.stats
+        # The card office's word on this card (``cards`` bundle): replaced / data outdated, and notices.
+        notes: dict[str, Any] = {"correction": None, "notices": []}
+        if policy is not None:
+            notes = policy.card_notes(identity.card_sn)
         return _identity_json(
             identity,
             read={
@@ -300,6 +304,7 @@ def create_app(
                 "psam_apdus": stats.psam_apdus,
                 "ms": round(stats.seconds * 1e3),
             },
+            **notes,
         )
 
     async def post_card_lost(request: web.Request) -> web.Response:

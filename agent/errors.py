@@ -20,6 +20,7 @@ __all__ = [
     "BundleUnavailable",
     "BundleWrongArea",
     "BundleWrongKind",
+    "CardReplaced",
     "CentralUnreachable",
     "ChainDiverged",
     "ConfigError",
@@ -380,6 +381,18 @@ class Blacklisted(AgentError):
     """
 
     code = "blacklisted"
+    http_status = 403
+
+
+class CardReplaced(AgentError):
+    """A card the card office replaced (the held ``cards`` bundle names its successor): refused before
+    anything is written, since the old card may be in the wrong hands and its data is no longer kept.
+
+    ``extra`` carries ``new_card_sn`` (what the cashier asks the patient for), ``reason``, ``bundle_seq``
+    and ``action``; never the person's name or ID number.
+    """
+
+    code = "card_replaced"
     http_status = 403
 
 

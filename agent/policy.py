@@ -114,6 +114,8 @@ MIN_POLL_GAP_S = 1.0
 ALARM_EXPIRED = "policy_metadata_expired"
 ALARM_STALE = "blacklist_stale"
 ALARM_REFUSED = "policy_update_refused"
+#: Problem code of a bundle kind this agent does not know (skipped; reported, never a refusal).
+CODE_KIND_UNKNOWN = "bundle_kind_unknown"
 
 _ROLES = ("root", "timestamp", "snapshot", "targets")
 
@@ -213,6 +215,8 @@ class UpdateResult:
     tuf: dict[str, int] = field(default_factory=dict)
     #: Whether the metadata listed anything for this agent's pooling area.
     area_listed: bool = False
+    #: Kinds listed for this area that this agent version does not know (skipped, not refused).
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -230,6 +234,7 @@ class UpdateResult:
             "refused": [{"code": e.code, "kind": e.kind, "message": e.message} for e in self.refused],
             "current": self.current,
             "missing": self.missing,
+            "skipped": self.skipped,
             "tuf": self.tuf,
         }
 
@@ -500,6 +505,11 @@ class PolicyClient:
         for path, info in (signed.get("targets") or {}).items():
             custom = info.get("custom") if isinstance(info, dict) else None
             ours = path.startswith(area + "/")
+            kind = custom.get("kind") if isinstance(custom, dict) else None
+            if ours and isinstance(kind, str) and kind not in KINDS:
+                # A kind a newer centre publishes: not ours to apply, and no reason to refuse the rest.
+                self._skip_unknown(result, kind, path)
+                continue
             try:
                 header = BundleHeader.from_custom(custom)
             except perrors.BundleInvalid as exc:
@@ -573,6 +583,26 @@ class PolicyClient:
             except Exception:
                 log.exception("acting on the new %s bundle failed", applied.kind)
         return applied
+
+    def _skip_unknown(self, result: UpdateResult, kind: str, path: str) -> None:
+        """Skip a target of a kind this agent does not know, and say so (problem, report, status) without
+        refusing the update: the kinds it knows still apply, and no refusal alarm is raised."""
+        if kind in result.skipped:
+            return
+        result.skipped.append(kind)
+        result.area_listed = True
+        self._pending_codes.add(CODE_KIND_UNKNOWN)
+        message = (
+            f"target {path} is a {kind!r} bundle, a kind this agent version does not know; it was skipped "
+            "(the other kinds were applied). Upgrade the agent to enforce it"
+        )
+        try:
+            last = self.store.problems(1)
+            if not (last and last[0]["code"] == CODE_KIND_UNKNOWN and last[0]["kind"] == kind[:32]):
+                self.store.record_problem(CODE_KIND_UNKNOWN, message, kind=kind[:32], at=result.at)
+        except PolicyError as store_exc:  # pragma: no cover - disk failing: the log still says it
+            log.error("cannot record the policy problem: %s", store_exc.message)
+        log.info("policy update %s: skipped a %s bundle", CODE_KIND_UNKNOWN, kind[:32])
 
     def _refuse(self, result: UpdateResult, exc: PolicyError) -> None:
         result.refused.append(exc)

@@ -8,6 +8,9 @@ Tables (own schema version in ``PRAGMA user_version``):
 - ``bundle_state(kind, seq, created, target, applied_at, entries)``: which bundle of each kind is held.
 - ``documents(kind, body)``: the body (msgpack) of the ``rules``, ``policy``, ``catalogue`` and ``keys``
   bundles.
+- ``card_corrections(card_sn, new_card_sn, fields, reason, seq)`` and ``card_notices(id, card_sn, type,
+  amount_fen, text, valid_from, valid_to, seq)``: the ``cards`` bundle (schema 2), read when a card is
+  read at the desk (``GET /v1/card``) and before a settlement (a replaced card is refused).
 - ``meta``: TUF versions and expiries of the last verified refresh, the last update attempt.
 - ``alarms`` and ``problems``: refusals and conditions an operator must see (codes, no personal data).
 
@@ -45,7 +48,9 @@ from protocol.bundles import (
     BLACKLIST_TYPES,
     BlacklistEntry,
     BundleHeader,
+    CardsEntry,
     iter_blacklist,
+    iter_cards,
     read_document,
     read_header,
 )
@@ -62,11 +67,18 @@ from .errors import (
     PolicyStoreFailed,
 )
 
-__all__ = ["SCHEMA_VERSION", "Applied", "BlacklistHit", "PolicyStore", "parse_effective"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Applied",
+    "BlacklistHit",
+    "CardCorrectionHeld",
+    "PolicyStore",
+    "parse_effective",
+]
 
 log = logging.getLogger("yibao.agent.policy")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Problems kept in the table (newest first); older ones are deleted as new ones arrive.
 MAX_PROBLEMS = 1000
 #: Naive ``effective_at`` times are China Standard Time, the clock of every pooling area.
@@ -116,6 +128,31 @@ PRAGMA user_version = 1;
 """
 )
 
+#: Schema 2: the ``cards`` bundle (corrections and notices). Applied on top of schema 1, in one
+#: transaction, when an older agent's ``policy.db`` is opened by this version.
+_SCHEMA_2 = """
+CREATE TABLE card_corrections (
+    card_sn     TEXT PRIMARY KEY,
+    new_card_sn TEXT NOT NULL,
+    fields      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    seq         INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE card_notices (
+    id         TEXT PRIMARY KEY,
+    card_sn    TEXT NOT NULL,
+    type       TEXT NOT NULL,
+    amount_fen INTEGER,
+    text       TEXT NOT NULL,
+    valid_from TEXT NOT NULL,
+    valid_to   TEXT NOT NULL,
+    seq        INTEGER NOT NULL
+) STRICT;
+CREATE INDEX card_notices_card ON card_notices (card_sn, valid_from);
+PRAGMA user_version = 2;
+"""
+_UPGRADES = {0: _SCHEMA, 1: _SCHEMA_2}
+
 _LOOKUP = (
     "SELECT reason, source, effective_at, seq FROM blacklist WHERE list_type=? AND id=? AND effective_at<=?"
 )
@@ -161,6 +198,29 @@ class BlacklistHit:
     entry_seq: int
     #: Sequence of the blacklist this agent holds (the list version shown to the cashier).
     list_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class CardCorrectionHeld:
+    """A correction of the card just read, from the held ``cards`` bundle."""
+
+    card_sn: str
+    #: The card that replaced this one; "" when only data is outdated.
+    new_card_sn: str
+    fields: tuple[str, ...]
+    reason: str
+    #: Sequence of the bundle that delivered it.
+    seq: int
+
+    @property
+    def replaced(self) -> bool:
+        return bool(self.new_card_sn)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "card_sn": self.card_sn, "replaced": self.replaced, "new_card_sn": self.new_card_sn or None,
+            "fields": list(self.fields), "reason": self.reason, "bundle_seq": self.seq,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,12 +318,14 @@ class PolicyStore:
             self._writer = _connect(self.path)
             self._writer.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
+            if version < SCHEMA_VERSION:
+                # Every step up to the current schema in one transaction: a crash leaves the old file.
                 with self._wlock:
                     self._writer.execute("BEGIN IMMEDIATE")
                     try:
-                        if self._writer.execute("PRAGMA user_version").fetchone()[0] == 0:
-                            for statement in _SCHEMA.split(";"):
+                        held = self._writer.execute("PRAGMA user_version").fetchone()[0]
+                        for step in range(held, SCHEMA_VERSION):
+                            for statement in _UPGRADES[step].split(";"):
                                 if statement.strip():
                                     self._writer.execute(statement)
                         self._writer.execute("COMMIT")
@@ -328,6 +390,42 @@ class PolicyStore:
                     )
         return None
 
+    def card_correction(self, card_sn: str | None) -> CardCorrectionHeld | None:
+        """The held correction of ``card_sn`` (replaced, or data outdated), or None."""
+        if not card_sn:
+            return None
+        with self._rlock:
+            row = self._reader.execute(
+                "SELECT card_sn, new_card_sn, fields, reason, seq FROM card_corrections WHERE card_sn=?",
+                (card_sn,),
+            ).fetchone()
+        if row is None:
+            return None
+        return CardCorrectionHeld(row[0], row[1], tuple(json.loads(row[2])), row[3], row[4])
+
+    def card_notices(self, card_sn: str | None, today: str) -> list[dict[str, Any]]:
+        """The notices for ``card_sn`` valid on ``today`` (``YYYY-MM-DD``), oldest first."""
+        if not card_sn:
+            return []
+        with self._rlock:
+            rows = self._reader.execute(
+                "SELECT id, type, amount_fen, text, valid_from, valid_to, seq FROM card_notices "
+                "WHERE card_sn=? AND valid_from<=? AND valid_to>=? ORDER BY valid_from, id",
+                (card_sn, today, today),
+            ).fetchall()
+        keys = ("id", "type", "amount_fen", "text", "valid_from", "valid_to", "bundle_seq")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def card_notes(self, card_sn: str | None, *, at: float | None = None) -> dict[str, Any]:
+        """What the desk shows beside a card just read: its ``correction`` (or None) and the ``notices``
+        valid today (China Standard Time, the card office's calendar)."""
+        today = datetime.fromtimestamp(time.time() if at is None else at, CST).date().isoformat()
+        correction = self.card_correction(card_sn)
+        return {
+            "correction": correction.to_json() if correction is not None else None,
+            "notices": self.card_notices(card_sn, today),
+        }
+
     # ---- what is held ----------------------------------------------------------------------
 
     def held(self) -> dict[str, dict[str, Any]]:
@@ -381,6 +479,9 @@ class PolicyStore:
                 if header.kind == "blacklist":
                     header, entries = iter_blacklist(f)
                     return self.apply_blacklist(header, entries, target=target)
+                if header.kind == "cards":
+                    header, ops = iter_cards(f)
+                    return self.apply_cards(header, ops, target=target)
                 header, body = read_document(f)
                 return self.apply_document(header, body, target=target)
         except perrors.BundleInvalid as exc:
@@ -412,6 +513,48 @@ class PolicyStore:
         if header.full:
             return self._apply(header, target, lambda conn: self._replace_all(conn, header.seq, entries))
         return self._apply(header, target, lambda conn: self._apply_delta(conn, header.seq, entries))
+
+    def apply_cards(
+        self, header: BundleHeader, entries: Iterable[CardsEntry], *, target: str = ""
+    ) -> Applied:
+        """A ``cards`` bundle: a full one replaces every correction and notice, a delta sets and withdraws
+        them; both in the one apply transaction (a bad entry half-way leaves the held state whole)."""
+        if header.kind != "cards":
+            raise BundleWrongKind(f"a {header.kind} bundle is not a cards bundle", kind="cards")
+
+        def work(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            added = removed = 0
+            if header.full:
+                removed = conn.execute("DELETE FROM card_corrections").rowcount
+                removed += conn.execute("DELETE FROM card_notices").rowcount
+            for e in entries:
+                if e.op == "-":
+                    table, key = ("card_corrections", "card_sn") if e.item == "correction" else (
+                        "card_notices", "id")  # fmt: skip
+                    removed += conn.execute(f"DELETE FROM {table} WHERE {key}=?", (e.key,)).rowcount
+                elif e.correction is not None:
+                    c = e.correction
+                    conn.execute(
+                        "INSERT OR REPLACE INTO card_corrections(card_sn, new_card_sn, fields, reason, seq) "
+                        "VALUES (?,?,?,?,?)",
+                        (c.card_sn, c.new_card_sn, json.dumps(list(c.fields)), c.reason, header.seq),
+                    )
+                    added += 1
+                elif e.notice is not None:
+                    n = e.notice
+                    conn.execute(
+                        "INSERT OR REPLACE INTO card_notices(id, card_sn, type, amount_fen, text, "
+                        "valid_from, "
+                        "valid_to, seq) VALUES (?,?,?,?,?,?,?,?)",
+                        (n.id, n.card_sn, n.type, n.amount_fen, n.text, n.valid_from, n.valid_to, header.seq),
+                    )
+                    added += 1
+            held = conn.execute(
+                "SELECT (SELECT count(*) FROM card_corrections) + (SELECT count(*) FROM card_notices)"
+            ).fetchone()[0]
+            return added, removed, held
+
+        return self._apply(header, target, work)
 
     def _apply(self, header: BundleHeader, target: str, work: Any) -> Applied:
         started = time.perf_counter()

@@ -18,17 +18,19 @@ from protocol.records import Settlement
 
 from .checks import DeskChecks, DeskOutcome
 from .config import AgentConfig
-from .errors import AgentError, Blacklisted
+from .errors import AgentError, Blacklisted, CardReplaced
 from .evoucher import VoucherVerifier
 from .identity import CERT_TYPE_EVOUCHER
 from .intake import account_balance, parse_settlement
-from .policy_store import BlacklistHit, PolicyStore
+from .policy_store import BlacklistHit, CardCorrectionHeld, PolicyStore
 from .store import Outbox, Receipt
 from .users import Principal
 
 __all__ = [
     "BLACKLIST_ACTIONS",
+    "REPLACED_ACTION",
     "blacklisted_error",
+    "card_replaced_error",
     "error_answer",
     "refuse_blacklisted",
     "settle_body",
@@ -70,6 +72,26 @@ def blacklisted_error(hit: BlacklistHit) -> Blacklisted:
     )
 
 
+#: What the cashier does with a replaced card (the new card's number follows in the message).
+REPLACED_ACTION = (
+    "do not settle with this card: it was replaced. Ask the patient for the new social-security card and "
+    "read that one; if they do not have it with them, identify them with the e-voucher (QR) or settle as "
+    "self-pay, and keep the old card out of use"
+)
+
+
+def card_replaced_error(correction: CardCorrectionHeld) -> CardReplaced:
+    """The refusal the HIS receives for a replaced card: the new card to ask for and what to do."""
+    return CardReplaced(
+        f"refused: this card was replaced by card {correction.new_card_sn} (reason: "
+        f"{correction.reason or 'not given'}; cards bundle {correction.seq}); {REPLACED_ACTION}",
+        new_card_sn=correction.new_card_sn,
+        reason=correction.reason,
+        bundle_seq=correction.seq,
+        action=REPLACED_ACTION,
+    )
+
+
 def error_answer(exc: AgentError | ProtocolError) -> tuple[int, dict[str, Any]]:
     """HTTP status and body of a refusal: one shape for the API and the drop folder's error files."""
     if isinstance(exc, AgentError):
@@ -78,7 +100,9 @@ def error_answer(exc: AgentError | ProtocolError) -> tuple[int, dict[str, Any]]:
 
 
 def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
-    """The one blacklist check before a settlement is written (API, drop folder, national envelope).
+    """The one blacklist check before a settlement is written (API, drop folder, national envelope),
+    with the card check of the ``cards`` bundle: a card the card office replaced is refused
+    (``card_replaced``) whatever the blacklist says.
 
     A doctor who overrides is checked like the visit's doctor: a suspended doctor's decision is not
     honoured either.
@@ -86,6 +110,12 @@ def refuse_blacklisted(policy: PolicyStore | None, record: Settlement) -> None:
     if policy is None:
         return
     psn = record.psn
+    correction = policy.card_correction(psn.card_sn)
+    if correction is not None and correction.replaced:
+        # Before the blacklist: the old card of a replacement is usually blacklisted too, and the cashier
+        # needs to hear "ask for the new card", not only "blocked".
+        log.info("settlement refused: card replaced (cards bundle %s)", correction.seq)
+        raise card_replaced_error(correction)
     hit = policy.is_blacklisted(
         card_sn=psn.card_sn,
         psn_no=psn.psn_no,

@@ -47,6 +47,11 @@ Hospitals and personal-data access (``central.intake.hospitals``, ``central.inta
     hospitals import FILE.csv               (audited; all rows or none; docs/IMPORT.md has the columns)
     hospitals list [--json]
     cards gate CARD_SN [--area A] [--json]  may a lost card's replacement be issued? (exit 2: not yet)
+    cards correct --card-sn SN [--new-card-sn NEW] [--field F]... --reason R [--area A]   (proposed)
+    cards notify --id ID --card-sn SN --type topup|balance|message [--amount YUAN] --text T
+                 --valid-from D --valid-to D [--area A]                                 (proposed)
+    cards withdraw --correction SN | --notice ID [--area A]                              (proposed)
+    cards list [--area A] [--json]          the corrections and notices agents receive (``cards`` bundle)
     access-log [--psn-no P] [--agent A] [--limit N] [--json]   who looked up whose history
 
 Bulk import of historical settlements (``central.intake.bulk_import``, ``central.intake.cli``,
@@ -394,7 +399,7 @@ def _policy_parsers(verbs: argparse._SubParsersAction) -> None:
     bundle_p = verbs.add_parser("bundle", help="published bundles: export for offline sites, list, sync")
     bundle_verbs = bundle_p.add_subparsers(dest="bundle_verb", required=True, metavar="ACTION")
     exp_p = bundle_verbs.add_parser("export", parents=[why], help="tar of the repository for offline sites")
-    exp_p.add_argument("--kind", required=True, help="blacklist, rules, policy, catalogue, keys or all")
+    exp_p.add_argument("--kind", required=True, help="blacklist, cards, rules, policy, catalogue, keys, all")
     exp_p.add_argument("--out", required=True, help="tar file to write")
     exp_p.add_argument("--area", help="only this pooling area's bundles")
     bls_p = bundle_verbs.add_parser("list", help="the bundle log")
@@ -696,6 +701,21 @@ def _policy(args: argparse.Namespace, config: CentralConfig, store: Store) -> in
                 print(f"{row['id']:>5} {row['at']} {row['operator']:<12} {row['action']:<17}{bundle}{why}")
         return 0
     raise ConfigInvalid(f"unknown verb {verb}")  # pragma: no cover - argparse refuses unknown verbs
+
+
+def _cards(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
+    """``cards list`` reads; ``cards correct|notify|withdraw`` propose a ``cards`` change (maker-checker)."""
+    policy = Policy(store, TufRepository.open(config), config)
+    if args.cards_verb == "list":
+        cards.print_list(policy.cards_list(args.area), args.json)
+        return 0
+    op = _acting(store, args, "policy", f"propose a card {args.cards_verb}")
+    action, entries = cards.entries_of(args)
+    signers = operator_signers(config, args.key) if config.approvals_required == 1 else []
+    change, published = changes.propose_cards(
+        store, policy, op, entries, action=action, area=args.area, why=args.why, signers=signers
+    )
+    return _proposed(change, published)
 
 
 def _splits(args: argparse.Namespace, config: CentralConfig, store: Store) -> int:
@@ -1015,8 +1035,10 @@ def _run(args: argparse.Namespace) -> int:
             if args.import_verb == "settlements":
                 actor = _acting(store, args, "admin", "import settlements").actor(args.reason)
             return cli_import.run(args, config, store, actor)
-        elif args.verb == "cards":
+        elif args.verb == "cards" and args.cards_verb == "gate":
             return cards.run(args, store)
+        elif args.verb == "cards":
+            return _cards(args, config, store)
         elif args.verb == "declarations":
             actor = None  # list and reupload only read
             if args.declarations_verb in ("submit", "check"):

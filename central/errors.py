@@ -19,6 +19,7 @@ __all__ = [
     "AreaForbidden",
     "AreaRequired",
     "BlacklistEntryUnknown",
+    "CardEntryUnknown",
     "CaseAreaMismatch",
     "CentralError",
     "CertificateInvalid",
@@ -213,6 +214,13 @@ class AreaRequired(CentralError):
 
 class BlacklistEntryUnknown(CentralError):
     code = "blacklist_entry_unknown"
+
+
+class CardEntryUnknown(CentralError):
+    """A withdrawal of a card correction or notice the area does not hold; nothing was published."""
+
+    code = "card_entry_unknown"
+    http_status = 404
 
 
 class DocumentInvalid(CentralError):

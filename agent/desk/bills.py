@@ -51,6 +51,8 @@ class Bill:
     created: float
     identity: Identity | None = None
     preview: dict[str, Any] | None = None
+    #: What the held ``cards`` bundle says of the card read: ``correction`` (or None) and ``notices``.
+    card_notes: dict[str, Any] | None = None
     #: The prompts the doctor was last shown (rule id → prompt), so an override names a shown one.
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: rule id → {rule_id, reason, dr_codg, doctor, at}: the doctor's overrides, in their own name.
@@ -88,7 +90,7 @@ class Bill:
                 "this card or code belongs to another person than the patient of this bill: check who is at "
                 "the counter, or have the HIS post the bill for this patient"
             )
-        self.identity, self.preview = identity, None
+        self.identity, self.preview, self.card_notes = identity, None, None
 
     def settlement_body(self) -> bytes:
         """The body the one settlement path parses: the bill, the person read here, the overrides."""

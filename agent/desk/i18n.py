@@ -54,6 +54,33 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "blacklist.",
     ),
     "card_notice": ("卡片通知", "Card notice"),
+    "card_replaced_title": ("此卡已换发新卡", "This card was replaced"),
+    "card_replaced_body": (
+        "社保经办机构已为该患者换发新卡（新卡识别码 {new_card_sn}）。"
+        "请勿用此旧卡结算：请患者出示新卡并重新读卡；"
+        "未带新卡时可改用医保电子凭证或自费结算。",
+        "The card office replaced this card (new card {new_card_sn}). Do not settle with this old card: ask "
+        "the patient for the new card and read it; without it, use the e-voucher or settle as self-pay.",
+    ),
+    "card_fields_outdated": (
+        "卡内以下信息已更正，以经办机构为准：",
+        "The card office corrected this data; what the card carries is outdated: ",
+    ),
+    "yuan": ("元", "yuan"),
+    "correction_reason": ("原因", "Reason"),
+    "card_notices": ("卡片通知", "Notices for this card"),
+    "notice_topup": ("充值", "Top-up"),
+    "notice_balance": ("余额", "Balance"),
+    "notice_message": ("通知", "Notice"),
+    "notice_valid": ("有效期 {start} 至 {end}", "valid {start} to {end}"),
+    "field_psn_no": ("社会保障号码", "social-security number"),
+    "field_psn_name": ("姓名", "name"),
+    "field_gend": ("性别", "sex"),
+    "field_brdy": ("出生日期", "birth date"),
+    "field_naty": ("民族", "ethnicity"),
+    "field_insuplc_admdvs": ("参保地", "insured place"),
+    "field_issued": ("发卡日期", "issue date"),
+    "field_expires": ("有效期", "expiry date"),
     "read_card": ("读卡", "Read card"),
     "scan_qr": ("扫码（电子凭证）", "Scan code (e-voucher)"),
     "qr_help": ("扫描或粘贴患者的医保电子凭证二维码内容", "Scan or paste the patient's e-voucher code"),
@@ -175,6 +202,12 @@ REFUSALS: dict[str, tuple[str, str]] = {
         "本院医保协议已暂停（原因：{reason}）。请按自费结算，并报告医院管理部门。",
         "This hospital's insurance agreement is suspended (reason: {reason}). Settle as self-pay and tell "
         "the hospital's management.",
+    ),
+    "card_replaced": (
+        "此卡已换发新卡（新卡识别码 {new_card_sn}，原因：{reason}）。"
+        "请勿用旧卡结算：请患者出示新卡并重新读卡；未带新卡时可改用医保电子凭证或自费结算。",
+        "This card was replaced by card {new_card_sn} (reason: {reason}). Do not settle with the old card: "
+        "ask the patient for the new card and read it; without it, use the e-voucher or settle as self-pay.",
     ),
     "card_expired": (
         "社保卡已过有效期。请患者到社保经办机构换卡；可改用医保电子凭证。",
@@ -353,4 +386,7 @@ def refusal(code: str, lang: str, error: dict[str, Any]) -> str:
         parts = [str(d.get("message") if code == "rule_refused" else f"{d.get('field')}: {d.get('message')}")
                  for d in error.get("details") or []]  # fmt: skip
         reason = "; ".join(parts) or error.get("message")
-    return REFUSALS[key][index].format(reason=reason or ("未说明" if index == 0 else "not given"))
+    return REFUSALS[key][index].format(
+        reason=reason or ("未说明" if index == 0 else "not given"),
+        new_card_sn=error.get("new_card_sn") or "—",
+    )

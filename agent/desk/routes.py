@@ -392,6 +392,9 @@ async def _identify(request: web.Request, user: Principal, how: str, then: Calla
     try:
         identity = await (_read_card(d, user) if how == "card" else _verify_qr(d, request["form"]))
         bill.set_identity(identity)
+        if identity.card_sn and d.policy is not None:
+            # Shown even when the preview below refuses the card: the cashier sees why (replaced).
+            bill.card_notes = d.policy.card_notes(identity.card_sn)
         if then is not None:
             await then(bill)
     except (AgentError, ProtocolError) as exc:

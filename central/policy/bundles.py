@@ -43,6 +43,7 @@ from central.config import CentralConfig
 from central.errors import (
     AreaRequired,
     BlacklistEntryUnknown,
+    CardEntryUnknown,
     CentralError,
     ConfigInvalid,
     DocumentInvalid,
@@ -55,8 +56,14 @@ from protocol.bundles import (
     KINDS,
     BlacklistEntry,
     BundleHeader,
+    CardCorrection,
+    CardNotice,
+    CardsEntry,
+    correction_problems,
     encode_blacklist,
+    encode_cards,
     encode_document,
+    notice_problems,
     target_name,
 )
 
@@ -206,7 +213,7 @@ class Published:
         shape = "full" if self.full else f"delta on seq {self.base_seq}"
         noun = (
             ("entry" if self.entries == 1 else "entries")
-            if self.kind == "blacklist"
+            if self.kind in ("blacklist", "cards")
             else ("item" if self.entries == 1 else "items")
         )
         when = (
@@ -366,18 +373,17 @@ class Policy:
 
     # -- blacklist ---------------------------------------------------------------------------------
 
-    def _full_needed(self, conn: sqlite3.Connection, area: str, n_ops: int) -> bool:
+    def _full_needed(self, conn: sqlite3.Connection, area: str, n_ops: int, kind: str = "blacklist") -> bool:
         last_full = conn.execute(
-            "SELECT seq, entries FROM bundles WHERE area = ? AND kind = 'blacklist' AND base_seq IS NULL "
+            "SELECT seq, entries FROM bundles WHERE area = ? AND kind = ? AND base_seq IS NULL "
             "ORDER BY seq DESC LIMIT 1",
-            (area,),
+            (area, kind),
         ).fetchone()
         if last_full is None:
             return True
         n_deltas, delta_entries = conn.execute(
-            "SELECT count(*), coalesce(sum(entries), 0) FROM bundles WHERE area = ? AND kind = 'blacklist' "
-            "AND seq > ?",
-            (area, last_full[0]),
+            "SELECT count(*), coalesce(sum(entries), 0) FROM bundles WHERE area = ? AND kind = ? AND seq > ?",
+            (area, kind, last_full[0]),
         ).fetchone()
         if n_deltas >= self.config.full_every:
             return True
@@ -562,6 +568,150 @@ class Policy:
                 for r in conn.execute(sql + " ORDER BY area, list_type, id", params)
             ]
         )
+
+    # -- cards: corrections and notices -------------------------------------------------------------
+
+    @staticmethod
+    def _iter_cards(conn: sqlite3.Connection, area: str) -> Iterator[CardsEntry]:
+        """The area's whole ``cards`` state as additions (a full snapshot), corrections then notices."""
+        for card_sn, new_card_sn, fields, reason in conn.execute(
+            "SELECT card_sn, new_card_sn, fields, reason FROM card_corrections WHERE area = ? "
+            "ORDER BY card_sn",
+            (area,),
+        ).fetchall():
+            c = CardCorrection(card_sn, new_card_sn, tuple(json.loads(fields)), reason)
+            yield CardsEntry("+", "correction", card_sn, correction=c)
+        for row in conn.execute(
+            "SELECT id, card_sn, type, amount_fen, text, valid_from, valid_to FROM card_notices "
+            "WHERE area = ? ORDER BY id",
+            (area,),
+        ).fetchall():
+            yield CardsEntry("+", "notice", row[0], notice=CardNotice(*row))
+
+    @staticmethod
+    def _apply_cards_entry(conn: sqlite3.Connection, area: str, e: CardsEntry, seq: int, at: str) -> None:
+        if e.op == "-":
+            table, key = ("card_corrections", "card_sn") if e.item == "correction" else ("card_notices", "id")
+            if conn.execute(f"DELETE FROM {table} WHERE area = ? AND {key} = ?", (area, e.key)).rowcount == 0:
+                what = "correction of card" if e.item == "correction" else "notice"
+                raise CardEntryUnknown(
+                    f"area {area} holds no {what} {e.key}; nothing was published (`yibao-central cards list "
+                    f"--area {area}` shows what it holds)"
+                )
+        elif e.correction is not None:
+            c = e.correction
+            conn.execute(
+                "INSERT INTO card_corrections (area, card_sn, new_card_sn, fields, reason, added_seq, "
+                "added_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (area, card_sn) DO UPDATE SET "
+                "new_card_sn = excluded.new_card_sn, fields = excluded.fields, reason = excluded.reason, "
+                "added_seq = excluded.added_seq, added_at = excluded.added_at",
+                (area, c.card_sn, c.new_card_sn, json.dumps(list(c.fields)), c.reason, seq, at),
+            )
+        elif e.notice is not None:
+            n = e.notice
+            conn.execute(
+                "INSERT INTO card_notices (area, id, card_sn, type, amount_fen, text, valid_from, valid_to, "
+                "added_seq, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (area, id) DO UPDATE "
+                "SET card_sn = excluded.card_sn, type = excluded.type, amount_fen = excluded.amount_fen, "
+                "text = excluded.text, valid_from = excluded.valid_from, valid_to = excluded.valid_to, "
+                "added_seq = excluded.added_seq, added_at = excluded.added_at",
+                (area, n.id, n.card_sn, n.type, n.amount_fen, n.text, n.valid_from, n.valid_to, seq, at),
+            )
+
+    def cards_change(
+        self,
+        actor: Actor,
+        signers: Sequence[CryptoSigner],
+        entries: Sequence[CardsEntry],
+        *,
+        action: str,
+        detail: dict[str, Any],
+        area: str | None = None,
+        hook: TxHook | None = None,
+    ) -> Published:
+        """Set or withdraw card corrections and notices, published as one ``cards`` bundle: a delta on the
+        previous one, or a full snapshot of the area's state by the blacklist's rule (``_full_needed``).
+
+        Everything is validated first (``DocumentInvalid`` naming each problem); a withdrawal of what the
+        area does not hold is ``CardEntryUnknown``; either way nothing is written or published.
+        """
+        if area is not None:
+            check_area(area)
+        problems: list[str] = []
+        for e in entries:
+            if e.op == "+":
+                found = (
+                    correction_problems(e.correction) if e.correction is not None
+                    else notice_problems(e.notice) if e.notice is not None
+                    else [("entry", "an addition carries a correction or a notice")]
+                )  # fmt: skip
+                problems += [f"--{f.replace('_', '-')}: {m}" for f, m in found]
+            elif not e.key:
+                problems.append("a withdrawal names a card_sn or a notice id")
+        if not entries:
+            problems.append("no correction or notice given")
+        if problems:
+            raise DocumentInvalid("the card change", problems)
+
+        def tx(conn: sqlite3.Connection) -> Published:
+            if hook is not None:
+                hook.check(conn)
+            chosen = resolve_area(conn, area)
+            seq, last = self._next_seq(conn, chosen, "cards")
+            created = now_iso()
+            for e in entries:
+                self._apply_cards_entry(conn, chosen, e, seq, created)
+            full = self._full_needed(conn, chosen, len(entries), "cards")
+            header = BundleHeader("cards", chosen, seq, None if full else last, created)
+            name = target_name(chosen, "cards", seq, full)
+            ops: Iterable[CardsEntry] = self._iter_cards(conn, chosen) if full else entries
+            tf, count = self.repo.write_target(name, lambda f: encode_cards(f, header, ops))
+            self._record_bundle(conn, header, tf, count, actor)
+            self._audit(conn, actor, action, {"area": chosen, **detail}, header, name)
+            published = Published(chosen, "cards", seq, header.base_seq, name, count)
+            if hook is not None:
+                hook.done(conn, published)
+            return published
+
+        return self._publish(signers, tx)
+
+    def cards_list(self, area: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """The corrections and notices held per area (what the newest ``cards`` bundle carries)."""
+        if area is not None:
+            check_area(area)
+
+        def run(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
+            sql, params = _where(
+                "SELECT area, card_sn, new_card_sn, fields, reason, added_seq, added_at "
+                "FROM card_corrections",
+                area=area,
+            )
+            corrections = [
+                {
+                    "area": r[0],
+                    "card_sn": r[1],
+                    "new_card_sn": r[2] or None,
+                    "fields": json.loads(r[3]),
+                    "reason": r[4],
+                    "added_seq": r[5],
+                    "added_at": r[6],
+                }
+                for r in conn.execute(sql + " ORDER BY area, card_sn", params)
+            ]
+            sql, params = _where(
+                "SELECT area, id, card_sn, type, amount_fen, text, valid_from, valid_to, added_seq, added_at "
+                "FROM card_notices",
+                area=area,
+            )
+            keys = ("area", "id", "card_sn", "type", "amount_fen", "text", "valid_from", "valid_to",
+                    "added_seq", "added_at")  # fmt: skip
+            notices = [
+                dict(zip(keys, r, strict=True)) for r in conn.execute(sql + " ORDER BY area, id", params)
+            ]
+            return {"corrections": corrections, "notices": notices}
+
+        return self.store.read(run)
 
     # -- documents ---------------------------------------------------------------------------------
 

@@ -23,12 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
 from typing import Any
 
 from central.errors import NotFound
 from central.storage.store import Store
+from protocol.bundles import CORRECTION_FIELDS, NOTICE_TYPES, CardCorrection, CardNotice, CardsEntry
 
-__all__ = ["add_parsers", "add_routes", "replacement_gate", "run"]
+from .card_notices import yuan_to_fen
+
+__all__ = ["add_parsers", "add_routes", "entries_of", "print_list", "replacement_gate", "run"]
 
 
 def replacement_gate(conn: sqlite3.Connection, card_sn: str, area: str | None = None) -> dict[str, Any]:
@@ -87,7 +91,9 @@ def replacement_gate(conn: sqlite3.Connection, card_sn: str, area: str | None = 
 
 
 def add_parsers(verbs: argparse._SubParsersAction) -> None:
-    cards = verbs.add_parser("cards", help="the replacement gate of a lost card")
+    cards = verbs.add_parser(
+        "cards", help="the replacement gate of a lost card; card corrections and notices sent to the desks"
+    )
     sub = cards.add_subparsers(dest="cards_verb", required=True, metavar="ACTION")
     gate = sub.add_parser(
         "gate", help="may the replacement be issued? (every agent applied and logged the old card's entry)"
@@ -95,6 +101,79 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     gate.add_argument("card_sn", metavar="CARD_SN")
     gate.add_argument("--area", help="only this pooling area")
     gate.add_argument("--json", action="store_true", help="one JSON object")
+
+    # Corrections and notices sent down in the ``cards`` bundle (``central.policy.card_notices``):
+    # proposed here, published when another policy operator approves (``changes approve``).
+    signing = argparse.ArgumentParser(add_help=False)
+    signing.add_argument("--key", action="append", metavar="FILE", help="operator private key (repeatable; "
+                         "default: every *.pem in HOME/operators/)")  # fmt: skip
+    signing.add_argument("--area", help="pooling area (6 digits; default: the centre's default area)")
+    signing.add_argument("--why", default="", help="why, for the audit log")
+    correct = sub.add_parser(
+        "correct",
+        parents=[signing],
+        help="propose a correction of a card: replaced by another, or data outdated",
+    )
+    correct.add_argument("--card-sn", required=True, help="the card corrected (the old card if replaced)")
+    correct.add_argument("--new-card-sn", default="", help="the card that replaced it")
+    correct.add_argument(
+        "--field", action="append", default=[], metavar="FIELD", choices=list(CORRECTION_FIELDS),
+        help=f"a field the card carries that is outdated (repeatable; {', '.join(CORRECTION_FIELDS)})",
+    )  # fmt: skip
+    correct.add_argument("--reason", required=True, help="why (shown at the desk)")
+    notify = sub.add_parser("notify", parents=[signing], help="propose a notice for a card's holder")
+    notify.add_argument(
+        "--id", dest="notice_id", required=True, help="the notice's id (1-64 letters, digits, ._-)"
+    )
+    notify.add_argument("--card-sn", required=True)
+    notify.add_argument("--type", dest="notice_type", required=True, choices=list(NOTICE_TYPES))
+    notify.add_argument("--amount", help="yuan, at most two decimals (topup and balance; none for a message)")
+    notify.add_argument("--text", required=True, help="what the desk shows (up to 200 characters)")
+    notify.add_argument("--valid-from", required=True, help="first day shown, YYYY-MM-DD")
+    notify.add_argument("--valid-to", required=True, help="last day shown, YYYY-MM-DD")
+    withdraw = sub.add_parser(
+        "withdraw", parents=[signing], help="propose withdrawing a correction or notice"
+    )
+    which = withdraw.add_mutually_exclusive_group(required=True)
+    which.add_argument("--correction", metavar="CARD_SN", help="the card whose correction is withdrawn")
+    which.add_argument("--notice", metavar="ID", help="the notice withdrawn")
+    listing = sub.add_parser("list", help="the corrections and notices held (what agents receive)")
+    listing.add_argument("--area")
+    listing.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def entries_of(args: argparse.Namespace) -> tuple[str, list[CardsEntry]]:
+    """The action and entries a ``cards correct|notify|withdraw`` command line proposes."""
+    if args.cards_verb == "correct":
+        c = CardCorrection(args.card_sn, args.new_card_sn, tuple(args.field), args.reason.strip())
+        return "cards.correct", [CardsEntry("+", "correction", c.card_sn, correction=c)]
+    if args.cards_verb == "notify":
+        amount = yuan_to_fen(args.amount)
+        n = CardNotice(args.notice_id, args.card_sn, args.notice_type, amount, args.text.strip(),
+                       args.valid_from, args.valid_to)  # fmt: skip
+        return "cards.notify", [CardsEntry("+", "notice", n.id, notice=n)]
+    if args.correction:
+        return "cards.withdraw", [CardsEntry("-", "correction", args.correction)]
+    return "cards.withdraw", [CardsEntry("-", "notice", args.notice)]
+
+
+def print_list(held: dict[str, list[dict[str, Any]]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(held, ensure_ascii=False))
+        return
+    for c in held["corrections"]:
+        what = f"replaced by {c['new_card_sn']}" if c["new_card_sn"] else "data corrected"
+        fields = f"; outdated: {', '.join(c['fields'])}" if c["fields"] else ""
+        print(
+            f"{c['area']} correction {c['card_sn']}: {what}{fields} ({c['reason']}; bundle {c['added_seq']})"
+        )
+    for n in held["notices"]:
+        amount = (
+            "" if n["amount_fen"] is None else f" {n['amount_fen'] // 100}.{n['amount_fen'] % 100:02d} yuan"
+        )
+        print(f"{n['area']} notice {n['id']} for {n['card_sn']}: {n['type']}{amount} \"{n['text']}\" "
+              f"{n['valid_from']}..{n['valid_to']} (bundle {n['added_seq']})")  # fmt: skip
+    print(f"{len(held['corrections'])} corrections, {len(held['notices'])} notices", file=sys.stderr)
 
 
 def run(args: argparse.Namespace, store: Store) -> int:

@@ -1,7 +1,8 @@
 """Maker-checker for what agents enforce: change requests (``docs/POLICY.md``, "Who may change policy").
 
-A blacklist change (add, remove, import of a CSV) or a ``policy``/``rules``/``catalogue``/``keys``
-document is not published by the operator who asks for it. It becomes a **change request**:
+A blacklist change (add, remove, import of a CSV), a card correction or notice (``cards`` bundle,
+``central.policy.card_notices``) or a ``policy``/``rules``/``catalogue``/``keys`` document is not
+published by the operator who asks for it. It becomes a **change request**:
 
 1. ``propose_*`` (a ``policy`` operator, the *maker*) validates the change exactly as the publishing
    verb would, holds it as it will be published (the document's JSON, or every blacklist entry in
@@ -40,6 +41,7 @@ from typing import Any
 from securesystemslib.signer import CryptoSigner
 
 from central.errors import (
+    CardEntryUnknown,
     ChangeBaseMoved,
     ChangeDigestMismatch,
     ChangeState,
@@ -50,8 +52,10 @@ from central.errors import (
 )
 from central.operators import Operator, require_role
 from central.storage.store import Store, now_iso
+from protocol.bundles import CardsEntry, correction_problems, notice_problems
 
 from .bundles import Actor, Policy, Published, audit_in, resolve_area, stage_blacklist_csv
+from .card_notices import describe_entries, entries_from_json, entries_to_json
 from .documents import check_area, check_blacklist_fields, load_json_document, validate_document
 
 __all__ = [
@@ -64,6 +68,7 @@ __all__ = [
     "propose_blacklist_add",
     "propose_blacklist_import",
     "propose_blacklist_remove",
+    "propose_cards",
     "propose_document",
     "propose_lost_card",
     "reject",
@@ -156,7 +161,31 @@ def _document_base(conn: sqlite3.Connection, kind: str, area: str) -> str:
     return f"{kind} seq {row[0] or 0}"
 
 
+def _cards_base(conn: sqlite3.Connection, document: str, area: str) -> str:
+    """What the area holds now for every correction and notice the change touches, as a digest."""
+    h = hashlib.sha256()
+    for e in entries_from_json(json.loads(document)):
+        if e.item == "correction":
+            row = conn.execute(
+                "SELECT new_card_sn, fields, reason, added_seq FROM card_corrections "
+                "WHERE area = ? AND card_sn = ?",
+                (area, e.key),
+            ).fetchone()
+        else:
+            row = conn.execute(
+                "SELECT card_sn, type, amount_fen, text, valid_from, valid_to, added_seq FROM card_notices "
+                "WHERE area = ? AND id = ?",
+                (area, e.key),
+            ).fetchone()
+        h.update(
+            json.dumps([e.item, e.key, list(row) if row else None], separators=(",", ":")).encode() + b"\n"
+        )
+    return "cards sha256:" + h.hexdigest()
+
+
 def _base(conn: sqlite3.Connection, change: dict[str, Any]) -> str:
+    if change["kind"] == "cards":
+        return _cards_base(conn, change["document"], change["area"])
     if change["kind"] == "blacklist":
         return _blacklist_base(conn, change["id"], change["area"])
     return _document_base(conn, change["kind"], change["area"])
@@ -189,6 +218,7 @@ def _propose(
     entries: Iterator[tuple[Any, ...]] | None = None,
     count: int = 0,
     must_hold: tuple[str, str] | None = None,
+    must_hold_cards: tuple[str, str] | None = None,
     signers: Sequence[CryptoSigner] = (),
 ) -> tuple[dict[str, Any], Published | None]:
     require_role(op, "policy", f"propose a {kind} change")
@@ -210,6 +240,18 @@ def _propose(
                 [f"area {chosen} holds no {must_hold[0]} with that id (`yibao-central blacklist list "
                  f"--area {chosen} --type {must_hold[0]}` shows the entries)"],
             )  # fmt: skip
+        if must_hold_cards is not None:
+            item, key = must_hold_cards
+            table, column = (
+                ("card_corrections", "card_sn") if item == "correction" else ("card_notices", "id")
+            )
+            if not conn.execute(
+                f"SELECT 1 FROM {table} WHERE area = ? AND {column} = ?", (chosen, key)
+            ).fetchone():
+                raise CardEntryUnknown(
+                    f"area {chosen} holds no {item} {key}; nothing was proposed (`yibao-central cards list "
+                    f"--area {chosen}` shows what it holds)"
+                )
         at = now_iso()
         change_id = conn.execute(
             f"INSERT INTO change_requests ({_COLUMNS}) "
@@ -345,6 +387,34 @@ def propose_blacklist_import(
         staging.close()
 
 
+def _flag(field: str) -> str:
+    """The ``yibao-central cards`` option that carries a correction's or notice's field."""
+    return {"amount_fen": "--amount", "fields": "--field"}.get(field, "--" + field.replace("_", "-"))
+
+
+def propose_cards(
+    store: Store, policy: Policy, op: Operator, entries: list[CardsEntry], *, action: str,
+    area: str | None = None, why: str = "", signers: Sequence[CryptoSigner] = (),
+) -> tuple[dict[str, Any], Published | None]:  # fmt: skip
+    """Propose card corrections / notices (``cards.correct``, ``cards.notify``) or withdrawing one
+    (``cards.withdraw``: refused now when the area does not hold it). Validated now, as approval will."""
+    if area is not None:
+        check_area(area)
+    problems = []
+    for e in entries:
+        if e.correction is not None:
+            problems += [f"{_flag(f)}: {m}" for f, m in correction_problems(e.correction)]
+        if e.notice is not None:
+            problems += [f"{_flag(f)}: {m}" for f, m in notice_problems(e.notice)]
+    if problems:
+        raise DocumentInvalid("the card change", problems)
+    withdraw = next(((e.item, e.key) for e in entries if e.op == "-"), None)
+    text = json.dumps(entries_to_json(entries), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _propose(store, policy, op, action=action, kind="cards", area=area, what=describe_entries(entries),
+                    reason=why, document=text, count=len(entries), must_hold_cards=withdraw,
+                    signers=signers)  # fmt: skip
+
+
 def propose_document(
     store: Store, policy: Policy, op: Operator, kind: str, path: Path | str, *, area: str | None = None,
     action: str | None = None, why: str = "", signers: Sequence[CryptoSigner] = (),
@@ -437,6 +507,10 @@ def _publish(
     why = f": {change['reason']}" if change["reason"] else ""
     actor = Actor(change["maker"], f"change {change['id']} {by}{why}"[:500])
     area, cid = change["area"], change["id"]
+    if change["kind"] == "cards":
+        entries = entries_from_json(json.loads(change["document"]))
+        return policy.cards_change(actor, signers, entries, action=change["action"], area=area,
+                                   detail={"change": cid, "what": change["what"]}, hook=hook)  # fmt: skip
     if change["kind"] != "blacklist":
         document = json.loads(change["document"])
         return policy.publish_document(actor, signers, change["kind"], document, area=area,

@@ -37,7 +37,7 @@ from typing import Any
 
 from central.errors import DocumentInvalid
 from protocol.benefit import policy_problems
-from protocol.bundles import BLACKLIST_TYPES, KINDS
+from protocol.bundles import BLACKLIST_TYPES, DELTA_KINDS, KINDS
 from protocol.document import AREA, HOSP_LEVELS, Checker, kind
 from protocol.errors import RulesInvalid
 from protocol.evoucher import load_issuers
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-DOCUMENT_KINDS = tuple(k for k in KINDS if k != "blacklist")
+DOCUMENT_KINDS = tuple(k for k in KINDS if k not in DELTA_KINDS)
 CSV_HEADER = ["list_type", "id", "reason", "source", "effective_at"]
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -685,6 +685,27 @@ def _m016_card_logs(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX card_logs_applied ON card_logs (agent_id, event, bundle_seq)")
 
 
+def _m017_card_notices(db: sqlite_utils.Database) -> None:
+    """The ``cards`` bundle's state per pooling area (``central.policy.card_notices``, issue 18): the card
+    office's corrections of a card (replaced by ``new_card_sn``, or ``fields`` outdated, a JSON list),
+    keyed by the old card, and its notices (top-up, balance, message; ``amount_fen`` integer fen) keyed by
+    id, each with the bundle seq that set it. What agents hold is these rows as of their bundle seq."""
+    db.execute(
+        "CREATE TABLE card_corrections (area TEXT NOT NULL, card_sn TEXT NOT NULL, "
+        "new_card_sn TEXT NOT NULL, "
+        "fields TEXT NOT NULL, reason TEXT NOT NULL, added_seq INTEGER NOT NULL, added_at TEXT NOT NULL, "
+        "PRIMARY KEY (area, card_sn)) STRICT"
+    )
+    db.execute("CREATE INDEX card_corrections_new ON card_corrections (new_card_sn)")
+    db.execute(
+        "CREATE TABLE card_notices (area TEXT NOT NULL, id TEXT NOT NULL, card_sn TEXT NOT NULL, "
+        "type TEXT NOT NULL, amount_fen INTEGER, text TEXT NOT NULL, valid_from TEXT NOT NULL, "
+        "valid_to TEXT NOT NULL, added_seq INTEGER NOT NULL, added_at TEXT NOT NULL, "
+        "PRIMARY KEY (area, id)) STRICT"
+    )
+    db.execute("CREATE INDEX card_notices_card ON card_notices (card_sn, valid_to)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -702,6 +723,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m014_declarations,
     _m015_console_indexes,
     _m016_card_logs,
+    _m017_card_notices,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

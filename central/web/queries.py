@@ -23,8 +23,8 @@ from central.policy.bundles import area_of_hospital
 from central.storage.store import Where
 
 __all__ = [
-    "OPEN_STATUSES", "audit_rows", "blacklist_entries", "fleet", "hospital_risk", "pending_changes",
-    "publishes",
+    "OPEN_STATUSES", "audit_rows", "blacklist_entries", "card_notes", "fleet", "hospital_risk",
+    "pending_changes", "publishes",
 ]
 
 #: Suspicions still asking for work: the hospital map colours by these.
@@ -114,6 +114,30 @@ def blacklist_entries(
         "LIMIT ? OFFSET ?"
     )
     return [dict(zip(_BLACKLIST, r, strict=True)) for r in conn.execute(sql, [*where.params, limit, offset])]
+
+
+def card_notes(
+    conn: sqlite3.Connection, scope: Collection[str], *, card_sn: str | None = None, limit: int = 100
+) -> dict[str, list[dict[str, Any]]]:
+    """The card corrections and notices of ``scope`` (what the ``cards`` bundle sends), newest first."""
+    out: dict[str, list[dict[str, Any]]] = {"corrections": [], "notices": []}
+    for table, key, columns in (
+        ("card_corrections", "corrections", ("area", "card_sn", "new_card_sn", "fields", "reason",
+                                              "added_seq", "added_at")),
+        ("card_notices", "notices", ("area", "id", "card_sn", "type", "amount_fen", "text", "valid_from",
+                                     "valid_to", "added_seq", "added_at")),
+    ):  # fmt: skip
+        where = Where()
+        if not where.any_of("area", scope):
+            return out
+        where.equal(("card_sn", card_sn))
+        sql = f"SELECT {', '.join(columns)} FROM {table}{where.sql} ORDER BY added_seq DESC, card_sn LIMIT ?"
+        rows = [dict(zip(columns, r, strict=True)) for r in conn.execute(sql, [*where.params, limit])]
+        for row in rows:
+            if "fields" in row:
+                row["fields"] = json.loads(row["fields"])
+        out[key] = rows
+    return out
 
 
 def hospital_risk(conn: sqlite3.Connection, scope: Collection[str]) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ from central.monitoring.screening import backtest, rules_in_force
 from central.monitoring.suspicions import STATUSES
 from central.operators import Operator, home_signers, operator_by_token, require_area, require_supervisor
 from central.policy.bundles import Policy
+from central.policy.cards import replacement_gate
 from protocol.errors import RulesInvalid
 
 from . import charts, queries
@@ -471,6 +472,29 @@ async def blacklists(request: web.Request, op: Operator) -> Any:
     return "blacklists.html", ctx
 
 
+async def cards(request: web.Request, op: Operator) -> Any:
+    """Lost cards of the operator's areas, each with its replacement gate (``central.policy.cards``: which
+    agents applied and logged the old card's blacklist entry, who is still waiting), and the card
+    corrections and notices the ``cards`` bundle sends down. A page of lost cards at a time."""
+    q = request.query
+    offset = max(0, _int(q.get("offset"), "offset", 0) or 0)
+    card_sn = (q.get("card_sn") or "").strip() or None
+
+    def read(c: Any) -> dict[str, Any]:
+        entries = queries.blacklist_entries(c, op.scope, list_type="card", entry_id=card_sn,
+                                            limit=PAGE_SIZE + 1, offset=offset)  # fmt: skip
+        gates = []
+        for e in entries[:PAGE_SIZE]:
+            gate = replacement_gate(c, e["id"], e["area"])
+            gates.append({"card_sn": e["id"], "areas": gate["areas"]})
+        held = queries.card_notes(c, op.scope, card_sn=card_sn, limit=PAGE_SIZE)
+        return {"gates": gates, "more": len(entries) > PAGE_SIZE, "card_sn": card_sn, **held}
+
+    ctx = await _store(request).read_async(read)
+    ctx.update(_pager("cards", q, offset, ctx["more"]))
+    return "cards.html", ctx
+
+
 # -- analysis, map, audit ----------------------------------------------------------------------
 
 #: Measures ``central.monitoring.analysis`` gives in fen (money per visit or per disease).
@@ -595,6 +619,7 @@ def add_routes(
     get(f"{PREFIX}/rules", _page(rules))
     r.add_post(f"{PREFIX}/rules/backtest", _page(rules_backtest, post=True))
     get(f"{PREFIX}/blacklists", _page(blacklists))
+    get(f"{PREFIX}/cards", _page(cards))
     get(f"{PREFIX}/analysis", _page(analysis))
     get(f"{PREFIX}/map", _page(risk_map))
     get(f"{PREFIX}/audit", _page(audit))

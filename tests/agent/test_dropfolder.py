@@ -343,6 +343,9 @@ class _CardBlacklist:
             return None
         return BlacklistHit("card", "reported stolen", "operator", 0, entry_seq=3, list_version=3)
 
+    def card_correction(self, card_sn: str | None) -> None:
+        return None  # no card replaced: only the blacklist refuses here
+
 
 def test_refusals_beyond_validation_are_rejected_too(tmp_path):
     """403 blacklisted and 409 his_setl_no conflict: the API's bodies, nothing (more) settled."""

@@ -99,6 +99,7 @@ def test_change_signal_update_and_signed_reports(repo, agent_config, store):
                 "policy": 0,
                 "catalogue": 0,
                 "keys": 0,
+                "cards": 0,
             }
             # The signal fails twice (backoff, retry), then an operator blacklists a card.
             centre.fail_changes = 2

@@ -264,10 +264,11 @@ def test_every_kind_is_applied_and_reported_in_status(repo, client, store):
     repo.document("policy", 3, {"370200": {"2026": {}}})
     repo.document("catalogue", 8, {"drugs": []})
     repo.document("keys", 1, {"evoucher_issuers": {}})
+    repo.cards(5, [])
     repo.publish()
     result = client.update()
     assert result.ok and sorted(a.kind for a in result.applied) == sorted(
-        ["blacklist", "rules", "policy", "catalogue", "keys"]
+        ["blacklist", "rules", "policy", "catalogue", "keys", "cards"]
     )
     status = client.status()
     assert {k: v["seq"] for k, v in status["bundles"].items()} == {
@@ -276,6 +277,7 @@ def test_every_kind_is_applied_and_reported_in_status(repo, client, store):
         "policy": 3,
         "catalogue": 8,
         "keys": 1,
+        "cards": 5,
     }
     elapsed = time.time() - started
     bl = status["bundles"]["blacklist"]

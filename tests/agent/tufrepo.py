@@ -27,7 +27,15 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from protocol.bundles import BlacklistEntry, BundleHeader, encode_blacklist, encode_document, target_name
+from protocol.bundles import (
+    BlacklistEntry,
+    BundleHeader,
+    CardsEntry,
+    encode_blacklist,
+    encode_cards,
+    encode_document,
+    target_name,
+)
 
 AREA = "370200"
 OTHER_AREA = "110100"
@@ -204,6 +212,15 @@ class Repo:
         encode_blacklist(buf, file_header or header, entries)
         name = name or target_name(header.area, "blacklist", seq, base is None)
         self.add_target(name, buf.getvalue(), custom or header.custom())
+        return name
+
+    def cards(self, seq: int, entries: Iterable[CardsEntry], *, base: int | None = None) -> str:
+        """Publish a ``cards`` target (corrections and notices; full when ``base`` is None)."""
+        header = BundleHeader("cards", self.area, seq, base, now_iso())
+        buf = io.BytesIO()
+        encode_cards(buf, header, entries)
+        name = target_name(header.area, "cards", seq, base is None)
+        self.add_target(name, buf.getvalue(), header.custom())
         return name
 
     def document(

@@ -42,6 +42,8 @@ SAMPLES = Path(__file__).resolve().parents[2] / "docs" / "samples"
 AREA = "370200"
 HOSPITAL_A, HOSPITAL_B = "H37021100001", "H37021200002"
 P1, P2 = "370202198001011234", "370202199002022345"  # 18-character numbers: the cards' own
+P3 = "370202198503033456"  # the card office replaced this person's card (the ``cards`` bundle)
+NEW_CARD = "370202N000000009"
 OMEPRAZOLE = "XA02BCA211A010010102134"
 DOCTOR_CODE = "D370212000077"
 EMBEDDER = "http://his.example:8080"
@@ -112,6 +114,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 central.cli(kind, verb, str(SAMPLES / f"{kind}.json"), "--area", AREA)
             central.cli("blacklist", "add", "--type", "person", "--id", P2, "--reason", "insurance card lent",
                         "--area", AREA)  # fmt: skip
+            central.cli("cards", "correct", "--card-sn", card_for(P3).card_sn, "--new-card-sn", NEW_CARD,
+                        "--field", "expires", "--reason", "replaced after loss", "--area", AREA)  # fmt: skip
+            central.cli("cards", "notify", "--id", "TOPUP-P1", "--card-sn", card_for(P1).card_sn, "--type",
+                        "topup", "--amount", "88.50", "--text", "district subsidy credited", "--valid-from",
+                        "2026-01-01", "--valid-to", "2099-12-31", "--area", AREA)  # fmt: skip
             for name, hospital, extra in (
                 ("a", HOSPITAL_A, {}),
                 ("b", HOSPITAL_B, {"desk_frame_ancestors": [EMBEDDER]}),
@@ -129,7 +136,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "gone_b": _cli(b, "users", "add", "--name", "gone", "--role", "cashier"),
             }
             _cli(b, "users", "disable", "--name", "gone")
-            kinds = ("rules", "catalogue", "policy", "blacklist")
+            kinds = ("rules", "catalogue", "policy", "blacklist", "cards")
             for agent in agents:
                 wait_until(lambda g=agent: all((g.status()["policy"]["bundles"].get(k) or {}).get("seq")
                                                for k in kinds),
@@ -282,6 +289,63 @@ def test_a_blacklisted_person_is_refused_and_nothing_settled(world: dict, contex
     assert "benefits are suspended" in page.inner_text("#refusal")
     shot(page, "desk_cashier_blacklisted_en")
     assert _settled(a, "DESK-A-BL") == []
+    reader.remove()
+
+
+def test_a_replaced_card_is_shown_and_refused_and_a_notice_is_shown(world: dict, context: BrowserContext):
+    """The ``cards`` bundle at the desk: the correction of the card just read ("card replaced", the new card
+    to ask for) and its refusal with nothing settled; another card's top-up notice beside its identity."""
+    a, reader = world["a"], world["reader"]
+    bill = _post_bill(a, _bill("DESK-A-REPL", P3, [CONSULT], HOSPITAL_A))
+    page = _page(context)
+    _sign_in(page, a.url + bill["cashier_url"], world["tokens"]["cashier_a"])
+    reader.insert(P3)
+    page.click("#read-card")
+    page.wait_for_selector("#card-correction")
+    assert page.get_attribute("#card-correction", "data-replaced") == "true"
+    box = page.inner_text("#card-correction")
+    assert "此卡已换发新卡" in box and NEW_CARD in box and "replaced after loss" in box
+    assert page.locator("#outdated-fields [data-field=expires]").inner_text() == "有效期"
+    assert page.get_attribute("#refusal", "data-code") == "card_replaced"
+    assert NEW_CARD in page.inner_text("#refusal") and "新卡" in page.inner_text("#refusal")
+    assert page.locator("#settle").count() == 0 and page.locator("#split").count() == 0
+    assert P3 not in page.content()
+    shot(page, "desk_cashier_card_replaced")
+    _fits(page)
+    csrf = page.get_attribute("input[name=csrf]", "value") or ""
+    answer = page.request.post(a.url + bill["cashier_url"] + "/settle", form={"csrf": csrf})
+    assert answer.status == 400 and _settled(a, "DESK-A-REPL") == []
+    page.click("#lang")
+    page.wait_for_selector("#read-card")
+    page.click("#read-card")
+    page.wait_for_selector("#card-correction")
+    assert "This card was replaced" in page.inner_text("#card-correction")
+    assert "Do not settle with the old card" in page.inner_text("#refusal")
+    shot(page, "desk_cashier_card_replaced_en")
+    page.click("#lang")
+    # the HIS API says the same: GET /v1/card carries the correction, the settlement is refused
+    status, read = http("GET", a.url + "/v1/card", token=a.token)
+    assert status == 200 and read["correction"]["replaced"] and read["correction"]["new_card_sn"] == NEW_CARD
+    ident = read["identity"]
+    body = _bill("DESK-A-REPL-HIS", P3, [CONSULT], HOSPITAL_A)
+    body["psn"].update(card_sn=ident["card_sn"], insuplc_admdvs=ident["insuplc_admdvs"])
+    body["mdtrt_cert_type"], body["mdtrt_cert_no"] = ident["mdtrt_cert_type"], ident["mdtrt_cert_no"]
+    status, answer = a.settle(body)
+    assert status == 403 and answer["error"]["code"] == "card_replaced", answer
+    assert answer["error"]["new_card_sn"] == NEW_CARD and _settled(a, "DESK-A-REPL-HIS") == []
+    reader.remove()
+
+    other = _post_bill(a, _bill("DESK-A-NOTICE", P1, [CONSULT], HOSPITAL_A))
+    page.goto(a.url + other["cashier_url"])
+    reader.insert(P1)
+    page.click("#read-card")
+    page.wait_for_selector("#split")
+    assert page.locator("#card-correction").count() == 0
+    item = page.locator("#card-notices li[data-notice=TOPUP-P1]")
+    assert item.get_attribute("data-type") == "topup"
+    text = item.inner_text()
+    assert "充值" in text and "88.50" in text and "district subsidy" in text
+    shot(page, "desk_cashier_card_notice")
     reader.remove()
 
 

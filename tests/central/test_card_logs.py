@@ -142,7 +142,7 @@ def test_card_logs_table_comes_from_a_new_migration(store: Store) -> None:
     def names(c: sqlite3.Connection) -> list[str]:
         return [r[0] for r in c.execute("SELECT name FROM _migrations ORDER BY version")]
 
-    assert store.read(names)[-1] == "_m016_card_logs"
+    assert store.read(names)[15] == "_m016_card_logs"  # version 16; later migrations follow it
 
 
 def test_the_gate_over_http_within_the_operators_areas(server, policy, signers) -> None:

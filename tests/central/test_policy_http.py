@@ -109,7 +109,7 @@ def test_reports_are_verified_and_agents_show_how_far_behind_they_are(server: Se
     )  # another area
     (view,) = server.agents()  # type: ignore[misc]
     assert view["pooling_area"] == AREA and view["policy"] is None
-    assert view["behind"] == {"blacklist": 3, "rules": 1, "policy": 0, "catalogue": 0, "keys": 0}
+    assert view["behind"] == {"blacklist": 3, "rules": 1, "policy": 0, "catalogue": 0, "keys": 0, "cards": 0}
 
     versions = {"root": 1, "timestamp": 4, "snapshot": 4, "targets": 4, "blacklist": 2, "rules": 1}
     reply = _post_report(server, _report(agent, versions, problems=["bundle_rollback"]))
@@ -117,7 +117,7 @@ def test_reports_are_verified_and_agents_show_how_far_behind_they_are(server: Se
     (view,) = server.agents()  # type: ignore[misc]
     assert view["policy"]["versions"] == versions and view["policy"]["problems"] == ["bundle_rollback"]
     assert view["policy"]["reported_at"] == "2026-11-24T10:00:00+08:00" and view["policy"]["received_at"]
-    assert view["behind"] == {"blacklist": 1, "rules": 0, "policy": 0, "catalogue": 0, "keys": 0}
+    assert view["behind"] == {"blacklist": 1, "rules": 0, "policy": 0, "catalogue": 0, "keys": 0, "cards": 0}
     # an older report (a replay) is accepted but does not roll the view back
     old = _report(agent, {"blacklist": 1}, at="2026-11-24T09:00:00+08:00")
     assert _post_report(server, old).msgpack() == {"stored": False}

@@ -43,7 +43,8 @@ _TRUSTED: dict[str, ssl.SSLContext] = {}
 
 #: The verbs that propose a change request rather than publish at once.
 PROPOSING = {("blacklist", "add"), ("blacklist", "remove"), ("blacklist", "import"), ("policy", "publish"),
-             ("rules", "publish"), ("catalogue", "import"), ("keys", "publish")}  # fmt: skip
+             ("rules", "publish"), ("catalogue", "import"), ("keys", "publish"), ("cards", "correct"),
+             ("cards", "notify"), ("cards", "withdraw")}  # fmt: skip
 #: ``changes.describe`` of a pending change: its id and digest.
 CHANGE_LINE = re.compile(r"^change (\d+) \[pending\] .* digest ([0-9a-f]{64})\)$", re.M)
 
