@@ -1,8 +1,6 @@
-"""The card corrections and notices suite (the ``cards`` bundle) on PostgreSQL, alone: its ``maker`` and
-``checker`` fixtures share the maker-checker suite's names."""
+"""The card corrections and notices suite (the ``cards`` bundle) on PostgreSQL, gathered alone: its
+``maker`` and ``checker`` fixtures share the maker-checker and card-log suites' names."""
 
-from tests.central.test_card_notices import *  # noqa: F403
+from tests.pg.suites import gather
 
-# Not yet on PostgreSQL, like the maker-checker suite's own CLI test: the CLI's approval waits (>15 s) when
-# a second store opens the same database.
-del test_the_cli_proposes_corrections_notices_and_withdrawals  # noqa: F821
+globals().update(gather(("card_notices",)))
