@@ -78,7 +78,8 @@ def test_the_psycopg_target_writes_pyformat_parameters_and_doubles_percent_in_li
     [
         (
             "CREATE TABLE IF NOT EXISTS kb_items (code TEXT PRIMARY KEY, n INTEGER, x REAL)",
-            "CREATE TEMPORARY TABLE IF NOT EXISTS kb_items (code TEXT PRIMARY KEY, n BIGINT, x DOUBLE PRECISION)",
+            "CREATE TEMPORARY TABLE IF NOT EXISTS kb_items (code TEXT PRIMARY KEY, n BIGINT, "
+            "x DOUBLE PRECISION)",
         ),
         (
             "CREATE TEMP TABLE IF NOT EXISTS scope_psn (psn_no TEXT PRIMARY KEY) WITHOUT ROWID",
