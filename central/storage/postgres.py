@@ -6,8 +6,9 @@ unchanged (their SQL is translated, ``central.storage.sql``):
 1. ``write(fn)``: ``fn(conn)`` is one transaction on this collector's writer thread; when it returns the
    commit is durable (``synchronous_commit`` stays ``on``). Other collectors write at the same time, so
    what must not race takes a row lock (``for_update``: the agent head in ingest, the enrolment token);
-   a transaction that loses a deadlock or a serialisation conflict is run again, so ``fn`` must be
-   repeatable — every write function in ``central`` only reads and writes the database.
+   a transaction that loses a deadlock, a serialisation conflict or a unique key to another collector's
+   commit is run again, so ``fn`` must be repeatable — every write function in ``central`` only reads
+   and writes the database.
 2. ``read(fn)``: the calling thread's own autocommit connection; never blocks a writer.
 3. ``exclusive(name)``: a session advisory lock, so work one collector should do at a time (re-signing
    TUF metadata, the split audit, lifting suspensions) is done by one; the other skips that round.
@@ -48,8 +49,15 @@ __all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "adapt_connection",
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How often a transaction that lost a deadlock or serialisation conflict is tried again.
+#: How often a transaction that lost a deadlock, a serialisation conflict or a unique key is tried again.
 RETRIES = 8
+#: What a transaction loses to another session's commit; run again, it sees the winner's rows. A unique key
+#: is among them: under READ COMMITTED a function that looked first (the next agent id of a hospital, an
+#: operator's name) cannot see a row committed after its look, so two collectors enrolling two agents of
+#: one hospital at once both pick ``…-01`` and the later insert fails. Run again, it picks ``…-02`` (or,
+#: where the function checks for a duplicate, refuses it with its own error, as on SQLite). A unique key
+#: the function itself violates fails the same way every time and is raised after the last try.
+_LOST_RACE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 _MIGRATE_LOCK = "yibao-central:migrate"
 #: Backoff of a LISTEN connection's reconnection: from this, doubling (full jitter) up to the cap. The cap
 #: bounds how long after the database is back a collector starts hearing the others again.
@@ -361,7 +369,7 @@ class PgStore:
             try:
                 with conn.raw.transaction():
                     return fn(conn)
-            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+            except _LOST_RACE as exc:
                 if attempt == RETRIES:
                     raise
                 log.info("transaction lost a conflict (%s); trying again (%d)", type(exc).__name__, attempt)
