@@ -73,6 +73,10 @@ class PgServer:
             str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
             "--locale=C.UTF-8", "--no-sync",
         )  # fmt: skip
+        self._pg_ctl_start()
+        return self
+
+    def _pg_ctl_start(self) -> None:
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.sockets} "
             "-c fsync=on -c max_connections=200 -c shared_buffers=128MB"
@@ -89,7 +93,19 @@ class PgServer:
             )
             raise RuntimeError(f"PostgreSQL did not start: {proc.stderr.strip()} {log}")
         self._started = True
-        return self
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (``-m immediate``: every session cut) but keep the cluster.
+
+        An outage for the tests of what a collector does while its database is away; ``resume`` starts
+        the same cluster on the same port again.
+        """
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._started = False
+
+    def resume(self) -> None:
+        """Start the cluster ``halt`` stopped, on the same port; returns once it accepts connections."""
+        self._pg_ctl_start()
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"

@@ -6,8 +6,9 @@ unchanged (their SQL is translated, ``central.storage.sql``):
 1. ``write(fn)``: ``fn(conn)`` is one transaction on this collector's writer thread; when it returns the
    commit is durable (``synchronous_commit`` stays ``on``). Other collectors write at the same time, so
    what must not race takes a row lock (``for_update``: the agent head in ingest, the enrolment token);
-   a transaction that loses a deadlock or a serialisation conflict is run again, so ``fn`` must be
-   repeatable — every write function in ``central`` only reads and writes the database.
+   a transaction that loses a deadlock, a serialisation conflict or a unique key to another collector's
+   commit is run again, so ``fn`` must be repeatable — every write function in ``central`` only reads
+   and writes the database.
 2. ``read(fn)``: the calling thread's own autocommit connection; never blocks a writer.
 3. ``exclusive(name)``: a session advisory lock, so work one collector should do at a time (re-signing
    TUF metadata, the split audit, lifting suspensions) is done by one; the other skips that round.
@@ -36,6 +37,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.adapt import Dumper, Loader
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 
 from central.errors import CentralError, HomeNotInitialised, SchemaTooNew
 
@@ -47,9 +49,20 @@ __all__ = ["DatabaseUnavailable", "PgConnection", "PgStore", "adapt_connection",
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: How often a transaction that lost a deadlock or serialisation conflict is tried again.
+#: How often a transaction that lost a deadlock, a serialisation conflict or a unique key is tried again.
 RETRIES = 8
+#: What a transaction loses to another session's commit; run again, it sees the winner's rows. A unique key
+#: is among them: under READ COMMITTED a function that looked first (the next agent id of a hospital, an
+#: operator's name) cannot see a row committed after its look, so two collectors enrolling two agents of
+#: one hospital at once both pick ``…-01`` and the later insert fails. Run again, it picks ``…-02`` (or,
+#: where the function checks for a duplicate, refuses it with its own error, as on SQLite). A unique key
+#: the function itself violates fails the same way every time and is raised after the last try.
+_LOST_RACE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 _MIGRATE_LOCK = "yibao-central:migrate"
+#: Backoff of a LISTEN connection's reconnection: from this, doubling (full jitter) up to the cap. The cap
+#: bounds how long after the database is back a collector starts hearing the others again.
+LISTEN_BACKOFF_INITIAL_S = 0.2
+LISTEN_BACKOFF_MAX_S = 10.0
 
 
 class DatabaseUnavailable(CentralError):
@@ -356,7 +369,7 @@ class PgStore:
             try:
                 with conn.raw.transaction():
                     return fn(conn)
-            except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+            except _LOST_RACE as exc:
                 if attempt == RETRIES:
                     raise
                 log.info("transaction lost a conflict (%s); trying again (%d)", type(exc).__name__, attempt)
@@ -420,24 +433,93 @@ class PgStore:
                         pass  # the session is gone, and its lock with it
 
     def listen(self, channel: str, callback: Callable[[str], None]) -> None:
-        """Call ``callback(payload)`` (on a listener thread) for every notification on ``channel``."""
+        """Call ``callback(payload)`` (on a listener thread) for every notification on ``channel``.
+
+        The first ``LISTEN`` happens here, so a collector whose database is down at start says so at once
+        (``DatabaseUnavailable``). After that the thread outlives outages: a lost connection is reopened
+        with capped, jittered backoff until it listens again or the store closes (``_relisten``).
+        Notifications sent while it was not listening are not replayed — PostgreSQL keeps none for a
+        session that is gone — so what a listener counts is a signal, never a record of what is stored.
+        """
         conn = self._connect(autocommit=True)
         conn.execute(f'LISTEN "{channel}"')
-
-        def run() -> None:
-            while not self._closed.is_set():
-                try:
-                    for note in conn.notifies(timeout=0.5):
-                        callback(note.payload)
-                except psycopg.OperationalError:
-                    if self._closed.is_set():
-                        return
-                    log.warning("listening on %s: connection lost; listening again", channel)
-                    time.sleep(1)
-                    return self.listen(channel, callback)
-                except Exception:  # a callback's fault must not end the listener
-                    log.exception("listener of %s failed", channel)
-
-        thread = threading.Thread(target=run, name=f"central-pg-listen-{channel}", daemon=True)
+        thread = threading.Thread(
+            target=self._listen_loop, args=(channel, callback, conn), name=f"central-pg-listen-{channel}",
+            daemon=True,
+        )  # fmt: skip
         thread.start()
         self._listeners.append(thread)
+
+    def _listen_loop(
+        self, channel: str, callback: Callable[[str], None], conn: psycopg.Connection[Any]
+    ) -> None:
+        while not self._closed.is_set():
+            try:
+                for note in conn.notifies(timeout=0.5):
+                    try:
+                        callback(note.payload)
+                    except Exception:  # a callback's fault must not end the listener
+                        log.exception("listener of %s failed", channel)
+            except psycopg.OperationalError as exc:
+                if self._closed.is_set():
+                    return
+                again = self._relisten(channel, conn, exc)
+                if again is None:
+                    return  # closed while the database was away
+                conn = again
+
+    def _relisten(
+        self, channel: str, lost: psycopg.Connection[Any], cause: BaseException
+    ) -> psycopg.Connection[Any] | None:
+        """A new connection listening on ``channel`` after ``lost`` failed; None once the store closes.
+
+        Tried with capped, jittered exponential backoff (tenacity) for as long as it takes: the database
+        coming back after minutes must find the collector counting again, without a restart. Each outage
+        is logged once when it starts and once when it ends (a warning a second would bury everything
+        else); the attempts in between are debug lines. Waits on the store's closed event, so
+        ``close()`` ends the thread within a moment even in the middle of an outage.
+        """
+        with self._lock:
+            if lost in self._conns:
+                self._conns.remove(lost)
+        lost.close()
+        started = time.monotonic()
+        log.warning(
+            "listening on %s: the connection to PostgreSQL at %s was lost (%s); reconnecting until it is "
+            "back", channel, self.where, " ".join(str(cause).split()) or type(cause).__name__,
+        )  # fmt: skip
+
+        def attempt() -> psycopg.Connection[Any]:
+            conn = self._connect(autocommit=True)
+            try:
+                conn.execute(f'LISTEN "{channel}"')
+            except BaseException:
+                with self._lock:
+                    if conn in self._conns:
+                        self._conns.remove(conn)
+                conn.close()
+                raise
+            return conn
+
+        def failed(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.debug("listening on %s: attempt %d failed: %s", channel, state.attempt_number, exc)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type((DatabaseUnavailable, psycopg.OperationalError)),
+            wait=wait_random_exponential(multiplier=LISTEN_BACKOFF_INITIAL_S, max=LISTEN_BACKOFF_MAX_S),
+            stop=lambda _state: self._closed.is_set(),
+            sleep=self._closed.wait,
+            before_sleep=failed,
+            retry_error_callback=lambda _state: None,
+        )
+        conn = retrying(attempt)
+        if conn is None or self._closed.is_set():
+            if conn is not None:
+                conn.close()
+            return None
+        log.info(
+            "listening on %s again after %.1f s without a connection to PostgreSQL at %s",
+            channel, time.monotonic() - started, self.where,
+        )  # fmt: skip
+        return conn
