@@ -231,12 +231,12 @@ def check_lists(c: Checker, doc: Mapping[str, Any]) -> dict[str, tuple[dict[str,
     for section, spec in LISTS.items():
         if section not in doc:
             continue
+        before = len(c.problems)
         raw_rows = c.listing(doc[section], section, spec.max_rows)
         if isinstance(doc[section], list) and not doc[section]:
             c.add(section, "must hold at least one row (leave the section out when the bundle has none)")
         rows: list[dict[str, str]] = []
         seen: dict[tuple[str, ...], int] = {}
-        before = len(c.problems)
         for i, raw in enumerate(raw_rows):
             path = f"{section}[{i}]"
             checked = _row(c, spec, raw, path)
