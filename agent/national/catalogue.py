@@ -34,7 +34,7 @@ from .fields import Fields, NationalError
 
 __all__ = ["CATALOGUE_KINDS", "CATALOGUE_TRANSACTIONS"]
 
-#: infno → (what it downloads, the bundle's ``list_type`` values; None: the bundle has no such kind).
+#: infno → (what it downloads, the bundle's ``list_type`` values; None: a national list, ``LIST_OF``).
 CATALOGUE_KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "1301": ("western and Chinese patent drugs", ("101", "102")),
     "1302": ("Chinese herbal pieces", ("103",)),
