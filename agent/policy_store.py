@@ -11,6 +11,12 @@ Tables (own schema version in ``PRAGMA user_version``):
 - ``card_corrections(card_sn, new_card_sn, fields, reason, seq)`` and ``card_notices(id, card_sn, type,
   amount_fen, text, valid_from, valid_to, seq)``: the ``cards`` bundle (schema 2), read when a card is
   read at the desk (``GET /v1/card``) and before a settlement (a replaced card is refused).
+- ``catalogue_lists(section, hospital, code, since, row)`` (schema 3): the national code lists of the
+  ``catalogue`` bundle (``protocol.catalogue_lists``: diseases, operations, chronic diseases, TCM lists,
+  hospital matches, …), one row each, keyed so a download pages through one list (``hospital`` is
+  the row's ``fixmedins_code`` for ``matches``, else ''; ``since`` its ``begndate`` for matches). They
+  are written with the document in the bundle's transaction and left out of its ``documents`` body,
+  so reading the catalogue for the checks or a 1301 page never unpacks a whole ICD-10.
 - ``meta``: TUF versions and expiries of the last verified refresh, the last update attempt.
 - ``alarms`` and ``problems``: refusals and conditions an operator must see (codes, no personal data).
 
@@ -54,6 +60,8 @@ from protocol.bundles import (
     read_document,
     read_header,
 )
+from protocol.catalogue_lists import LISTS, check_lists
+from protocol.document import Checker, summary
 from protocol.evoucher import load_issuers
 
 from .errors import (
@@ -78,7 +86,7 @@ __all__ = [
 
 log = logging.getLogger("yibao.agent.policy")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Problems kept in the table (newest first); older ones are deleted as new ones arrive.
 MAX_PROBLEMS = 1000
 #: Naive ``effective_at`` times are China Standard Time, the clock of every pooling area.
@@ -151,7 +159,67 @@ CREATE TABLE card_notices (
 CREATE INDEX card_notices_card ON card_notices (card_sn, valid_from);
 PRAGMA user_version = 2;
 """
-_UPGRADES = {0: _SCHEMA, 1: _SCHEMA_2}
+#: Schema 3: the catalogue bundle's national code lists, out of its document body.
+_SCHEMA_3 = """
+CREATE TABLE catalogue_lists (
+    section  TEXT NOT NULL,
+    hospital TEXT NOT NULL,
+    code     TEXT NOT NULL,
+    since    TEXT NOT NULL,
+    row      TEXT NOT NULL,
+    PRIMARY KEY (section, hospital, code, since)
+) STRICT, WITHOUT ROWID;
+PRAGMA user_version = 3;
+"""
+
+
+def _upgrade_to_3(conn: sqlite3.Connection) -> None:
+    """Schema 3, and the lists of a catalogue an older agent stored whole moved into their table.
+
+    An agent of schema 2 keeps any catalogue body it was sent, lists and all; moving them here keeps
+    the bundle it holds answering 1307 & co without waiting for the next publish. Lists that do not
+    validate stay in the body (the downloads then answer ``catalogue_not_held``, as before).
+    """
+    for statement in _SCHEMA_3.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    row = conn.execute("SELECT body FROM documents WHERE kind='catalogue'").fetchone()
+    if row is None:
+        return
+    body = msgpack.unpackb(row[0], raw=False)
+    if not isinstance(body, dict) or not LISTS.keys() & body.keys():
+        return
+    c = Checker()
+    lists = check_lists(c, body)
+    if c.problems:
+        log.error("the held catalogue's national lists do not validate; 1304/1307-1317 stay unanswered")
+        return
+    _write_lists(conn, lists)
+    conn.execute(
+        "UPDATE documents SET body=? WHERE kind='catalogue'",
+        (msgpack.packb({k: v for k, v in body.items() if k not in LISTS}, use_bin_type=True),),
+    )
+
+
+def _write_lists(conn: sqlite3.Connection, lists: dict[str, tuple[dict[str, str], ...]]) -> None:
+    conn.execute("DELETE FROM catalogue_lists")
+    conn.executemany(
+        "INSERT INTO catalogue_lists(section, hospital, code, since, row) VALUES (?,?,?,?,?)",
+        (
+            (
+                section,
+                row.get("fixmedins_code", "") if section == "matches" else "",
+                row[LISTS[section].code],
+                row.get("begndate", "") if section == "matches" else "",
+                json.dumps(row, ensure_ascii=False, separators=(",", ":")),
+            )
+            for section, rows in lists.items()
+            for row in rows
+        ),
+    )
+
+
+_UPGRADES: dict[int, Any] = {0: _SCHEMA, 1: _SCHEMA_2, 2: _upgrade_to_3}
 
 _LOOKUP = (
     "SELECT reason, source, effective_at, seq FROM blacklist WHERE list_type=? AND id=? AND effective_at<=?"
@@ -286,9 +354,21 @@ def check_header(header: BundleHeader, *, expect: BundleHeader | None, area: str
         )
 
 
-def _check_document(kind: str, body: Any) -> None:
+def _check_document(kind: str, body: Any) -> dict[str, tuple[dict[str, str], ...]]:
+    """Refuse a body the agent cannot hold; returns the catalogue's national lists (else ``{}``).
+
+    The catalogue's lists are checked here, by the centre's own code, because they go into their own
+    table at apply: a bad row must refuse the bundle (the last good one stays), not half-install.
+    The rest of a catalogue is the checks' to load (they keep the previous one when it does not).
+    """
     if not isinstance(body, dict):
         raise BundleInvalid(f"the {kind} bundle's body is not a map", kind=kind)
+    if kind == "catalogue":
+        c = Checker()
+        lists = check_lists(c, body)
+        if c.problems:
+            raise BundleInvalid(summary("the catalogue bundle's national lists", c.problems), kind=kind)
+        return lists
     if kind == "keys":
         issuers = body.get("evoucher_issuers")
         if not isinstance(issuers, dict):
@@ -297,6 +377,7 @@ def _check_document(kind: str, body: Any) -> None:
             load_issuers(issuers)
         except (ValueError, TypeError) as exc:
             raise BundleInvalid(f"the keys bundle holds a bad issuer key: {exc}", kind=kind) from None
+    return {}
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -325,7 +406,11 @@ class PolicyStore:
                     try:
                         held = self._writer.execute("PRAGMA user_version").fetchone()[0]
                         for step in range(held, SCHEMA_VERSION):
-                            for statement in _UPGRADES[step].split(";"):
+                            upgrade = _UPGRADES[step]
+                            if callable(upgrade):
+                                upgrade(self._writer)
+                                continue
+                            for statement in upgrade.split(";"):
                                 if statement.strip():
                                     self._writer.execute(statement)
                         self._writer.execute("COMMIT")
@@ -450,6 +535,37 @@ class PolicyStore:
             row = self._reader.execute("SELECT body FROM documents WHERE kind=?", (kind,)).fetchone()
         return msgpack.unpackb(row[0], raw=False) if row else None
 
+    def catalogue_list(
+        self,
+        section: str,
+        *,
+        hospital: str = "",
+        code: str | None = None,
+        limit: int,
+        offset: int,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One national list of the held catalogue: (rows in all, this page's rows in code order).
+
+        ``hospital`` selects one hospital's rows of ``matches`` (every other list has ''); ``code`` one
+        code. Raises ``KeyError`` when the held catalogue carries none of the list for ``hospital``,
+        so the caller answers "not held" rather than an empty list a HIS would take for the truth.
+        """
+        where = "section=? AND hospital=?"
+        params: tuple[Any, ...] = (section, hospital)
+        with self._rlock:
+            held = self._reader.execute(f"SELECT 1 FROM catalogue_lists WHERE {where} LIMIT 1", params)
+            if held.fetchone() is None:
+                raise KeyError(section)
+            if code:
+                where, params = where + " AND code=?", (*params, code)
+            total = self._reader.execute(f"SELECT count(*) FROM catalogue_lists WHERE {where}", params)
+            count = total.fetchone()[0]
+            rows = self._reader.execute(
+                f"SELECT row FROM catalogue_lists WHERE {where} ORDER BY code, since LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+        return count, [json.loads(r[0]) for r in rows]
+
     def blacklist_count(self) -> int:
         """Entries held (counts the table: slow for millions; status uses ``held()['blacklist']``)."""
         with self._rlock:
@@ -492,7 +608,9 @@ class PolicyStore:
             raise PolicyStoreFailed(f"cannot read the bundle file: {exc}") from exc
 
     def apply_document(self, header: BundleHeader, body: Any, *, target: str = "") -> Applied:
-        _check_document(header.kind, body)
+        lists = _check_document(header.kind, body)
+        if header.kind == "catalogue":
+            body = {k: v for k, v in body.items() if k not in LISTS}
         blob = msgpack.packb(body, use_bin_type=True)
 
         def work(conn: sqlite3.Connection) -> tuple[int, int, int | None]:
@@ -501,6 +619,8 @@ class PolicyStore:
                 "ON CONFLICT(kind) DO UPDATE SET body=excluded.body",
                 (header.kind, blob),
             )
+            if header.kind == "catalogue":
+                _write_lists(conn, lists)  # a catalogue without lists holds none
             return 0, 0, None
 
         return self._apply(header, target, work)

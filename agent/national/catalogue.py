@@ -8,9 +8,17 @@ catalogue kind otherwise (the agent keeps only the current bundle, so it cannot 
 Answers are paged (``page_num``, ``page_size``) and carry the rows inline: the platform's 1301-1311
 answer a file name for 9102 download, which the agent does not serve.
 
-A kind the bundle does not hold (diseases, operations, chronic-disease lists, ethnic drugs, …, or a
-drug class with no items) is an error, ``catalogue_not_held``, never an empty success: a HIS that
-replaced its catalogue with an empty one would refuse every item.
+1304, 1307-1311 and 1313-1317 answer the national code lists the catalogue document may carry
+(``protocol.catalogue_lists``: ethnic medicines, ICD-10 diseases, ICD-9-CM-3 operations, chronic and
+special diseases, disease-group and day-surgery lists, tumour morphology, TCM diseases and syndromes,
+hospital matches), held by the policy store in a table of their own and paged there, each row as the
+centre published it with the bundle's ``ver`` and ``updt_time``. 1316 and 1317 answer the same list, the
+hospital's own item codes matched to national codes, and only this agent's hospital's rows
+(``fixmedins_code`` in agent.json): the area's bundle carries every hospital's.
+
+A kind the bundle does not hold (a list it does not carry, no matches for this hospital, or a drug
+class with no items) is an error, ``catalogue_not_held``, never an empty success: a HIS that replaced
+its catalogue with an empty one would refuse every item, or code every diagnosis against nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from protocol.catalogue_lists import LISTS, ListSpec
 from protocol.records import fen_to_text
 
 from .envelope import Envelope, National
@@ -25,7 +34,7 @@ from .fields import Fields, NationalError
 
 __all__ = ["CATALOGUE_KINDS", "CATALOGUE_TRANSACTIONS"]
 
-#: infno → (what it downloads, the bundle's ``list_type`` values; None: the bundle has no such kind).
+#: infno → (what it downloads, the bundle's ``list_type`` values; None: a national list, ``LIST_OF``).
 CATALOGUE_KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "1301": ("western and Chinese patent drugs", ("101", "102")),
     "1302": ("Chinese herbal pieces", ("103",)),
@@ -49,6 +58,8 @@ CATALOGUE_KINDS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 #: National ``chrgitm_lv``: 01 class A, 02 class B, 03 class C.
 _CHRGITM_LV = {"A": "01", "B": "02", "C": "03"}
+#: infno → the national list (``protocol.catalogue_lists``) it answers, for the kinds that are no items.
+LIST_OF = {infno: spec for spec in LISTS.values() for infno in spec.infnos}
 MAX_PAGE_SIZE = 5000
 
 
@@ -114,13 +125,19 @@ async def download(nat: National, env: Envelope) -> dict[str, Any]:
         d.text(ignored, required=False, max_len=64)
     page_num = d.integer("page_num", low=1, high=10**6) or 1
     page_size = d.integer("page_size", low=1, high=MAX_PAGE_SIZE) or 1000
-    inp.check()
     _name, list_types = CATALOGUE_KINDS[infno]
-    if list_types is None:
-        raise _not_held(infno, "the catalogue bundle does not carry this kind")
+    spec = LIST_OF.get(infno)
+    asked_for = d.text("fixmedins_code", required=False, max_len=30)
+    if spec is not None and spec.section == "matches" and asked_for not in (None, nat.config.fixmedins_code):
+        d.add("fixmedins_code", f"this agent answers the matches of {nat.config.fixmedins_code} only")
+    if spec is not None and spec.code != "med_list_codg":
+        # A list is filtered by its own code field (diag_code, …); a hospital's match by its own code.
+        own = d.text(spec.code, required=False, max_len=150)
+        code = own or (None if spec.section == "matches" else code)
+    inp.check()
     doc = nat.policy.document("catalogue") if nat.policy is not None else None
     held = nat.policy.held().get("catalogue") if nat.policy is not None else None
-    if doc is None or held is None:
+    if doc is None or held is None or nat.policy is None:
         raise _not_held(
             infno, "no catalogue bundle has reached this agent yet (GET /v1/status shows the bundles)"
         )
@@ -131,6 +148,10 @@ async def download(nat: National, env: Envelope) -> dict[str, Any]:
         bundle_time_text = bundle_time.strftime("%Y-%m-%d %H:%M:%S")
     except ValueError:
         bundle_time_text = created
+    current = ver == seq or (updt_time is not None and updt_time.replace("T", " ")[:19] >= bundle_time_text)
+    if spec is not None:
+        return _list_page(nat, infno, spec, code, current, seq, bundle_time_text, page_num, page_size)
+    assert list_types is not None
     items = [i for i in doc.get("items", []) if i.get("list_type") in list_types]
     if infno == "1318":
         items = [i for i in items if i.get("price_ceiling")]
@@ -140,24 +161,64 @@ async def download(nat: National, env: Envelope) -> dict[str, Any]:
         raise _not_held(infno, f"the catalogue bundle (seq {seq}) holds no items of this kind")
     if code:
         items = [i for i in items if i.get("code") == code]
-    current = ver == seq or (updt_time is not None and updt_time.replace("T", " ")[:19] >= bundle_time_text)
     if current:
         items = []  # the HIS holds this bundle's catalogue already
     hosp_lv = nat.config.hosp_lv or "0"
     rows = [_row(infno, i, hosp_lv, seq, bundle_time_text) for i in sorted(items, key=lambda i: i["code"])]
-    pages = max(1, -(-len(rows) // page_size))
     start = (page_num - 1) * page_size
+    return _page(seq, bundle_time_text, len(rows), page_num, page_size, rows[start : start + page_size])
+
+
+def _page(
+    ver: str, updt_time: str, total: int, page_num: int, page_size: int, data: list[dict[str, Any]]
+) -> dict[str, Any]:
+    pages = max(1, -(-total // page_size))
     return {
-        "ver": seq,
-        "updt_time": bundle_time_text,
-        "recordCounts": len(rows),
+        "ver": ver,
+        "updt_time": updt_time,
+        "recordCounts": total,
         "pageNum": page_num,
         "pageSize": page_size,
         "pages": pages,
         "firstPage": page_num == 1,
         "lastPage": page_num >= pages,
-        "data": rows[start : start + page_size],
+        "data": data,
     }
+
+
+def _list_page(
+    nat: National,
+    infno: str,
+    spec: ListSpec,
+    code: str | None,
+    current: bool,
+    ver: str,
+    updt_time: str,
+    page_num: int,
+    page_size: int,
+) -> dict[str, Any]:
+    """One page of a national list, read from the policy store's table (never the whole list)."""
+    assert nat.policy is not None
+    hospital = ""
+    if spec.section == "matches":
+        hospital = nat.config.fixmedins_code or ""
+        if not hospital:
+            raise _not_held(infno, "this agent has no fixmedins_code in agent.json, so it has no matches")
+    try:
+        total, rows = nat.policy.catalogue_list(
+            spec.section,
+            hospital=hospital,
+            code=code,
+            limit=0 if current else page_size,
+            offset=(page_num - 1) * page_size,
+        )
+    except KeyError:
+        whose = f" for hospital {hospital}" if hospital else ""
+        raise _not_held(infno, f"the catalogue bundle (seq {ver}) carries no {spec.what}{whose}") from None
+    if current:
+        total = 0  # the HIS holds this bundle's list already
+    data = [row | {"ver": ver, "updt_time": updt_time} for row in rows]
+    return _page(ver, updt_time, total, page_num, page_size, data)
 
 
 #: Read-only, computed again on a retry.

@@ -10,7 +10,8 @@ string); codes are strings. ``area`` is the 6-digit pooling area (``admdvs``) th
 policy (``yibao-central policy publish FILE``), catalogue (``catalogue import FILE``) and rules
 (``rules publish FILE``) are validated by the protocol's own loaders (``protocol.benefit.load_policy``,
 ``protocol.rules.load_knowledge`` / ``load_ruleset``) — the same code an agent runs when it applies
-the bundle; their formats are documented in ``docs/RULES.md``.
+the bundle; their formats are documented in ``docs/RULES.md`` (a catalogue's national code lists,
+checked row by row by ``protocol.catalogue_lists`` through ``load_knowledge``: "National code lists").
 
 keys (``yibao-central keys publish FILE``): e-voucher issuer keys, exactly as ``agent.json`` holds them::
 

@@ -1,7 +1,8 @@
 """The knowledge base: the ``catalogue`` bundle document and the ``kb_*`` tables the rules read.
 
 ``load_knowledge`` validates a catalogue document (the centre's format, extended compatibly: see
-docs/RULES.md, "Knowledge base import format") and returns an immutable ``Knowledge``;
+docs/RULES.md, "Knowledge base import format"; the national code lists it may carry are checked by
+``protocol.catalogue_lists``) and returns an immutable ``Knowledge``;
 ``install_knowledge`` creates or replaces the ``kb_*`` tables from it in one transaction.
 """
 
@@ -10,11 +11,12 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from ..catalogue_lists import LISTS, check_lists
 from ..document import AREA, HOSP_LEVELS, Checker, fraction, join, kind, summary
 from ..errors import KnowledgeInvalid
 from .definitions import DISE_PREFIX_ANY, INTERACTION_SEVERITIES
@@ -101,6 +103,8 @@ class Knowledge:
     items: Mapping[str, KbItem]
     exclusive_pairs: tuple[tuple[str, str], ...] = ()
     interactions: tuple[Interaction, ...] = ()
+    #: The national code lists the document carries (``protocol.catalogue_lists``): section → rows.
+    lists: Mapping[str, tuple[Mapping[str, str], ...]] = field(default_factory=dict)
 
     @property
     def drug_classes(self) -> frozenset[str]:
@@ -120,7 +124,7 @@ def load_knowledge(catalogue_doc: Any) -> Knowledge:
     ``KnowledgeInvalid`` lists every problem with its path.
     """
     c = Checker()
-    doc = c.obj(catalogue_doc, "", {"area", "items"}, {"format", "exclusive_pairs", "interactions"})
+    doc = c.obj(catalogue_doc, "", {"area", "items"}, {"format", "exclusive_pairs", "interactions", *LISTS})
     if doc is None:
         raise KnowledgeInvalid("the catalogue document must be a JSON object", c.problems)
     area = (
@@ -150,6 +154,7 @@ def load_knowledge(catalogue_doc: Any) -> Knowledge:
     classes = {i.drug_class for i in items.values() if i.drug_class}
     pairs = _check_pairs(c, doc, seen)
     interactions = _check_interactions(c, doc, seen, classes)
+    lists = check_lists(c, doc)
     if c.problems:
         raise KnowledgeInvalid(summary("the catalogue document", c.problems), c.problems)
     assert area is not None
@@ -158,6 +163,7 @@ def load_knowledge(catalogue_doc: Any) -> Knowledge:
         items=MappingProxyType(items),
         exclusive_pairs=tuple(pairs),
         interactions=tuple(interactions),
+        lists=MappingProxyType(lists),
     )
 
 

@@ -107,12 +107,15 @@ def test_a_schema_1_policy_db_is_upgraded_with_its_blacklist_kept(tmp_path: Path
     with PolicyStore(path) as s:
         s.apply_blacklist(BundleHeader("blacklist", AREA, 1, None, now_iso()), [card("C1")])
     conn = sqlite3.connect(path)
-    conn.executescript("DROP TABLE card_corrections; DROP TABLE card_notices; PRAGMA user_version = 1;")
+    conn.executescript(
+        "DROP TABLE card_corrections; DROP TABLE card_notices; DROP TABLE catalogue_lists; "
+        "PRAGMA user_version = 1;"
+    )
     conn.close()
     with PolicyStore(path) as s:
         assert s.is_blacklisted(card_sn="C1") is not None and s.card_correction(OLD) is None
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3  # cards, then lists
     conn.close()
 
 
