@@ -25,6 +25,10 @@ DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 PCSCD = "pcscd"
 READER_NAME = "Yibao Virtual Reader"
 SOCKET = Path("/run/pcscd/pcscd.comm")
+#: Held (``flock``) while one of ours runs: a second ``Pcscd`` on the machine (a test in another process of
+#: a parallel run, the demo) waits for it instead of failing on the one socket.
+MACHINE_LOCK = Path(tempfile.gettempdir()) / "yibao-pcscd-machine.lock"
+LOCK_WAIT_S = 900.0
 DEFAULT_PORT = 35963
 # Where to look when vpcd's default pair is taken. Below the kernel's ephemeral range
 # (32768-60999 on Debian), so no client connection or ``bind(0)`` server takes it meanwhile.
@@ -85,6 +89,33 @@ class Pcscd:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._log: BinaryIO | None = None
         self.readers = (f"{READER_NAME} 00 00", f"{READER_NAME} 00 01")
+        self._lock: BinaryIO | None = None
+
+    def _take_machine(self, timeout: float) -> None:
+        import fcntl
+
+        if self._lock is not None:
+            return
+        lock = open(MACHINE_LOCK, "ab")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock = lock
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.close()
+                    raise PcscdUnavailable(
+                        f"another of our pcscd runs has held the machine for {timeout:.0f} s "
+                        f"({MACHINE_LOCK}); wait for it to end, or stop it"
+                    ) from None
+                time.sleep(0.2)
+
+    def _release_machine(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the flock
+            self._lock = None
 
     @property
     def card_port(self) -> int:
@@ -98,6 +129,14 @@ class Pcscd:
         return self.card_port + 1
 
     def start(self, timeout: float = 30.0) -> Pcscd:
+        self._take_machine(timeout=LOCK_WAIT_S)
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> Pcscd:
         exe = shutil.which(PCSCD) or ("/usr/sbin/pcscd" if Path("/usr/sbin/pcscd").exists() else None)
         if exe is None or not DRIVER.exists():
             raise PcscdUnavailable(
@@ -208,6 +247,7 @@ class Pcscd:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+        self._release_machine()
 
     def __enter__(self) -> Pcscd:
         return self.start()

@@ -1,4 +1,5 @@
-"""Shared test helpers: the example settlement from shared/ and ways to vary it."""
+"""Shared test helpers: the example settlement from shared/ and ways to vary it; and which tests may not
+run at the same time as each other when ``make test`` spreads the suite over processes (pytest-xdist)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: speed is measured in benchmarks, and on a loaded two-core machine running the
+# suite in parallel an example that takes 300 ms is not a defect (Hypothesis' 200 ms default made
+# tests/protocol/test_chain_tamper.py fail under load).
+settings.register_profile("yibao", deadline=None)
+settings.load_profile("yibao")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT.parent / "shared" / "examples" / "settlement-outpatient.json"
@@ -70,3 +78,39 @@ def example_settlement(his_setl_no: str | None = None) -> dict:
 @pytest.fixture
 def settlement() -> dict:
     return example_settlement()
+
+
+#: Tests that use what only one process on the machine may use at a time, by group: the machine's one
+#: ``pcscd`` (pcsc-lite has one fixed socket; ``simulators.pcscd`` also waits for it by a file lock, so a
+#: test missing here waits rather than fails), the system's package database and units, and the
+#: benchmarks' shared cache of generated centres (``$TMPDIR/yibao-bench-screen``). ``make test`` runs with
+#: ``--dist loadgroup``: each group's tests run in one worker, one after another; other modules spread.
+SERIAL_GROUPS = {
+    "pcscd": (
+        "tests/card/",
+        "tests/browser/test_desk.py",
+        "tests/integration/test_demo.py",
+        "tests/integration/test_fleet.py",
+        "tests/integration/test_fleet_push.py",
+        "tests/benchmarks/test_smoke.py::test_benchmark_runs_at_smoke_size[card]",
+    ),
+    "system": ("tests/packaging/",),
+    "bench-cache": ("tests/benchmarks/",),
+}
+
+
+def serial_group(nodeid: str) -> str | None:
+    """The group whose tests must not overlap with each other that ``nodeid`` belongs to, if any (the
+    first that names it: the card benchmark is a pcscd test before it is a benchmark)."""
+    for group, prefixes in SERIAL_GROUPS.items():
+        if any(nodeid.startswith(prefix) for prefix in prefixes):
+            return group
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each test into its serial group, else its module's: a module's tests stay in one worker, so its
+    module-scoped fixtures (a generated centre, a Spark session) are built once, not once per worker."""
+    for item in items:
+        group = serial_group(item.nodeid) or item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
