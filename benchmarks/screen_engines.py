@@ -1,4 +1,5 @@
-"""The full screen on SQLite, DuckDB and Spark local side by side: seconds, visits/s per core, province-year.
+"""The full screen on SQLite, PostgreSQL, DuckDB and Spark local side by side: seconds, visits/s per core,
+province-year.
 
 Data: ``benchmarks/screen.py``'s generated centre (cached in ``$TMPDIR/yibao-bench-screen``): by
 default 1,000,000 visits of 100,000 persons at 200 hospitals over 2025, ~10 lines each. Rules: that
@@ -6,7 +7,9 @@ benchmark's (``docs/samples/rules.json`` and one rule per centre template) plus 
 templates 19 (``unreasonable_admission``) and 20 (``repeated_treatment``): every SQL template.
 
 Each engine screens a fresh copy of the database through its own full-screen path: SQLite with
-``screening.screen`` (chunks, ``--workers`` processes), DuckDB and Spark with
+``screening.screen`` (chunks, ``--workers`` processes), PostgreSQL the same on a centre whose store is a
+scratch PostgreSQL server (``simulators.pgserver``; the tables copied in with ``COPY`` first, not timed;
+``central.monitoring.pgscreen``, a session per worker), DuckDB and Spark with
 ``engines.screen_on`` (the Parquet export included in their time and shown apart), all recording
 their findings as suspicions. The engines must agree (hits per rule and the suspicions' fact keys)
 or the benchmark fails: a fast wrong answer is no figure.
@@ -21,6 +24,7 @@ province's size; Spark's and DuckDB's own scaling past 2 cores is not measured h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sqlite3
 import sys
@@ -28,13 +32,17 @@ import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import screen as base
 from _common import Failed, emit, parse_args
 
 from central.monitoring import engines as en
 from central.monitoring.screening import load_area_rules, screen
+from central.storage.postgres import PgStore
 from central.storage.store import Store
+from simulators.pgserver import PgServer
 
 PROVINCE_VISITS = 200_000_000
 PROVINCE_INSTITUTIONS = 4_000
@@ -55,12 +63,25 @@ def _label(n: int) -> str:
     return str(n)
 
 
-def _facts(path: Path) -> set[str]:
-    conn = sqlite3.connect(path)
+def _facts(store: Any) -> set[str]:
+    return store.read(lambda c: {r[0] for r in c.execute("SELECT fact_key FROM suspicions")})
+
+
+def _pg_copy(src: Path, server: Any, name: str) -> PgStore:
+    """A PostgreSQL centre holding the tables the screen reads, copied from ``src`` with ``COPY``."""
+    store = PgStore(server.create_database(name), create=True)
+    lite = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
     try:
-        return {r[0] for r in conn.execute("SELECT fact_key FROM suspicions")}
+        with psycopg.connect(store.dsn) as conn:
+            for table in en.HISTORY_TABLES:
+                cols = [r[1] for r in lite.execute(f"PRAGMA table_info({table})")]
+                with conn.cursor().copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN") as copy:
+                    for row in lite.execute(f"SELECT {', '.join(cols)} FROM {table} ORDER BY rowid"):
+                        copy.write_row(row)
+            conn.execute("ANALYZE")
     finally:
-        conn.close()
+        lite.close()
+    return store
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
@@ -75,26 +96,47 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         raise Failed("--engines must include sqlite: the others are checked against it")
     results: dict[str, dict] = {}
     facts: dict[str, set[str]] = {}
-    for engine in wanted:
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(PgServer()) if "postgres" in wanted else None
+        for engine in wanted:
+            results[engine], facts[engine] = _run_engine(engine, args, src, tmp, areas, lo, hi, server)
+    _report(args, areas, wanted, results, facts, build_s)
+
+
+def _run_engine(
+    engine: str, args: argparse.Namespace, src: Path, tmp: Path, areas: dict, lo: str, hi: str, server: Any
+) -> tuple[dict, set[str]]:
+    if engine == "postgres":
+        store: Any = _pg_copy(src, server, "bench_screen")
+        db = None
+    else:
         db = base.working_copy(src, tmp / engine / "central.db")
-        start = time.perf_counter()
-        with Store(db) as store:
-            if engine == "sqlite":
-                summary = screen(store, lo, hi, areas=areas, workers=args.workers)
-                cores = args.workers
-            else:
-                options: dict = {"threads": args.cores}
-                if engine == "spark":
-                    options = {"cores": args.cores, "memory": args.spark_memory}
-                summary = en.screen_on(store, lo, hi, engine=engine, export_dir=tmp / engine / "parquet",
-                                       areas=areas, engine_options=options)  # fmt: skip
-                cores = args.cores
+        store = Store(db)
+    start = time.perf_counter()
+    with store:
+        if engine in ("sqlite", "postgres"):
+            summary = screen(store, lo, hi, areas=areas, workers=args.workers)
+            cores = args.workers
+        else:
+            options: dict = {"threads": args.cores}
+            if engine == "spark":
+                options = {"cores": args.cores, "memory": args.spark_memory}
+            summary = en.screen_on(store, lo, hi, engine=engine, export_dir=tmp / engine / "parquet",
+                                   areas=areas, engine_options=options)  # fmt: skip
+            cores = args.cores
         summary["wall_s"] = time.perf_counter() - start
-        print(f"{engine}: {summary['wall_s']:.1f} s, {summary['hits']} hits", file=sys.stderr, flush=True)
-        summary["cores"] = cores
-        results[engine] = summary
-        facts[engine] = _facts(db)
-        (tmp / engine / "central.db").unlink()
+        found = _facts(store)
+    print(f"{engine}: {summary['wall_s']:.1f} s, {summary['hits']} hits", file=sys.stderr, flush=True)
+    summary["cores"] = cores
+    if db is not None:
+        db.unlink()
+    return summary, found
+
+
+def _report(
+    args: argparse.Namespace, areas: dict, wanted: list[str], results: dict[str, dict],
+    facts: dict[str, set[str]], build_s: float | None,
+) -> None:  # fmt: skip
     ref = results["sqlite"]
     for engine in wanted[1:]:
         if results[engine]["per_rule"] != ref["per_rule"]:
@@ -117,7 +159,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         rate = visits / s["wall_s"] / s["cores"]
         core_s = PROVINCE_VISITS / rate
         extra = {}
-        if engine != "sqlite":
+        if "export" in s:
             extra = {"export_s": s["export"]["seconds"], "export_bytes": s["export"]["bytes"]}
         emit(f"screen_{engine}_s", s["wall_s"], "s", cores=s["cores"], hits=s["hits"],
              new_suspicions=s["new_suspicions"], per_rule_s=s["seconds"], **extra)  # fmt: skip
@@ -137,7 +179,7 @@ def main() -> int:
     ap.add_argument("--visits", type=int, default=1_000_000)
     ap.add_argument("--persons", type=int)
     ap.add_argument("--hospitals", type=int)
-    ap.add_argument("--engines", default="sqlite,duckdb,spark", help="comma-separated, sqlite first")
+    ap.add_argument("--engines", default="sqlite,postgres,duckdb,spark", help="comma-separated, sqlite first")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="SQLite's processes")
     ap.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1), help="DuckDB/Spark threads")
     ap.add_argument(
