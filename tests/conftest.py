@@ -4,10 +4,30 @@ run at the same time as each other when ``make test`` spreads the suite over pro
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
+
+
+async def with_client(app: Any, token: str, scenario: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Serve ``app`` on a real loopback socket and run ``scenario(http, *args)`` with a client session that
+    carries ``token`` as its bearer; the server closes whatever the scenario does."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession(
+            base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {token}"}
+        ) as http:
+            await scenario(http, *args)
+    finally:
+        await server.close()
+
 
 # No per-example deadline: speed is measured in benchmarks, and on a loaded two-core machine running the
 # suite in parallel an example that takes 300 ms is not a defect (Hypothesis' 200 ms default made

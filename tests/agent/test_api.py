@@ -7,14 +7,11 @@ import json
 import time
 from pathlib import Path
 
-import aiohttp
-from aiohttp.test_utils import TestServer
-
 from agent.api import create_app
 from agent.config import AgentConfig
 from agent.store import Outbox
 from agent.users import UserStore
-from tests.conftest import example_settlement
+from tests.conftest import example_settlement, with_client
 
 TOKEN = "his-secret-token"
 
@@ -25,15 +22,9 @@ def _run(tmp_path: Path, scenario, **config_overrides) -> None:
             home=tmp_path, agent_id="H1-01", fixmedins_code="H37021100001", **config_overrides
         )
         outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01", max_records=config.outbox_max_records)
-        server = TestServer(create_app(config, outbox, None, TOKEN))
-        await server.start_server()
         try:
-            async with aiohttp.ClientSession(
-                base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
-            ) as http:
-                await scenario(http, outbox)
+            await with_client(create_app(config, outbox, None, TOKEN), TOKEN, scenario, outbox)
         finally:
-            await server.close()
             outbox.close()
 
     asyncio.run(main())

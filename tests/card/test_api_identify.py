@@ -7,9 +7,6 @@ import asyncio
 import time
 from pathlib import Path
 
-import aiohttp
-from aiohttp.test_utils import TestServer
-
 from agent.api import create_app
 from agent.card import CardReader
 from agent.config import AgentConfig
@@ -18,7 +15,7 @@ from agent.store import Outbox
 from protocol.chain import decode_body, decode_entry
 from simulators.evoucher import Issuer
 from tests.card.conftest import PSN_NO
-from tests.conftest import example_settlement
+from tests.conftest import example_settlement, with_client
 
 TOKEN = "his-secret-token"
 
@@ -32,15 +29,9 @@ def _run(tmp_path: Path, scenario, issuer: Issuer | None = None) -> None:
         reader = CardReader()
         vouchers = open_verifier(config)
         app = create_app(config, outbox, None, TOKEN, card_reader=reader, vouchers=vouchers)
-        server = TestServer(app)
-        await server.start_server()
         try:
-            async with aiohttp.ClientSession(
-                base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
-            ) as http:
-                await scenario(http, outbox)
+            await with_client(app, TOKEN, scenario, outbox)
         finally:
-            await server.close()
             outbox.close()
             reader.close()
             vouchers.close()

@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aiohttp
-from aiohttp.test_utils import TestServer
-
 from agent.api import create_app
 from agent.card import CardReader
 from agent.config import AgentConfig
@@ -23,7 +20,7 @@ from protocol.bundles import CardCorrection, CardNotice, CardsEntry
 from simulators.vcard import card_for
 from tests.agent.tufrepo import AREA, Repo, serve
 from tests.card.conftest import PSN_NO
-from tests.conftest import example_settlement
+from tests.conftest import example_settlement, with_client
 
 TOKEN = "his-secret-token"
 OTHER_PSN = "370202199002022345"
@@ -60,15 +57,9 @@ def _run(tmp_path: Path, scenario) -> None:
             outbox = Outbox(tmp_path / "agent.db", agent_id="H1-01")
             reader = CardReader()
             app = create_app(config, outbox, None, TOKEN, card_reader=reader, policy=policy)
-            server = TestServer(app)
-            await server.start_server()
             try:
-                async with aiohttp.ClientSession(
-                    base_url=str(server.make_url("/")), headers={"Authorization": f"Bearer {TOKEN}"}
-                ) as http:
-                    await scenario(http, outbox)
+                await with_client(app, TOKEN, scenario, outbox)
             finally:
-                await server.close()
                 outbox.close()
                 reader.close()
                 policy.close()

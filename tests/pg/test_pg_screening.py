@@ -20,13 +20,17 @@ import psycopg
 import pytest
 
 from central.monitoring import engines as en
-from central.monitoring.screening import AreaRules, load_area_rules, screen
+from central.monitoring.screening import screen
 from central.storage.postgres import PgStore
 from central.storage.store import Store
 from protocol import rules as rl
 from simulators.pgserver import PgServer
-from tests.central.test_engines import AREA, HI, LO, SAMPLES, _sorted, build_centre, rules_document
+from tests.central import test_engines
+from tests.central.test_engines import AREA, HI, LO, _sorted, rules_document
 
+#: The labelled centre (a SQLite file) and its rules, as test_engines builds them: module fixtures here too.
+centre = test_engines.centre
+areas = test_engines.areas
 _names = itertools.count(1)
 SUSPICION_COLUMNS = (
     "fact_key", "rule_id", "rule_version", "object_type", "object_id", "area", "fixmedins_code", "psn_no",
@@ -36,23 +40,10 @@ SUSPICION_COLUMNS = (
 
 
 @pytest.fixture(scope="module")
-def lite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pg-screen") / "central.db"
-    build_centre(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def areas() -> dict[str, AreaRules]:
-    catalogue = json.loads((SAMPLES / "catalogue.json").read_text())
-    return {AREA: load_area_rules(rules_document(), catalogue, area=AREA)}
-
-
-@pytest.fixture(scope="module")
-def filled(pg_server: PgServer, lite: Path) -> str:
-    """The name of a PostgreSQL database holding what ``lite`` holds (the tables the templates read)."""
+def filled(pg_server: PgServer, centre: Path) -> str:
+    """The name of a PostgreSQL database holding what ``centre`` holds (the tables the templates read)."""
     name = f"screen_filled_{next(_names)}"
-    src = sqlite3.connect(lite)
+    src = sqlite3.connect(centre)
     with PgStore(pg_server.create_database(name), create=True) as store:
         for table in en.HISTORY_TABLES:
             cols = [r[1] for r in src.execute(f"PRAGMA table_info({table})")]
@@ -78,10 +69,10 @@ def _suspicions(store: Store | PgStore) -> list[tuple]:
     return [tuple(r) for r in store.read(lambda c: c.execute(sql).fetchall())]
 
 
-def _lite_copy(lite: Path, tmp_path: Path) -> Path:
+def _lite_copy(centre: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "sqlite" / "central.db"
     dst.parent.mkdir(parents=True)
-    src = sqlite3.connect(lite)
+    src = sqlite3.connect(centre)
     out = sqlite3.connect(dst)
     src.backup(out)
     src.close()
@@ -90,10 +81,10 @@ def _lite_copy(lite: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hits(lite: Path, pg_server: PgServer, filled: str, areas) -> dict[str, dict[str, list[rl.Hit]]]:
+def hits(centre: Path, pg_server: PgServer, filled: str, areas) -> dict[str, dict[str, list[rl.Hit]]]:
     rules = areas[AREA]
     out: dict[str, dict[str, list[rl.Hit]]] = {}
-    for name, source in (("sqlite", lite), ("postgres", pg_server.dsn(filled))):
+    for name, source in (("sqlite", centre), ("postgres", pg_server.dsn(filled))):
         with en.SqliteEngine(source) as engine:
             engine.install(rules)
             assert engine.scope(AREA, LO, HI) == (899, 6868), name
@@ -110,9 +101,9 @@ def test_postgres_finds_what_sqlite_finds(hits, rule_id: str) -> None:
 
 
 def test_a_full_screen_on_postgres_writes_the_suspicions_sqlite_writes(
-    lite, areas, pg_copy, tmp_path
+    centre, areas, pg_copy, tmp_path
 ) -> None:
-    with Store(_lite_copy(lite, tmp_path)) as store:
+    with Store(_lite_copy(centre, tmp_path)) as store:
         expected = screen(store, LO, HI, areas=areas, workers=1, chunk_days=7)
         want = _suspicions(store)
     assert expected["new_suspicions"] > 0
@@ -128,8 +119,8 @@ def test_a_full_screen_on_postgres_writes_the_suspicions_sqlite_writes(
     assert _suspicions(pg_copy) == want
 
 
-def test_duckdb_over_a_postgres_export_writes_the_same_suspicions(lite, areas, pg_copy, tmp_path) -> None:
-    with Store(_lite_copy(lite, tmp_path)) as store:
+def test_duckdb_over_a_postgres_export_writes_the_same_suspicions(centre, areas, pg_copy, tmp_path) -> None:
+    with Store(_lite_copy(centre, tmp_path)) as store:
         screen(store, LO, HI, areas=areas, workers=1)
         want = _suspicions(store)
     got = en.screen_on(pg_copy, LO, HI, engine="duckdb", export_dir=tmp_path / "pq", areas=areas)
