@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q --durations=25 -n auto --maxprocesses 4 --dist loadgroup tests
+	$(BIN)/pytest -q --durations=25 -n auto --maxprocesses 4 --dist loadscope tests
 
 test: lint pytest
 

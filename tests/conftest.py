@@ -104,7 +104,8 @@ def settlement() -> dict:
 #: ``pcscd`` (pcsc-lite has one fixed socket; ``simulators.pcscd`` also waits for it by a file lock, so a
 #: test missing here waits rather than fails), the system's package database and units, and the
 #: benchmarks' shared cache of generated centres (``$TMPDIR/yibao-bench-screen``). ``make test`` runs with
-#: ``--dist loadgroup``: each group's tests run in one worker, one after another; other modules spread.
+#: ``--dist loadscope`` and the scheduler below: each group's tests run in one worker, one after another;
+#: other modules spread.
 SERIAL_GROUPS = {
     "pcscd": (
         "tests/card/",
@@ -128,9 +129,18 @@ def serial_group(nodeid: str) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each test into its serial group, else its module's: a module's tests stay in one worker, so its
-    module-scoped fixtures (a generated centre, a Spark session) are built once, not once per worker."""
-    for item in items:
-        group = serial_group(item.nodeid) or item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadscope`` with our scopes: a test's serial group, else its module (a module's tests stay
+    in one worker, so its module-scoped fixtures — a generated centre, a Spark session — are built once).
+
+    A scheduler of our own rather than ``xdist_group`` marks: pytest-xdist 3.8 renames a marked test's id
+    through an attribute pytest 9.2 no longer reads, so the marks group nothing there."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return serial_group(nodeid) or nodeid.split("::", 1)[0]
+
+    return SerialGroupScheduling(config, log)
