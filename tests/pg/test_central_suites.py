@@ -15,7 +15,6 @@ SUITES = (
     "reconcile_export", "resync", "review", "risk", "screening", "split_audit", "store", "suspicions",
     "tuf_repo", "visits", "web_parts",
 )  # fmt: skip
-#: The engines suite builds its own SQLite centre; its CLI test screens the ``store`` on DuckDB and Spark.
-SINGLE = {"engines": ("test_the_cli_screens_on_duckdb_and_spark_as_on_sqlite",)}
-
-globals().update(gather(SUITES, SINGLE))
+# The engines suite builds its own SQLite centre and is not gathered; the DuckDB and Spark screens of a
+# PostgreSQL store read the same Parquet export, which tests/pg/test_pg_screening.py checks with DuckDB.
+globals().update(gather(SUITES))
