@@ -12,31 +12,23 @@ from pathlib import Path
 import pytest
 
 from central.errors import CardEntryUnknown, ChangeBaseMoved, DocumentInvalid, SelfApproval
-from central.operators import Operator, add_operator
+from central.operators import Operator
 from central.policy import changes
 from central.policy.bundles import Policy
 from central.policy.card_notices import yuan_to_fen
 from central.storage.store import Store
 from protocol.bundles import CardCorrection, CardNotice, CardsEntry, iter_cards
 
-from .conftest import ACTOR, AREA, Server, tuf_client
+from . import test_changes
+from .conftest import AREA, Server, tuf_client
 from .test_changes import _cli, _requests
 
 OLD, NEW, OTHER = "110100A000000001", "110100A000000002", "110100A000000003"
 
 
-def _op(store: Store, name: str) -> Operator:
-    return add_operator(store, ACTOR, name, area=None, role="policy")[0]
-
-
-@pytest.fixture
-def maker(store: Store) -> Operator:
-    return _op(store, "maker")
-
-
-@pytest.fixture
-def checker(store: Store) -> Operator:
-    return _op(store, "checker")
+#: Two policy operators, as the maker-checker suite makes them (its fixtures, used here as they are).
+maker = test_changes.maker
+checker = test_changes.checker
 
 
 def replaced(old: str = OLD, new: str = NEW, reason: str = "replaced after loss") -> list[CardsEntry]:
