@@ -17,6 +17,7 @@ import sys
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 from pathlib import Path
 
@@ -110,33 +111,28 @@ def test_round_trip_while_ingest_writes(tmp_path, config, store, pg_server) -> N
 
     stop = threading.Event()
     stamps: list[float] = []
-    failures: list[BaseException] = []
 
     def collector() -> None:  # what serving collectors do meanwhile: store batch after batch
-        try:
-            first = 21
-            while not stop.is_set() and first + 4 <= 400:
-                for c in chains:
-                    assert ingestor.ingest(c.batch(first, first + 4)).code == "stored"
-                    stamps.append(time.monotonic())
-                first += 5
-        except BaseException as exc:  # reported by the test thread below
-            failures.append(exc)
+        first = 21
+        while not stop.is_set() and first + 4 <= 400:
+            for c in chains:
+                assert ingestor.ingest(c.batch(first, first + 4)).code == "stored"
+                stamps.append(time.monotonic())
+            first += 5
 
-    thread = threading.Thread(target=collector)
-    thread.start()
-    try:
-        while len(stamps) < 6:
-            time.sleep(0.01)
-        started = time.monotonic()
-        _backup(config, tmp_path / "c.tar.gz")
-        ended = time.monotonic()
-        while not stamps or stamps[-1] <= ended:  # and on after the backup
-            time.sleep(0.01)
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not failures, failures
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ingesting = pool.submit(collector)
+        try:
+            while len(stamps) < 6 and not ingesting.done():
+                time.sleep(0.01)
+            started = time.monotonic()
+            _backup(config, tmp_path / "c.tar.gz")
+            ended = time.monotonic()
+            while (not stamps or stamps[-1] <= ended) and not ingesting.done():  # and on after the backup
+                time.sleep(0.01)
+        finally:
+            stop.set()
+        ingesting.result(timeout=60)  # the collector's own failure, raised here
     assert any(started < s < ended for s in stamps), "no batch was stored while pg_dump ran"
     source = _held(config.database)
 
