@@ -251,15 +251,21 @@ def read_header(src: BinaryIO) -> BundleHeader:
     raise BundleInvalid("the bundle file is empty")
 
 
-def iter_blacklist(src: BinaryIO) -> tuple[BundleHeader, Iterator[BlacklistEntry]]:
-    """The header, and an iterator over the entries that decodes as it goes."""
+def _open_entries(src: BinaryIO, kind: str) -> tuple[BundleHeader, Iterator[Any]]:
+    """A delta kind's header, checked to be ``kind``, and the stream of entry objects after it."""
     objects = _objects(src, MAX_DOCUMENT_BYTES)
     try:
         header = _header(next(objects))
     except StopIteration:
         raise BundleInvalid("the bundle file is empty") from None
-    if header.kind != "blacklist":
-        raise BundleInvalid(f"expected a blacklist bundle, found {header.kind}")
+    if header.kind != kind:
+        raise BundleInvalid(f"expected a {kind} bundle, found {header.kind}")
+    return header, objects
+
+
+def iter_blacklist(src: BinaryIO) -> tuple[BundleHeader, Iterator[BlacklistEntry]]:
+    """The header, and an iterator over the entries that decodes as it goes."""
+    header, objects = _open_entries(src, "blacklist")
 
     def entries() -> Iterator[BlacklistEntry]:
         for obj in objects:
@@ -486,13 +492,7 @@ def _cards_entry(obj: Any, full: bool) -> CardsEntry:
 
 def iter_cards(src: BinaryIO) -> tuple[BundleHeader, Iterator[CardsEntry]]:
     """The header, and an iterator over the validated entries that decodes as it goes."""
-    objects = _objects(src, MAX_DOCUMENT_BYTES)
-    try:
-        header = _header(next(objects))
-    except StopIteration:
-        raise BundleInvalid("the bundle file is empty") from None
-    if header.kind != "cards":
-        raise BundleInvalid(f"expected a cards bundle, found {header.kind}")
+    header, objects = _open_entries(src, "cards")
 
     def entries() -> Iterator[CardsEntry]:
         for obj in objects:
