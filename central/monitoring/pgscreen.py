@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -50,7 +51,14 @@ _LOCK = threading.Lock()
 def is_dsn(source: object) -> bool:
     """Whether a screening source names a PostgreSQL database (a DSN) rather than a SQLite file."""
     text = str(source)
-    return text.startswith(("postgresql://", "postgres://")) or ("dbname=" in text and "/" not in text)
+    if text.startswith(("postgresql://", "postgres://")):
+        return True
+    if "=" not in text or isinstance(source, Path):  # a path, even one with a socket directory's "/"
+        return False
+    try:
+        return bool(psycopg.conninfo.conninfo_to_dict(text))
+    except psycopg.ProgrammingError:
+        return False
 
 
 _INDEX_SCHEMA = re.compile(r"(CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?)temp\.", re.IGNORECASE)

@@ -8,9 +8,12 @@ answer deep in a suite.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from central.monitoring.pgscreen import _text as screening_text
+from central.monitoring.pgscreen import is_dsn
 from central.storage.sql import NotTranslatable, Tables, translate
 from protocol.rules.dialect import date_add, transpile
 
@@ -95,3 +98,17 @@ def test_the_psycopg_target_writes_pyformat_parameters_and_doubles_percent_in_li
 )
 def test_the_screening_connection_keeps_its_tables_private_to_its_session(sqlite: str, postgres: str) -> None:
     assert screening_text(sqlite, False) == postgres
+
+
+@pytest.mark.parametrize(
+    ("source", "dsn"),
+    [
+        ("host=/run/postgresql dbname=yibao", True),  # a socket directory is a path inside a DSN
+        ("postgresql://yibao@db.example/yibao", True),
+        ("host=127.0.0.1 port=5432 dbname=t1", True),
+        ("/var/lib/yibao-central/central.db", False),
+        (Path("/srv/a=b/central.db"), False),
+    ],
+)
+def test_a_screening_source_is_a_dsn_or_a_sqlite_file(source: object, dsn: bool) -> None:
+    assert is_dsn(source) is dsn
