@@ -213,15 +213,21 @@ def test_two_collectors_behind_one_address_lose_nothing_when_one_is_killed(
         agent_marks = [len(a.proc.log_path.read_bytes()) for a in agents]
         first = _kill_mid_ingest(db, collectors, APPS)
         (second,) = [app for app in APPS if app != first]
+        # the survivor alone takes the uploads and the re-signing over (asked before the victim is back:
+        # once both run, which of them takes the lock when the timestamp is due is a race)
+        wait_until(
+            lambda: collectors[second].batches(marks[second]) >= AGENTS,
+            20,
+            what="the survivor takes the uploads",
+        )
+        wait_until(
+            lambda: collectors[second].resigned(marks[second]), TIMESTAMP_S, what="the survivor re-signs"
+        )
         # the victim starts again while the checker approves through the CLI and the survivor ingests
         with ThreadPoolExecutor(1) as pool:
             restarted = pool.submit(collectors[first].start)
             assert "blacklist seq 1" in central.approve(proposed)
             restarted.result()
-        assert collectors[second].batches(marks[second]) >= AGENTS, "the survivor did not take the uploads"
-        wait_until(
-            lambda: collectors[second].resigned(marks[second]), TIMESTAMP_S, what="the survivor re-signs"
-        )
         assert _upload_failures(agents, agent_marks) >= 1, "no agent had an upload cut by the kill"
 
         # -- the other is killed in turn, mid-ingest (every agent is on it since the first kill) -------
