@@ -34,7 +34,7 @@ from .outpatient import (
 )
 from .settling import (
     CERT_TYPES,
-    cancel_settled,
+    cancellation,
     checked,
     load_visit,
     must_be_open,
@@ -289,17 +289,9 @@ async def settle(nat: National, env: Envelope) -> Stored:
     return await settle_visit(nat, env, d, got, visit, fees, refuse_settled=True)
 
 
-async def cancel_settlement(nat: National, env: Envelope) -> Stored:
-    inp = Fields(env.input, "input")
-    d = inp.child("data")
-    setl_id = d.text("setl_id", hint="the setl_id 2304 returned") if d else None
-    mdtrt_id = d.text("mdtrt_id") if d else None
-    psn_no = d.text("psn_no") if d else None
-    inp.check()
-    assert d is not None and setl_id and mdtrt_id and psn_no
-    return await cancel_settled(
-        nat, env, d, setl_id, mdtrt_id, psn_no, "ipt", "national 2305 inpatient settlement cancellation"
-    )
+cancel_settlement = cancellation(
+    "ipt", "national 2305 inpatient settlement cancellation", "the setl_id 2304 returned"
+)
 
 
 INPATIENT_TRANSACTIONS = {

@@ -22,7 +22,7 @@ from .settling import (
     CERT_TYPES,
     KINDS,
     SETL_WAYS,
-    cancel_settled,
+    cancellation,
     checked,
     fee_lines,
     fee_result,
@@ -384,17 +384,7 @@ async def settle(nat: National, env: Envelope) -> Stored:
     return await settle_visit(nat, env, d, got, visit, fees)
 
 
-async def cancel_settlement(nat: National, env: Envelope) -> Stored:
-    inp = Fields(env.input, "input")
-    d = inp.child("data")
-    setl_id = d.text("setl_id", hint="the setl_id 2207 returned") if d else None
-    mdtrt_id = d.text("mdtrt_id") if d else None
-    psn_no = d.text("psn_no") if d else None
-    inp.check()
-    assert d is not None and setl_id and mdtrt_id and psn_no
-    return await cancel_settled(
-        nat, env, d, setl_id, mdtrt_id, psn_no, "otp", "national 2208 settlement cancellation"
-    )
+cancel_settlement = cancellation("otp", "national 2208 settlement cancellation", "the setl_id 2207 returned")
 
 
 #: infno → (handler, whether its answer is kept for msgid replay).

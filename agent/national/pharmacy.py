@@ -25,7 +25,7 @@ from .settling import (
     CERT_TYPES,
     KINDS,
     SETL_WAYS,
-    cancel_settled,
+    cancellation,
     checked,
     fee_lines,
     finish_lines,
@@ -159,17 +159,12 @@ async def settle(nat: National, env: Envelope) -> Stored:
     return await settle_visit(nat, env, d, got, visit, lines, before_mark=keep)
 
 
-async def cancel_settlement(nat: National, env: Envelope) -> Stored:
-    inp = Fields(env.input, "input")
-    d = inp.child("data")
-    setl_id = d.text("setl_id", hint="the setl_id 2102 returned") if d else None
-    mdtrt_id = d.text("mdtrt_id", hint="the mdtrt_id 2102 returned in setlinfo") if d else None
-    psn_no = d.text("psn_no") if d else None
-    inp.check()
-    assert d is not None and setl_id and mdtrt_id and psn_no
-    return await cancel_settled(
-        nat, env, d, setl_id, mdtrt_id, psn_no, "drug", "national 2103 drug-store settlement cancellation"
-    )
+cancel_settlement = cancellation(
+    "drug",
+    "national 2103 drug-store settlement cancellation",
+    "the setl_id 2102 returned",
+    "the mdtrt_id 2102 returned in setlinfo",
+)
 
 
 PHARMACY_TRANSACTIONS = {

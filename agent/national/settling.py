@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -554,6 +554,25 @@ async def settle_visit(
         return output
 
     return await stored_write(nat, env, write)
+
+
+def cancellation(
+    kind: str, reason: str, setl_hint: str, mdtrt_hint: str = ""
+) -> Callable[[National, Envelope], Awaitable[Stored]]:
+    """The handler of a settlement-cancellation transaction (2208, 2305, 2103): they differ only in
+    the visit kind they reverse, the reason the reversal records and the hints their errors give."""
+
+    async def cancel_settlement(nat: National, env: Envelope) -> Stored:
+        inp = Fields(env.input, "input")
+        d = inp.child("data")
+        setl_id = d.text("setl_id", hint=setl_hint) if d else None
+        mdtrt_id = d.text("mdtrt_id", hint=mdtrt_hint) if d else None
+        psn_no = d.text("psn_no") if d else None
+        inp.check()
+        assert d is not None and setl_id and mdtrt_id and psn_no
+        return await cancel_settled(nat, env, d, setl_id, mdtrt_id, psn_no, kind, reason)
+
+    return cancel_settlement
 
 
 async def cancel_settled(
