@@ -55,13 +55,14 @@ from .pgscreen import PgScreeningConnection
 from .screening import (
     AreaRules,
     _start_run,
+    close_full_screen,
     finding_of,
     full_judged,
     object_windows,
     rules_in_force,
     screening_source,
 )
-from .suspicions import Finding, fact_key, record_findings, retract_missing
+from .suspicions import Finding, fact_key, record_findings
 
 __all__ = [
     "ENGINES",
@@ -591,17 +592,6 @@ def area_findings(
     return findings, hits, seconds, visits, lines
 
 
-def _finish(conn: sqlite3.Connection, run_id: int, summary: dict[str, Any]) -> None:
-    keys = ("per_rule", "seconds", "areas", "engine", "export", "retracted", "flagged")
-    detail = {k: summary[k] for k in keys if k in summary}
-    conn.execute(
-        "UPDATE screen_runs SET finished_at = ?, settlements = ?, lines = ?, hits = ?, new_suspicions = ?, "
-        "detail = ? WHERE id = ?",
-        (now_iso(), summary["settlements"], summary["lines"], summary["hits"], summary["new_suspicions"],
-         json.dumps(detail, sort_keys=True), run_id),
-    )  # fmt: skip
-
-
 def screen_on(
     store: Store,
     date_from: str,
@@ -646,6 +636,7 @@ def screen_on(
     per_rule: Counter = Counter()
     seconds: Counter = Counter({"export": export.seconds})
     found: set[str] = set()
+    judged = None
     try:
         with open_engine(engine, screening_source(store), export, **dict(engine_options or {})) as eng:
             for area in sorted(areas):
@@ -667,14 +658,8 @@ def screen_on(
                 if progress is not None:
                     progress(visits)
         judged = full_judged(areas, lo, hi)
-        counts = store.write(lambda c: retract_missing(c, judged, found, run_id=run_id, at=now_iso()))
-        summary["retracted"], summary["flagged"] = counts["retracted"], counts["flagged"]
     finally:
-        summary["per_rule"] = dict(per_rule)
-        summary["hits"] = sum(per_rule.values())
-        summary["seconds"] = {k: round(v, 3) for k, v in seconds.most_common()}
-        summary["elapsed_s"] = round(time.perf_counter() - started, 3)
-        store.write(lambda c: _finish(c, run_id, summary))
+        close_full_screen(store, run_id, summary, per_rule, seconds, started, judged, found)
     log.info(
         "screened %d settlements (%s..%s) on %s: %d hits, %d new suspicions, run %d", summary["settlements"],
         lo, hi, engine, summary["hits"], summary["new_suspicions"], run_id,

@@ -862,18 +862,46 @@ def _start_run(store: Store, kind: str, date_from: str | None, date_to: str | No
     )
 
 
-def _finish_run(conn: sqlite3.Connection, run_id: int, summary: dict[str, Any]) -> None:
-    detail = {
-        k: summary[k]
-        for k in ("per_rule", "seconds", "areas", "workers", "cursor", "retracted", "flagged", "rejudged")
-        if k in summary
-    }
+#: What a run's ``detail`` keeps of its summary (each engine fills those it has).
+_RUN_DETAIL = (
+    "per_rule", "seconds", "areas", "engine", "export", "workers", "cursor",
+    "retracted", "flagged", "rejudged",
+)  # fmt: skip
+
+
+def finish_run(conn: sqlite3.Connection, run_id: int, summary: dict[str, Any]) -> None:
+    """Record the run's counts and end: a screen that failed part way too (its counts say how far it got)."""
+    detail = {k: summary[k] for k in _RUN_DETAIL if k in summary}
     conn.execute(
         "UPDATE screen_runs SET finished_at = ?, settlements = ?, lines = ?, hits = ?, new_suspicions = ?, "
         "detail = ? WHERE id = ?",
         (now_iso(), summary["settlements"], summary["lines"], summary["hits"], summary["new_suspicions"],
          json.dumps(detail, sort_keys=True), run_id),
     )  # fmt: skip
+
+
+def close_full_screen(
+    store: Store,
+    run_id: int,
+    summary: dict[str, Any],
+    per_rule: Counter,
+    seconds: Counter,
+    started: float,
+    judged: list[Judged] | None,
+    found: set[str],
+) -> None:
+    """The end of a full screen on any engine. ``judged`` is None when the screen failed part way: only
+    one that ran to its end may say a fact no longer holds (retract what it did not find again)."""
+    try:
+        if judged is not None:
+            counts = store.write(lambda c: retract_missing(c, judged, found, run_id=run_id, at=now_iso()))
+            summary["retracted"], summary["flagged"] = counts["retracted"], counts["flagged"]
+    finally:
+        summary["per_rule"] = dict(per_rule)
+        summary["hits"] = sum(per_rule.values())
+        summary["seconds"] = {k: round(v, 3) for k, v in seconds.most_common()}
+        summary["elapsed_s"] = round(time.perf_counter() - started, 3)
+        store.write(lambda c: finish_run(c, run_id, summary))
 
 
 def full_judged(areas: Mapping[str, AreaRules], lo: str, hi: str) -> list[Judged]:
@@ -951,19 +979,13 @@ def screen(
         if progress is not None:
             progress(result.settlements)
 
+    judged = None
     try:
         run_chunks(store, areas, lo, hi, chunk_days=chunk_days, chunk_visits=chunk_visits, workers=n_workers,
                    on_result=take)  # fmt: skip
-        # only a screen that ran to its end may say a fact no longer holds
         judged = full_judged(areas, lo, hi)
-        counts = store.write(lambda c: retract_missing(c, judged, found, run_id=run_id, at=now_iso()))
-        summary["retracted"], summary["flagged"] = counts["retracted"], counts["flagged"]
     finally:
-        summary["per_rule"] = dict(per_rule)
-        summary["hits"] = sum(per_rule.values())
-        summary["seconds"] = {k: round(v, 3) for k, v in seconds.most_common()}
-        summary["elapsed_s"] = round(time.perf_counter() - started, 3)
-        store.write(lambda c: _finish_run(c, run_id, summary))
+        close_full_screen(store, run_id, summary, per_rule, seconds, started, judged, found)
     log.info(
         "screened %d settlements (%s..%s): %d hits, %d new suspicions, run %d", summary["settlements"], lo,
         hi, summary["hits"], summary["new_suspicions"], run_id,
@@ -1151,7 +1173,7 @@ def screen_new(
         counts = record_findings(conn, findings, run_id=run_id, at=at)
         gone = retract_missing(conn, judged, fact_keys(findings), run_id=run_id, at=at)
         summary.update(run_id=run_id, new_suspicions=counts["new"], again=counts["again"], **gone)
-        _finish_run(conn, run_id, summary)
+        finish_run(conn, run_id, summary)
         _set_cursor(conn, batch.cursor_to)
         return {"raced": False}
 

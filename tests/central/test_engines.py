@@ -191,6 +191,29 @@ def test_a_duckdb_screen_writes_the_same_suspicions_too(centre, areas, tmp_path)
     assert _suspicions(duck) == _suspicions(lite)
 
 
+def test_a_screen_that_fails_part_way_retracts_nothing_and_records_its_run(
+    centre, areas, tmp_path, monkeypatch
+) -> None:
+    """Had the failed screen been taken as whole, it found nothing, so every suspicion would be retracted."""
+    db = _copy(centre, tmp_path / "duckdb" / "central.db")
+    with Store(db) as store:
+        screen(store, LO, HI, areas=areas, workers=1)
+        before = _suspicions(db)
+
+        def refused(*_args, **_kw):
+            raise en.EngineFailed("duckdb refused rule mon_price (price_over_ceiling): out of memory")
+
+        monkeypatch.setattr(en, "area_findings", refused)
+        with pytest.raises(en.EngineFailed, match="out of memory"):
+            en.screen_on(store, LO, HI, engine="duckdb", export_dir=tmp_path / "pq", areas=areas)
+        finished, hits, detail = store.read(lambda c: c.execute(
+            "SELECT finished_at, hits, detail FROM screen_runs ORDER BY id DESC LIMIT 1"
+        ).fetchone())  # fmt: skip
+    assert before and _suspicions(db) == before
+    assert finished and hits == 0 and json.loads(detail)["engine"] == "duckdb"
+    assert "retracted" not in json.loads(detail)
+
+
 def test_the_export_holds_every_row_typed_as_declared(centre, export) -> None:
     conn = sqlite3.connect(centre)
     try:
