@@ -2,7 +2,7 @@
 
 One package, one room: ``envelope`` (the request and answer, ``msgid`` replay, sign-in, ``national.db``),
 ``fields`` (reading input and the field variants real HIS send), ``person`` (1101), ``outpatient``
-(2201-2208), ``inpatient`` (2401-2404, 2301-2305), ``pharmacy`` (2101-2103), ``settling`` (from a held
+(2201-2208), ``inpatient`` (2401-2405, 2301-2305), ``pharmacy`` (2101-2103), ``settling`` (from a held
 visit to the one settlement path, shared by the three), ``rules`` (3101/3102), ``reconcile``
 (3201/3202) and ``catalogue`` (1301-1319). Only this module knows them all: it assembles the
 transaction table and hands it to the envelope, so no module imports the one that registers it.

@@ -1,6 +1,6 @@
 """National inpatient transactions: 2401 admission, 2403 changes, 2402 discharge, 2404 admission
-cancellation; 2301/2302 fee details uploaded and cancelled over the days of the stay; 2303
-pre-settlement, 2304 settlement, 2305 settlement cancellation.
+cancellation, 2405 discharge cancellation; 2301/2302 fee details uploaded and cancelled over the days of
+the stay; 2303 pre-settlement, 2304 settlement, 2305 settlement cancellation.
 
 A stay is a visit of kind ``ipt`` in ``national.db``: its details are kept durably until it is settled
 (a restart mid-stay loses nothing). 2304 goes through the one settlement path like 2207, so the
@@ -244,6 +244,33 @@ async def cancel_admission(nat: National, env: Envelope) -> Stored:
     return await stored_write(nat, env, write)
 
 
+async def cancel_discharge(nat: National, env: Envelope) -> Stored:
+    """2405: the patient stays after all (a discharge entered by mistake, or readmitted the same hour).
+    The stay is open again without its discharge time, so it takes fee details again and cannot settle
+    until a new 2402; a stay already settled must have its settlement cancelled (2305) first."""
+    inp = Fields(env.input, "input")
+    d = inp.child("data")
+    mdtrt_id = d.text("mdtrt_id") if d else None
+    psn_no = d.text("psn_no") if d else None
+    inp.check()
+    assert d is not None and mdtrt_id and psn_no
+
+    def write(conn: sqlite3.Connection) -> dict[str, Any]:
+        visit = load_visit(conn, d, mdtrt_id, psn_no, "ipt")
+        must_be_open(visit, d)
+        reg = visit["reg"]
+        if not reg.get("endtime"):
+            raise NationalError([(d.at("mdtrt_id"), "the patient is not discharged: nothing to cancel")])
+        reg.update(endtime=None, ipt_days=None, dscg_dept_codg=None)
+        conn.execute(
+            "UPDATE visits SET reg = ?, updated_at = ? WHERE mdtrt_id = ?",
+            (json.dumps(reg), time.time(), mdtrt_id),
+        )
+        return {}
+
+    return await stored_write(nat, env, write)
+
+
 async def upload(nat: National, env: Envelope) -> Stored:
     return await upload_fee_lines(nat, env, "ipt")
 
@@ -299,6 +326,7 @@ INPATIENT_TRANSACTIONS = {
     "2402": (discharge, True),
     "2403": (change, True),
     "2404": (cancel_admission, True),
+    "2405": (cancel_discharge, True),
     "2301": (upload, True),
     "2302": (cancel_upload, True),
     "2303": (pre_settle, False),

@@ -1,6 +1,7 @@
 """Inpatient through the national envelope over real HTTP: 2401 admission, 2301/2302 fee details over
 the days of a stay, 2403 changes, 2402 discharge, 2303 pre-settlement, 2304 settlement (once), 2305
-cancellation, 2404 admission cancellation; and a stay that survives the agent process being killed.
+cancellation, 2404 admission cancellation, 2405 discharge cancellation; and a stay that survives the
+agent process being killed.
 
 Bodies are shaped like the national specification's examples (``mdtrtinfo`` + ``diseinfo[]``,
 ``feedetail[]``, ``dscginfo``, ``adminfo``, ``data``), with the empty strings real HIS send for the
@@ -377,6 +378,42 @@ def test_2404_cancels_an_admission_without_settlement_and_bad_input_changes_noth
         assert rows(nat_db, f"SELECT count(*) FROM fees WHERE mdtrt_id = '{mdtrt_id}'") == [(0,)]
         await c.error("2301", feedetail(mdtrt_id, 1), "cancelled (2404)", "2401")
         assert outbox.last_seq == 0
+
+    run(tmp_path, scenario)
+
+
+def test_2405_takes_a_discharge_back_and_the_stay_goes_on_until_a_new_2402(tmp_path):
+    async def scenario(c: Client, outbox: Outbox, home: Path) -> None:
+        nat_db = home / "national.db"
+        mdtrt_id = await admit(c)
+        stay = {"data": {"mdtrt_id": mdtrt_id, "psn_no": PSN}}
+        await c.ok("2301", feedetail(mdtrt_id, 0))
+        await c.error("2405", stay, "not discharged", "nothing to cancel")
+        await c.ok("2402", discharge(mdtrt_id))
+        # bad input is refused by field and changes nothing
+        snapshot = rows(nat_db, "SELECT * FROM visits")
+        await c.error("2405", {"data": {"mdtrt_id": mdtrt_id}}, "input.data.psn_no: required")
+        await c.error("2405", {"data": {"mdtrt_id": mdtrt_id, "psn_no": "OTHER"}}, "input.data.psn_no")
+        await c.error("2405", {"data": {"mdtrt_id": "NOSUCHSTAY", "psn_no": PSN}}, "no admission", "2401")
+        assert rows(nat_db, "SELECT * FROM visits") == snapshot
+
+        body = c.envelope("2405", stay)
+        first = await c.post(body)
+        assert first["infcode"] == 0, first["err_msg"]
+        assert await c.post(body) == first  # the same msgid again: the first answer
+        ((reg,),) = rows(nat_db, "SELECT reg FROM visits")
+        reg = json.loads(reg)
+        assert reg["endtime"] is None and reg["ipt_days"] is None and reg["begntime"] == f"{DAY[0]} 08:00:00"
+        # the patient stays: no settlement until a new discharge, and the stay takes details again
+        await c.error("2304", stay_data(mdtrt_id, c.vars["nonce"], "102.30"), "not been discharged", "2402")
+        await c.ok("2301", feedetail(mdtrt_id, 1))
+        assert rows(nat_db, "SELECT count(*) FROM fees") == [(7,)]
+        await c.ok("2402", discharge(mdtrt_id))
+        s = (await c.ok("2304", stay_data(mdtrt_id, c.vars["nonce"], "2479.20")))["setlinfo"]
+        assert fen(s["medfee_sumamt"]) == 247920 and outbox.last_seq == 1
+        # a settled stay's discharge is not taken back before its settlement is cancelled
+        await c.error("2405", stay, "settled", "2305")
+        assert outbox.last_seq == 1
 
     run(tmp_path, scenario)
 
