@@ -244,7 +244,8 @@ def add_realistic(verbs: Any) -> None:
                       help="post CODE's bodies to the agent at URL, token in TOKENFILE (repeat)")  # fmt: skip
     real.add_argument("--concurrency", type=int, default=4, metavar="C", help="requests in flight per agent")
     real.add_argument("--national", action="store_true",
-                      help="drive --agent through the national envelope (9001, 2201-2207)")  # fmt: skip
+                      help="drive --agent through the national envelope (9001; 2201-2207 per visit, "
+                           "2401/2301/2402/2304 per inpatient stay)")  # fmt: skip
     real.set_defaults(run=_realistic)
 
 

@@ -44,10 +44,11 @@ follow the order the visits happened, which is the order the agent takes them; J
 CSV layout 1 of docs/DROPFOLDER.md, ``body_to_csv``); ``post_realistic``
 (``POST /v1/settlements`` per hospital's agent with ``simulators.his``'s sender: the same bytes
 re-sent after a timeout or a 5xx); ``post_national`` (the national envelope on the agent's
-``/fsi/api/rsfComIfsService/callService``: 9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit,
-``national_visit``). CLI: ``yibao-sim realistic --from 2026-11-01 --to 2026-11-30 [--persons N]
-[--seed S] [--out DIR] [--drop-folder DIR --hospital CODE [--csv]] [--agent CODE=URL=TOKENFILE …
-[--national]]``. Through the envelope, 2207 must answer the split, so the visits the sample policy
+``/fsi/api/rsfComIfsService/callService``: 9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit
+and 2401 / 2301 per day / 2402 / 2304 per inpatient stay, ``national_visit``). CLI: ``yibao-sim
+realistic --from 2026-11-01 --to 2026-11-30 [--persons N] [--seed S] [--out DIR] [--drop-folder DIR
+--hospital CODE [--csv]] [--agent CODE=URL=TOKENFILE … [--national]]``. Through the envelope, 2207
+and 2304 must answer the split, so the visits the sample policy
 has no benefits for (``14``, ``41``, retired employees' outpatient visits) are refused there.
 
 **Time at the agent.** The agent stamps ``setl_time`` when the HIS posts, so a month posted in a
@@ -1358,10 +1359,15 @@ def _platform_time(iso: str) -> str:
 
 
 def national_visit(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """One settlement body as the national transactions a HIS sends for it, in order: 2201 registration,
-    2203 diagnoses (when there are several: 2201 carries only the main one), 2204 fee lines, 2207
-    settlement. ``${mdtrt_id}`` stands for the visit number the 2201 answer gives. The person is
-    identified by social-security card (``mdtrt_cert_type`` 03, the card number), read by the HIS."""
+    """One settlement body as the national transactions a HIS sends for it, in order. An outpatient
+    visit: 2201 registration, 2203 diagnoses (when there are several: 2201 carries only the main one),
+    2204 fee lines, 2207 settlement. An inpatient stay (``med_type`` 21): 2401 admission with its
+    diagnoses, 2301 the fee details of each day of the stay as the ward sends them, 2402 discharge,
+    2304 settlement. ``${mdtrt_id}`` stands for the visit number the 2201 or 2401 answer gives. The
+    person is identified by social-security card (``mdtrt_cert_type`` 03, the card number), read by
+    the HIS."""
+    if body["mdtrt"]["med_type"] == "21":
+        return _national_stay(body)
     psn, md = body["psn"], body["mdtrt"]
     dises = md["dise_codg"].split(",")
     names = md["dise_name"].split("; ")
@@ -1460,6 +1466,118 @@ def national_visit(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
+def _diseinfo(md: dict[str, Any], when: str) -> list[dict[str, Any]]:
+    dises = md["dise_codg"].split(",")
+    names = md["dise_name"].split("; ")
+    return [
+        {
+            "mdtrt_id": "${mdtrt_id}",
+            "diag_type": "1",
+            "maindiag_flag": "1" if i == 1 else "0",
+            "diag_srt_no": str(i),
+            "diag_code": code,
+            "diag_name": names[i - 1] if len(names) == len(dises) else code,
+            "diag_dept": md["dept_codg"],
+            "dise_dor_no": md["dr_codg"],
+            "diag_time": when,
+        }
+        for i, code in enumerate(dises, start=1)
+    ]
+
+
+def _national_stay(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """2401, one 2301 per day of fee details, 2402, 2304 (``national_visit``)."""
+    psn, md = body["psn"], body["mdtrt"]
+    cert = {"mdtrt_cert_type": "03", "mdtrt_cert_no": psn["card_sn"]}
+    begin, end = _platform_time(md["begntime"]), _platform_time(md["endtime"])
+    main = md["dise_codg"].split(",")[0]
+    names = md["dise_name"].split("; ")
+    diseinfo = _diseinfo(md, begin)
+    calls: list[tuple[str, dict[str, Any]]] = [
+        (
+            "2401",
+            {
+                "mdtrtinfo": {
+                    "psn_no": psn["psn_no"],
+                    "insutype": psn["insutype"],
+                    "begntime": begin,
+                    **cert,
+                    "med_type": md["med_type"],
+                    "ipt_no": md["mdtrt_id"],
+                    "atddr_no": md["dr_codg"],
+                    "adm_dept_codg": md["dept_codg"],
+                    "adm_bed": "",
+                    "dise_codg": main,
+                    "dise_name": names[0],
+                    "insuplc_admdvs": psn["insuplc_admdvs"],
+                    "gend": psn["gend"],
+                    "brdy": psn["brdy"],
+                    "psn_type": psn["psn_type"],
+                },
+                "diseinfo": [{k: v for k, v in d.items() if k != "mdtrt_id"} for d in diseinfo],
+            },
+        )
+    ]
+    by_day: dict[str, list[dict[str, Any]]] = {}
+    for ln in body["feedetl"]:
+        at = _platform_time(ln.get("fee_ocur_time") or md["endtime"])
+        line = {
+            "feedetl_sn": ln["feedetl_sn"],
+            "init_feedetl_sn": "",
+            "mdtrt_id": "${mdtrt_id}",
+            "drord_no": f"YZ{ln['feedetl_sn']}",
+            "psn_no": psn["psn_no"],
+            "med_type": md["med_type"],
+            "fee_ocur_time": at,
+            "med_list_codg": ln["med_list_codg"],
+            "medins_list_codg": f"H-{ln['med_list_codg']}",
+            "det_item_fee_sumamt": ln["det_item_fee_sumamt"],
+            "cnt": ln["cnt"],
+            "pric": ln["pric"],
+            "bilg_dept_codg": md["dept_codg"],
+            "bilg_dr_codg": md["dr_codg"],
+            "prd_days": ln.get("days", ""),
+        }
+        by_day.setdefault(at[:10], []).append(line)
+    calls.extend(("2301", {"feedetail": lines}) for _day, lines in sorted(by_day.items()))
+    calls.append(
+        (
+            "2402",
+            {
+                "dscginfo": {
+                    "mdtrt_id": "${mdtrt_id}",
+                    "psn_no": psn["psn_no"],
+                    "insutype": psn["insutype"],
+                    "endtime": end,
+                    "dise_codg": main,
+                    "dise_name": names[0],
+                    "dscg_dept_codg": md["dept_codg"],
+                    "dscg_way": "1",
+                },
+                "diseinfo": _diseinfo(md, end),
+            },
+        )
+    )
+    calls.append(
+        (
+            "2304",
+            {
+                "data": {
+                    "psn_no": psn["psn_no"],
+                    **cert,
+                    "medfee_sumamt": body["medfee_sumamt"],
+                    "psn_setlway": "01",
+                    "mdtrt_id": "${mdtrt_id}",
+                    "insutype": psn["insutype"],
+                    "acct_used_flag": "0",
+                    "mid_setl_flag": "0",
+                }
+            },
+        )
+    )
+    return calls
+
+
 def _fill(value: Any, mdtrt_id: str) -> Any:
     if value == "${mdtrt_id}":
         return mdtrt_id
@@ -1478,12 +1596,14 @@ async def post_national(
     on_error: Callable[[Planned, str, str], None] | None = None,
 ) -> dict[str, str]:
     """Drive each hospital's agent through the national envelope, as a HIS built for the platform does:
-    9001 sign-in, then per visit 2201 / (2203) / 2204 / 2207, one visit after another in visit order.
+    9001 sign-in, then per visit 2201 / (2203) / 2204 / 2207, per inpatient stay 2401 / 2301 per day /
+    2402 / 2304 (``national_visit``), one visit after another in visit order.
 
     Each envelope has its own ``msgid`` (institution code + time + 4-digit sequence) and is re-sent as
     the same bytes after a dropped connection or a 5xx (the agent answers a repeated ``msgid`` with its
     first answer). A transaction answered ``infcode`` -1 ends that visit (``on_error(planned, infno,
-    err_msg)``). Returns ``his_setl_no → setl_id`` of the visits settled (2207 ``setlinfo.setl_id``).
+    err_msg)``). Returns ``his_setl_no → setl_id`` of the visits settled (2207 or 2304
+    ``setlinfo.setl_id``).
     """
     import aiohttp
 
@@ -1545,7 +1665,9 @@ async def post_national(
                     out = answer.get("output") or {}
                     if infno == "2201":
                         mdtrt_id = out["data"]["mdtrt_id"]
-                    elif infno == "2207":
+                    elif infno == "2401":
+                        mdtrt_id = out["result"]["mdtrt_id"]
+                    elif infno in ("2207", "2304"):
                         ids[p.body["his_setl_no"]] = out["setlinfo"]["setl_id"]
 
     await asyncio.gather(*(run(code) for code in agents))

@@ -42,6 +42,7 @@ from simulators.realistic import (
     RealisticTraffic,
     generate_realistic,
     holiday,
+    national_visit,
     post_national,
     post_realistic,
     write_drop_folder,
@@ -550,10 +551,15 @@ def test_the_screening_harness_does_flag_a_planted_duplicate(tmp_path):
 
 
 def test_national_envelope_driver_settles_every_visit(last_month, tmp_path):
-    """9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit through a real agent's national envelope
-    (with the sample rules, catalogue and policy): every visit settled, once, with its own number."""
-    h = HOSPITALS[3]
-    wanted = last_month.for_hospital(h.code)[:60]
+    """9001 sign-in, then 2201 / 2203 / 2204 / 2207 per visit and 2401 / 2301 per day / 2402 / 2304 per
+    inpatient stay through a real agent's national envelope (with the sample rules, catalogue and
+    policy): every visit settled, once, with its own number; a stay as one settlement of all its days."""
+    h = HOSPITALS[2]  # a level-2 hospital: wards (level 1 has none)
+    visits = last_month.for_hospital(h.code)
+    first_stays = [p for p in visits if p.body["mdtrt"]["med_type"] == "21"][:3]
+    wanted = [p for i, p in enumerate(visits) if i < 60 or p in first_stays]  # in visit order
+    stays = [p for p in wanted if p.body["mdtrt"]["med_type"] == "21"]
+    assert len(stays) >= 3 and all(len(national_visit(p.body)) >= 5 for p in stays)  # 2401, 2301…, 2402, 2304
     errors: list[tuple[Planned, str, str]] = []
 
     async def main() -> dict[str, str]:
@@ -595,3 +601,16 @@ def test_national_envelope_driver_settles_every_visit(last_month, tmp_path):
     assert len(ids) > 20 and len(set(ids.values())) == len(ids)
     with sqlite3.connect(tmp_path / "agent.db") as db:
         assert db.execute("SELECT count(*) FROM settlements").fetchone()[0] == len(ids)
+        for p in stays:  # each stay: one settlement of every line of every day
+            total, n_lines = db.execute(
+                "SELECT s.medfee_sumamt, count(*) FROM settlements AS s JOIN hist_lines AS h USING (setl_id) "
+                "WHERE s.setl_id = ?", (ids[p.body["his_setl_no"]],)
+            ).fetchone()  # fmt: skip
+            assert total == int(Decimal(p.body["medfee_sumamt"]) * 100) and n_lines == len(p.body["feedetl"])
+    with sqlite3.connect(tmp_path / "national.db") as db:
+        held = {setl_id: (kind, json.loads(reg)) for setl_id, kind, reg in db.execute(
+            "SELECT setl_id, kind, reg FROM visits WHERE state = 'settled'"
+        )}  # fmt: skip
+    assert Counter(kind for kind, _ in held.values()) == {"ipt": len(stays), "otp": len(ids) - len(stays)}
+    for p in stays:  # the stay's length as 2402 made it: discharge date minus admission date
+        assert held[ids[p.body["his_setl_no"]]][1]["ipt_days"] == p.body["mdtrt"]["ipt_days"]
