@@ -11,6 +11,12 @@ asked. The rules:
    nothing: there is no card to name.
 2. The log is durable before the cashier is answered, like a settlement; if the outbox refuses it
    (full, disk nearly full) the cashier gets that error — an unlogged read would be an unaudited one.
+   A settlement refused because of the card itself (on the card blacklist, or replaced by the card
+   office) logs ``auth_failed`` with that code (``blacklisted``, ``card_replaced``): the attempt to
+   settle with a lost card is what the centre's history of the card must show. The refusal is
+   answered even when that log cannot be chained (the cashier must hear "blocked"); a preview logs
+   nothing, and each refused attempt is one log (a HIS that sends the refused settlement again logs
+   again).
 3. A lost-card report is validated first (bad input → ``validation_failed``, nothing chained); the
    centre turns it into a pending blacklist change an operator approves (``central.policy.changes``).
 4. Applying a blacklist bundle logs ``blacklist_applied`` with its seq; the centre's replacement gate
@@ -25,16 +31,16 @@ import logging
 import secrets
 import time
 
-from protocol.errors import ValidationFailed
+from protocol.errors import ProtocolError, ValidationFailed
 from protocol.records import CardLog, card_log_problems
 
 from .card import CardReader
-from .errors import CardCounterfeit, CardExpired
+from .errors import AgentError, CardCounterfeit, CardExpired
 from .identity import Identity
 from .intake import now_iso
 from .store import Outbox, Receipt
 
-__all__ = ["blacklist_applied_log", "identify_and_log", "new_log_id", "report_lost"]
+__all__ = ["blacklist_applied_log", "identify_and_log", "log_refused_card", "new_log_id", "report_lost"]
 
 log = logging.getLogger("yibao.agent.cardlog")
 
@@ -82,6 +88,20 @@ async def report_lost(
     receipt = await outbox.append_card_log(record)
     log.info("lost-card report chained at seq %d by %s", receipt.seq, opter)  # never the card number
     return receipt
+
+
+async def log_refused_card(
+    outbox: Outbox, *, fixmedins_code: str, opter: str, card_sn: str, code: str
+) -> Receipt | None:
+    """Chain ``auth_failed`` for a settlement refused because of its card; None when it could not be
+    chained (the outbox refused it, or the card number is not one a card log can carry): logged as a
+    warning, never raised, since the refusal must reach the cashier whatever happens here."""
+    record = _log("auth_failed", fixmedins_code, opter, card_sn=card_sn, code=code)
+    try:
+        return await outbox.append_card_log(record)
+    except (AgentError, ProtocolError) as exc:
+        log.warning("a card refused with %s was not logged (%s): %s", code, exc.code, exc.message)
+        return None
 
 
 def blacklist_applied_log(fixmedins_code: str, area: str, seq: int) -> CardLog:

@@ -16,6 +16,7 @@ from typing import Any
 from protocol.errors import ProtocolError, ValidationFailed
 from protocol.records import Settlement
 
+from .cardlog import log_refused_card
 from .checks import DeskChecks, DeskOutcome
 from .config import AgentConfig
 from .errors import AgentError, Blacklisted, CardReplaced
@@ -148,7 +149,14 @@ async def settle_record(
     """
     outcome = None
     if not outbox.has_settlement(record.his_setl_no):
-        refuse_blacklisted(policy, record)
+        try:
+            refuse_blacklisted(policy, record)
+        except (Blacklisted, CardReplaced) as refused:
+            card_sn = record.psn.card_sn
+            if card_sn and (isinstance(refused, CardReplaced) or refused.extra.get("list_type") == "card"):
+                await log_refused_card(outbox, fixmedins_code=record.fixmedins_code, opter=record.opter,
+                                       card_sn=card_sn, code=refused.code)  # fmt: skip
+            raise
         if desk is not None:
             outcome = await desk.settle(record, acct_balance=acct_balance)
         if before_append is not None:

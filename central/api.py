@@ -556,11 +556,12 @@ async def renew_cert(request: web.Request) -> web.Response:
     return web.json_response({"client_cert": cert})
 
 
-_PERSON_SEGMENT = re.compile(r"^(/v1/persons/)[^/?]*")
+_PERSON_SEGMENT = re.compile(r"^(/v1/persons/|/v1/monitor/cards/)[^/?]*")
 
 
 class RedactingAccessLogger(AbstractAccessLogger):
-    """The server's access log, with the psn_no in ``/v1/persons/…`` paths replaced by ``-``."""
+    """The server's access log, with the psn_no in ``/v1/persons/…`` paths and the card number in
+    ``/v1/monitor/cards/…`` replaced by ``-``."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         path = _PERSON_SEGMENT.sub(r"\1-", request.path)

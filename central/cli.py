@@ -47,6 +47,8 @@ Hospitals and personal-data access (``central.intake.hospitals``, ``central.inta
     hospitals import FILE.csv               (audited; all rows or none; docs/IMPORT.md has the columns)
     hospitals list [--json]
     cards gate CARD_SN [--area A] [--json]  may a lost card's replacement be issued? (exit 2: not yet)
+    cards history CARD_SN [--json]          the card's events at every institution; uses after the loss
+                                            (reviewer, supervisor, policy or admin; audited)
     cards correct --card-sn SN [--new-card-sn NEW] [--field F]... --reason R [--area A]   (proposed)
     cards notify --id ID --card-sn SN --type topup|balance|message [--amount YUAN] --text T
                  --valid-from D --valid-to D [--area A]                                 (proposed)
@@ -1037,6 +1039,11 @@ def _run(args: argparse.Namespace) -> int:
             return cli_import.run(args, config, store, actor)
         elif args.verb == "cards" and args.cards_verb == "gate":
             return cards.run(args, store)
+        elif args.verb == "cards" and args.cards_verb == "history":
+            op = _acting(store, args, cards.HISTORY_ROLES, "read a card's history")
+            history = store.write(lambda c: cards.looked_up_history(c, op, args.card_sn))
+            cards.print_history(history, args.json)
+            return 0
         elif args.verb == "cards":
             return _cards(args, config, store)
         elif args.verb == "declarations":

@@ -10,17 +10,26 @@ each log stored exactly once, whatever the agent re-sends. Rules:
    (``central.policy.changes.propose_lost_card``; maker ``desk:AGENT_ID``) in the same transaction: a
    crash leaves both or neither. An operator approves it and the entry goes out in a signed bundle.
 3. Nothing here logs the card number; log lines name the agent and the seq.
+
+``card_history`` is what a reviewer asks of one card: every event of it at every institution, in the
+order they happened, and which came after the card was reported lost or blacklisted. A ``used`` after
+that moment is the double use the replacement gate exists to prevent (an institution that had not yet
+applied the entry); an ``auth_failed`` with ``blacklisted`` or ``card_replaced`` is one that refused it.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
 
+from central.errors import NotFound
 from central.policy.changes import propose_lost_card
 from protocol.records import CardLog
 
-__all__ = ["CARD_LOG_COLUMNS", "card_log_row", "store_card_logs"]
+__all__ = ["CARD_LOG_COLUMNS", "card_history", "card_log_row", "store_card_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +87,66 @@ def store_card_logs(conn: sqlite3.Connection, cards: dict[int, tuple], records: 
         rows.append(row)
     conn.executemany(_INSERT, rows)
     return len(rows)
+
+
+#: Codes of an ``auth_failed`` that mean the institution refused the card because it is blocked.
+REFUSED_BLOCKED = ("blacklisted", "card_replaced")
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.now().astimezone().tzinfo)
+
+
+def card_history(
+    conn: sqlite3.Connection, card_sn: str, areas: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Every logged event of a card (within ``areas``, the agents' pooling areas; None: all), oldest
+    first, each marked ``after_lost`` when it came after the card was first reported lost at a desk or
+    put on a card blacklist; ``NotFound`` when the centre holds nothing of the card there."""
+    events = [
+        dict(zip(("at", "event", "code", "reason", "fixmedins_code", "agent_id", "area", "opter", "seq",
+                  "change_id"), row, strict=True))
+        for row in conn.execute(
+            "SELECT l.at, l.event, l.code, l.reason, l.fixmedins_code, l.agent_id, a.pooling_area, l.opter, "
+            "l.seq, l.change_id FROM card_logs AS l JOIN agents AS a USING (agent_id) WHERE l.card_sn = ?",
+            (card_sn,),
+        )
+    ]  # fmt: skip
+    entries = [
+        {"area": area, "reason": reason, "added_seq": seq, "added_at": added_at}
+        for area, reason, seq, added_at in conn.execute(
+            "SELECT area, reason, added_seq, added_at FROM blacklist WHERE list_type = 'card' AND id = ? "
+            "ORDER BY area",
+            (card_sn,),
+        )
+    ]
+    if areas is not None:
+        events = [e for e in events if e["area"] in areas]
+        entries = [e for e in entries if e["area"] in areas]
+    if not events and not entries:
+        raise NotFound(f"the centre holds no card log and no card blacklist entry of card {card_sn}"
+                       + (" in your areas" if areas is not None else ""))  # fmt: skip
+    events.sort(key=lambda e: (_moment(e["at"]), e["agent_id"], e["seq"]))
+    marks = [_moment(e["at"]) for e in events if e["event"] == "lost"]
+    marks += [_moment(e["added_at"]) for e in entries]
+    lost_since = min(marks) if marks else None
+    for e in events:
+        # times are to the second: a refusal for the block in the very second the entry was added came
+        # after it (only a held entry refuses); a use in that second may have come before
+        e["refused_blocked"] = e["event"] == "auth_failed" and e["code"] in REFUSED_BLOCKED
+        moment = _moment(e["at"])
+        e["after_lost"] = lost_since is not None and (
+            moment > lost_since or (moment == lost_since and e["refused_blocked"])
+        )
+    later = [e for e in events if e["after_lost"]]
+    refused = [e for e in later if e["refused_blocked"]]
+    return {
+        "card_sn": card_sn,
+        "lost_since": lost_since.isoformat() if lost_since else None,
+        "blacklist": entries,
+        "events": events,
+        "used_after_lost": sum(e["event"] == "used" for e in later),
+        "refused_after_lost": len(refused),
+        "hospitals": sorted({e["fixmedins_code"] for e in events}),
+    }

@@ -112,6 +112,11 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
+def _template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "-"
+
+
 def _route(handler: Handler, status: int = 200) -> Callable[[web.Request], Awaitable[web.Response]]:
     """Authenticate the operator, run the handler, answer JSON; errors in the centre's JSON shape."""
 
@@ -122,11 +127,11 @@ def _route(handler: Handler, status: int = 200) -> Callable[[web.Request], Await
             token = _bearer(request)
             op = await store.read_async(lambda c: operator_by_token(c, token))
             return _reply(await handler(request, op), status)
-        except CentralError as exc:
-            log.info("monitor %s %s refused (%s)", request.method, request.rel_url.path, exc.code)
+        except CentralError as exc:  # the route's template, not its path: a path may name a card
+            log.info("monitor %s %s refused (%s)", request.method, _template(request), exc.code)
             return _error(exc, as_msgpack=False)
         except Exception:
-            log.exception("monitor %s %s failed", request.method, request.rel_url.path)
+            log.exception("monitor %s %s failed", request.method, _template(request))
             return _error(
                 InternalError("the centre failed to handle the request; it was logged, retry later"),
                 as_msgpack=False,

@@ -21,18 +21,25 @@ what each still lacks (``applied``, ``logged``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sqlite3
 import sys
 from typing import Any
 
 from central.errors import NotFound
+from central.intake.cardlogs import card_history
+from central.operators import ROLES, Operator
+from central.policy.bundles import audit_in
 from central.storage.store import Store
 from protocol.bundles import CORRECTION_FIELDS, NOTICE_TYPES, CardCorrection, CardNotice, CardsEntry
 
 from .card_notices import yuan_to_fen
 
-__all__ = ["add_parsers", "add_routes", "entries_of", "print_list", "replacement_gate", "run"]
+__all__ = [
+    "HISTORY_ROLES", "add_parsers", "add_routes", "entries_of", "looked_up_history", "print_history",
+    "print_list", "replacement_gate", "run",
+]  # fmt: skip
 
 
 def replacement_gate(conn: sqlite3.Connection, card_sn: str, area: str | None = None) -> dict[str, Any]:
@@ -101,6 +108,11 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     gate.add_argument("card_sn", metavar="CARD_SN")
     gate.add_argument("--area", help="only this pooling area")
     gate.add_argument("--json", action="store_true", help="one JSON object")
+    history = sub.add_parser(
+        "history", help="every logged event of a card at every institution; which came after it was lost"
+    )
+    history.add_argument("card_sn", metavar="CARD_SN")
+    history.add_argument("--json", action="store_true", help="one JSON object")
 
     # Corrections and notices sent down in the ``cards`` bundle (``central.policy.card_notices``):
     # proposed here, published when another policy operator approves (``changes approve``).
@@ -198,6 +210,51 @@ def run(args: argparse.Namespace, store: Store) -> int:
     return 0 if gate["replacement_allowed"] else 2
 
 
+#: Who may read a card's history: those who investigate (reviewers, supervisors), maintain the card
+#: lists (policy) or run the centre (admin). Every lookup is in the audit log.
+HISTORY_ROLES = ROLES
+
+
+def looked_up_history(conn: sqlite3.Connection, op: Operator, card_sn: str) -> dict[str, Any]:
+    """The card's history within the operator's areas (an admin of no area: every area), audited in the
+    same transaction as ``card.history`` with a digest of the card number (the audit log is read by
+    more people than the card logs are)."""
+    areas = op.scope if op.scope or not op.has("admin") else None
+    history = card_history(conn, card_sn, areas)
+    digest = hashlib.sha256(card_sn.encode()).hexdigest()[:16]
+    audit_in(conn, op.actor(), "card.history", {"card_sha256": digest, "events": len(history["events"])})
+    return history
+
+
+def print_history(h: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(h, ensure_ascii=False))
+        return
+    since = h["lost_since"]
+    print(f"card {h['card_sn']}: " + (f"lost or blacklisted since {since}" if since else "not reported lost"))
+    for b in h["blacklist"]:
+        print(f"  on the card blacklist of area {b['area']} since {b['added_at']} (bundle {b['added_seq']}; "
+              f"{b['reason']})")  # fmt: skip
+    for e in h["events"]:
+        what = e["event"] + (f" {e['code']}" if e["code"] else "")
+        what += f" ({e['reason']})" if e["reason"] else ""
+        mark = "  AFTER LOST" if e["after_lost"] and e["event"] == "used" else ""
+        print(f"  {e['at']}  {e['fixmedins_code']}  {what}  by {e['opter']} (agent {e['agent_id']} seq "
+              f"{e['seq']}){mark}")  # fmt: skip
+    print(f"{len(h['events'])} events at {len(h['hospitals'])} institutions; after the loss: "
+          f"{h['used_after_lost']} used, {h['refused_after_lost']} refused")  # fmt: skip
+
+
+async def _history_route(request: Any, op: Any) -> dict[str, Any]:
+    """``GET /v1/monitor/cards/{card_sn}/history``: ``looked_up_history`` for the signed-in operator."""
+    from central.monitoring import routes as m
+    from central.operators import require_role
+
+    require_role(op, HISTORY_ROLES, "read a card's history")
+    card_sn = request.match_info["card_sn"]
+    return await m._store(request).write_async(lambda c: looked_up_history(c, op, card_sn))
+
+
 async def _gate_route(request: Any, op: Any) -> dict[str, Any]:
     """``GET /v1/monitor/cards/{card_sn}/gate?area=``: the gate within the operator's areas (an area
     outside them is refused; a card blacklisted only outside them is ``not_found``)."""
@@ -222,7 +279,8 @@ async def _gate_route(request: Any, op: Any) -> dict[str, Any]:
 
 
 def add_routes(app: Any) -> None:
-    """Register the gate's JSON route (from ``central.api.create_app``)."""
+    """Register the gate's and the history's JSON routes (from ``central.api.create_app``)."""
     from central.monitoring import routes as m
 
     app.router.add_get("/v1/monitor/cards/{card_sn}/gate", m._route(_gate_route), allow_head=False)
+    app.router.add_get("/v1/monitor/cards/{card_sn}/history", m._route(_history_route), allow_head=False)

@@ -348,7 +348,8 @@ class _CardBlacklist:
 
 
 def test_refusals_beyond_validation_are_rejected_too(tmp_path):
-    """403 blacklisted and 409 his_setl_no conflict: the API's bodies, nothing (more) settled."""
+    """403 blacklisted and 409 his_setl_no conflict: the API's bodies, nothing (more) settled; the
+    blocked card's refusal is chained as a card log, as at the API."""
 
     async def scenario(folder, outbox, root):
         other_card = example_settlement("S-OK")
@@ -364,7 +365,7 @@ def test_refusals_beyond_validation_are_rejected_too(tmp_path):
         assert blocked["error"]["list_version"] == 3 and "A12345678" not in json.dumps(blocked)
         conflict = json.loads((root / "rejected" / "changed.json.error.json").read_text())
         assert conflict["status"] == 409 and conflict["error"]["code"] == "his_setl_no_conflict"
-        assert outbox.last_seq == 1 and list(_settled(tmp_path)) == ["S-OK"]
+        assert outbox.last_seq == 2 and list(_settled(tmp_path)) == ["S-OK"]  # seq 2: the card log
 
     _run(tmp_path, scenario, policy=_CardBlacklist())
 

@@ -127,11 +127,11 @@ def test_page_follows_the_traffic_and_the_upload_and_names_no_person(tmp_path):
         assert status == 200
         page = samples(text)
         pending = outbox.status()["pending"]
-        assert pending == 2
+        assert pending == 3  # two settlements and the blocked card's refusal (a card log)
         assert value(page, "yibao_agent_outbox_pending_records") == pending
         assert value(page, "yibao_agent_outbox_pending_bytes") == outbox.status()["bytes"] > 0
         assert value(page, "yibao_agent_outbox_oldest_pending_age_seconds") >= 0
-        assert value(page, "yibao_agent_outbox_last_seq") == 2
+        assert value(page, "yibao_agent_outbox_last_seq") == 3
         assert value(page, "yibao_agent_outbox_acked_seq") == 0
         requests = "yibao_agent_http_requests_total"
         assert value(page, requests, method="POST", route="/v1/settlements", status="201") == 2
@@ -156,10 +156,10 @@ def test_page_follows_the_traffic_and_the_upload_and_names_no_person(tmp_path):
         task = asyncio.create_task(uploader.run())
         try:
             for _ in range(200):
-                if outbox.acked_seq == 2:
+                if outbox.acked_seq == 3:
                     break
                 await asyncio.sleep(0.05)
-            assert outbox.acked_seq == 2
+            assert outbox.acked_seq == 3
             status, text = await curl(url, TOKEN)
         finally:
             uploader.stop()
@@ -167,8 +167,8 @@ def test_page_follows_the_traffic_and_the_upload_and_names_no_person(tmp_path):
         page = samples(text)
         assert value(page, "yibao_agent_outbox_pending_records") == outbox.status()["pending"] == 0
         assert value(page, "yibao_agent_outbox_oldest_pending_age_seconds") == 0
-        assert value(page, "yibao_agent_outbox_acked_seq") == 2
-        assert value(page, "yibao_agent_upload_records_acked_total") == 2
+        assert value(page, "yibao_agent_outbox_acked_seq") == 3
+        assert value(page, "yibao_agent_upload_records_acked_total") == 3
         assert value(page, "yibao_agent_upload_batches_total") == uploader.batches_sent >= 1
         assert value(page, "yibao_agent_central_reachable") == 1
         assert value(page, "yibao_agent_upload_last_duration_seconds") >= 0

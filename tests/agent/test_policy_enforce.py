@@ -80,7 +80,8 @@ def test_blacklisted_card_person_employer_are_refused_and_removal_reopens(tmp_pa
                 await refused(settlement("S1"), "card", 1)
                 await refused(settlement("S2", card_sn="CLEAN1", psn_no="P-DECEASED"), "person", 1)
                 await refused(settlement("S3", card_sn="CLEAN1", emp_no="E-SUSPENDED"), "employer", 1)
-                assert outbox.last_seq == 0  # nothing written
+                # no settlement written; the card's refusal is chained as a card log (agent.cardlog)
+                assert outbox.last_seq == 1 and outbox.status()["pending"] == 1
 
                 # Published ahead of time: not in force yet.
                 async with http.post(
@@ -88,15 +89,15 @@ def test_blacklisted_card_person_employer_are_refused_and_removal_reopens(tmp_pa
                 ) as r:
                     assert r.status == 201, await r.text()
                 # Settled before its card was listed: a retry is answered, not refused.
-                first = settlement("S5", card_sn="SOON-LOST")
+                first = settlement("S5", card_sn="SOONLOST1")
                 async with http.post("/v1/settlements", json=first) as r:
                     assert r.status == 201
-                repo.blacklist(2, [card("SOON-LOST")], base=1)
+                repo.blacklist(2, [card("SOONLOST1")], base=1)
                 repo.publish()
                 assert (await asyncio.to_thread(client.update)).ok
                 async with http.post("/v1/settlements", json=first) as r:
                     assert r.status == 200 and (await r.json())["duplicate"] is True
-                await refused(settlement("S6", card_sn="SOON-LOST"), "card", 2)
+                await refused(settlement("S6", card_sn="SOONLOST1"), "card", 2)
 
                 # The operator removes the card: a delta, and the same settlement goes through.
                 repo.blacklist(3, [unlist("card", card_sn)], base=2)
@@ -104,7 +105,7 @@ def test_blacklisted_card_person_employer_are_refused_and_removal_reopens(tmp_pa
                 assert (await asyncio.to_thread(client.update)).ok
                 async with http.post("/v1/settlements", json=settlement("S1")) as r:
                     assert r.status == 201, await r.text()
-                assert outbox.last_seq == 3
+                assert outbox.last_seq == 5  # 3 settlements, the 2 refused cards' logs
 
                 async with http.get("/v1/status") as r:
                     status = await r.json()

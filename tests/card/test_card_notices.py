@@ -17,6 +17,8 @@ from agent.policy import PolicyClient
 from agent.policy_store import PolicyStore
 from agent.store import Outbox
 from protocol.bundles import CardCorrection, CardNotice, CardsEntry
+from protocol.chain import decode_body, decode_entry
+from protocol.records import CardLog
 from simulators.vcard import card_for
 from tests.agent.tufrepo import AREA, Repo, serve
 from tests.card.conftest import PSN_NO
@@ -103,8 +105,12 @@ def test_a_replaced_card_is_shown_with_its_notice_and_refused_at_settlement(tmp_
             assert err["code"] == "card_replaced" and err["new_card_sn"] == NEW_CARD
             assert "new social-security card" in err["action"] and NEW_CARD in err["message"]
             assert PSN_NO not in err["message"] and ident["psn_name"] not in err["message"]
-        assert outbox.last_seq == 1  # nothing written: no settlement, no second log
-        assert not outbox.has_settlement("REPLACED-1")
+        # no settlement; the settlement's refusal (not the preview's) is chained as the card's event
+        assert outbox.last_seq == 2 and not outbox.has_settlement("REPLACED-1")
+        refused = decode_body(decode_entry(outbox.read_pending(1, 1, 1 << 20)[0].raw))
+        assert isinstance(refused, CardLog)
+        assert (refused.event, refused.code) == ("auth_failed", "card_replaced")
+        assert refused.card_sn == ident["card_sn"]
 
     _run(tmp_path, scenario)
 

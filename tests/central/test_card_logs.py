@@ -3,6 +3,8 @@ an operator approves, and the replacement gate waits until every agent applied *
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 
 import pytest
@@ -165,3 +167,140 @@ def test_the_gate_over_http_within_the_operators_areas(server, policy, signers) 
     assert status == 200 and gate["replacement_allowed"] is True  # type: ignore[index]
     assert _error(other.get("/cards/C-LOST/gate")) == (404, "not_found")  # not an area of theirs
     assert _error(other.get(f"/cards/C-LOST/gate?area={AREA}"))[0] == 403
+
+
+LOST_CARD = "110100D15600000777"
+SECOND = "H11010100002"  # another hospital of the area
+
+
+def _history_scenario(store: Store, policy: Policy, signers, checker: Operator) -> tuple[Chain, Chain]:
+    """The card is used at A, reported lost at A (approved: blacklisted), then used at B (which had not
+    applied the entry yet) and refused at A; another card's log is there too."""
+    a, b = enrol(store), enrol(store, SECOND)
+    at = "2026-11-24T{}:00+08:00".format
+    append_log(a, CardLog(event="used", at=at("08:00"), fixmedins_code=HOSPITAL, log_id="C1", opter="li.na",
+                          card_sn=LOST_CARD))  # fmt: skip
+    append_log(a, CardLog(event="lost", at=at("09:00"), fixmedins_code=HOSPITAL, log_id="C2", opter="li.na",
+                          card_sn=LOST_CARD, reason="stolen with the wallet"))  # fmt: skip
+    append_log(a, CardLog(event="used", at=at("09:30"), fixmedins_code=HOSPITAL, log_id="C3", opter="li.na",
+                          card_sn="110100D15600000888"))  # fmt: skip
+    append_log(b, CardLog(event="used", at="2026-11-24T02:10:00+00:00", fixmedins_code=SECOND, log_id="C4",
+                          opter="wang.wei", card_sn=LOST_CARD))  # 10:10 in Beijing  # fmt: skip
+    append_log(a, CardLog(event="auth_failed", at=at("11:00"), fixmedins_code=HOSPITAL, log_id="C5",
+                          opter="li.na", card_sn=LOST_CARD, code="blacklisted"))  # fmt: skip
+    ingestor = Ingestor(store)
+    assert ingestor.ingest(a.batch(1, 4)).rejected == [] and ingestor.ingest(b.batch(1, 1)).rejected == []
+    (change_id,) = [r[0] for r in rows(store, "SELECT change_id FROM card_logs WHERE change_id IS NOT NULL")]
+    change = store.read(lambda c: changes.get_change(c, change_id))
+    changes.approve(store, policy, checker, change_id, change["digest"], signers, "checked")
+    return a, b
+
+
+def test_a_cards_history_shows_every_institution_and_the_uses_after_the_loss(
+    store: Store, policy: Policy, signers, checker
+) -> None:
+    from central.errors import NotFound
+    from central.intake.cardlogs import card_history
+
+    _a, b = _history_scenario(store, policy, signers, checker)
+    h = store.read(lambda c: card_history(c, LOST_CARD))
+    assert [(e["event"], e["fixmedins_code"], e["code"], e["after_lost"]) for e in h["events"]] == [
+        ("used", HOSPITAL, None, False),
+        ("lost", HOSPITAL, None, False),
+        ("used", SECOND, None, True),  # ordered by the moment, whatever the offset it was written with
+        ("auth_failed", HOSPITAL, "blacklisted", True),
+    ]
+    assert h["lost_since"] == "2026-11-24T09:00:00+08:00"
+    assert (h["used_after_lost"], h["refused_after_lost"], h["hospitals"]) == (1, 1, [HOSPITAL, SECOND])
+    assert [(e["area"], e["reason"]) for e in h["blacklist"]] == [(AREA, "stolen with the wallet")]
+    assert h["events"][1]["change_id"] is not None and h["events"][2]["agent_id"] == b.agent_id
+    with pytest.raises(NotFound, match="in your areas"):
+        store.read(lambda c: card_history(c, LOST_CARD, {"370200"}))
+    with pytest.raises(NotFound, match="no card log"):
+        store.read(lambda c: card_history(c, "110100D15600000999"))
+
+
+def test_the_cli_prints_a_cards_history_for_a_known_operator_and_audits_it(
+    store: Store, policy: Policy, signers, checker, config, act_as, capsys, monkeypatch
+) -> None:
+    from central.cli import main
+
+    _history_scenario(store, policy, signers, checker)
+    home = ["--home", str(config.home)]
+    monkeypatch.delenv("YIBAO_OPERATOR_TOKEN", raising=False)
+    assert main([*home, "cards", "history", LOST_CARD]) == 4  # no operator: refused, nothing read
+    assert "YIBAO_OPERATOR_TOKEN" in capsys.readouterr().err
+    act_as("rev", "reviewer", AREA)
+    assert main([*home, "cards", "history", LOST_CARD]) == 0
+    out = capsys.readouterr().out
+    assert f"card {LOST_CARD}: lost or blacklisted since 2026-11-24T09:00:00+08:00" in out
+    assert f"{SECOND}  used  by wang.wei" in out and out.count("AFTER LOST") == 1
+    assert "4 events at 2 institutions; after the loss: 1 used, 1 refused" in out
+    assert main([*home, "cards", "history", LOST_CARD, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["used_after_lost"] == 1
+    audited = rows(store, "SELECT operator, detail FROM audit_log WHERE action = 'card.history'")
+    assert [op for op, _ in audited] == ["rev", "rev"]
+    assert LOST_CARD not in audited[0][1] and json.loads(audited[0][1])["events"] == 4
+    assert main([*home, "cards", "history", "110100D15600000999"]) != 0  # unknown card: not found
+    assert "no card log" in capsys.readouterr().err
+    assert len(rows(store, "SELECT 1 FROM audit_log WHERE action = 'card.history'")) == 2  # not audited
+
+
+def test_a_cards_history_over_http_within_the_operators_areas(server, policy, signers, caplog) -> None:
+    from tests.central.monitor_helpers import operator
+
+    from .test_monitor_api import Client, _error
+
+    store = server.store
+    checker = add_operator(store, ACTOR, "checker", area=None, role="policy")[0]
+    _history_scenario(store, policy, signers, checker)
+    mine = Client(server, operator(store, "mine", AREA, role="reviewer")[1])
+    other = Client(server, operator(store, "other", "370200", role="reviewer")[1])
+    status, h = mine.get(f"/cards/{LOST_CARD}/history")
+    assert status == 200 and h["used_after_lost"] == 1 and len(h["events"]) == 4  # type: ignore[index]
+    with caplog.at_level(logging.INFO):
+        assert _error(other.get(f"/cards/{LOST_CARD}/history")) == (404, "not_found")
+    assert "/v1/monitor/cards/{card_sn}/history refused (not_found)" in caplog.text
+    assert LOST_CARD not in caplog.text  # the log names the route, not the card
+    assert _error(Client(server, "not-a-token").get(f"/cards/{LOST_CARD}/history"))[0] == 401
+
+
+def test_the_access_log_hides_the_card_number() -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from aiohttp.web import Response
+
+    from central.api import RedactingAccessLogger
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("test.cards.access")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    RedactingAccessLogger(logger, "").log(
+        make_mocked_request("GET", f"/v1/monitor/cards/{LOST_CARD}/history"), Response(status=200), 0.002
+    )
+    assert records and LOST_CARD not in records[0] and '"GET /v1/monitor/cards/-/history" 200' in records[0]
+
+
+def test_in_the_second_of_the_loss_a_refusal_came_after_it_and_a_use_may_not_have(store: Store) -> None:
+    from central.intake.cardlogs import card_history
+
+    a = enrol(store)
+    at = "2026-11-24T09:00:00+08:00"
+    for n, (event, fields) in enumerate([
+        ("lost", {"reason": "lost"}), ("used", {}), ("auth_failed", {"code": "blacklisted"}),
+        ("auth_failed", {"code": "card_auth_failed"}),  # a chip that failed: not a refusal for the loss
+    ], start=1):  # fmt: skip
+        append_log(a, CardLog(event=event, at=at, fixmedins_code=HOSPITAL, log_id=f"T{n}", opter="li.na",
+                              card_sn=LOST_CARD, **fields))  # type: ignore[arg-type]  # fmt: skip
+    Ingestor(store).ingest(a.batch(1, 4))
+    h = store.read(lambda c: card_history(c, LOST_CARD))
+    assert [(e["event"], e["code"], e["after_lost"]) for e in h["events"]] == [
+        ("lost", None, False), ("used", None, False), ("auth_failed", "blacklisted", True),
+        ("auth_failed", "card_auth_failed", False),
+    ]  # fmt: skip
+    assert (h["used_after_lost"], h["refused_after_lost"]) == (0, 1)

@@ -235,7 +235,8 @@ def test_settlements_screened_into_suspicions_become_blacklists_the_agents_enfor
             assert err["reason"] == reason
             assert err["list_version"] == d2["bundle_seq"]
             assert psn_no not in err["message"] and CARDS[psn_no] not in err["message"]
-            assert agent.status()["outbox"]["last_seq"] == before  # nothing written
+            # no settlement written; a refusal for the card itself is chained as the card's event
+            assert agent.status()["outbox"]["last_seq"] == before + (list_type == "card")
             assert not _agent_db_holds(agent, his_setl_no)
         assert _agent_db_holds(a, "MON-0") and _agent_db_holds(b, "MON-3")  # the check can see a settlement
         before = a.status()["outbox"]["last_seq"]

@@ -50,7 +50,12 @@ def test_operator_blacklists_a_card_and_lifts_it(tmp_path):
 
         last_seq = wait_until(settled_down, timeout=20, what="the agent chaining the blacklist_applied log")
         code, _ = agent.settle(example_settlement("E2E-REFUSED"))
-        assert code == 403 and agent.status()["outbox"]["last_seq"] == last_seq  # refused: nothing written
+        # refused: no settlement written; the refusal is chained as the card's event (agent.cardlog)
+        assert code == 403 and agent.status()["outbox"]["last_seq"] == last_seq + 1
+        wait_until(agent.drained, timeout=30, what="the refusal's card log reaching the centre")
+        history = json.loads(central.cli("cards", "history", CARD, "--json"))
+        assert history["refused_after_lost"] >= 2 and history["used_after_lost"] == 0, history
+        assert {(e["event"], e["code"]) for e in history["events"]} == {("auth_failed", "blacklisted")}
 
         central.cli("blacklist", "remove", "--type", "card", "--id", CARD, "--reason", "card found",
                     "--area", AREA)  # fmt: skip
