@@ -144,7 +144,8 @@ async def settle_record(
     """Check and durably append one parsed settlement: the blacklist, the in-event rules and the split
     (``desk``), then the outbox. The REST body, the drop folder and the national 2207 all end here.
 
-    A retry of a settlement the agent already holds gets its first answer with no checks again.
+    A retry of a settlement the agent already holds gets its first answer with no checks again. A
+    refusal for the card itself is chained as the card's event first (``cardlog.log_refused_card``).
     ``before_append`` may refuse the checked record (the national envelope needs a computed split).
     """
     outcome = None

@@ -67,6 +67,18 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "gate_holds": ("持有黑名单包", "holds blacklist bundle"),
     "gate_no_log": ("无应用记录", "no blacklist_applied log"),
     "gate_logged_seq": ("已记录包", "logged bundle"),
+    "card_history": ("卡使用记录", "Card history"),
+    "card_history_help": (
+        "该卡在各机构的全部事件，按发生时间排列；挂失或列入黑名单后的刷卡为重复使用嫌疑（本次查询已记入审计日志）。",
+        "Every event of the card at every institution, oldest first; a use after it was lost or blacklisted "
+        "is the double use the gate prevents (this lookup is in the audit log).",
+    ),
+    "lost_since": ("挂失/列入黑名单时间", "Lost or blacklisted since"),
+    "not_lost": ("未挂失", "not reported lost"),
+    "card_event": ("事件", "Event"),
+    "after_lost": ("挂失后", "after the loss"),
+    "used_after_lost": ("挂失后刷卡", "Used after the loss"),
+    "refused_after_lost": ("挂失后被拒", "Refused after the loss"),
     "card_sn": ("卡识别码", "Card"),
     "corrections": ("卡片更正（下发至终端）", "Card corrections (sent to the agents)"),
     "new_card_sn": ("新卡", "New card"),

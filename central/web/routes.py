@@ -24,7 +24,7 @@ import jinja2
 from aiohttp import web
 
 from central.config import CentralConfig
-from central.errors import CentralError, ConfigInvalid, MonitorInputInvalid, OperatorTokenInvalid
+from central.errors import CentralError, ConfigInvalid, MonitorInputInvalid, NotFound, OperatorTokenInvalid
 from central.monitoring.analysis import BY, MEASURES, analyse
 from central.monitoring.review import (
     add_note,
@@ -44,7 +44,7 @@ from central.monitoring.screening import backtest, rules_in_force
 from central.monitoring.suspicions import STATUSES
 from central.operators import Operator, home_signers, operator_by_token, require_area, require_supervisor
 from central.policy.bundles import Policy
-from central.policy.cards import replacement_gate
+from central.policy.cards import looked_up_history, replacement_gate
 from protocol.errors import RulesInvalid
 
 from . import charts, queries
@@ -490,8 +490,15 @@ async def cards(request: web.Request, op: Operator) -> Any:
         held = queries.card_notes(c, op.scope, card_sn=card_sn, limit=PAGE_SIZE)
         return {"gates": gates, "more": len(entries) > PAGE_SIZE, "card_sn": card_sn, **held}
 
-    ctx = await _store(request).read_async(read)
+    store = _store(request)
+    ctx = await store.read_async(read)
     ctx.update(_pager("cards", q, offset, ctx["more"]))
+    ctx["history"] = None
+    if card_sn:  # one card asked for: its history too (audited, as `cards history`)
+        try:
+            ctx["history"] = await store.write_async(lambda c: looked_up_history(c, op, card_sn))
+        except NotFound:
+            pass  # nothing held of it: the page says so in its tables
     return "cards.html", ctx
 
 

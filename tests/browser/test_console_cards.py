@@ -5,7 +5,9 @@ on the blacklist and the card office's correction (replaced by a new card) and a
 the ``cards`` bundle, each proposed by one policy operator and approved by another. Agent A applies both
 and chains its ``blacklist_applied`` log; the page shows the lost card's replacement gate "not yet", A
 applied and logged, B waiting ("never reported"), and the correction and notice as the agents receive
-them. Once B is revoked the gate opens on the page. An operator of another area sees none of it.
+them. The old card tried at A's desk is refused as replaced; asked for by number, the page shows that
+refusal in the card's history. Once B is revoked the gate opens on the page. An operator of another area
+sees none of it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
+from tests.conftest import example_settlement
 from tests.integration.harness import Agent, Central, http, wait_until
 
 from .conftest import VIEWPORT, shot, watch
@@ -58,6 +61,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                    what="agent A applying and logging the lost card's blacklist bundle")  # fmt: skip
         bundles = a.status()["policy"]["bundles"]
         assert bundles["cards"]["seq"] == 2 and bundles["cards"]["entries"] == 2
+        # the old card is tried at A's desk: refused as replaced, and that refusal is the card's event
+        tried = example_settlement("CARDS-TRIED")
+        tried["psn"]["card_sn"] = LOST
+        status, answer = a.settle(tried)
+        assert status == 403 and answer["error"]["code"] == "card_replaced", answer
+        wait_until(a.drained, timeout=30, what="the refusal's card log reaching the centre")
         yield {"central": central, "a": a, "b": b, "tokens": tokens}
     finally:
         if a is not None:
@@ -113,6 +122,14 @@ def test_the_cards_page_shows_the_gate_per_lost_card_and_the_cards_bundle(
     page.goto(url + f"/console/cards?card_sn={LOST}")
     row = page.locator(f"#gates tr[data-card='{LOST}']")
     assert row.get_attribute("data-allowed") == "true" and "可以补办" in row.inner_text()
+    # one card asked for: its history too, the refusal at A after the card was blacklisted
+    summary = page.locator("#history-summary")
+    assert summary.get_attribute("data-refused-after") == "1"
+    assert summary.get_attribute("data-used-after") == "0"
+    (event,) = page.locator("#history tbody tr").all()
+    assert event.get_attribute("data-event") == "auth_failed"
+    assert event.get_attribute("data-code") == "card_replaced"
+    assert event.get_attribute("data-after-lost") == "true" and HOSPITAL_A in event.inner_text()
     page.click("#lang")
     page.wait_for_selector("text=Replacement")
     assert "allowed" in page.locator(f"#gates tr[data-card='{LOST}']").inner_text()
@@ -125,4 +142,6 @@ def test_an_operator_of_another_area_sees_no_card_of_this_one(world: dict, tls_c
     page.goto(world["central"].url + "/console/cards")
     assert page.locator("#gates").count() == 0 and page.locator("#corrections").count() == 0
     assert LOST not in page.content() and NEW not in page.content()
+    page.goto(world["central"].url + f"/console/cards?card_sn={LOST}")  # asked by number: still nothing
+    assert page.locator("#history").count() == 0 and page.locator("#gates").count() == 0
     shot(page, "console_cards_other_area")
