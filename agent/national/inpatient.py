@@ -223,13 +223,19 @@ async def change(nat: National, env: Envelope) -> Stored:
     return await _update_stay(nat, env, d, mdtrt_id, psn_no, changes, valid)
 
 
-async def cancel_admission(nat: National, env: Envelope) -> Stored:
+def _stay_keys(env: Envelope) -> tuple[Fields, str, str]:
+    """``data{mdtrt_id, psn_no}``: the stay a 2404 or 2405 acts on (refused by field when either lacks)."""
     inp = Fields(env.input, "input")
     d = inp.child("data")
     mdtrt_id = d.text("mdtrt_id") if d else None
     psn_no = d.text("psn_no") if d else None
     inp.check()
     assert d is not None and mdtrt_id and psn_no
+    return d, mdtrt_id, psn_no
+
+
+async def cancel_admission(nat: National, env: Envelope) -> Stored:
+    d, mdtrt_id, psn_no = _stay_keys(env)
 
     def write(conn: sqlite3.Connection) -> dict[str, Any]:
         visit = load_visit(conn, d, mdtrt_id, psn_no, "ipt")
@@ -248,12 +254,7 @@ async def cancel_discharge(nat: National, env: Envelope) -> Stored:
     """2405: the patient stays after all (a discharge entered by mistake, or readmitted the same hour).
     The stay is open again without its discharge time, so it takes fee details again and cannot settle
     until a new 2402; a stay already settled must have its settlement cancelled (2305) first."""
-    inp = Fields(env.input, "input")
-    d = inp.child("data")
-    mdtrt_id = d.text("mdtrt_id") if d else None
-    psn_no = d.text("psn_no") if d else None
-    inp.check()
-    assert d is not None and mdtrt_id and psn_no
+    d, mdtrt_id, psn_no = _stay_keys(env)
 
     def write(conn: sqlite3.Connection) -> dict[str, Any]:
         visit = load_visit(conn, d, mdtrt_id, psn_no, "ipt")
