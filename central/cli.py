@@ -49,6 +49,7 @@ Hospitals and personal-data access (``central.intake.hospitals``, ``central.inta
     cards gate CARD_SN [--area A] [--json]  may a lost card's replacement be issued? (exit 2: not yet)
     cards history CARD_SN [--json]          the card's events at every institution; uses after the loss
                                             (reviewer, supervisor, policy or admin; audited)
+    cards used-after-loss [--limit N] [--json]   lost cards read at a desk after their loss, latest first
     cards correct --card-sn SN [--new-card-sn NEW] [--field F]... --reason R [--area A]   (proposed)
     cards notify --id ID --card-sn SN --type topup|balance|message [--amount YUAN] --text T
                  --valid-from D --valid-to D [--area A]                                 (proposed)
@@ -94,6 +95,7 @@ from typing import Any
 from securesystemslib.signer import CryptoSigner
 
 from central.intake import cli as cli_import
+from central.intake.cardlogs import used_after_loss
 from central.intake.enrol import check_hospital_code, issue_token, revoke_agent
 from central.intake.export import export_settlements
 from central.intake.history import access_log
@@ -1039,6 +1041,11 @@ def _run(args: argparse.Namespace) -> int:
             return cli_import.run(args, config, store, actor)
         elif args.verb == "cards" and args.cards_verb == "gate":
             return cards.run(args, store)
+        elif args.verb == "cards" and args.cards_verb == "used-after-loss":
+            op = _acting(store, args, cards.HISTORY_ROLES, "list the lost cards used after their loss")
+            found = store.read(lambda c: used_after_loss(c, cards.card_areas(op), limit=args.limit))
+            cards.print_used_after_loss(found, args.json)
+            return 0
         elif args.verb == "cards" and args.cards_verb == "history":
             op = _acting(store, args, cards.HISTORY_ROLES, "read a card's history")
             history = store.write(lambda c: cards.looked_up_history(c, op, args.card_sn))

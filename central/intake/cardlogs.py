@@ -29,7 +29,7 @@ from central.errors import NotFound
 from central.policy.changes import propose_lost_card
 from protocol.records import CardLog
 
-__all__ = ["CARD_LOG_COLUMNS", "card_history", "card_log_row", "store_card_logs"]
+__all__ = ["CARD_LOG_COLUMNS", "card_history", "card_log_row", "store_card_logs", "used_after_loss"]
 
 log = logging.getLogger(__name__)
 
@@ -150,3 +150,35 @@ def card_history(
         "refused_after_lost": len(refused),
         "hospitals": sorted({e["fixmedins_code"] for e in events}),
     }
+
+
+def used_after_loss(
+    conn: sqlite3.Connection, areas: Collection[str] | None = None, *, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The lost cards read at a desk after their loss (``card_history``'s ``used_after_lost``), the
+    latest use first: a reviewer's list of possible double use. Only cards with a ``lost`` log or a card
+    blacklist entry and a ``used`` log are looked at, so the cost is the lost cards', not the logs'."""
+    candidates = [
+        sn for (sn,) in conn.execute(
+            "SELECT DISTINCT card_sn FROM card_logs WHERE event = 'used' AND card_sn IN ("
+            "SELECT card_sn FROM card_logs WHERE event = 'lost' "
+            "UNION SELECT id FROM blacklist WHERE list_type = 'card')"
+        )
+    ]  # fmt: skip
+    found = []
+    for sn in candidates:
+        try:
+            h = card_history(conn, sn, areas)
+        except NotFound:  # held only outside ``areas``
+            continue
+        uses = [e for e in h["events"] if e["after_lost"] and e["event"] == "used"]
+        if uses:
+            found.append({
+                "card_sn": sn, "lost_since": h["lost_since"], "used_after_lost": len(uses),
+                "hospitals": sorted({e["fixmedins_code"] for e in uses}), "last_used": uses[-1]["at"],
+                "refused_after_lost": h["refused_after_lost"], "_last": _moment(uses[-1]["at"]),
+            })  # fmt: skip
+    found.sort(key=lambda f: (f["_last"], f["card_sn"]), reverse=True)
+    for f in found:
+        del f["_last"]
+    return found[:limit]

@@ -37,8 +37,17 @@ from protocol.bundles import CORRECTION_FIELDS, NOTICE_TYPES, CardCorrection, Ca
 from .card_notices import yuan_to_fen
 
 __all__ = [
-    "HISTORY_ROLES", "add_parsers", "add_routes", "entries_of", "looked_up_history", "print_history",
-    "print_list", "replacement_gate", "run",
+    "HISTORY_ROLES",
+    "add_parsers",
+    "add_routes",
+    "card_areas",
+    "entries_of",
+    "looked_up_history",
+    "print_history",
+    "print_list",
+    "print_used_after_loss",
+    "replacement_gate",
+    "run",
 ]  # fmt: skip
 
 
@@ -113,6 +122,11 @@ def add_parsers(verbs: argparse._SubParsersAction) -> None:
     )
     history.add_argument("card_sn", metavar="CARD_SN")
     history.add_argument("--json", action="store_true", help="one JSON object")
+    misuse = sub.add_parser(
+        "used-after-loss", help="lost cards read at a desk after their loss (possible double use)"
+    )
+    misuse.add_argument("--limit", type=int, default=100)
+    misuse.add_argument("--json", action="store_true", help="one JSON object per card")
 
     # Corrections and notices sent down in the ``cards`` bundle (``central.policy.card_notices``):
     # proposed here, published when another policy operator approves (``changes approve``).
@@ -215,12 +229,16 @@ def run(args: argparse.Namespace, store: Store) -> int:
 HISTORY_ROLES = ROLES
 
 
+def card_areas(op: Operator) -> frozenset[str] | None:
+    """The pooling areas whose card logs ``op`` reads: their scope; an admin of no area, every area."""
+    return op.scope if op.scope or not op.has("admin") else None
+
+
 def looked_up_history(conn: sqlite3.Connection, op: Operator, card_sn: str) -> dict[str, Any]:
     """The card's history within the operator's areas (an admin of no area: every area), audited in the
     same transaction as ``card.history`` with a digest of the card number (the audit log is read by
     more people than the card logs are)."""
-    areas = op.scope if op.scope or not op.has("admin") else None
-    history = card_history(conn, card_sn, areas)
+    history = card_history(conn, card_sn, card_areas(op))
     digest = hashlib.sha256(card_sn.encode()).hexdigest()[:16]
     audit_in(conn, op.actor(), "card.history", {"card_sha256": digest, "events": len(history["events"])})
     return history
@@ -243,6 +261,18 @@ def print_history(h: dict[str, Any], as_json: bool) -> None:
               f"{e['seq']}){mark}")  # fmt: skip
     print(f"{len(h['events'])} events at {len(h['hospitals'])} institutions; after the loss: "
           f"{h['used_after_lost']} used, {h['refused_after_lost']} refused")  # fmt: skip
+
+
+def print_used_after_loss(found: list[dict[str, Any]], as_json: bool) -> None:
+    for f in found:
+        if as_json:
+            print(json.dumps(f, ensure_ascii=False))
+            continue
+        print(f"{f['card_sn']}: lost since {f['lost_since']}; used {f['used_after_lost']} times after, "
+              f"last {f['last_used']} at {', '.join(f['hospitals'])}; "
+              f"refused {f['refused_after_lost']} times")  # fmt: skip
+    print(f"{len(found)} lost cards used after their loss (`cards history CARD_SN` for each)",
+          file=sys.stderr)  # fmt: skip
 
 
 async def _history_route(request: Any, op: Any) -> dict[str, Any]:

@@ -67,6 +67,13 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "gate_holds": ("持有黑名单包", "holds blacklist bundle"),
     "gate_no_log": ("无应用记录", "no blacklist_applied log"),
     "gate_logged_seq": ("已记录包", "logged bundle"),
+    "misused_cards": ("挂失后仍被刷的卡", "Lost cards used after their loss"),
+    "misused_help": (
+        "挂失或列入黑名单后又在某机构刷卡读出的卡（该机构当时尚未应用黑名单，或卡在挂失前已被冒用）：请逐张查看使用记录。",
+        "Cards read at a desk after they were lost or blacklisted (an institution that had not applied the "
+        "entry yet, or a card already in other hands): open each card's history.",
+    ),
+    "last_used": ("最近刷卡", "Last used"),
     "card_history": ("卡使用记录", "Card history"),
     "card_history_help": (
         "该卡在各机构的全部事件，按发生时间排列；挂失或列入黑名单后的刷卡为重复使用嫌疑（本次查询已记入审计日志）。",

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from central.config import CentralConfig
 from central.errors import CentralError, ConfigInvalid, MonitorInputInvalid, NotFound, OperatorTokenInvalid
+from central.intake.cardlogs import used_after_loss
 from central.monitoring.analysis import BY, MEASURES, analyse
 from central.monitoring.review import (
     add_note,
@@ -44,7 +45,7 @@ from central.monitoring.screening import backtest, rules_in_force
 from central.monitoring.suspicions import STATUSES
 from central.operators import Operator, home_signers, operator_by_token, require_area, require_supervisor
 from central.policy.bundles import Policy
-from central.policy.cards import looked_up_history, replacement_gate
+from central.policy.cards import card_areas, looked_up_history, replacement_gate
 from protocol.errors import RulesInvalid
 
 from . import charts, queries
@@ -488,7 +489,9 @@ async def cards(request: web.Request, op: Operator) -> Any:
             gate = replacement_gate(c, e["id"], e["area"])
             gates.append({"card_sn": e["id"], "areas": gate["areas"]})
         held = queries.card_notes(c, op.scope, card_sn=card_sn, limit=PAGE_SIZE)
-        return {"gates": gates, "more": len(entries) > PAGE_SIZE, "card_sn": card_sn, **held}
+        misused = [] if card_sn else used_after_loss(c, card_areas(op), limit=PAGE_SIZE)
+        return {"gates": gates, "more": len(entries) > PAGE_SIZE, "card_sn": card_sn, "misused": misused,
+                **held}  # fmt: skip
 
     store = _store(request)
     ctx = await store.read_async(read)

@@ -5,26 +5,33 @@ on the blacklist and the card office's correction (replaced by a new card) and a
 the ``cards`` bundle, each proposed by one policy operator and approved by another. Agent A applies both
 and chains its ``blacklist_applied`` log; the page shows the lost card's replacement gate "not yet", A
 applied and logged, B waiting ("never reported"), and the correction and notice as the agents receive
-them. The old card tried at A's desk is refused as replaced; asked for by number, the page shows that
-refusal in the card's history. Once B is revoked the gate opens on the page. An operator of another area
-sees none of it.
+them. The old card tried at A's desk is refused as replaced, and read at a third hospital's desk after
+the loss: the page lists it first among the lost cards used after their loss and, asked for by number,
+shows both events in the card's history. Once B is revoked the gate opens on the page. An operator of
+another area sees none of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
+from central.intake.ingest import Ingestor
+from central.storage.store import Store
+from protocol.chain import encode_body
+from protocol.records import CardLog
+from tests.central.conftest import enrol
 from tests.conftest import example_settlement
 from tests.integration.harness import Agent, Central, http, wait_until
 
 from .conftest import VIEWPORT, shot, watch
 
 AREA, OTHER_AREA = "370200", "110100"
-HOSPITAL_A, HOSPITAL_B = "H37021100001", "H37021200002"
+HOSPITAL_A, HOSPITAL_B, HOSPITAL_C = "H37021100001", "H37021200002", "H37021300003"
 LOST, NEW = "370200L000000001", "370200L000000002"
 
 
@@ -67,6 +74,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         status, answer = a.settle(tried)
         assert status == 403 and answer["error"]["code"] == "card_replaced", answer
         wait_until(a.drained, timeout=30, what="the refusal's card log reaching the centre")
+        # and read at a third hospital's desk after the loss: its signed chain goes through the centre's
+        # own Ingestor into the served database (this agent has no reader and no process); it is then
+        # revoked, so the gate does not wait for it
+        with Store(central.home / "central.db") as store:
+            c = enrol(store, HOSPITAL_C)
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            used = CardLog(event="used", at=now, fixmedins_code=HOSPITAL_C, log_id="CU-1", opter="zhao.li",
+                           card_sn=LOST)  # fmt: skip
+            c.append_body("card", encode_body(used))
+            assert Ingestor(store).ingest(c.batch(1, 1)).rejected == []
+        central.cli("agents", "revoke", c.agent_id)
         yield {"central": central, "a": a, "b": b, "tokens": tokens}
     finally:
         if a is not None:
@@ -98,6 +116,9 @@ def test_the_cards_page_shows_the_gate_per_lost_card_and_the_cards_bundle(
     _login(page, url, world["tokens"]["rev"])
     page.click("nav >> text=补卡闸门")
     page.wait_for_selector("#gates")
+    # first: the lost card read at C after its loss, a link to its history
+    misused = page.locator(f"#misused tr[data-card='{LOST}']")
+    assert HOSPITAL_C in misused.inner_text() and misused.locator("td").nth(2).inner_text() == "1"
     row = page.locator(f"#gates tr[data-card='{LOST}']")
     assert row.get_attribute("data-area") == AREA and row.get_attribute("data-allowed") == "false"
     text = row.inner_text()
@@ -125,11 +146,13 @@ def test_the_cards_page_shows_the_gate_per_lost_card_and_the_cards_bundle(
     # one card asked for: its history too, the refusal at A after the card was blacklisted
     summary = page.locator("#history-summary")
     assert summary.get_attribute("data-refused-after") == "1"
-    assert summary.get_attribute("data-used-after") == "0"
-    (event,) = page.locator("#history tbody tr").all()
-    assert event.get_attribute("data-event") == "auth_failed"
-    assert event.get_attribute("data-code") == "card_replaced"
-    assert event.get_attribute("data-after-lost") == "true" and HOSPITAL_A in event.inner_text()
+    assert summary.get_attribute("data-used-after") == "1"
+    refused, used = page.locator("#history tbody tr").all()
+    assert refused.get_attribute("data-event") == "auth_failed"
+    assert refused.get_attribute("data-code") == "card_replaced"
+    assert refused.get_attribute("data-after-lost") == "true" and HOSPITAL_A in refused.inner_text()
+    assert used.get_attribute("data-event") == "used" and HOSPITAL_C in used.inner_text()
+    assert used.get_attribute("class") == "bad"
     page.click("#lang")
     page.wait_for_selector("text=Replacement")
     assert "allowed" in page.locator(f"#gates tr[data-card='{LOST}']").inner_text()
@@ -141,6 +164,7 @@ def test_an_operator_of_another_area_sees_no_card_of_this_one(world: dict, tls_c
     _login(page, world["central"].url, world["tokens"]["wang"])
     page.goto(world["central"].url + "/console/cards")
     assert page.locator("#gates").count() == 0 and page.locator("#corrections").count() == 0
+    assert page.locator("#misused").count() == 0
     assert LOST not in page.content() and NEW not in page.content()
     page.goto(world["central"].url + f"/console/cards?card_sn={LOST}")  # asked by number: still nothing
     assert page.locator("#history").count() == 0 and page.locator("#gates").count() == 0

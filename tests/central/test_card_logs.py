@@ -304,3 +304,34 @@ def test_in_the_second_of_the_loss_a_refusal_came_after_it_and_a_use_may_not_hav
         ("auth_failed", "card_auth_failed", False),
     ]  # fmt: skip
     assert (h["used_after_lost"], h["refused_after_lost"]) == (0, 1)
+
+
+def test_the_lost_cards_used_after_their_loss_are_listed_latest_first(
+    store: Store, policy: Policy, signers, checker, config, act_as, capsys
+) -> None:
+    from central.cli import main
+    from central.intake.cardlogs import used_after_loss
+
+    _history_scenario(store, policy, signers, checker)
+    # a second lost card, on the blacklist only (no desk report), read later at A
+    policy.blacklist_add(ACTOR, signers, list_type="card", entry_id="110100D15600000555", reason="lost",
+                         area=AREA)  # fmt: skip
+    a = enrol(store)
+    append_log(a, CardLog(event="used", at="2099-01-01T08:00:00+08:00", fixmedins_code=HOSPITAL, log_id="L1",
+                          opter="li.na", card_sn="110100D15600000555"))  # fmt: skip
+    append_log(a, CardLog(event="used", at="2026-11-24T12:00:00+08:00", fixmedins_code=HOSPITAL, log_id="L2",
+                          opter="li.na", card_sn="110100D15600000888"))  # used, never lost: not listed
+    Ingestor(store).ingest(a.batch(1, 2))
+    found = store.read(lambda c: used_after_loss(c))
+    assert [(f["card_sn"], f["used_after_lost"], f["hospitals"]) for f in found] == [
+        ("110100D15600000555", 1, [HOSPITAL]),
+        (LOST_CARD, 1, [SECOND]),
+    ]
+    assert found[1]["refused_after_lost"] == 1 and found[1]["last_used"] == "2026-11-24T02:10:00+00:00"
+    assert store.read(lambda c: used_after_loss(c, {"370200"})) == []  # no agent of that area saw them
+    assert [f["card_sn"] for f in store.read(lambda c: used_after_loss(c, limit=1))] == ["110100D15600000555"]
+    act_as("rev", "reviewer", AREA)
+    assert main(["--home", str(config.home), "cards", "used-after-loss"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1].startswith(f"{LOST_CARD}: lost since 2026-11-24T09:00:00+08:00; used 1 times")
+    assert f"at {SECOND}; refused 1 times" in out and "2 lost cards used after their loss" in err
