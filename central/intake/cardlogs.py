@@ -160,9 +160,9 @@ def used_after_loss(
     blacklist entry and a ``used`` log are looked at, so the cost is the lost cards', not the logs'."""
     candidates = [
         sn for (sn,) in conn.execute(
-            "SELECT DISTINCT card_sn FROM card_logs WHERE event = 'used' AND card_sn IN ("
-            "SELECT card_sn FROM card_logs WHERE event = 'lost' "
-            "UNION SELECT id FROM blacklist WHERE list_type = 'card')"
+            "SELECT lost.card_sn FROM (SELECT card_sn FROM card_logs WHERE event = 'lost' "
+            "UNION SELECT id FROM blacklist WHERE list_type = 'card') AS lost "
+            "WHERE EXISTS (SELECT 1 FROM card_logs AS u WHERE u.card_sn = lost.card_sn AND u.event = 'used')"
         )
     ]  # fmt: skip
     found = []

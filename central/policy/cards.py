@@ -48,7 +48,7 @@ __all__ = [
     "print_used_after_loss",
     "replacement_gate",
     "run",
-]  # fmt: skip
+]
 
 
 def replacement_gate(conn: sqlite3.Connection, card_sn: str, area: str | None = None) -> dict[str, Any]:

@@ -44,7 +44,7 @@ PG_BASELINE = 15
 #: Migration name → the PostgreSQL form of its row rewrite (see the module's docstring).
 DATA_STEPS: dict[str, Callable[[Any], None]] = {}
 #: Migrations after ``PG_BASELINE`` that rewrite no rows: the schema diff is all PostgreSQL needs.
-SCHEMA_ONLY: frozenset[str] = frozenset({"_m016_card_logs", "_m017_card_notices"})
+SCHEMA_ONLY: frozenset[str] = frozenset({"_m016_card_logs", "_m017_card_notices", "_m018_card_lookups"})
 
 _TYPES = {"INTEGER": "BIGINT", "INT": "BIGINT", "BLOB": "BYTEA", "REAL": "DOUBLE PRECISION", "ANY": "TEXT"}
 

@@ -706,6 +706,14 @@ def _m017_card_notices(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX card_notices_card ON card_notices (card_sn, valid_to)")
 
 
+def _m018_card_lookups(db: sqlite_utils.Database) -> None:
+    """A card's blacklist entries by card (the gate and a card's history asked by number scanned every
+    area's entries), and the lost-card reports by card (``cards used-after-loss`` starts from the lost
+    cards; without it, from every card read in the province)."""
+    db.execute("CREATE INDEX blacklist_type_id ON blacklist (list_type, id)")
+    db.execute("CREATE INDEX card_logs_lost ON card_logs (card_sn) WHERE event = 'lost'")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m002_security_event_repeats,
@@ -724,6 +732,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m015_console_indexes,
     _m016_card_logs,
     _m017_card_notices,
+    _m018_card_lookups,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -147,6 +147,19 @@ def test_card_logs_table_comes_from_a_new_migration(store: Store) -> None:
     assert store.read(names)[15] == "_m016_card_logs"  # version 16; later migrations follow it
 
 
+def test_the_lost_cards_are_found_by_index_not_by_scanning_every_card_read(store: Store) -> None:
+    """Migration 18: ``used_after_loss`` starts from the lost cards and a card's blacklist entries are
+    found by card (the plans name the indexes; every card read of a province would be the scan)."""
+    def plan(sql: str, *params: str) -> str:
+        return " | ".join(r[3] for r in store.read(lambda c: c.execute("EXPLAIN QUERY PLAN " + sql, params)))
+
+    lost = plan("SELECT card_sn FROM card_logs WHERE event = 'lost'")
+    assert "card_logs USING INDEX card_logs_lost" in lost
+    assert "blacklist USING INDEX blacklist_type_id" in plan(
+        "SELECT area FROM blacklist WHERE list_type = 'card' AND id = ?", "C1"
+    )
+
+
 def test_the_gate_over_http_within_the_operators_areas(server, policy, signers) -> None:
     from tests.central.monitor_helpers import operator
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 SQLITE_ONLY = {
     "ingest_direct": ("test_settlement_row_keeps_money_in_fen_and_the_local_date",),  # typeof()
     "hist_lines": ("test_every_line_of_a_settlement_becomes_a_row_with_the_contract_columns",),  # typeof()
+    # SQLite's query plans; tests/pg/test_pg_store.py holds PostgreSQL's indexes to the same migrations
+    "card_logs": ("test_the_lost_cards_are_found_by_index_not_by_scanning_every_card_read",),
 }
 #: Tests that make a home of their own on SQLite (they never read ``config``/``store``), so running them
 #: here again would test SQLite twice: the changes and cards suites' CLI maker-checker runs (a dozen and
