@@ -20,6 +20,10 @@ centre's tables. So the screener and the rule library keep their SQLite text:
   ingest goes on, as SQLite's read transaction does; a ``SAVEPOINT`` outside a transaction opens one
   (SQLite's meaning) and its ``RELEASE`` commits it.
 
+PostgreSQL never analyses a TEMP table by itself (autovacuum does not see them), so a chunk's ``cur_*``
+tables would be planned as if empty — nested loops over a chunk of visits. The connection tracks the
+TEMP tables this session wrote and runs ``ANALYZE`` on those a statement is about to read.
+
 Each text is rewritten once per process (cached). Numbers come back as SQLite gives them: ``numeric``
 as an integer when whole, else a float (``central.storage.postgres``).
 """
@@ -42,6 +46,10 @@ from protocol.rules.dialect import transpile
 
 __all__ = ["PgScreeningConnection", "is_dsn"]
 
+_CREATE_TEMP = re.compile(
+    r"\bCREATE\s+TEMP(?:ORARY)?\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", re.IGNORECASE
+)
+_WRITE = re.compile(r"\s*(?:INSERT\s+INTO|DELETE\s+FROM|UPDATE)\s+(\w+)", re.IGNORECASE)
 _CONTROL = re.compile(r"\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE)\b\s*(?:TO\s+)?(\w*)", re.IGNORECASE)
 _NO_TABLES = Tables()
 _CACHE: dict[tuple[str, bool], str] = {}
@@ -137,6 +145,8 @@ class PgScreeningConnection:
             ) from None
         adapt_connection(self.raw)
         self._implicit: str | None = None  # the savepoint that opened the transaction
+        self._temp: set[str] = set()  # the TEMP tables this session created
+        self._stale: set[str] = set()  # those written since their last ANALYZE
 
     @property
     def in_transaction(self) -> bool:
@@ -175,18 +185,40 @@ class PgScreeningConnection:
         named = isinstance(params, Mapping)
         text = _text(sql, named)
         cur = self.raw.cursor()
+        target = self._analyse_read(text)
         if named:
             used = {k: v for k, v in params.items() if f"%({k})s" in text}
             cur.execute(text, used)
         else:
             cur.execute(text, tuple(params))
+        created = _CREATE_TEMP.search(text)
+        if created is not None:
+            self._temp.add(created.group(1).lower())
+        if target in self._temp:
+            self._stale.add(target)
         return PgCursor(cur)
+
+    def _analyse_read(self, text: str) -> str | None:
+        """``ANALYZE`` the stale TEMP tables ``text`` reads; returns the table it writes, if any."""
+        written = _WRITE.match(text)
+        target = written.group(1).lower() if written else None
+        if self._stale:
+            lowered = text.lower()
+            reads = sorted(t for t in self._stale if t != target and re.search(rf"\b{t}\b", lowered))
+            if reads:
+                self.raw.execute("ANALYZE " + ", ".join(reads))
+                self._stale.difference_update(reads)
+        return target
 
     def executemany(self, sql: str, seq: Any) -> PgCursor:
         rows = list(seq)
         cur = self.raw.cursor()
         if rows:
-            cur.executemany(_text(sql, isinstance(rows[0], Mapping)), rows)
+            text = _text(sql, isinstance(rows[0], Mapping))
+            target = self._analyse_read(text)
+            cur.executemany(text, rows)
+            if target in self._temp:
+                self._stale.add(target)
         return PgCursor(cur)
 
     def cursor(self) -> _Cursor:
