@@ -32,10 +32,10 @@ import secrets
 import time
 
 from protocol.errors import ProtocolError, ValidationFailed
-from protocol.records import CardLog, card_log_problems
+from protocol.records import CardLog, Settlement, card_log_problems
 
 from .card import CardReader
-from .errors import AgentError, CardCounterfeit, CardExpired
+from .errors import AgentError, Blacklisted, CardCounterfeit, CardExpired, CardReplaced
 from .identity import Identity
 from .intake import now_iso
 from .store import Outbox, Receipt
@@ -90,18 +90,19 @@ async def report_lost(
     return receipt
 
 
-async def log_refused_card(
-    outbox: Outbox, *, fixmedins_code: str, opter: str, card_sn: str, code: str
-) -> Receipt | None:
-    """Chain ``auth_failed`` for a settlement refused because of its card; None when it could not be
-    chained (the outbox refused it, or the card number is not one a card log can carry): logged as a
-    warning, never raised, since the refusal must reach the cashier whatever happens here."""
-    record = _log("auth_failed", fixmedins_code, opter, card_sn=card_sn, code=code)
+async def log_refused_card(outbox: Outbox, record: Settlement, refused: Blacklisted | CardReplaced) -> None:
+    """Chain ``auth_failed`` when the settlement ``record`` was refused because of its card (on the card
+    blacklist, or replaced); a refusal for the person, the employer or a doctor is not a card event. A
+    log that cannot be chained (the outbox refused it, or the card number is not one a card log can
+    carry) is a warning, never raised: the refusal must reach the cashier whatever happens here."""
+    card_sn = record.psn.card_sn
+    if not card_sn or (isinstance(refused, Blacklisted) and refused.extra.get("list_type") != "card"):
+        return
+    log_record = _log("auth_failed", record.fixmedins_code, record.opter, card_sn=card_sn, code=refused.code)
     try:
-        return await outbox.append_card_log(record)
+        await outbox.append_card_log(log_record)
     except (AgentError, ProtocolError) as exc:
-        log.warning("a card refused with %s was not logged (%s): %s", code, exc.code, exc.message)
-        return None
+        log.warning("a card refused with %s was not logged (%s): %s", refused.code, exc.code, exc.message)
 
 
 def blacklist_applied_log(fixmedins_code: str, area: str, seq: int) -> CardLog:

@@ -153,10 +153,7 @@ async def settle_record(
         try:
             refuse_blacklisted(policy, record)
         except (Blacklisted, CardReplaced) as refused:
-            card_sn = record.psn.card_sn
-            if card_sn and (isinstance(refused, CardReplaced) or refused.extra.get("list_type") == "card"):
-                await log_refused_card(outbox, fixmedins_code=record.fixmedins_code, opter=record.opter,
-                                       card_sn=card_sn, code=refused.code)  # fmt: skip
+            await log_refused_card(outbox, record, refused)
             raise
         if desk is not None:
             outcome = await desk.settle(record, acct_balance=acct_balance)

@@ -121,7 +121,7 @@ from .errors import (
     RoleForbidden,
     SigningRefused,
 )
-from .operators import TOKEN_ENV, Operator, acting_operator, bootstrap_admin
+from .operators import ROLES, TOKEN_ENV, Operator, acting_operator, bootstrap_admin
 from .tls import TlsFiles, create_tls, import_server_cert, rotate_server_cert, trust_digest
 
 __all__ = ["EXIT_OPERATOR", "build_parser", "ensure_repository", "init_home", "main", "operator_signers"]
@@ -1042,12 +1042,12 @@ def _run(args: argparse.Namespace) -> int:
         elif args.verb == "cards" and args.cards_verb == "gate":
             return cards.run(args, store)
         elif args.verb == "cards" and args.cards_verb == "used-after-loss":
-            op = _acting(store, args, cards.HISTORY_ROLES, "list the lost cards used after their loss")
+            op = _acting(store, args, ROLES, "list the lost cards used after their loss")
             found = store.read(lambda c: used_after_loss(c, cards.card_areas(op), limit=args.limit))
             cards.print_used_after_loss(found, args.json)
             return 0
         elif args.verb == "cards" and args.cards_verb == "history":
-            op = _acting(store, args, cards.HISTORY_ROLES, "read a card's history")
+            op = _acting(store, args, ROLES, "read a card's history")
             history = store.write(lambda c: cards.looked_up_history(c, op, args.card_sn))
             cards.print_history(history, args.json)
             return 0

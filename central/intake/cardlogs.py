@@ -176,9 +176,7 @@ def used_after_loss(
             found.append({
                 "card_sn": sn, "lost_since": h["lost_since"], "used_after_lost": len(uses),
                 "hospitals": sorted({e["fixmedins_code"] for e in uses}), "last_used": uses[-1]["at"],
-                "refused_after_lost": h["refused_after_lost"], "_last": _moment(uses[-1]["at"]),
+                "refused_after_lost": h["refused_after_lost"],
             })  # fmt: skip
-    found.sort(key=lambda f: (f["_last"], f["card_sn"]), reverse=True)
-    for f in found:
-        del f["_last"]
+    found.sort(key=lambda f: (_moment(f["last_used"]), f["card_sn"]), reverse=True)
     return found[:limit]
